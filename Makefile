@@ -1,0 +1,45 @@
+# tda developer commands. Every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Pinned: this machine (and CI) has a CPU build of exactly this version on disk; an
+# unpinned torch pulls several GB of CUDA packages.
+TORCH  := torch==2.13.0
+DEMO_DIR ?= build/demo
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast demo bench lint format clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install tda with its test extras
+
+$(VENV)/.installed: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet $(TORCH) -e '.[test,gcs]'
+	touch $@
+
+test: install ## Run the whole test suite (CPU; GPU/network tests skip themselves)
+	$(BIN)/python -m pytest -q
+
+test-fast: install ## Run the tests not marked slow
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+demo: install ## Run the main job end to end on the embedded default and show the result
+	$(BIN)/python -m tda.jobs.demo --out $(DEMO_DIR)
+
+bench: install ## Benchmarks (figures go in docs/benchmarks.md)
+	$(BIN)/python benchmarks/bench_chunk.py
+
+lint: install ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff formatting and autofixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: ## Remove build outputs (keeps .venv)
+	rm -rf build .pytest_cache .ruff_cache .hypothesis

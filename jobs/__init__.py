@@ -1,0 +1,1 @@
+"""The ``tda`` command line, runner options and job configs: parsing only."""

@@ -1,0 +1,123 @@
+"""The chunk stage on Beam: a thin distribution of :mod:`tda.attribution.chunk_stage`.
+
+::
+
+    ListFiles (Create) -> Spread (Reshuffle) -> ChunkFiles (ParDo: one input file each)
+
+Each input file is one element: its chunks table is written by one worker in ordinal
+order, so the output is identical on every runner and any number of workers. The driver
+plans the run before the pipeline starts and writes the manifest after it finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from tda.attribution.chunk_stage import (
+    ChunkPlan,
+    finish_chunk_run,
+    plan_chunk_run,
+    process_file,
+    read_completion,
+)
+from tda.attribution.tokenizer import TokenizerError, load_tokenizer
+from tda.schemas import ChunkConfig, FileCounts, InputFile, Manifest
+
+__all__ = ["COUNTER_NAMESPACE", "ChunkCorpus", "ChunkFileFn", "ChunkRunResult", "run_chunk"]
+
+COUNTER_NAMESPACE = "tda.chunk"
+
+
+class ChunkFileFn(beam.DoFn):
+    """InputFile -> FileCounts, writing the file's chunk and dead-letter parts.
+
+    The tokenizer is loaded in ``setup()`` on the worker from its SPEC (never pickled from
+    the driver) and must have the fingerprint the driver planned with.
+    """
+
+    def __init__(self, config: ChunkConfig, tokenizer_fingerprint: str) -> None:
+        self._config = config
+        self._fingerprint = tokenizer_fingerprint
+        self._tokenizer = None
+        self._counters: dict[str, Metrics.DelegatingCounter] = {}
+
+    def setup(self) -> None:
+        self._tokenizer = load_tokenizer(self._config.tokenizer)
+        if self._tokenizer.info.fingerprint != self._fingerprint:
+            raise TokenizerError(
+                f"the tokenizer at {self._config.tokenizer} on this worker differs from the "
+                f"driver's ({self._tokenizer.info.fingerprint} != {self._fingerprint}); "
+                f"give a path every worker reads the same file from (e.g. gs://...)"
+            )
+
+    def _count(self, name: str, n: int) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Metrics.counter(COUNTER_NAMESPACE, name)
+        counter.inc(n)
+
+    def process(self, input_file: InputFile) -> Iterator[FileCounts]:
+        if self._config.resume:
+            done = read_completion(self._config, input_file.index)
+            if done is not None:
+                self._count("files_skipped", 1)
+                yield done
+                return
+        yield process_file(input_file, self._config, self._tokenizer, self._count)
+
+
+class ChunkCorpus(beam.PTransform):
+    """PBegin -> PCollection[FileCounts]: chunk every planned input file."""
+
+    def __init__(self, plan: ChunkPlan) -> None:
+        super().__init__()
+        self._plan = plan
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ListFiles" >> beam.Create(list(self._plan.inputs), reshuffle=False)
+            | "Spread" >> beam.Reshuffle()
+            | "ChunkFiles"
+            >> beam.ParDo(ChunkFileFn(self._plan.config, self._plan.tokenizer.fingerprint))
+        )
+
+
+@dataclass(frozen=True)
+class ChunkRunResult:
+    manifest: Manifest
+    counters: dict[str, int]  # this run's Beam counters (resumed files count as skipped)
+
+
+def _counters(result) -> dict[str, int]:
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    except (NotImplementedError, AttributeError):  # runners without metrics support
+        return {}
+    out: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
+    return dict(sorted(out.items()))
+
+
+def run_chunk(
+    config: ChunkConfig,
+    options: PipelineOptions | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+) -> ChunkRunResult:
+    """Plan, run the pipeline, write the manifest. ``options`` are Beam pipeline options,
+    passed through unchanged (runner, workers, Dataflow/Spark/Flink settings)."""
+    plan = plan_chunk_run(config)
+    pipeline = test_pipeline or beam.Pipeline(options=options or PipelineOptions([]))
+    _ = pipeline | "ChunkCorpus" >> ChunkCorpus(plan)
+    result = pipeline.run()
+    result.wait_until_finish()
+    manifest = finish_chunk_run(plan)
+    return ChunkRunResult(manifest=manifest, counters=_counters(result))

@@ -1,0 +1,63 @@
+"""The build root's layout: every stage writes into one ROOT (local path or fsspec URL).
+
+::
+
+    ROOT/chunks/part-000042.parquet        chunk rows of input file 42 (CHUNK_SCHEMA)
+    ROOT/chunks/_completions/000042.json   file 42 is done: its FileCounts (commit marker)
+    ROOT/chunks/_run.json                  settings + inputs of the run (resume checks these)
+    ROOT/chunks/manifest.json              written last: the stage's Manifest
+    ROOT/deadletter/part-000042.parquet    unusable records of file 42 (DEADLETTER_SCHEMA)
+
+Names starting with ``_`` or ``.`` are bookkeeping; readers of the tables skip them.
+Later stages add ``ROOT/embeddings/`` and ``ROOT/index/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .records import part_name
+
+__all__ = ["BuildRoot"]
+
+
+@dataclass(frozen=True)
+class BuildRoot:
+    """Paths inside a build root. ``root`` is a path or URL without a trailing slash."""
+
+    root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", self.root.rstrip("/") or "/")
+
+    def _join(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    @property
+    def chunks_dir(self) -> str:
+        return self._join("chunks")
+
+    @property
+    def deadletter_dir(self) -> str:
+        return self._join("deadletter")
+
+    @property
+    def completions_dir(self) -> str:
+        return self._join("chunks", "_completions")
+
+    @property
+    def chunk_run_record(self) -> str:
+        return self._join("chunks", "_run.json")
+
+    @property
+    def chunk_manifest(self) -> str:
+        return self._join("chunks", "manifest.json")
+
+    def chunk_part(self, file_index: int) -> str:
+        return self._join("chunks", part_name(file_index))
+
+    def deadletter_part(self, file_index: int) -> str:
+        return self._join("deadletter", part_name(file_index))
+
+    def completion(self, file_index: int) -> str:
+        return self._join("chunks", "_completions", f"{file_index:06d}.json")

@@ -1,0 +1,178 @@
+"""Versioned manifests: what a stage produced, from what, with which settings.
+
+``ROOT/chunks/manifest.json`` (a :class:`Manifest`) is written last by the chunk stage: it
+is the stage's commit point, and what later stages read to learn the tokenizer, the id
+codec, the chunking policy and the inputs. The embed and index stages extend it with their
+own sections under a new ``schema_version``; :meth:`Manifest.from_json` refuses versions it
+does not know instead of guessing.
+
+Manifests hold no timestamps or host names: same inputs and settings, same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import ChunkingPolicy, ReadOptions
+from .ids import ChunkIdCodec
+from .records import DeadLetterReason
+
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "FileCounts",
+    "InputFile",
+    "Manifest",
+    "ManifestError",
+    "TokenizerInfo",
+]
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read: wrong kind, unknown version, missing fields."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: its index (position in the sorted URL list), URL, format, size."""
+
+    index: int
+    url: str
+    format: str  # jsonl | parquet | text
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """Identifies a tokenizer: the spec it was loaded from and a fingerprint of its data."""
+
+    spec: str
+    kind: str  # "huggingface" | "tiktoken"
+    name: str
+    fingerprint: str  # "sha256:<hex>" of the tokenizer's defining bytes
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class FileCounts:
+    """What one input file turned into. ``records == documents + sum(deadletters)``."""
+
+    file_index: int
+    records: int = 0
+    documents: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    deadletters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def deadlettered(self) -> int:
+        return sum(self.deadletters.values())
+
+    def reconciles(self) -> bool:
+        return self.records == self.documents + self.deadlettered
+
+    @staticmethod
+    def total(counts: list[FileCounts] | tuple[FileCounts, ...]) -> FileCounts:
+        reasons: dict[str, int] = {}
+        for c in counts:
+            for reason, n in c.deadletters.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        return FileCounts(
+            file_index=-1,
+            records=sum(c.records for c in counts),
+            documents=sum(c.documents for c in counts),
+            chunks=sum(c.chunks for c in counts),
+            tokens=sum(c.tokens for c in counts),
+            deadletters={r.value: reasons[r.value] for r in DeadLetterReason if r.value in reasons},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FileCounts:
+        return cls(
+            file_index=int(data["file_index"]),
+            records=int(data["records"]),
+            documents=int(data["documents"]),
+            chunks=int(data["chunks"]),
+            tokens=int(data["tokens"]),
+            deadletters={str(k): int(v) for k, v in data["deadletters"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The chunk stage's record of a build root (``ROOT/chunks/manifest.json``)."""
+
+    tda_version: str
+    id_codec: ChunkIdCodec
+    dataset_id: int
+    tokenizer: TokenizerInfo
+    read: ReadOptions
+    chunking: ChunkingPolicy
+    inputs: tuple[InputFile, ...]
+    files: tuple[FileCounts, ...]
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    kind: str = "tda.chunks"
+
+    @property
+    def totals(self) -> FileCounts:
+        return FileCounts.total(self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "schema_version": self.schema_version,
+            "tda_version": self.tda_version,
+            "id_codec": self.id_codec.to_dict(),
+            "dataset_id": self.dataset_id,
+            "tokenizer": asdict(self.tokenizer),
+            "read": asdict(self.read),
+            "chunking": asdict(self.chunking),
+            "inputs": [asdict(i) for i in self.inputs],
+            "files": [f.to_dict() for f in self.files],
+            "totals": self.totals.to_dict() | {"file_index": None},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        kind = data.get("kind")
+        if kind != "tda.chunks":
+            raise ManifestError(f"not a tda chunk manifest (kind={kind!r})")
+        version = data.get("schema_version")
+        if version != MANIFEST_SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema version {version} is not supported by this tda "
+                f"(it reads version {MANIFEST_SCHEMA_VERSION}); use a matching tda release"
+            )
+        try:
+            return cls(
+                tda_version=str(data["tda_version"]),
+                id_codec=ChunkIdCodec.from_dict(data["id_codec"]),
+                dataset_id=int(data["dataset_id"]),
+                tokenizer=TokenizerInfo(**data["tokenizer"]),
+                read=ReadOptions(**data["read"]),
+                chunking=ChunkingPolicy(**data["chunking"]),
+                inputs=tuple(InputFile(**i) for i in data["inputs"]),
+                files=tuple(FileCounts.from_dict(f) for f in data["files"]),
+                schema_version=int(version),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ManifestError("manifest must be a JSON object")
+        return cls.from_dict(data)

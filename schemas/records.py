@@ -1,0 +1,128 @@
+"""Row contracts between stages: chunks and dead letters, as dataclasses beside their
+pyarrow schemas. Parquet is always written with these explicit schemas.
+
+Files:
+* ``ROOT/chunks/part-<file index>.parquet``: one :data:`CHUNK_SCHEMA` table per input file,
+  rows in ordinal order (row ``i`` holds the chunk whose id decodes to ordinal ``i``).
+* ``ROOT/deadletter/part-<file index>.parquet``: :data:`DEADLETTER_SCHEMA` rows for the
+  records of that file that could not be used (only written when there are any).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, fields
+
+import pyarrow as pa
+
+__all__ = [
+    "CHUNK_SCHEMA",
+    "DEADLETTER_SCHEMA",
+    "RAW_COPY_CHARS",
+    "Chunk",
+    "DeadLetter",
+    "DeadLetterReason",
+    "part_name",
+]
+
+# How much of a bad record a dead letter keeps (characters).
+RAW_COPY_CHARS = 1000
+
+
+def part_name(file_index: int, suffix: str = ".parquet") -> str:
+    """Deterministic per-input-file output name: ``part-000042.parquet``."""
+    return f"part-{file_index:06d}{suffix}"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One window of tokens of one document, with exact provenance.
+
+    ``doc_text[char_start:char_end] == text`` always holds (see README, "Chunk boundaries").
+    Token positions index the document's tokenization; ``token_end - token_start ==
+    n_tokens``; the last chunk of a document keeps its true (possibly short) length.
+    """
+
+    chunk_id: int  # schemas.ids codec: dataset | file index | ordinal
+    source: str  # corpus source name (--source, --source-field, or the file's stem)
+    doc_id: str  # --id-field value, else "<file name>#<record index>"
+    record_index: int  # line number (JSONL / text lines), row number (Parquet), 0 (text file)
+    chunk_index: int  # position of this chunk inside its document
+    token_start: int
+    token_end: int
+    char_start: int
+    char_end: int
+    n_tokens: int
+    text: str | None  # None when the run used --no-text
+
+
+CHUNK_SCHEMA = pa.schema(
+    [
+        pa.field("chunk_id", pa.int64(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("record_index", pa.int64(), nullable=False),
+        pa.field("chunk_index", pa.int32(), nullable=False),
+        pa.field("token_start", pa.int32(), nullable=False),
+        pa.field("token_end", pa.int32(), nullable=False),
+        pa.field("char_start", pa.int64(), nullable=False),
+        pa.field("char_end", pa.int64(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("text", pa.string(), nullable=True),
+    ],
+    metadata={b"tda.table": b"chunks", b"tda.table_version": b"1"},
+)
+
+
+class DeadLetterReason(str, enum.Enum):
+    """Why a record could not be used. Counted per reason in Beam counters and manifests."""
+
+    MALFORMED_JSON = "malformed_json"  # the JSONL line does not parse
+    NOT_AN_OBJECT = "not_an_object"  # parses, but is not a JSON object
+    MISSING_TEXT = "missing_text"  # no text field, or null
+    NON_STRING_TEXT = "non_string_text"  # the text field is a number, list, ...
+    INVALID_UTF8 = "invalid_utf8"  # bytes that are not UTF-8
+    EMPTY_DOCUMENT = "empty_document"  # empty or whitespace-only text (incl. blank lines)
+    TOO_LARGE = "too_large"  # record larger than --max-doc-bytes
+    NO_TOKENS = "no_tokens"  # the tokenizer produced no tokens for the text
+    MISSING_SOURCE = "missing_source"  # --source-field given but absent / not a string
+    UNREADABLE_FILE = "unreadable_file"  # I/O or decompression error; the rest of the file
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be used, with where it was and why.
+
+    ``record_index`` is the record's index in its file (see :class:`Chunk`); for an
+    unreadable file it is the index of the first record that could not be read.
+    """
+
+    file_index: int
+    url: str
+    record_index: int
+    reason: DeadLetterReason
+    detail: str  # one line, human readable
+    raw: str  # truncated copy of the record (RAW_COPY_CHARS at most)
+    raw_bytes: int  # size of the original record in bytes (-1 if unknown)
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["reason"] = self.reason.value
+        return row
+
+
+DEADLETTER_SCHEMA = pa.schema(
+    [
+        pa.field("file_index", pa.int32(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("record_index", pa.int64(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("raw", pa.string(), nullable=False),
+        pa.field("raw_bytes", pa.int64(), nullable=False),
+    ],
+    metadata={b"tda.table": b"deadletters", b"tda.table_version": b"1"},
+)
+
+assert [f.name for f in fields(Chunk)] == CHUNK_SCHEMA.names
+assert [f.name for f in fields(DeadLetter)] == DEADLETTER_SCHEMA.names
