@@ -1,2 +1,2 @@
-# Beam's --setup_file ships the package to remote workers with this file; metadata lives in setup.cfg.
+# Beam's --setup_file ships the package to remote workers; metadata is in setup.cfg.
 __import__("setuptools").setup()

@@ -118,8 +118,7 @@ def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) 
         elif config.resume:
             if not fs.exists(run_record):
                 raise ChunkRunError(
-                    f"{root.chunks_dir} holds output without a run record; "
-                    f"rerun with --overwrite"
+                    f"{root.chunks_dir} holds output without a run record; rerun with --overwrite"
                 )
             _check_resumable(json.loads(plan.run_record()), read_json(fs, run_record), root)
         else:
@@ -254,8 +253,13 @@ def process_file(
             return
         encodings = tokenizer.encode_batch([d.text for d in batch])
         out = chunk_documents(
-            batch, encodings, config.chunking, config.codec, config.dataset_id,
-            input_file.index, n_chunks,
+            batch,
+            encodings,
+            config.chunking,
+            config.codec,
+            config.dataset_id,
+            input_file.index,
+            n_chunks,
         )
         if out.batch is not None:
             chunks.write(out.batch)
@@ -303,9 +307,13 @@ def process_file(
     )
     if not counts.reconciles():  # a bug, never bad input: fail loudly
         raise AssertionError(f"file {input_file.index}: counts do not reconcile: {counts}")
-    atomic_write_text(fs, root.completion(input_file.index), json.dumps(counts.to_dict(), sort_keys=True) + "\n")
+    atomic_write_text(
+        fs, root.completion(input_file.index), json.dumps(counts.to_dict(), sort_keys=True) + "\n"
+    )
     count("files", 1)
-    log.info("chunked %s: %d chunks, %d dead letters", input_file.url, n_chunks, sum(reasons.values()))
+    log.info(
+        "chunked %s: %d chunks, %d dead letters", input_file.url, n_chunks, sum(reasons.values())
+    )
     return counts
 
 
@@ -327,7 +335,9 @@ def finish_chunk_run(plan: ChunkPlan) -> Manifest:
     for f in plan.inputs:
         counts = read_completion(plan.config, f.index)
         if counts is None:
-            raise ChunkRunError(f"input file {f.index} ({f.url}) did not finish; rerun with --resume")
+            raise ChunkRunError(
+                f"input file {f.index} ({f.url}) did not finish; rerun with --resume"
+            )
         files.append(counts)
     manifest = Manifest(
         tda_version=__version__,

@@ -103,7 +103,7 @@ def chunk_documents(
         cols["record_index"].extend([doc.record_index] * k)
         if policy.store_text:
             text = doc.text
-            texts.extend(text[a:b] for a, b in zip(cs.tolist(), ce.tolist()))
+            texts.extend(text[a:b] for a, b in zip(cs.tolist(), ce.tolist(), strict=True))
         n_tokens_total += n
     if not starts_all:
         return ChunkedBatch(None, 0, 0, no_tokens)

@@ -67,7 +67,7 @@ class Document:
 
 
 def _split_suffixes(name: str) -> tuple[str, str | None, str | None]:
-    """"wiki.en.jsonl.gz" -> ("wiki.en", ".jsonl", "gzip")."""
+    """ "wiki.en.jsonl.gz" -> ("wiki.en", ".jsonl", "gzip")."""
     base, compression = name, None
     for suffix, codec in COMPRESSIONS.items():
         if base.lower().endswith(suffix):
@@ -85,7 +85,7 @@ def file_stem(url: str) -> str:
 
 
 def detect_format(url: str) -> str | None:
-    """"a/b.jsonl.zst" -> "jsonl"; None when the extension says nothing."""
+    """ "a/b.jsonl.zst" -> "jsonl"; None when the extension says nothing."""
     suffix = _split_suffixes(url.rsplit("/", 1)[-1])[1]
     return FORMAT_SUFFIXES.get(suffix.lower()) if suffix else None
 
@@ -288,7 +288,11 @@ class _Reader:
             len(text.encode("utf-8")) > self.read.max_doc_bytes
         ):
             return self.dead(
-                index, R.TOO_LARGE, f"text over --max-doc-bytes={self.read.max_doc_bytes}", raw, size
+                index,
+                R.TOO_LARGE,
+                f"text over --max-doc-bytes={self.read.max_doc_bytes}",
+                raw,
+                size,
             )
         if not text or text.isspace():
             return self.dead(index, R.EMPTY_DOCUMENT, "empty or whitespace-only text", raw, size)
@@ -314,12 +318,16 @@ class _Reader:
         R = DeadLetterReason
         read = self.read
         index = 0
-        for index, (line, too_large, size) in enumerate(  # noqa: B007
+        for index, (line, too_large, size) in enumerate(
             _iter_lines(f, read.max_doc_bytes, errors)
         ):
             if too_large:
                 yield self.dead(
-                    index, R.TOO_LARGE, f"line over --max-doc-bytes={read.max_doc_bytes}", line, size
+                    index,
+                    R.TOO_LARGE,
+                    f"line over --max-doc-bytes={read.max_doc_bytes}",
+                    line,
+                    size,
                 )
                 continue
             if not line.strip():
@@ -341,8 +349,12 @@ class _Reader:
                 continue
             source = _get_field(obj, read.source_field) if read.source_field else None
             yield self.record(
-                index, _get_field(obj, read.text_field), _get_field(obj, read.id_field),
-                source, line, size,
+                index,
+                _get_field(obj, read.text_field),
+                _get_field(obj, read.id_field),
+                source,
+                line,
+                size,
             )
 
     def text_lines(self, f, errors) -> Iterator[Document | DeadLetter]:
@@ -390,7 +402,9 @@ class _Reader:
         except errors as exc:
             raise _ReadFailure(f"not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
         names = set(pf.schema_arrow.names)
-        paths = [read.text_field, read.id_field] + ([read.source_field] if read.source_field else [])
+        paths = [read.text_field, read.id_field] + (
+            [read.source_field] if read.source_field else []
+        )
         # A dotted path reads its top-level column; nested values are dicts after to_pylist().
         columns = {p: (p if p in names else p.split(".", 1)[0]) for p in paths}
         wanted = sorted({c for c in columns.values() if c in names})
@@ -463,9 +477,7 @@ def iter_documents(input_file: InputFile, read: ReadOptions) -> Iterator[Documen
                 last_index = item.record_index
                 yield item
     except _ReadFailure as exc:
-        yield reader.dead(
-            last_index + 1, DeadLetterReason.UNREADABLE_FILE, str(exc), "", -1
-        )
+        yield reader.dead(last_index + 1, DeadLetterReason.UNREADABLE_FILE, str(exc), "", -1)
     except errors as exc:  # opening failed, or a decompressor failed at close
         yield reader.dead(
             last_index + 1,

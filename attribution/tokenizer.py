@@ -163,7 +163,10 @@ class TiktokenTokenizer(TextTokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
         batch = self._enc.encode_ordinary_batch(list(texts), num_threads=self._threads)
-        return [_TiktokenEncoded(ids, t, self._token_bytes) for ids, t in zip(batch, texts)]
+        return [
+            _TiktokenEncoded(ids, text, self._token_bytes)
+            for ids, text in zip(batch, texts, strict=True)
+        ]
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ChunkIdCodec", "ChunkIdOverflowError", "ChunkLocation", "DEFAULT_CODEC"]
+__all__ = ["DEFAULT_CODEC", "ChunkIdCodec", "ChunkIdOverflowError", "ChunkLocation"]
 
 
 class ChunkIdOverflowError(ValueError):

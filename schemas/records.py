@@ -74,7 +74,7 @@ CHUNK_SCHEMA = pa.schema(
 )
 
 
-class DeadLetterReason(str, enum.Enum):
+class DeadLetterReason(enum.StrEnum):
     """Why a record could not be used. Counted per reason in Beam counters and manifests."""
 
     MALFORMED_JSON = "malformed_json"  # the JSONL line does not parse

@@ -1,0 +1,150 @@
+"""Shared fixtures: real text (Python's own documentation, shipped with every CPython in
+``pydoc_data.topics``, PSF licence, plus a few multilingual sentences), a byte-level BPE
+tokenizer trained on it, and a corpus folder that mixes every format with broken records.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+# Non-ASCII text so byte-level tokens split multi-byte characters (offset handling).
+MULTILINGUAL = [
+    "Zürich und Köln liegen nicht am Meer; die Straße ist naß. Größe: 3 µm ± 0,5 µm.",
+    "東京は日本の首都です。京都には古い寺がたくさんあります。漢字とひらがなとカタカナ。",
+    "Привет, мир! Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "emoji 🙂🚀👩‍🔬 and combining marks: é (e + ́), ñ, and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math letters.",
+    "Ελληνικά: Ξεσκεπάζω την ψυχοφθόρα βδελυγμία. العربية: مرحبا بالعالم.",
+]
+
+
+def _topics() -> list[tuple[str, str]]:
+    from pydoc_data.topics import topics
+
+    return sorted(topics.items())
+
+
+@pytest.fixture(scope="session")
+def real_docs() -> list[tuple[str, str]]:
+    """(id, text) pairs: 79 documentation topics (~0.5 MB) + multilingual sentences."""
+    docs = _topics()
+    docs += [(f"multi-{i}", text) for i, text in enumerate(MULTILINGUAL)]
+    return docs
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, real_docs) -> str:
+    """A byte-level BPE tokenizer (vocab 1000) trained on real_docs: DIR/tokenizer.json."""
+    from tda.attribution.tokenizer import train_bpe_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_bpe_tokenizer(iter([t for _, t in real_docs] * 2), 1000, str(out))
+    return str(out)
+
+
+@dataclass(frozen=True)
+class MixedCorpus:
+    """A folder mixing .jsonl.gz, .jsonl.zst, .parquet and .txt files with broken records.
+
+    ``documents``: url -> list of (record_index, doc_id, text) expected to be chunked.
+    ``deadletters``: url -> list of (record_index, reason) expected to be dead-lettered.
+    """
+
+    root: Path
+    documents: dict[str, list[tuple[int, str, str]]]
+    deadletters: dict[str, list[tuple[int, str]]]
+    max_doc_bytes: int
+
+    @property
+    def n_records(self) -> int:
+        return sum(len(v) for v in self.documents.values()) + sum(
+            len(v) for v in self.deadletters.values()
+        )
+
+
+def build_mixed_corpus(root: Path, real_docs: list[tuple[str, str]]) -> MixedCorpus:
+    root.mkdir(parents=True, exist_ok=True)
+    documents: dict[str, list] = {}
+    dead: dict[str, list] = {}
+    max_doc_bytes = 40_000
+    docs = [(i, t) for i, t in real_docs if len(t.encode()) <= max_doc_bytes]
+    big = next(t for _, t in real_docs if len(t.encode()) > max_doc_bytes)
+
+    # 1. JSONL.gz: half of the docs, with broken records interleaved.
+    path = root / "docs_a.jsonl.gz"
+    lines: list[bytes] = []
+    good, bad = [], []
+    half = docs[: len(docs) // 2]
+    broken = [
+        (b'{"id": "broken", "text": "unterminated', "malformed_json"),
+        (b'["a", "list"]', "not_an_object"),
+        (b'{"id": "no-text"}', "missing_text"),
+        (b'{"id": "null-text", "text": null}', "missing_text"),
+        (b'{"id": "num", "text": 42}', "non_string_text"),
+        (b'{"id": "bytes", "text": "caf\xe9"}', "invalid_utf8"),
+        (b'{"id": "surrogate", "text": "\\ud800 lone"}', "malformed_json"),
+        (b'{"id": "empty", "text": "   \\n "}', "empty_document"),
+        (b"", "empty_document"),
+        (json.dumps({"id": "huge", "text": big}).encode(), "too_large"),
+    ]
+    for k, (doc_id, text) in enumerate(half):
+        lines.append(json.dumps({"id": doc_id, "text": text}).encode())
+        good.append((len(lines) - 1, doc_id, text))
+        if k < len(broken):
+            lines.append(broken[k][0])
+            bad.append((len(lines) - 1, broken[k][1]))
+    with gzip.open(path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    documents[str(path)] = good
+    dead[str(path)] = bad
+
+    # 2. Parquet: the other half, ids from the default field, one null and one empty text.
+    path = root / "docs_b.parquet"
+    rest = docs[len(docs) // 2 :]
+    rows = [{"id": i, "text": t} for i, t in rest]
+    rows.insert(3, {"id": "null", "text": None})
+    rows.insert(5, {"id": "blank", "text": ""})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("text", pa.string())]))
+    pq.write_table(table, path, row_group_size=16)
+    documents[str(path)] = [(n, r["id"], r["text"]) for n, r in enumerate(rows) if r["text"]]
+    dead[str(path)] = [(3, "missing_text"), (5, "empty_document")]
+
+    # 3. JSONL.zst without ids (ids default to "<file name>#<line>") and a nested source.
+    path = root / "multi.jsonl.zst"
+    payload = b"".join(
+        json.dumps({"text": t, "meta": {"lang": "xx"}}).encode() + b"\n" for t in MULTILINGUAL
+    )
+    path.write_bytes(zstandard.ZstdCompressor().compress(payload))
+    documents[str(path)] = [(n, f"multi.jsonl.zst#{n}", t) for n, t in enumerate(MULTILINGUAL)]
+    dead[str(path)] = []
+
+    # 4. Plain text files, one document each; one not UTF-8, one empty; hidden files skipped.
+    notes = root / "notes"
+    notes.mkdir(exist_ok=True)
+    for k in range(3):
+        p = notes / f"note{k}.txt"
+        text = docs[k][1] + "\n"
+        p.write_text(text, encoding="utf-8")
+        documents[str(p)] = [(0, f"note{k}.txt#0", text)]
+        dead[str(p)] = []
+    p = notes / "latin1.txt"
+    p.write_bytes("Ã©tÃ© déjà vu".encode("latin-1"))
+    documents[str(p)], dead[str(p)] = [], [(0, "invalid_utf8")]
+    p = notes / "empty.txt"
+    p.write_bytes(b"")
+    documents[str(p)], dead[str(p)] = [], [(0, "empty_document")]
+    (notes / ".hidden.txt").write_text("never read")
+    (root / "_SUCCESS").write_text("")
+    return MixedCorpus(root, documents, dead, max_doc_bytes)
+
+
+@pytest.fixture
+def mixed_corpus(tmp_path, real_docs) -> MixedCorpus:
+    return build_mixed_corpus(tmp_path / "corpus", real_docs)

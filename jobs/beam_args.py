@@ -1,0 +1,88 @@
+"""Beam pipeline options on tda's command lines, passed through unchanged.
+
+``tda chunk data/ --out ROOT --runner DirectRunner --direct_num_workers 2`` mixes tda's
+options with Beam's. Beam's own argument parser knows every registered option (DirectRunner,
+Dataflow, Spark, Flink, portable) and whether it takes a value, so the split is exact: a
+token is Beam's if Beam registers it and the command does not define it itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import click
+
+__all__ = ["BeamCommand", "beam_option_actions", "split_beam_args"]
+
+
+@functools.cache
+def beam_option_actions() -> dict[str, bool]:
+    """Every Beam option string -> whether it takes a value (``--runner X`` vs ``--streaming``)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # Beam warns about optional GCP client libraries on import
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    finally:
+        root.setLevel(level)
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in dict.fromkeys(subclasses(PipelineOptions)):
+        cls._add_argparse_args(parser)
+    return {
+        option: action.nargs != 0
+        for option, action in parser._option_string_actions.items()
+        if option.startswith("--") and option != "--help"
+    }
+
+
+def split_beam_args(args: list[str], own: set[str]) -> tuple[list[str], list[str]]:
+    """Command-line tokens -> (Beam's tokens, the rest), order kept within each.
+
+    own: the command's own option strings; they are never taken for Beam's.
+    """
+    actions = beam_option_actions()
+    beam, rest = [], []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":  # everything after "--" is positional
+            rest.extend(args[i:])
+            break
+        name, has_value = (token.split("=", 1)[0], "=" in token)
+        if token.startswith("--") and name in actions and name not in own:
+            beam.append(token)
+            if actions[name] and not has_value and i + 1 < len(args):
+                beam.append(args[i + 1])
+                i += 1
+        else:
+            rest.append(token)
+        i += 1
+    return beam, rest
+
+
+class BeamCommand(click.Command):
+    """A click command that also accepts Beam pipeline options (in ``ctx.meta['beam_args']``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        own = {
+            opt for param in self.get_params(ctx) for opt in (*param.opts, *param.secondary_opts)
+        }
+        beam, rest = split_beam_args(list(args), own)
+        ctx.meta["beam_args"] = beam
+        return super().parse_args(ctx, rest)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        formatter.write_paragraph()
+        formatter.write_text(
+            "Beam pipeline options are passed to Beam unchanged, e.g. --runner DirectRunner "
+            "--direct_num_workers 2 --direct_running_mode multi_processing, or Dataflow / "
+            "Spark / Flink options (--project, --region, --temp_location, --job_endpoint, ...)."
+        )
