@@ -121,6 +121,7 @@ def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) 
                     f"{root.chunks_dir} holds output without a run record; rerun with --overwrite"
                 )
             _check_resumable(json.loads(plan.run_record()), read_json(fs, run_record), root)
+            _remove_temp_files(fs, (chunks_dir, dead_dir, root.completions_dir))
         else:
             raise ChunkRunError(
                 f"{root.chunks_dir} already holds a chunk run; pass --resume to continue it "
@@ -140,6 +141,14 @@ def _check_resumable(new: dict, old: dict, root: BuildRoot) -> None:
         )
 
 
+def _remove_temp_files(fs, folders) -> None:
+    """Delete what a killed run left half-written (its ``_tmp-`` files)."""
+    for folder in folders:
+        if fs.exists(folder):
+            for path in fs.glob(f"{folder}/_tmp-*"):
+                fs.rm(path)
+
+
 def read_completion(config: ChunkConfig, file_index: int) -> FileCounts | None:
     """The completion marker of a finished input file, or None."""
     fs, root = build_root(config.out)
@@ -151,10 +160,11 @@ def read_completion(config: ChunkConfig, file_index: int) -> FileCounts | None:
 
 class _PartWriter:
     """One Parquet part written through an :class:`AtomicFile`, in row groups of
-    ROW_GROUP_ROWS rows; opened lazily so empty dead-letter parts are never created."""
+    ROW_GROUP_ROWS rows. With ``keep_empty=False`` a part without rows is not created
+    (dead letters); chunk parts always exist, one per input file."""
 
-    def __init__(self, fs, path: str, schema: pa.Schema) -> None:
-        self.fs, self.path, self.schema = fs, path, schema
+    def __init__(self, fs, path: str, schema: pa.Schema, keep_empty: bool) -> None:
+        self.fs, self.path, self.schema, self.keep_empty = fs, path, schema, keep_empty
         self.rows = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -173,16 +183,21 @@ class _PartWriter:
             return
         table = pa.Table.from_batches(self._pending, schema=self.schema)
         cut = table.num_rows if final else (table.num_rows // ROW_GROUP_ROWS) * ROW_GROUP_ROWS
-        if self._writer is None:
-            self._file = AtomicFile(self.fs, self.path)
-            self._writer = pq.ParquetWriter(self._file.file, self.schema, compression="zstd")
+        self._open()
         self._writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
         rest = table.slice(cut)
         self._pending = rest.to_batches() if rest.num_rows else []
         self._pending_rows = rest.num_rows
 
+    def _open(self) -> None:
+        if self._writer is None:
+            self._file = AtomicFile(self.fs, self.path)
+            self._writer = pq.ParquetWriter(self._file.file, self.schema, compression="zstd")
+
     def commit(self) -> None:
         """Write what is buffered and move the part into place (no file if no rows)."""
+        if self.keep_empty:
+            self._open()  # a part with no row groups still carries the schema
         self._flush(final=True)
         if self._writer is not None:
             self._writer.close()
@@ -227,11 +242,13 @@ def process_file(
         fs,
         root.chunk_part(input_file.index),
         CHUNK_SCHEMA.with_metadata({**CHUNK_SCHEMA.metadata, **meta}),
+        keep_empty=True,
     )
     dead = _PartWriter(
         fs,
         root.deadletter_part(input_file.index),
         DEADLETTER_SCHEMA.with_metadata({**DEADLETTER_SCHEMA.metadata, **meta}),
+        keep_empty=False,
     )
     records = documents = n_chunks = n_tokens = 0
     reasons: dict[str, int] = {}

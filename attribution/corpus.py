@@ -1,5 +1,5 @@
 """Corpus files in, documents (or dead letters) out, streamed: memory stays bounded by one
-block (1 MiB) plus one record (``--max-doc-bytes``), whatever the file size.
+block (256 KiB) plus one record (``--max-doc-bytes``), whatever the file size.
 
 1. :func:`resolve_inputs` expands paths / URLs / globs / folders (any fsspec protocol) into
    the sorted list of files; a file's index is its position in that list.
@@ -34,7 +34,8 @@ __all__ = [
     "resolve_inputs",
 ]
 
-BLOCK_BYTES = 1 << 20
+# Read size. An I/O or decompression error loses at most the records of the failing block.
+BLOCK_BYTES = 256 << 10
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 FORMAT_SUFFIXES = {
     ".jsonl": "jsonl",
@@ -129,7 +130,14 @@ def resolve_inputs(patterns: Sequence[str], fmt: str = "auto") -> list[InputFile
         try:
             if _has_magic(path):
                 hits = fs.glob(path, detail=True)
-                files = {p: info for p, info in hits.items() if info.get("type") == "file"}
+                # Like a shell, "*" does not match hidden names; "_"-names are bookkeeping.
+                explicit = path.rstrip("/").rsplit("/", 1)[-1][:1] in (".", "_")
+                files = {
+                    p: info
+                    for p, info in hits.items()
+                    if info.get("type") == "file"
+                    and (explicit or not p.rsplit("/", 1)[-1].startswith((".", "_")))
+                }
                 if not files:
                     raise InputError(f"no files match {pattern}")
             elif fs.isdir(path):
@@ -318,9 +326,7 @@ class _Reader:
         R = DeadLetterReason
         read = self.read
         index = 0
-        for index, (line, too_large, size) in enumerate(
-            _iter_lines(f, read.max_doc_bytes, errors)
-        ):
+        for index, (line, too_large, size) in enumerate(_iter_lines(f, read.max_doc_bytes, errors)):
             if too_large:
                 yield self.dead(
                     index,

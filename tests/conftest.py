@@ -111,7 +111,9 @@ def build_mixed_corpus(root: Path, real_docs: list[tuple[str, str]]) -> MixedCor
     rows = [{"id": i, "text": t} for i, t in rest]
     rows.insert(3, {"id": "null", "text": None})
     rows.insert(5, {"id": "blank", "text": ""})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("text", pa.string())]))
+    table = pa.Table.from_pylist(
+        rows, schema=pa.schema([("id", pa.string()), ("text", pa.string())])
+    )
     pq.write_table(table, path, row_group_size=16)
     documents[str(path)] = [(n, r["id"], r["text"]) for n, r in enumerate(rows) if r["text"]]
     dead[str(path)] = [(3, "missing_text"), (5, "empty_document")]
