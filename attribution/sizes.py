@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 __all__ = ["format_size", "parse_size"]
 
@@ -34,7 +35,8 @@ def parse_size(text: str | int) -> int:
     match = _PATTERN.match(text.replace("_", ""))
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"not a size: {text!r} (examples: 4096, 64KiB, 16MiB, 4GB)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    # Decimal, not float: "2.01KB" is exactly 2010 and large integers stay exact.
+    return int(Decimal(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def format_size(n: int) -> str:

@@ -236,7 +236,7 @@ def _report_chunk(result, out: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 100)
     table = Table(title=f"tda chunk -> {out}", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("count", justify="right")

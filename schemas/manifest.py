@@ -164,7 +164,7 @@ class Manifest:
                 files=tuple(FileCounts.from_dict(f) for f in data["files"]),
                 schema_version=int(version),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc
 
     @classmethod

@@ -56,7 +56,7 @@ def test_default_codec_layout():
     assert DEFAULT_CODEC.encode(255, 2**23 - 1, 2**32 - 1) == INT64_LIMIT - 1
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     st.integers(0, DEFAULT_CODEC.max_dataset),
     st.integers(0, DEFAULT_CODEC.max_file_index),
@@ -71,7 +71,7 @@ def test_default_round_trip_full_range(dataset, file_index, ordinal):
     assert int(np.int64(chunk_id)) == chunk_id
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(codec_and_locations())
 def test_round_trip_any_widths(case):
     codec, (loc,) = case
@@ -82,7 +82,7 @@ def test_round_trip_any_widths(case):
     assert codec.decode(np.int64(chunk_id)) == loc
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(codecs())
 def test_extreme_values_round_trip(codec):
     for loc in (
@@ -99,7 +99,7 @@ def test_extreme_values_round_trip(codec):
     assert codec.encode(codec.max_dataset, codec.max_file_index, codec.max_ordinal) == 2**top - 1
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(codec_and_locations(n=2))
 def test_distinct_locations_distinct_ids_and_order(case):
     codec, (a, b) = case
@@ -111,7 +111,7 @@ def test_distinct_locations_distinct_ids_and_order(case):
     assert (id_a > id_b) == (key_a > key_b)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(codec_and_locations(n=20))
 def test_sorting_ids_sorts_locations(case):
     codec, locs = case
@@ -132,7 +132,7 @@ def test_neighbouring_fields_do_not_collide():
 # Vectorised forms
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_encode_many_matches_encode(data):
     codec = data.draw(st.one_of(st.just(DEFAULT_CODEC), codecs()))
@@ -146,7 +146,7 @@ def test_encode_many_matches_encode(data):
     assert ids.tolist() == [codec.encode(dataset, file_index, o) for o in ordinals]
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_decode_many_matches_decode(data):
     codec = data.draw(st.one_of(st.just(DEFAULT_CODEC), codecs()))
@@ -173,21 +173,21 @@ def test_encode_many_empty():
 # Overflow and invalid ids
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(codecs(), st.integers(0, 2**70))
 def test_dataset_overflow(codec, excess):
     with pytest.raises(ChunkIdOverflowError, match=r"overflow: dataset \d+ does not fit"):
         codec.encode(codec.max_dataset + 1 + excess, 0, 0)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(codecs(), st.integers(0, 2**70))
 def test_file_index_overflow(codec, excess):
     with pytest.raises(ChunkIdOverflowError, match=r"overflow: file index \d+ does not fit"):
         codec.encode(0, codec.max_file_index + 1 + excess, 0)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(codecs(), st.integers(0, 2**70))
 def test_ordinal_overflow(codec, excess):
     with pytest.raises(ChunkIdOverflowError, match=r"overflow: ordinal \d+ does not fit"):
@@ -228,7 +228,7 @@ def test_encode_many_checks_dataset_and_file():
         DEFAULT_CODEC.encode_many(0, 2**23, np.arange(3))
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(codecs(), st.integers(0, 2**64))
 def test_decode_rejects_ids_above_range(codec, excess):
     top = codec.dataset_bits + codec.file_bits + codec.ordinal_bits
@@ -236,7 +236,7 @@ def test_decode_rejects_ids_above_range(codec, excess):
         codec.decode(2**top + excess)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(codecs(), st.integers(1, 2**63))
 def test_decode_rejects_negative_ids(codec, magnitude):
     with pytest.raises(ChunkIdOverflowError, match="not a chunk id of this codec"):
@@ -286,7 +286,7 @@ def test_widths_summing_to_63_accepted():
     assert ChunkIdCodec(61, 1, 1).max_dataset == 2**61 - 1
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(codecs())
 def test_dict_round_trip(codec):
     data = codec.to_dict()
