@@ -106,9 +106,10 @@ def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) 
             f"{len(inputs)} input files exceed the chunk-id codec's {config.codec.file_bits} "
             f"file bits (max {config.codec.max_file_index + 1} files)"
         )
+    fs, root = build_root(config.out)
+    _check_root_outside_inputs(config, inputs, fs, root)
     tokenizer = tokenizer or load_tokenizer(config.tokenizer)
     plan = ChunkPlan(config=config, inputs=inputs, tokenizer=tokenizer.info)
-    fs, root = build_root(config.out)
     chunks_dir, dead_dir, run_record = root.chunks_dir, root.deadletter_dir, root.chunk_run_record
     if _nonempty(fs, chunks_dir) or _nonempty(fs, dead_dir):
         if config.overwrite:
@@ -130,6 +131,22 @@ def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) 
     fs.makedirs(chunks_dir, exist_ok=True)
     atomic_write_text(fs, run_record, plan.run_record())
     return plan
+
+
+def _check_root_outside_inputs(config, inputs, fs, root: BuildRoot) -> None:
+    """A build root inside an input folder would feed the run its own output."""
+    inside = root.root.rstrip("/") + "/"
+    for pattern in config.inputs:
+        pfs, path = filesystem(pattern)
+        folder = path.rstrip("/") + "/"
+        if type(pfs) is type(fs) and inside.startswith(folder):
+            raise ChunkRunError(
+                f"the build root {config.out} is inside the input folder {pattern}; "
+                f"choose a root outside the corpus"
+            )
+    for f in inputs:
+        if filesystem(f.url)[1].startswith(inside):
+            raise ChunkRunError(f"input {f.url} is inside the build root {config.out}")
 
 
 def _check_resumable(new: dict, old: dict, root: BuildRoot) -> None:

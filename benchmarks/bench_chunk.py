@@ -98,9 +98,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     in_process = best(lambda: stage([]))
     multi = best(
-        lambda: stage(
-            ["--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
-        )
+        lambda: stage(["--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"])
     )
     results = {
         "cores": cores,
@@ -121,9 +119,11 @@ def main() -> None:
     (out / "chunk_bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     ok = max(results["ratio_in_process"], results["ratio_multi_process"]) >= 0.6
-    print(f"chunk stage / bare tokenizer: {results['ratio_in_process']:.2f} in-process, "
-          f"{results['ratio_multi_process']:.2f} multi-process (target >= 0.6): "
-          f"{'met' if ok else 'NOT met'}")
+    print(
+        f"chunk stage / bare tokenizer: {results['ratio_in_process']:.2f} in-process, "
+        f"{results['ratio_multi_process']:.2f} multi-process (target >= 0.6): "
+        f"{'met' if ok else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,24 +8,34 @@ token is Beam's if Beam registers it and the command does not define it itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 
 import click
 
-__all__ = ["BeamCommand", "beam_option_actions", "split_beam_args"]
+__all__ = ["BeamCommand", "beam_option_actions", "quiet_beam_import", "split_beam_args"]
+
+
+@contextlib.contextmanager
+def quiet_beam_import() -> Iterator[None]:
+    """Import Beam without its warning about optional GCP client libraries (apitools),
+    which are only needed on Dataflow and come with the ``gcp`` extra."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 @functools.cache
 def beam_option_actions() -> dict[str, bool]:
     """Every Beam option string -> whether it takes a value (``--runner X`` vs ``--streaming``)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # Beam warns about optional GCP client libraries on import
-    try:
+    with quiet_beam_import():
         from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-    finally:
-        root.setLevel(level)
 
     def subclasses(cls):
         for sub in cls.__subclasses__():

@@ -13,7 +13,7 @@ from tda import __version__
 from tda.attribution.sizes import parse_size
 from tda.schemas import ChunkConfig, ChunkingPolicy, ReadOptions
 
-from .beam_args import BeamCommand
+from .beam_args import BeamCommand, quiet_beam_import
 
 # Errors that are the user's to fix: shown as one line, exit status 1.
 _USER_ERRORS: tuple[type[Exception], ...] = ()
@@ -203,9 +203,10 @@ def chunk(
             resume=resume,
             overwrite=overwrite,
         )
-        from apache_beam.options.pipeline_options import PipelineOptions
+        with quiet_beam_import():
+            from apache_beam.options.pipeline_options import PipelineOptions
 
-        from tda.pipeline.chunk import run_chunk
+            from tda.pipeline.chunk import run_chunk
 
         result = run_chunk(config, PipelineOptions(_beam_args(ctx)))
     except _user_errors() as exc:

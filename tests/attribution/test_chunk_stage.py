@@ -128,3 +128,9 @@ def test_too_many_files_for_the_codec(mixed_corpus, tmp_path, tokenizer_dir):
     codec = ChunkIdCodec(dataset_bits=1, file_bits=2, ordinal_bits=20)  # at most 4 files
     with pytest.raises(ChunkRunError, match="exceed the chunk-id codec's 2 file bits"):
         plan_chunk_run(_config(mixed_corpus, tmp_path / "r", tokenizer_dir, codec=codec))
+
+
+def test_root_inside_the_corpus_is_refused(mixed_corpus, tmp_path, tokenizer_dir):
+    with pytest.raises(ChunkRunError, match="is inside the input folder"):
+        plan_chunk_run(_config(mixed_corpus, mixed_corpus.root / "root", tokenizer_dir))
+    assert not (mixed_corpus.root / "root").exists()

@@ -43,32 +43,49 @@ def test_split_beam_args_keeps_values_and_order():
     own = {"--out", "--tokenizer", "--format", "--resume", "--source"}
     args = [
         "data/",
-        "--runner", "DirectRunner",
-        "--out", "ROOT",
+        "--runner",
+        "DirectRunner",
+        "--out",
+        "ROOT",
         "--direct_num_workers=2",
         "--save_main_session",
         "more/*.jsonl",
-        "--direct_running_mode", "multi_processing",
-        "--experiments", "use_runner_v2",
+        "--direct_running_mode",
+        "multi_processing",
+        "--experiments",
+        "use_runner_v2",
         "--resume",
     ]
     beam, rest = split_beam_args(args, own)
     assert beam == [
-        "--runner", "DirectRunner",
+        "--runner",
+        "DirectRunner",
         "--direct_num_workers=2",
         "--save_main_session",
-        "--direct_running_mode", "multi_processing",
-        "--experiments", "use_runner_v2",
+        "--direct_running_mode",
+        "multi_processing",
+        "--experiments",
+        "use_runner_v2",
     ]
     assert rest == ["data/", "--out", "ROOT", "more/*.jsonl", "--resume"]
 
 
 def test_beam_knows_the_runner_options_we_document():
     actions = beam_option_actions()
-    for option in ("--runner", "--project", "--region", "--temp_location", "--job_endpoint",
-                   "--direct_num_workers", "--direct_running_mode", "--setup_file",
-                   "--sdk_container_image", "--dataflow_service_options", "--flink_master",
-                   "--spark_master_url"):
+    for option in (
+        "--runner",
+        "--project",
+        "--region",
+        "--temp_location",
+        "--job_endpoint",
+        "--direct_num_workers",
+        "--direct_running_mode",
+        "--setup_file",
+        "--sdk_container_image",
+        "--dataflow_service_options",
+        "--flink_master",
+        "--spark_master_url",
+    ):
         assert actions[option] is True, option
     assert actions["--save_main_session"] is False
 
@@ -84,9 +101,19 @@ def test_chunk_command_options_do_not_shadow_beam():
 def test_chunk_cli_with_beam_options(mixed_corpus, tmp_path, tokenizer_dir):
     root = tmp_path / "root"
     args = [
-        "chunk", str(mixed_corpus.root), "--out", str(root), "--tokenizer", tokenizer_dir,
-        "--max-doc-bytes", f"{mixed_corpus.max_doc_bytes}", "--runner", "DirectRunner",
-        "--direct_num_workers", "1", "--json",
+        "chunk",
+        str(mixed_corpus.root),
+        "--out",
+        str(root),
+        "--tokenizer",
+        tokenizer_dir,
+        "--max-doc-bytes",
+        f"{mixed_corpus.max_doc_bytes}",
+        "--runner",
+        "DirectRunner",
+        "--direct_num_workers",
+        "1",
+        "--json",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -95,8 +122,9 @@ def test_chunk_cli_with_beam_options(mixed_corpus, tmp_path, tokenizer_dir):
     assert summary["counters"]["chunks_written"] == summary["totals"]["chunks"]
 
     # Human output: a table with the reconciliation line.
-    result = CliRunner().invoke(main, [*args[:-1], "--overwrite", "--chunk-size", "32",
-                                       "--no-text"])
+    result = CliRunner().invoke(
+        main, [*args[:-1], "--overwrite", "--chunk-size", "32", "--no-text"]
+    )
     assert result.exit_code == 0, result.output
     assert "records = documents + dead letters" in result.output and "ok" in result.output
     table = pq.read_table(root / "chunks" / "part-000000.parquet")
@@ -131,8 +159,15 @@ def test_chunk_errors_are_one_line(extra, message, mixed_corpus, tmp_path, token
 
 def test_bad_tokenizer_is_one_line(mixed_corpus, tmp_path):
     result = CliRunner().invoke(
-        main, ["chunk", str(mixed_corpus.root), "--out", str(tmp_path / "r"),
-               "--tokenizer", str(tmp_path / "nope")]
+        main,
+        [
+            "chunk",
+            str(mixed_corpus.root),
+            "--out",
+            str(tmp_path / "r"),
+            "--tokenizer",
+            str(tmp_path / "nope"),
+        ],
     )
     assert result.exit_code == 1 and "tokenizer not found" in result.output
 
@@ -140,8 +175,18 @@ def test_bad_tokenizer_is_one_line(mixed_corpus, tmp_path):
 def test_tokenizer_train_command(mixed_corpus, tmp_path):
     out = tmp_path / "tok"
     result = CliRunner().invoke(
-        main, ["tokenizer", "train", str(mixed_corpus.root), "--out", str(out),
-               "--vocab-size", "600", "--max-doc-bytes", "40000"]
+        main,
+        [
+            "tokenizer",
+            "train",
+            str(mixed_corpus.root),
+            "--out",
+            str(out),
+            "--vocab-size",
+            "600",
+            "--max-doc-bytes",
+            "40000",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (out / "tokenizer.json").exists()
@@ -149,6 +194,10 @@ def test_tokenizer_train_command(mixed_corpus, tmp_path):
 
 
 def test_console_script_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "tda.jobs.cli", "--version"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "tda.jobs.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert __version__ in out.stdout
