@@ -150,3 +150,16 @@ def build_mixed_corpus(root: Path, real_docs: list[tuple[str, str]]) -> MixedCor
 @pytest.fixture
 def mixed_corpus(tmp_path, real_docs) -> MixedCorpus:
     return build_mixed_corpus(tmp_path / "corpus", real_docs)
+
+
+def chunk_config(corpus: MixedCorpus, root, tokenizer_dir: str, **kw):
+    """A ChunkConfig over a MixedCorpus (its max_doc_bytes makes one record too large)."""
+    from tda.schemas import ChunkConfig, ReadOptions
+
+    return ChunkConfig(
+        inputs=(str(corpus.root),),
+        out=str(root),
+        tokenizer=tokenizer_dir,
+        read=ReadOptions(max_doc_bytes=corpus.max_doc_bytes),
+        **kw,
+    )

@@ -15,21 +15,12 @@ from tda.attribution.chunk_stage import (
     process_file,
 )
 from tda.attribution.tokenizer import load_tokenizer
-from tda.schemas import DEFAULT_CODEC, ChunkConfig, ChunkingPolicy, Manifest, ReadOptions
-
-
-def _config(corpus, root, tokenizer_dir, **kw) -> ChunkConfig:
-    return ChunkConfig(
-        inputs=(str(corpus.root),),
-        out=str(root),
-        tokenizer=tokenizer_dir,
-        read=ReadOptions(max_doc_bytes=corpus.max_doc_bytes),
-        **kw,
-    )
+from tda.schemas import DEFAULT_CODEC, ChunkingPolicy, Manifest
+from tests.conftest import chunk_config
 
 
 def test_process_file_writes_parts_marker_and_counters(mixed_corpus, tmp_path, tokenizer_dir):
-    config = _config(mixed_corpus, tmp_path / "root", tokenizer_dir)
+    config = chunk_config(mixed_corpus, tmp_path / "root", tokenizer_dir)
     plan = plan_chunk_run(config)
     f = next(i for i in plan.inputs if i.url.endswith("docs_a.jsonl.gz"))
     seen: Counter = Counter()
@@ -71,7 +62,7 @@ def test_process_file_writes_parts_marker_and_counters(mixed_corpus, tmp_path, t
 
 
 def test_clean_file_writes_no_deadletter_part(mixed_corpus, tmp_path, tokenizer_dir):
-    config = _config(mixed_corpus, tmp_path / "root", tokenizer_dir)
+    config = chunk_config(mixed_corpus, tmp_path / "root", tokenizer_dir)
     plan = plan_chunk_run(config)
     f = next(i for i in plan.inputs if i.url.endswith("multi.jsonl.zst"))
     counts = process_file(f, config, load_tokenizer(tokenizer_dir))
@@ -80,7 +71,7 @@ def test_clean_file_writes_no_deadletter_part(mixed_corpus, tmp_path, tokenizer_
 
 
 def test_finish_requires_every_file_and_writes_manifest(mixed_corpus, tmp_path, tokenizer_dir):
-    config = _config(mixed_corpus, tmp_path / "root", tokenizer_dir)
+    config = chunk_config(mixed_corpus, tmp_path / "root", tokenizer_dir)
     plan = plan_chunk_run(config)
     tok = load_tokenizer(tokenizer_dir)
     for f in plan.inputs[:-1]:
@@ -98,14 +89,14 @@ def test_finish_requires_every_file_and_writes_manifest(mixed_corpus, tmp_path, 
 
 def test_root_guards(mixed_corpus, tmp_path, tokenizer_dir):
     root = tmp_path / "root"
-    plan_chunk_run(_config(mixed_corpus, root, tokenizer_dir))
+    plan_chunk_run(chunk_config(mixed_corpus, root, tokenizer_dir))
     with pytest.raises(ChunkRunError, match="pass --resume to continue it or --overwrite"):
-        plan_chunk_run(_config(mixed_corpus, root, tokenizer_dir))
+        plan_chunk_run(chunk_config(mixed_corpus, root, tokenizer_dir))
     # Same settings: resumable. Other settings: refused, naming what differs.
-    plan_chunk_run(_config(mixed_corpus, root, tokenizer_dir, resume=True))
+    plan_chunk_run(chunk_config(mixed_corpus, root, tokenizer_dir, resume=True))
     with pytest.raises(ChunkRunError, match="these differ: settings"):
         plan_chunk_run(
-            _config(
+            chunk_config(
                 mixed_corpus,
                 root,
                 tokenizer_dir,
@@ -115,10 +106,10 @@ def test_root_guards(mixed_corpus, tmp_path, tokenizer_dir):
         )
     (mixed_corpus.root / "extra.txt").write_text("one more document")
     with pytest.raises(ChunkRunError, match="these differ: inputs"):
-        plan_chunk_run(_config(mixed_corpus, root, tokenizer_dir, resume=True))
+        plan_chunk_run(chunk_config(mixed_corpus, root, tokenizer_dir, resume=True))
     # --overwrite starts over.
     (root / "chunks" / "part-000000.parquet").write_bytes(b"stale")
-    plan_chunk_run(_config(mixed_corpus, root, tokenizer_dir, overwrite=True))
+    plan_chunk_run(chunk_config(mixed_corpus, root, tokenizer_dir, overwrite=True))
     assert not (root / "chunks" / "part-000000.parquet").exists()
 
 
@@ -127,10 +118,10 @@ def test_too_many_files_for_the_codec(mixed_corpus, tmp_path, tokenizer_dir):
 
     codec = ChunkIdCodec(dataset_bits=1, file_bits=2, ordinal_bits=20)  # at most 4 files
     with pytest.raises(ChunkRunError, match="exceed the chunk-id codec's 2 file bits"):
-        plan_chunk_run(_config(mixed_corpus, tmp_path / "r", tokenizer_dir, codec=codec))
+        plan_chunk_run(chunk_config(mixed_corpus, tmp_path / "r", tokenizer_dir, codec=codec))
 
 
 def test_root_inside_the_corpus_is_refused(mixed_corpus, tmp_path, tokenizer_dir):
     with pytest.raises(ChunkRunError, match="is inside the input folder"):
-        plan_chunk_run(_config(mixed_corpus, mixed_corpus.root / "root", tokenizer_dir))
+        plan_chunk_run(chunk_config(mixed_corpus, mixed_corpus.root / "root", tokenizer_dir))
     assert not (mixed_corpus.root / "root").exists()

@@ -19,23 +19,14 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tda.attribution.chunk_stage import plan_chunk_run
 from tda.pipeline.chunk import ChunkFileFn, run_chunk
-from tda.schemas import DEFAULT_CODEC, ChunkConfig, ReadOptions
+from tda.schemas import DEFAULT_CODEC
+from tests.conftest import chunk_config
 
 MULTI_PROCESS = [
     "--runner=DirectRunner",
     "--direct_running_mode=multi_processing",
     "--direct_num_workers=2",
 ]
-
-
-def _config(corpus, root, tokenizer_dir, **kw) -> ChunkConfig:
-    return ChunkConfig(
-        inputs=(str(corpus.root),),
-        out=str(root),
-        tokenizer=tokenizer_dir,
-        read=ReadOptions(max_doc_bytes=corpus.max_doc_bytes),
-        **kw,
-    )
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -47,7 +38,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_mixed_corpus_end_to_end(mixed_corpus, tmp_path, tokenizer_dir):
     root = tmp_path / "root"
-    result = run_chunk(_config(mixed_corpus, root, tokenizer_dir))
+    result = run_chunk(chunk_config(mixed_corpus, root, tokenizer_dir))
     manifest = result.manifest
     totals = manifest.totals
 
@@ -91,8 +82,8 @@ def test_in_process_and_multi_process_runs_write_identical_files(
     mixed_corpus, tmp_path, tokenizer_dir
 ):
     a, b = tmp_path / "in_process", tmp_path / "multi_process"
-    run_chunk(_config(mixed_corpus, a, tokenizer_dir))
-    run_chunk(_config(mixed_corpus, b, tokenizer_dir), PipelineOptions(MULTI_PROCESS))
+    run_chunk(chunk_config(mixed_corpus, a, tokenizer_dir))
+    run_chunk(chunk_config(mixed_corpus, b, tokenizer_dir), PipelineOptions(MULTI_PROCESS))
     files_a, files_b = _files(a), _files(b)
     assert files_a.keys() == files_b.keys()
     assert "chunks/manifest.json" in files_a and len(files_a) > 10
@@ -101,7 +92,7 @@ def test_in_process_and_multi_process_runs_write_identical_files(
 
 
 def test_dofn_yields_file_counts(mixed_corpus, tmp_path, tokenizer_dir):
-    config = _config(mixed_corpus, tmp_path / "root", tokenizer_dir)
+    config = chunk_config(mixed_corpus, tmp_path / "root", tokenizer_dir)
     plan = plan_chunk_run(config)
     picked = [i for i in plan.inputs if i.url.endswith(("multi.jsonl.zst", "empty.txt"))]
     expected_docs = {i.index: len(mixed_corpus.documents[i.url]) for i in picked}
@@ -119,7 +110,7 @@ def test_dofn_yields_file_counts(mixed_corpus, tmp_path, tokenizer_dir):
 
 
 def test_dofn_refuses_a_different_tokenizer(mixed_corpus, tmp_path, tokenizer_dir):
-    config = _config(mixed_corpus, tmp_path / "root", tokenizer_dir)
+    config = chunk_config(mixed_corpus, tmp_path / "root", tokenizer_dir)
     fn = ChunkFileFn(config, "sha256:" + "0" * 64)
     with pytest.raises(ValueError, match="differs from the driver's"):
         fn.setup()
@@ -127,8 +118,8 @@ def test_dofn_refuses_a_different_tokenizer(mixed_corpus, tmp_path, tokenizer_di
 
 def test_resume_after_simulated_interruption(mixed_corpus, tmp_path, tokenizer_dir):
     reference, root = tmp_path / "reference", tmp_path / "root"
-    run_chunk(_config(mixed_corpus, reference, tokenizer_dir))
-    first = run_chunk(_config(mixed_corpus, root, tokenizer_dir))
+    run_chunk(chunk_config(mixed_corpus, reference, tokenizer_dir))
+    first = run_chunk(chunk_config(mixed_corpus, root, tokenizer_dir))
     n = len(first.manifest.inputs)
     # What a kill leaves behind: no manifest, two files without completion markers (one
     # of them without its part), and a half-written temp file.
@@ -138,7 +129,7 @@ def test_resume_after_simulated_interruption(mixed_corpus, tmp_path, tokenizer_d
     (root / "chunks" / "part-000003.parquet").unlink()  # every file has a part, even empty
     (root / "chunks" / "_tmp-part-000001.parquet-deadbeef").write_bytes(b"PAR1 half")
 
-    resumed = run_chunk(_config(mixed_corpus, root, tokenizer_dir, resume=True))
+    resumed = run_chunk(chunk_config(mixed_corpus, root, tokenizer_dir, resume=True))
     assert resumed.counters["files_skipped"] == n - 2
     assert resumed.counters["files"] == 2
     assert resumed.manifest == first.manifest
