@@ -68,7 +68,8 @@ class Document:
 
 
 def _split_suffixes(name: str) -> tuple[str, str | None, str | None]:
-    """ "wiki.en.jsonl.gz" -> ("wiki.en", ".jsonl", "gzip")."""
+    """Name -> (stem, format suffix, compression): ``wiki.en.jsonl.gz`` -> ``("wiki.en",
+    ".jsonl", "gzip")``."""
     base, compression = name, None
     for suffix, codec in COMPRESSIONS.items():
         if base.lower().endswith(suffix):
@@ -86,7 +87,7 @@ def file_stem(url: str) -> str:
 
 
 def detect_format(url: str) -> str | None:
-    """ "a/b.jsonl.zst" -> "jsonl"; None when the extension says nothing."""
+    """Format by extension: ``a/b.jsonl.zst`` -> ``"jsonl"``; None when it says nothing."""
     suffix = _split_suffixes(url.rsplit("/", 1)[-1])[1]
     return FORMAT_SUFFIXES.get(suffix.lower()) if suffix else None
 
@@ -325,7 +326,6 @@ class _Reader:
     def jsonl(self, f, errors) -> Iterator[Document | DeadLetter]:
         R = DeadLetterReason
         read = self.read
-        index = 0
         for index, (line, too_large, size) in enumerate(_iter_lines(f, read.max_doc_bytes, errors)):
             if too_large:
                 yield self.dead(
@@ -412,14 +412,13 @@ class _Reader:
             [read.source_field] if read.source_field else []
         )
         # A dotted path reads its top-level column; nested values are dicts after to_pylist().
-        columns = {p: (p if p in names else p.split(".", 1)[0]) for p in paths}
-        wanted = sorted({c for c in columns.values() if c in names})
-        self.rows_done = 0
+        wanted = sorted({c for p in paths for c in (p, p.split(".", 1)[0]) if c in names})
         batches = pf.iter_batches(batch_size=1024, columns=wanted) if wanted else None
         if batches is None:  # none of the fields exists: every row lacks its text
             for index in range(pf.metadata.num_rows):
                 yield self.record(index, _MISSING, _MISSING, None, "", -1)
             return
+        index = 0
         while True:
             try:
                 batch = next(batches)
@@ -427,28 +426,22 @@ class _Reader:
                 return
             except errors as exc:
                 raise _ReadFailure(f"{type(exc).__name__}: {exc}") from exc
-            rows = batch.to_pylist()
-            for row in rows:
-                index = self.rows_done
-                self.rows_done += 1
-                values = {p: _get_field(row, p) for p in paths}
-                raw = _row_copy(row)
+            for row in batch.to_pylist():
+                source = _get_field(row, read.source_field) if read.source_field else None
                 yield self.record(
                     index,
-                    values[read.text_field],
-                    values[read.id_field],
-                    values.get(read.source_field) if read.source_field else None,
-                    raw,
+                    _get_field(row, read.text_field),
+                    _get_field(row, read.id_field),
+                    source,
+                    _LazyRow(row),
                     -1,
                 )
-
-
-def _row_copy(row: dict):
-    """A lazily-rendered copy of a Parquet row (rendered only if it is dead-lettered)."""
-    return _LazyRow(row)
+                index += 1
 
 
 class _LazyRow:
+    """A Parquet row's copy for a dead letter, rendered only if one is written."""
+
     __slots__ = ("row",)
 
     def __init__(self, row: dict) -> None:

@@ -27,7 +27,9 @@ _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(text: str | int) -> int:
-    """ "16MiB" -> 16777216, "4GB" -> 4000000000, "512" -> 512. Raises ValueError."""
+    """Human size -> bytes: ``16MiB`` -> 16777216, ``4GB`` -> 4000000000, ``512`` -> 512.
+
+    Raises ValueError."""
     if isinstance(text, int):
         if text < 0:
             raise ValueError(f"size must not be negative: {text}")

@@ -21,7 +21,7 @@ __all__ = ["BeamCommand", "beam_option_actions", "quiet_beam_import", "split_bea
 @contextlib.contextmanager
 def quiet_beam_import() -> Iterator[None]:
     """Import Beam without its warning about optional GCP client libraries (apitools),
-    which are only needed on Dataflow and come with the ``gcp`` extra."""
+    which only Dataflow runs need (``pip install 'apache-beam[gcp]'``)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -15,27 +16,24 @@ from tda.schemas import ChunkConfig, ChunkingPolicy, ReadOptions
 
 from .beam_args import BeamCommand, quiet_beam_import
 
-# Errors that are the user's to fix: shown as one line, exit status 1.
-_USER_ERRORS: tuple[type[Exception], ...] = ()
 
-
+@functools.cache
 def _user_errors() -> tuple[type[Exception], ...]:
-    global _USER_ERRORS
-    if not _USER_ERRORS:
-        from tda.attribution.chunk_stage import ChunkRunError
-        from tda.attribution.corpus import InputError
-        from tda.attribution.tokenizer import TokenizerError
-        from tda.schemas import ChunkIdOverflowError, ConfigError, ManifestError
+    """Errors that are the user's to fix: shown as one line, exit status 1 (imported late
+    so ``tda --help`` stays fast)."""
+    from tda.attribution.chunk_stage import ChunkRunError
+    from tda.attribution.corpus import InputError
+    from tda.attribution.tokenizer import TokenizerError
+    from tda.schemas import ChunkIdOverflowError, ConfigError, ManifestError
 
-        _USER_ERRORS = (
-            ChunkRunError,
-            InputError,
-            TokenizerError,
-            ConfigError,
-            ManifestError,
-            ChunkIdOverflowError,
-        )
-    return _USER_ERRORS
+    return (
+        ChunkRunError,
+        InputError,
+        TokenizerError,
+        ConfigError,
+        ManifestError,
+        ChunkIdOverflowError,
+    )
 
 
 class _SizeType(click.ParamType):
@@ -229,7 +227,7 @@ def _report_chunk(result, out: str, as_json: bool) -> None:
         summary = {
             "root": out,
             "files": len(result.manifest.inputs),
-            "totals": totals.to_dict() | {"file_index": None},
+            "totals": totals.to_dict(),
             "counters": result.counters,
         }
         click.echo(json.dumps(summary, indent=2, sort_keys=True))

@@ -90,7 +90,11 @@ class FileCounts:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON; a total over files (file_index -1) has ``"file_index": null``."""
+        data = asdict(self)
+        if self.file_index < 0:
+            data["file_index"] = None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileCounts:
@@ -135,7 +139,7 @@ class Manifest:
             "chunking": asdict(self.chunking),
             "inputs": [asdict(i) for i in self.inputs],
             "files": [f.to_dict() for f in self.files],
-            "totals": self.totals.to_dict() | {"file_index": None},
+            "totals": self.totals.to_dict(),
         }
 
     def to_json(self) -> str:
