@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 # Pinned: this machine (and CI) has a CPU build of exactly this version on disk; an
 # unpinned torch pulls several GB of CUDA packages.
 TORCH  := torch==2.13.0
+STEERLING := steerling==0.2.0
 DEMO_DIR ?= build/demo
 
 .DEFAULT_GOAL := help
@@ -18,7 +19,10 @@ install: $(VENV)/.installed ## Create .venv and install tda with its test extras
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet $(TORCH) -e '.[test,gcs]'
+	$(BIN)/pip install --quiet $(TORCH) -e '.[test,gcs,steerling]'
+	# steerling declares Python >= 3.13 and pins torch 2.8 / transformers 4, yet runs on
+	# Python 3.11 with what is installed above: take the package alone.
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python $(STEERLING)
 	touch $@
 
 test: install ## Run the whole test suite (CPU; GPU/network tests skip themselves)

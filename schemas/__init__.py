@@ -3,15 +3,33 @@
 Imports nothing of tda's own beyond this package.
 """
 
-from .config import ChunkConfig, ChunkingPolicy, ConfigError, ReadOptions
+from .config import (
+    ChunkConfig,
+    ChunkingPolicy,
+    ConfigError,
+    ContextPolicy,
+    EmbedConfig,
+    Pooling,
+    ReadOptions,
+)
 from .ids import DEFAULT_CODEC, ChunkIdCodec, ChunkIdOverflowError, ChunkLocation
-from .manifest import FileCounts, InputFile, Manifest, ManifestError, TokenizerInfo
+from .manifest import (
+    EmbedCounts,
+    EmbedManifest,
+    EncoderInfo,
+    FileCounts,
+    InputFile,
+    Manifest,
+    ManifestError,
+    TokenizerInfo,
+)
 from .records import (
     CHUNK_SCHEMA,
     DEADLETTER_SCHEMA,
     Chunk,
     DeadLetter,
     DeadLetterReason,
+    embedding_schema,
     part_name,
 )
 
@@ -26,13 +44,20 @@ __all__ = [
     "ChunkLocation",
     "ChunkingPolicy",
     "ConfigError",
+    "ContextPolicy",
     "DeadLetter",
     "DeadLetterReason",
+    "EmbedConfig",
+    "EmbedCounts",
+    "EmbedManifest",
+    "EncoderInfo",
     "FileCounts",
     "InputFile",
     "Manifest",
     "ManifestError",
+    "Pooling",
     "ReadOptions",
     "TokenizerInfo",
+    "embedding_schema",
     "part_name",
 ]

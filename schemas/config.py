@@ -11,11 +11,17 @@ from typing import Any
 from .ids import DEFAULT_CODEC, ChunkIdCodec
 
 __all__ = [
+    "DEVICES",
     "FORMATS",
+    "POOL_FEATURES",
+    "POOL_METHODS",
     "TEXT_UNITS",
     "ChunkConfig",
     "ChunkingPolicy",
     "ConfigError",
+    "ContextPolicy",
+    "EmbedConfig",
+    "Pooling",
     "ReadOptions",
 ]
 
@@ -125,3 +131,128 @@ class ChunkConfig:
             "dataset_id": self.dataset_id,
             "id_codec": self.codec.to_dict(),
         }
+
+
+POOL_METHODS = ("mean", "max", "last", "weights")
+POOL_FEATURES = ("concepts", "known", "hidden")
+CONCEPT_REDUCERS = ("max", "mean")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How one chunk's per-token concept activations become what the index stores.
+
+    Dense vector (L2-normalised), by ``method``:
+
+    * ``mean`` / ``max`` / ``last``: mean, element-wise max, or the last token of the
+      chunk's per-token ``features`` (D = the model's hidden size), where ``features`` is
+      ``concepts`` (known + unknown concept features: the concept bottleneck's output
+      without the residual), ``known`` (known-concept features only) or ``hidden`` (the
+      final hidden state = concepts + residual);
+    * ``weights``: the known-concept weight vector itself, mean over the chunk's tokens
+      (D = number of known concepts).
+
+    Sparse side: the ``top_k`` known concepts by their weight over the chunk's tokens,
+    reduced by ``concept_reducer`` (``max``: the strongest firing anywhere in the chunk, so a
+    concept that fires on a few tokens is not diluted; ``mean``).
+    """
+
+    method: str = "mean"
+    features: str = "concepts"
+    concept_reducer: str = "max"
+    # 32: Steerling's known head uses its top-32 concepts per token (topk_features).
+    top_k: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in POOL_METHODS:
+            raise ConfigError(
+                f"--pooling must be one of {', '.join(POOL_METHODS)} (optionally METHOD:FEATURES), "
+                f"got {self.method!r}"
+            )
+        if self.features not in POOL_FEATURES:
+            raise ConfigError(
+                f"pooling features must be one of {', '.join(POOL_FEATURES)}, got {self.features!r}"
+            )
+        if self.concept_reducer not in CONCEPT_REDUCERS:
+            raise ConfigError(
+                f"--concept-pooling must be one of {', '.join(CONCEPT_REDUCERS)}, "
+                f"got {self.concept_reducer!r}"
+            )
+        if not 1 <= self.top_k <= 1024:
+            raise ConfigError(f"--top-k-concepts must be in 1..1024, got {self.top_k}")
+
+    @property
+    def name(self) -> str:
+        """``mean:concepts``, ``max:hidden``, ... or ``weights``."""
+        return "weights" if self.method == "weights" else f"{self.method}:{self.features}"
+
+    @classmethod
+    def parse(cls, name: str, **kwargs: Any) -> Pooling:
+        """``"mean"``, ``"max:known"``, ``"weights"`` -> Pooling (features default: concepts)."""
+        method, _, features = name.partition(":")
+        return cls(method=method, features=features or "concepts", **kwargs)
+
+
+@dataclass(frozen=True)
+class ContextPolicy:
+    """How documents are cut into forward-pass windows (resolved against the model).
+
+    A window holds up to ``window`` tokens of one document and is encoded in ONE forward
+    pass; each chunk is pooled from the first window that holds it whole. A window after
+    the first starts ``context`` tokens before its first chunk (rounded down to a multiple
+    of ``align``), so chunks near a window start still see left context. ``align`` is the
+    model's attention block (64 for Steerling: blocks are counted from position 0, so a
+    window must start on a block boundary for chunks to stay block-aligned), 1 otherwise.
+    """
+
+    window: int
+    context: int
+    align: int = 1
+
+    def __post_init__(self) -> None:
+        if self.align < 1:
+            raise ConfigError(f"window alignment must be positive, got {self.align}")
+        if self.window < 1 or self.window % self.align:
+            raise ConfigError(
+                f"--window must be a positive multiple of {self.align}, got {self.window}"
+            )
+        if self.context < 0 or self.context % self.align or self.context >= self.window:
+            raise ConfigError(
+                f"--context must be a multiple of {self.align} in 0..{self.window - 1}, "
+                f"got {self.context}"
+            )
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Everything ``tda embed`` needs; validated on construction."""
+
+    root: str  # build root holding chunks/; the stage writes root/embeddings
+    model: str  # model SPEC: builtin:DIR, DIR, steerling:ID_OR_PATH
+    window: int | None = None  # None: the model's context limit, capped at 1024
+    context: int | None = None  # None: a quarter of the window
+    # 16384 tokens per forward pass (padding included): ~16 MB of activations per layer
+    # for a 256-wide model on CPU; GPU workers raise it.
+    batch_tokens: int = 16384
+    device: str = "auto"
+    pooling: Pooling = field(default_factory=Pooling)
+    trust_remote_code: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ConfigError("ROOT is required")
+        if not self.model:
+            raise ConfigError("--model SPEC is required")
+        if self.window is not None and self.window < 1:
+            raise ConfigError(f"--window must be positive, got {self.window}")
+        if self.context is not None and self.context < 0:
+            raise ConfigError(f"--context must not be negative, got {self.context}")
+        if self.batch_tokens < 1:
+            raise ConfigError(f"--batch-tokens must be positive, got {self.batch_tokens}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")

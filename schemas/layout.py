@@ -8,8 +8,13 @@
     ROOT/chunks/manifest.json              written last: the stage's Manifest
     ROOT/deadletter/part-000042.parquet    unusable records of file 42 (DEADLETTER_SCHEMA)
 
+    ROOT/embeddings/part-000042.parquet    chunk vectors of input file 42 (embedding_schema)
+    ROOT/embeddings/_completions/000042.json
+    ROOT/embeddings/_run.json
+    ROOT/embeddings/manifest.json          written last: the EmbedManifest
+
 Names starting with ``_`` or ``.`` are bookkeeping; readers of the tables skip them.
-Later stages add ``ROOT/embeddings/`` and ``ROOT/index/``.
+The index stage adds ``ROOT/index/``.
 """
 
 from __future__ import annotations
@@ -61,3 +66,25 @@ class BuildRoot:
 
     def completion(self, file_index: int) -> str:
         return self._join("chunks", "_completions", f"{file_index:06d}.json")
+
+    @property
+    def embeddings_dir(self) -> str:
+        return self._join("embeddings")
+
+    @property
+    def embed_completions_dir(self) -> str:
+        return self._join("embeddings", "_completions")
+
+    @property
+    def embed_run_record(self) -> str:
+        return self._join("embeddings", "_run.json")
+
+    @property
+    def embed_manifest(self) -> str:
+        return self._join("embeddings", "manifest.json")
+
+    def embed_part(self, file_index: int) -> str:
+        return self._join("embeddings", part_name(file_index))
+
+    def embed_completion(self, file_index: int) -> str:
+        return self._join("embeddings", "_completions", f"{file_index:06d}.json")

@@ -12,15 +12,19 @@ Manifests hold no timestamps or host names: same inputs and settings, same bytes
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .config import ChunkingPolicy, ReadOptions
+from .config import ChunkingPolicy, ContextPolicy, Pooling, ReadOptions
 from .ids import ChunkIdCodec
 from .records import DeadLetterReason
 
 __all__ = [
+    "EMBED_MANIFEST_SCHEMA_VERSION",
     "MANIFEST_SCHEMA_VERSION",
+    "EmbedCounts",
+    "EmbedManifest",
+    "EncoderInfo",
     "FileCounts",
     "InputFile",
     "Manifest",
@@ -29,6 +33,7 @@ __all__ = [
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
+EMBED_MANIFEST_SCHEMA_VERSION = 1
 
 
 class ManifestError(ValueError):
@@ -180,3 +185,129 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError("manifest must be a JSON object")
         return cls.from_dict(data)
+
+
+def _check_kind(data: dict[str, Any], kind: str, version: int) -> None:
+    if data.get("kind") != kind:
+        raise ManifestError(f"not a {kind} manifest (kind={data.get('kind')!r})")
+    if data.get("schema_version") != version:
+        raise ManifestError(
+            f"{kind} manifest schema version {data.get('schema_version')} is not supported by "
+            f"this tda (it reads version {version}); use a matching tda release"
+        )
+
+
+def _load_json(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError("manifest must be a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """Identifies a concept encoder: what later stages check before mixing vectors."""
+
+    name: str  # "builtin" | "steerling"
+    spec: str  # the model SPEC it was loaded from
+    fingerprint: str  # "sha256:<hex>" of the weights
+    tokenizer_fingerprint: str
+    hidden_size: int  # D of the per-token features
+    n_known: int  # known (named) concepts
+    n_unknown: int  # unknown (learned) concepts
+    max_window: int  # the model's context limit in tokens
+    block_align: int  # windows start at multiples of this (Steerling: 64)
+
+
+@dataclass(frozen=True)
+class EmbedCounts:
+    """What the embed stage did with one input file's chunks."""
+
+    file_index: int
+    chunks: int = 0  # rows written (== the file's chunks)
+    tokens: int = 0  # chunk tokens pooled (sum of n_tokens)
+    window_tokens: int = 0  # tokens run through the model (context included)
+    padded_tokens: int = 0  # padding added to form batches
+    windows: int = 0
+    batches: int = 0
+    zero_vectors: int = 0  # pooled vectors of norm 0, stored as zeros
+
+    @property
+    def padding_share(self) -> float:
+        total = self.window_tokens + self.padded_tokens
+        return self.padded_tokens / total if total else 0.0
+
+    @staticmethod
+    def total(counts: list[EmbedCounts] | tuple[EmbedCounts, ...]) -> EmbedCounts:
+        names = [f.name for f in fields(EmbedCounts) if f.name != "file_index"]
+        return EmbedCounts(-1, **{n: sum(getattr(c, n) for c in counts) for n in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.file_index < 0:
+            data["file_index"] = None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbedCounts:
+        return cls(**{f.name: int(data[f.name]) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class EmbedManifest:
+    """The embed stage's record (``ROOT/embeddings/manifest.json``, written last)."""
+
+    tda_version: str
+    encoder: EncoderInfo
+    pooling: Pooling
+    context: ContextPolicy
+    dim: int  # D of the stored vectors
+    batch_tokens: int
+    chunk_manifest_sha256: str  # the chunks/manifest.json these vectors were made from
+    files: tuple[EmbedCounts, ...]
+    schema_version: int = EMBED_MANIFEST_SCHEMA_VERSION
+    kind: str = "tda.embeddings"
+
+    @property
+    def totals(self) -> EmbedCounts:
+        return EmbedCounts.total(self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "schema_version": self.schema_version,
+            "tda_version": self.tda_version,
+            "encoder": asdict(self.encoder),
+            "pooling": asdict(self.pooling),
+            "pooling_name": self.pooling.name,
+            "context": asdict(self.context),
+            "dim": self.dim,
+            "batch_tokens": self.batch_tokens,
+            "chunk_manifest_sha256": self.chunk_manifest_sha256,
+            "files": [f.to_dict() for f in self.files],
+            "totals": self.totals.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> EmbedManifest:
+        data = _load_json(text)
+        _check_kind(data, "tda.embeddings", EMBED_MANIFEST_SCHEMA_VERSION)
+        try:
+            return cls(
+                tda_version=str(data["tda_version"]),
+                encoder=EncoderInfo(**data["encoder"]),
+                pooling=Pooling(**data["pooling"]),
+                context=ContextPolicy(**data["context"]),
+                dim=int(data["dim"]),
+                batch_tokens=int(data["batch_tokens"]),
+                chunk_manifest_sha256=str(data["chunk_manifest_sha256"]),
+                files=tuple(EmbedCounts.from_dict(f) for f in data["files"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc

@@ -6,6 +6,8 @@ Files:
   rows in ordinal order (row ``i`` holds the chunk whose id decodes to ordinal ``i``).
 * ``ROOT/deadletter/part-<file index>.parquet``: :data:`DEADLETTER_SCHEMA` rows for the
   records of that file that could not be used (only written when there are any).
+* ``ROOT/embeddings/part-<file index>.parquet``: :func:`embedding_schema` rows, one per
+  chunk of that file, in the same (ordinal) order as its chunks table.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import pyarrow as pa
 __all__ = [
     "CHUNK_SCHEMA",
     "DEADLETTER_SCHEMA",
+    "MAX_CONCEPT_ID",
     "RAW_COPY_CHARS",
     "Chunk",
     "DeadLetter",
     "DeadLetterReason",
+    "embedding_schema",
     "part_name",
 ]
 
@@ -123,6 +127,33 @@ DEADLETTER_SCHEMA = pa.schema(
     ],
     metadata={b"tda.table": b"deadletters", b"tda.table_version": b"1"},
 )
+
+# Concept ids are stored as uint16 (the sparse side costs 4 bytes per concept per chunk);
+# Steerling-8B has 33,732 known concepts.
+MAX_CONCEPT_ID = 65535
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """The embeddings table for D = ``dim``: one row per chunk.
+
+    * ``chunk_id``: the chunk's id (same row order as ``chunks/part-N.parquet``);
+    * ``vector``: the pooled dense vector, L2-normalised, float16, (D,);
+    * ``concept_ids`` / ``concept_weights``: the chunk's top-k known concepts, strongest
+      first (uint16 ids, float16 weights in [0, 1]).
+
+    File metadata (``tda.encoder``, ``tda.pooling``, ``tda.context``) names the encoder,
+    its fingerprint, the pooling and the context policy.
+    """
+    return pa.schema(
+        [
+            pa.field("chunk_id", pa.int64(), nullable=False),
+            pa.field("vector", pa.list_(pa.float16(), dim), nullable=False),
+            pa.field("concept_ids", pa.list_(pa.uint16()), nullable=False),
+            pa.field("concept_weights", pa.list_(pa.float16()), nullable=False),
+        ],
+        metadata={b"tda.table": b"embeddings", b"tda.table_version": b"1"},
+    )
+
 
 assert [f.name for f in fields(Chunk)] == CHUNK_SCHEMA.names
 assert [f.name for f in fields(DeadLetter)] == DEADLETTER_SCHEMA.names
