@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tda.schemas import EncoderInfo
+from tda.schemas import ConfigError, EncoderInfo
 
 from .encoder import ConceptActivations, ConceptEncoder, EncoderError, resolve_device
 
@@ -70,10 +70,10 @@ class BuiltinConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(f"--d-model {self.d_model} must be divisible by {self.n_heads} heads")
+            raise ConfigError(f"--d-model {self.d_model} must be divisible by {self.n_heads} heads")
         for name in ("vocab_size", "n_known", "d_model", "n_layers", "max_seq", "n_unknown"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class _Block(nn.Module):
@@ -132,7 +132,7 @@ class ConceptLM(nn.Module):
         """ids (B, T) or token embeddings (B, T, D) -> final hidden states (B, T, D)."""
         x = self.tok_emb(ids) if embeds is None else embeds
         T = x.shape[1]
-        if T > self.cfg.max_seq:
+        if self.cfg.max_seq < T:
             raise EncoderError(f"{T} tokens exceed the model's context of {self.cfg.max_seq}")
         x = x + self.pos_emb.weight[:T]
         for block in self.blocks:
@@ -148,7 +148,8 @@ class ConceptLM(nn.Module):
         # The unknown head reads a detached h (as Steerling's does): it explains h, it
         # does not shape it.
         uw, ui = torch.topk(
-            torch.sigmoid(self.unknown_pred(h.detach())), min(self.cfg.unknown_topk, self.cfg.n_unknown)
+            torch.sigmoid(self.unknown_pred(h.detach())),
+            min(self.cfg.unknown_topk, self.cfg.n_unknown),
         )
         unknown_features = torch.einsum("btk,btkd->btd", uw, self.unknown_emb[ui])
         return known_logits, (ki, kw), known_features, (ui, uw), unknown_features
@@ -295,7 +296,9 @@ def load_builtin(spec: str, location: str, device: str = "auto") -> BuiltinEncod
     tokenizer_json = read("tokenizer.json")
     tokenizer = HFTokenizer(tokenizer_json, spec, location)
     if tokenizer.info.fingerprint != config["tokenizer_fingerprint"]:
-        raise EncoderError(f"{location}/tokenizer.json is not the tokenizer the model was trained with")
+        raise EncoderError(
+            f"{location}/tokenizer.json is not the tokenizer the model was trained with"
+        )
     cfg = BuiltinConfig(**config["model"])
     model = ConceptLM(cfg)
     model.load_state_dict(load(weights), strict=True)

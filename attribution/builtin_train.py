@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tda import __version__
-from tda.schemas import DeadLetter, ReadOptions
+from tda.schemas import ConfigError, DeadLetter, ReadOptions
 
 from .concepts import DEFAULT_CONCEPTS, ConceptSet, load_concept_set
 from .corpus import iter_documents, resolve_inputs
@@ -61,15 +61,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not self.inputs:
-            raise ValueError("give at least one INPUT path, URL or glob")
+            raise ConfigError("give at least one INPUT path, URL or glob")
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("--steps and --batch-size must be positive")
+            raise ConfigError("--steps and --batch-size must be positive")
         if not 0 <= self.holdout < 0.5:
-            raise ValueError(f"--holdout must be in [0, 0.5), got {self.holdout}")
+            raise ConfigError(f"--holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.max_seq < 8:
-            raise ValueError(f"--max-seq must be at least 8, got {self.max_seq}")
+            raise ConfigError(f"--max-seq must be at least 8, got {self.max_seq}")
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def _read_corpus(cfg: TrainConfig, concept_set: ConceptSet, log) -> tuple[_Corpu
             log(f"read the first {chars:,} characters (--max-train-tokens)")
             break
     if not texts:
-        raise ValueError("the inputs hold no usable documents to train on")
+        raise ConfigError("the inputs hold no usable documents to train on")
     with tempfile.TemporaryDirectory() as tmp:
         path = train_bpe_tokenizer(iter(texts), cfg.vocab_size, tmp)
         with open(path, "rb") as fh:
@@ -198,7 +198,6 @@ def _pos_weight(corpus: _Corpus, segments, n_known: int):
 
 
 def _losses(model, ids, labels, mask, concept_weight: float, pos_weight=None):
-    import torch
     import torch.nn.functional as F
 
     h = model.hidden(ids)
@@ -266,7 +265,9 @@ def train_builtin(
         # documents in proportion to their length, then a uniformly random crop offset
         picks = rng.choice(len(train_segs), size=cfg.batch_size, p=lengths / lengths.sum())
         offsets = [int(rng.integers(0, max(1, lengths[p] - cfg.max_seq + 1))) for p in picks]
-        ids, labels, mask = _batch(corpus, train_segs, picks, offsets, cfg.max_seq, len(concept_set))
+        ids, labels, mask = _batch(
+            corpus, train_segs, picks, offsets, cfg.max_seq, len(concept_set)
+        )
         loss, lm, concept, _ = _losses(model, ids, labels, mask, cfg.concept_weight, pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -312,7 +313,9 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set) -
         for i in range(0, len(segments), cfg.batch_size):
             part = segments[i : i + cfg.batch_size]
             picks = list(range(len(part)))
-            ids, lab, mask = _batch(corpus, part, picks, [0] * len(part), cfg.max_seq, len(concept_set))
+            ids, lab, mask = _batch(
+                corpus, part, picks, [0] * len(part), cfg.max_seq, len(concept_set)
+            )
             _, lm, _, known_logits = _losses(model, ids, lab, mask, cfg.concept_weight)
             n = int(mask.sum())
             lm_losses.append(float(lm) * n)

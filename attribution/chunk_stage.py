@@ -15,14 +15,12 @@ plain function, so it is tested without a runner.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tda import __version__
 from tda.schemas import (
@@ -40,7 +38,8 @@ from tda.schemas.layout import BuildRoot
 
 from .chunking import chunk_documents
 from .corpus import Document, iter_documents, resolve_inputs
-from .fsutil import AtomicFile, atomic_write_text, filesystem, read_json
+from .fsutil import atomic_write_text, filesystem, read_json
+from .parts import PartWriter, StageError, check_resumable, nonempty, remove_temp_files
 from .tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = [
@@ -58,13 +57,11 @@ log = logging.getLogger("tda")
 # spread over cores, small enough that a batch's encodings stay a few tens of MB.
 BATCH_CHARS = 2_000_000
 BATCH_DOCS = 2048
-# Rows per Parquet row group; later stages read single rows by (file, ordinal).
-ROW_GROUP_ROWS = 8192
 
 Counter = Callable[[str, int], None]
 
 
-class ChunkRunError(ValueError):
+class ChunkRunError(StageError):
     """The build root cannot take this run (one line naming the fix)."""
 
 
@@ -93,10 +90,6 @@ def build_root(url: str) -> tuple[object, BuildRoot]:
     return fs, BuildRoot(path)
 
 
-def _nonempty(fs, path: str) -> bool:
-    return fs.exists(path) and bool(fs.ls(path))
-
-
 def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) -> ChunkPlan:
     """Check inputs, tokenizer and build root; prepare ROOT for the run. Raises one-line
     errors (InputError, TokenizerError, ChunkRunError) before any work starts."""
@@ -111,7 +104,7 @@ def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) 
     tokenizer = tokenizer or load_tokenizer(config.tokenizer)
     plan = ChunkPlan(config=config, inputs=inputs, tokenizer=tokenizer.info)
     chunks_dir, dead_dir, run_record = root.chunks_dir, root.deadletter_dir, root.chunk_run_record
-    if _nonempty(fs, chunks_dir) or _nonempty(fs, dead_dir):
+    if nonempty(fs, chunks_dir) or nonempty(fs, dead_dir):
         if config.overwrite:
             for path in (chunks_dir, dead_dir):
                 if fs.exists(path):
@@ -121,8 +114,13 @@ def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) 
                 raise ChunkRunError(
                     f"{root.chunks_dir} holds output without a run record; rerun with --overwrite"
                 )
-            _check_resumable(json.loads(plan.run_record()), read_json(fs, run_record), root)
-            _remove_temp_files(fs, (chunks_dir, dead_dir, root.completions_dir))
+            check_resumable(
+                json.loads(plan.run_record()),
+                read_json(fs, run_record),
+                root.chunks_dir,
+                ChunkRunError,
+            )
+            remove_temp_files(fs, (chunks_dir, dead_dir, root.completions_dir))
         else:
             raise ChunkRunError(
                 f"{root.chunks_dir} already holds a chunk run; pass --resume to continue it "
@@ -149,23 +147,6 @@ def _check_root_outside_inputs(config, inputs, fs, root: BuildRoot) -> None:
             raise ChunkRunError(f"input {f.url} is inside the build root {config.out}")
 
 
-def _check_resumable(new: dict, old: dict, root: BuildRoot) -> None:
-    differing = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
-    if differing:
-        raise ChunkRunError(
-            f"--resume needs the same inputs and settings as the run in {root.chunks_dir}; "
-            f"these differ: {', '.join(differing)} (use --overwrite to start over)"
-        )
-
-
-def _remove_temp_files(fs, folders) -> None:
-    """Delete what a killed run left half-written (its ``_tmp-`` files)."""
-    for folder in folders:
-        if fs.exists(folder):
-            for path in fs.glob(f"{folder}/_tmp-*"):
-                fs.rm(path)
-
-
 def read_completion(config: ChunkConfig, file_index: int) -> FileCounts | None:
     """The completion marker of a finished input file, or None."""
     fs, root = build_root(config.out)
@@ -173,60 +154,6 @@ def read_completion(config: ChunkConfig, file_index: int) -> FileCounts | None:
     if not fs.exists(path):
         return None
     return FileCounts.from_dict(read_json(fs, path))
-
-
-class _PartWriter:
-    """One Parquet part written through an :class:`AtomicFile`, in row groups of
-    ROW_GROUP_ROWS rows. With ``keep_empty=False`` a part without rows is not created
-    (dead letters); chunk parts always exist, one per input file."""
-
-    def __init__(self, fs, path: str, schema: pa.Schema, keep_empty: bool) -> None:
-        self.fs, self.path, self.schema, self.keep_empty = fs, path, schema, keep_empty
-        self.rows = 0
-        self._pending: list[pa.RecordBatch] = []
-        self._pending_rows = 0
-        self._file: AtomicFile | None = None
-        self._writer: pq.ParquetWriter | None = None
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._pending.append(batch)
-        self._pending_rows += batch.num_rows
-        self.rows += batch.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS:
-            self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        if not self._pending:
-            return
-        table = pa.Table.from_batches(self._pending, schema=self.schema)
-        cut = table.num_rows if final else (table.num_rows // ROW_GROUP_ROWS) * ROW_GROUP_ROWS
-        self._open()
-        self._writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
-        rest = table.slice(cut)
-        self._pending = rest.to_batches() if rest.num_rows else []
-        self._pending_rows = rest.num_rows
-
-    def _open(self) -> None:
-        if self._writer is None:
-            self._file = AtomicFile(self.fs, self.path)
-            self._writer = pq.ParquetWriter(self._file.file, self.schema, compression="zstd")
-
-    def commit(self) -> None:
-        """Write what is buffered and move the part into place (no file if no rows)."""
-        if self.keep_empty:
-            self._open()  # a part with no row groups still carries the schema
-        self._flush(final=True)
-        if self._writer is not None:
-            self._writer.close()
-            self._file.commit()
-        elif self.fs.exists(self.path):  # left by an earlier run that was overwritten
-            self.fs.rm(self.path)
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-            self._file.abort()
 
 
 def _table_metadata(config: ChunkConfig, plan_tokenizer: TokenizerInfo, f: InputFile) -> dict:
@@ -255,13 +182,13 @@ def process_file(
     """
     fs, root = build_root(config.out)
     meta = _table_metadata(config, tokenizer.info, input_file)
-    chunks = _PartWriter(
+    chunks = PartWriter(
         fs,
         root.chunk_part(input_file.index),
         CHUNK_SCHEMA.with_metadata({**CHUNK_SCHEMA.metadata, **meta}),
         keep_empty=True,
     )
-    dead = _PartWriter(
+    dead = PartWriter(
         fs,
         root.deadletter_part(input_file.index),
         DEADLETTER_SCHEMA.with_metadata({**DEADLETTER_SCHEMA.metadata, **meta}),

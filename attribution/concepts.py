@@ -162,7 +162,9 @@ def _parse(text: str, origin: str) -> ConceptSet:
             try:
                 rx = re.compile(p)
             except re.error as exc:
-                raise ConceptSetError(f"{origin}: concept {name!r}: bad regex {p!r}: {exc}") from None
+                raise ConceptSetError(
+                    f"{origin}: concept {name!r}: bad regex {p!r}: {exc}"
+                ) from None
             if rx.search("") is not None:
                 raise ConceptSetError(
                     f"{origin}: concept {name!r}: regex {p!r} matches the empty string"
@@ -184,8 +186,10 @@ def _parse(text: str, origin: str) -> ConceptSet:
 def load_concept_set(spec: str = DEFAULT_CONCEPTS) -> ConceptSet:
     """``default`` (the packaged set) or a path / fsspec URL of a YAML concept set."""
     if spec == DEFAULT_CONCEPTS:
-        text = resources.files("tda.attribution").joinpath("data/concepts_default.yaml").read_text(
-            encoding="utf-8"
+        text = (
+            resources.files("tda.attribution")
+            .joinpath("data/concepts_default.yaml")
+            .read_text(encoding="utf-8")
         )
         return _parse(text, "default concept set")
     import fsspec

@@ -17,7 +17,7 @@ Algorithm (:func:`encode_documents`):
 
 Encoders (:func:`load_encoder`, model SPEC): ``builtin:DIR`` (or a bare DIR holding one of
 ours, :mod:`tda.attribution.builtin`) and ``steerling:ID_OR_PATH``
-(:mod:`tda.attribution.steerling`).
+(:mod:`tda.attribution.steerling_encoder`).
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def load_encoder(
     if not spec:
         raise EncoderError("--model SPEC is required (builtin:DIR or steerling:ID_OR_PATH)")
     if spec.startswith("steerling:"):
-        from .steerling import load_steerling
+        from .steerling_encoder import load_steerling
 
         return load_steerling(spec, device, trust_remote_code)
     location = spec[len("builtin:") :] if spec.startswith("builtin:") else spec
@@ -207,7 +207,9 @@ def load_encoder(
 
         return load_builtin(spec, location, device)
     if kind == "steerling":
-        raise EncoderError(f"{location} holds a Steerling checkpoint; pass --model steerling:{location}")
+        raise EncoderError(
+            f"{location} holds a Steerling checkpoint; pass --model steerling:{location}"
+        )
     raise EncoderError(
         f"{spec} is not a model SPEC tda knows: give builtin:DIR (made by `tda model train`) "
         f"or steerling:ID_OR_PATH"

@@ -21,13 +21,17 @@ from .beam_args import BeamCommand, quiet_beam_import
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: shown as one line, exit status 1 (imported late
     so ``tda --help`` stays fast)."""
-    from tda.attribution.chunk_stage import ChunkRunError
+    from tda.attribution.concepts import ConceptSetError
     from tda.attribution.corpus import InputError
+    from tda.attribution.encoder import EncoderError
+    from tda.attribution.parts import StageError
     from tda.attribution.tokenizer import TokenizerError
     from tda.schemas import ChunkIdOverflowError, ConfigError, ManifestError
 
     return (
-        ChunkRunError,
+        StageError,
+        EncoderError,
+        ConceptSetError,
         InputError,
         TokenizerError,
         ConfigError,
@@ -62,8 +66,9 @@ def _setup_logging(verbose: int) -> None:
 def main(verbose: int) -> None:
     """tda: a training-data attribution index.
 
-    Stages write into one build root: chunk (ROOT/chunks, ROOT/deadletter), then, in later
-    releases, embed and index.
+    Stages write into one build root: chunk (ROOT/chunks, ROOT/deadletter), then embed
+    (ROOT/embeddings); the index stage comes next. `tda model train` makes the builtin
+    concept-bottleneck model the stages use by default.
     """
     _setup_logging(verbose)
 
@@ -306,6 +311,293 @@ def tokenizer_train(inputs, out, vocab_size, max_docs, **kw) -> None:
         f"wrote {path}: vocab {info.vocab_size}, {stats['documents']:,} documents "
         f"({stats['skipped']:,} unusable records skipped), {info.fingerprint}"
     )
+
+
+@main.command(cls=BeamCommand)
+@click.argument("root", metavar="ROOT")
+@click.option(
+    "--model",
+    required=True,
+    metavar="SPEC",
+    help="builtin:DIR (or a DIR made by `tda model train`), or steerling:ID_OR_PATH.",
+)
+@click.option(
+    "--window",
+    type=int,
+    default=None,
+    help="Tokens per forward pass [default: the model's context limit, at most 1024].",
+)
+@click.option(
+    "--context",
+    type=int,
+    default=None,
+    help="Left-context tokens for chunks at a window start [default: a quarter window].",
+)
+@click.option(
+    "--batch-tokens",
+    type=int,
+    default=16384,
+    show_default=True,
+    help="Token budget of one forward pass, padding included.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--pooling",
+    default="mean",
+    show_default=True,
+    metavar="METHOD[:FEATURES]",
+    help="Dense vector: mean|max|last over features concepts|known|hidden, or weights "
+    "(the known-concept weight vector).",
+)
+@click.option(
+    "--concept-pooling",
+    type=click.Choice(["max", "mean"]),
+    default="max",
+    show_default=True,
+    help="How a chunk's top concepts are weighted over its tokens.",
+)
+@click.option(
+    "--top-k-concepts", type=int, default=32, show_default=True, help="Concepts kept per chunk."
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Accepted for Hugging Face compatibility; tda never runs code from a checkpoint.",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run; finished files are skipped."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier embed run in ROOT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@click.pass_context
+def embed(
+    ctx: click.Context,
+    root,
+    model,
+    window,
+    context,
+    batch_tokens,
+    device,
+    pooling,
+    concept_pooling,
+    top_k_concepts,
+    trust_remote_code,
+    resume,
+    overwrite,
+    as_json,
+) -> None:
+    """Embed every chunk of ROOT into the model's concept space.
+
+    Reads ROOT/chunks/ (cut with the model's tokenizer), encodes each document in windows
+    of up to --window tokens (one forward pass each) and writes ROOT/embeddings/
+    part-NNNNNN.parquet: chunk id, unit-length float16 vector, top-k concepts with weights;
+    ROOT/embeddings/manifest.json last.
+    """
+    try:
+        from tda.schemas import EmbedConfig, Pooling
+
+        config = EmbedConfig(
+            root=root,
+            model=model,
+            window=window,
+            context=context,
+            batch_tokens=batch_tokens,
+            device=device,
+            pooling=Pooling.parse(pooling, concept_reducer=concept_pooling, top_k=top_k_concepts),
+            trust_remote_code=trust_remote_code,
+            resume=resume,
+            overwrite=overwrite,
+        )
+        with quiet_beam_import():
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            from tda.pipeline.embed import run_embed
+
+        result = run_embed(config, PipelineOptions(_beam_args(ctx)))
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    _report_embed(result, root, as_json)
+
+
+def _report_embed(result, root: str, as_json: bool) -> None:
+    m = result.manifest
+    totals = m.totals
+    if as_json:
+        summary = {
+            "root": root,
+            "encoder": m.encoder.name,
+            "fingerprint": m.encoder.fingerprint,
+            "pooling": m.pooling.name,
+            "dim": m.dim,
+            "context": {"window": m.context.window, "context": m.context.context},
+            "totals": totals.to_dict(),
+            "padding_share": round(totals.padding_share, 6),
+            "counters": result.counters,
+        }
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 100)
+    table = Table(title=f"tda embed -> {root}/embeddings", header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    skipped = result.counters.get("files_skipped", 0)
+    table.add_row(
+        "files", f"{len(m.files):,}" + (f" ({skipped:,} skipped: already done)" if skipped else "")
+    )
+    table.add_row("chunks embedded", f"{totals.chunks:,}")
+    table.add_row("chunk tokens", f"{totals.tokens:,}")
+    table.add_row("tokens run (with context)", f"{totals.window_tokens:,}")
+    table.add_row("windows / batches", f"{totals.windows:,} / {totals.batches:,}")
+    table.add_row("padding share", f"{totals.padding_share:.2%}")
+    table.add_row("vector", f"{m.pooling.name}, D={m.dim}, float16, unit length")
+    if totals.zero_vectors:
+        table.add_row("zero vectors (no concept active)", f"{totals.zero_vectors:,}")
+    table.add_row("encoder", f"{m.encoder.name} {m.encoder.fingerprint[:19]}")
+    table.add_row("window / context", f"{m.context.window} / {m.context.context} tokens")
+    console.print(table)
+
+
+@main.group()
+def model() -> None:
+    """The builtin concept-bottleneck model: train it, inspect a model SPEC."""
+
+
+@model.command("train")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", required=True, metavar="DIR", help="Model directory to write.")
+@click.option(
+    "--concepts",
+    default="default",
+    show_default=True,
+    metavar="YAML",
+    help="Concept set: name -> terms / regexes (default: the packaged set).",
+)
+@click.option("--steps", type=int, default=500, show_default=True)
+@click.option("--d-model", type=int, default=128, show_default=True)
+@click.option("--layers", type=int, default=4, show_default=True)
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--vocab-size", type=int, default=4096, show_default=True)
+@click.option("--max-seq", type=int, default=256, show_default=True, help="Context limit.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option(
+    "--holdout",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Share of every document's tokens held out for evaluation.",
+)
+@click.option("--max-train-tokens", type=int, default=8_000_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+@read_options
+def model_train(
+    inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
+    holdout, max_train_tokens, seed, as_json, **kw,
+) -> None:  # fmt: skip
+    """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
+
+    Known concepts are supervised by the concept set's taggers; the model directory
+    (safetensors weights, config.json, tokenizer.json, concepts.yaml, training.json) is a
+    model SPEC for `tda embed --model` and a tokenizer SPEC for `tda chunk --tokenizer`.
+    """
+    try:
+        from tda.attribution.builtin_train import TrainConfig
+
+        config = TrainConfig(
+            inputs=tuple(inputs),
+            out=out,
+            concepts=concepts,
+            read=_read_options(kw),
+            vocab_size=vocab_size,
+            d_model=d_model,
+            n_layers=layers,
+            n_heads=heads,
+            max_seq=max_seq,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            holdout=holdout,
+            max_train_tokens=max_train_tokens,
+            seed=seed,
+        )
+        result = _train_with_progress(config, quiet=as_json)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"out": out, "fingerprint": result.fingerprint, **result.report}))
+        return
+    report, held = result.report, result.report["heldout"]
+    click.echo(
+        f"wrote {out}: {result.fingerprint}\n"
+        f"loss {report['loss_first']:.3f} -> {report['loss_last']:.3f} "
+        f"(LM {report['lm_loss_first']:.3f} -> {report['lm_loss_last']:.3f})"
+    )
+    if held.get("tokens"):
+        click.echo(
+            f"held-out ({held['tokens']:,} tokens): LM loss {held['lm_loss']:.3f}, known-concept "
+            f"AUROC {held['concept_auroc_mean']:.3f} over {held['concepts_scored']} concepts "
+            f"(0.5 = chance)"
+        )
+
+
+def _train_with_progress(config, quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tda.attribution.builtin_train import train_builtin
+
+    console = Console(stderr=True, quiet=quiet)
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} (LM {task.fields[lm]:.3f})"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("train", total=config.steps, loss=float("nan"), lm=float("nan"))
+
+        def progress(p) -> None:
+            bar.update(task, completed=p.step, loss=p.loss, lm=p.lm_loss)
+
+        return train_builtin(config, progress, log=console.print)
+
+
+@model.command("info")
+@click.argument("spec", metavar="SPEC")
+@click.option("--json", "as_json", is_flag=True)
+def model_info(spec, as_json) -> None:
+    """Show a model SPEC's identity: encoder, fingerprint, sizes, known concepts."""
+    from dataclasses import asdict
+
+    try:
+        from tda.attribution.encoder import load_encoder
+
+        encoder = load_encoder(spec, device="cpu")
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    info = {
+        **asdict(encoder.info),
+        "concepts": list(encoder.concept_names),
+        "harmful": sorted(encoder.harmful_concepts),
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    for key, value in asdict(encoder.info).items():
+        click.echo(f"{key:>22}: {value}")
+    shown = ", ".join(
+        n + (" (harmful)" if n in encoder.harmful_concepts else "")
+        for n in encoder.concept_names[:60]
+    )
+    more = len(encoder.concept_names) - 60
+    click.echo(f"{'known concepts':>22}: {shown}" + (f", ... {more:,} more" if more > 0 else ""))
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tda.attribution.chunk_stage import (
@@ -28,6 +26,8 @@ from tda.attribution.chunk_stage import (
 )
 from tda.attribution.tokenizer import TokenizerError, load_tokenizer
 from tda.schemas import ChunkConfig, FileCounts, InputFile, Manifest
+
+from .common import StageCounters, beam_counters
 
 __all__ = ["COUNTER_NAMESPACE", "ChunkCorpus", "ChunkFileFn", "ChunkRunResult", "run_chunk"]
 
@@ -45,7 +45,7 @@ class ChunkFileFn(beam.DoFn):
         self._config = config
         self._fingerprint = tokenizer_fingerprint
         self._tokenizer = None
-        self._counters: dict[str, Metrics.DelegatingCounter] = {}
+        self._count = StageCounters(COUNTER_NAMESPACE)
 
     def setup(self) -> None:
         self._tokenizer = load_tokenizer(self._config.tokenizer)
@@ -55,12 +55,6 @@ class ChunkFileFn(beam.DoFn):
                 f"driver's ({self._tokenizer.info.fingerprint} != {self._fingerprint}); "
                 f"give a path every worker reads the same file from (e.g. gs://...)"
             )
-
-    def _count(self, name: str, n: int) -> None:
-        counter = self._counters.get(name)
-        if counter is None:
-            counter = self._counters[name] = Metrics.counter(COUNTER_NAMESPACE, name)
-        counter.inc(n)
 
     def process(self, input_file: InputFile) -> Iterator[FileCounts]:
         if self._config.resume:
@@ -95,18 +89,6 @@ class ChunkRunResult:
     counters: dict[str, int]  # this run's Beam counters (resumed files count as skipped)
 
 
-def _counters(result) -> dict[str, int]:
-    try:
-        query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
-    except (NotImplementedError, AttributeError):  # runners without metrics support
-        return {}
-    out: dict[str, int] = {}
-    for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
-    return dict(sorted(out.items()))
-
-
 def run_chunk(
     config: ChunkConfig,
     options: PipelineOptions | None = None,
@@ -120,4 +102,4 @@ def run_chunk(
     result = pipeline.run()
     result.wait_until_finish()
     manifest = finish_chunk_run(plan)
-    return ChunkRunResult(manifest=manifest, counters=_counters(result))
+    return ChunkRunResult(manifest=manifest, counters=beam_counters(result, COUNTER_NAMESPACE))

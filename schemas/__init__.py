@@ -26,6 +26,7 @@ from .manifest import (
 from .records import (
     CHUNK_SCHEMA,
     DEADLETTER_SCHEMA,
+    MAX_CONCEPT_ID,
     Chunk,
     DeadLetter,
     DeadLetterReason,
@@ -37,6 +38,7 @@ __all__ = [
     "CHUNK_SCHEMA",
     "DEADLETTER_SCHEMA",
     "DEFAULT_CODEC",
+    "MAX_CONCEPT_ID",
     "Chunk",
     "ChunkConfig",
     "ChunkIdCodec",

@@ -1,0 +1,103 @@
+"""Writing a stage's per-file outputs: Parquet parts in row groups, atomically; the
+run-record checks shared by every stage's ``--resume``."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .fsutil import AtomicFile
+
+__all__ = [
+    "ROW_GROUP_ROWS",
+    "PartWriter",
+    "StageError",
+    "check_resumable",
+    "nonempty",
+    "remove_temp_files",
+]
+
+# Rows per Parquet row group; later stages read single rows by (file, ordinal).
+ROW_GROUP_ROWS = 8192
+
+
+class StageError(ValueError):
+    """The build root cannot take this run (one line naming the fix)."""
+
+
+def nonempty(fs, path: str) -> bool:
+    return fs.exists(path) and bool(fs.ls(path))
+
+
+def check_resumable(new: dict, old: dict, where: str, error: type[StageError]) -> None:
+    """Refuse ``--resume`` when the recorded run differs from this one (names the keys)."""
+    differing = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
+    if differing:
+        raise error(
+            f"--resume needs the same inputs and settings as the run in {where}; "
+            f"these differ: {', '.join(differing)} (use --overwrite to start over)"
+        )
+
+
+def remove_temp_files(fs, folders) -> None:
+    """Delete what a killed run left half-written (its ``_tmp-`` files)."""
+    for folder in folders:
+        if fs.exists(folder):
+            for path in fs.glob(f"{folder}/_tmp-*"):
+                fs.rm(path)
+
+
+class PartWriter:
+    """One Parquet part written through an :class:`AtomicFile`, in row groups of
+    ROW_GROUP_ROWS rows. With ``keep_empty=False`` a part without rows is not created
+    (dead letters); chunk parts always exist, one per input file."""
+
+    def __init__(self, fs, path: str, schema: pa.Schema, keep_empty: bool) -> None:
+        self.fs, self.path, self.schema, self.keep_empty = fs, path, schema, keep_empty
+        self.rows = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._file: AtomicFile | None = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        cut = table.num_rows if final else (table.num_rows // ROW_GROUP_ROWS) * ROW_GROUP_ROWS
+        self._open()
+        self._writer.write_table(table.slice(0, cut), row_group_size=ROW_GROUP_ROWS)
+        rest = table.slice(cut)
+        self._pending = rest.to_batches() if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def _open(self) -> None:
+        if self._writer is None:
+            self._file = AtomicFile(self.fs, self.path)
+            self._writer = pq.ParquetWriter(self._file.file, self.schema, compression="zstd")
+
+    def commit(self) -> None:
+        """Write what is buffered and move the part into place (no file if no rows)."""
+        if self.keep_empty:
+            self._open()  # a part with no row groups still carries the schema
+        self._flush(final=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._file.commit()
+        elif self.fs.exists(self.path):  # left by an earlier run that was overwritten
+            self.fs.rm(self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._file.abort()

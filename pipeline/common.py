@@ -1,0 +1,39 @@
+"""Helpers every stage's pipeline shares: Beam counters by name, and reading them back."""
+
+from __future__ import annotations
+
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+__all__ = ["StageCounters", "beam_counters"]
+
+
+class StageCounters:
+    """``counters(name, n)``: increment the Beam counter ``namespace/name`` (created lazily
+    on the worker, so the object pickles empty)."""
+
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self._counters: dict[str, object] = {}
+
+    def __getstate__(self):
+        return {"_namespace": self._namespace, "_counters": {}}
+
+    def __call__(self, name: str, n: int) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = Metrics.counter(self._namespace, name)
+        counter.inc(n)
+
+
+def beam_counters(result, namespace: str) -> dict[str, int]:
+    """A finished pipeline's counters in ``namespace`` (committed, else attempted)."""
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    except (NotImplementedError, AttributeError):  # runners without metrics support
+        return {}
+    out: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
+    return dict(sorted(out.items()))
