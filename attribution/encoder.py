@@ -298,8 +298,10 @@ def plan_windows(spans: np.ndarray, n_tokens: int, policy: ContextPolicy, doc: i
         out.append(Window(doc, start, end, first, last))
         first = last
         if first < m:
-            head = int(starts[first])
-            start = max((head - context) // align * align, start + align)
+            head, tail = int(starts[first]), int(ends[first])
+            # as much left context as asked, but the chunk must fit and the window move on
+            fit = -(-(tail - window) // align) * align
+            start = max((head - context) // align * align, start + align, fit)
     return out
 
 

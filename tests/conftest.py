@@ -163,3 +163,95 @@ def chunk_config(corpus: MixedCorpus, root, tokenizer_dir: str, **kw):
         read=ReadOptions(max_doc_bytes=corpus.max_doc_bytes),
         **kw,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Models: a tiny builtin model trained on real_docs, and a tiny random-initialised
+# Steerling built from the real `steerling` package with the same tokenizer.
+
+TINY_TRAIN = dict(
+    vocab_size=600, d_model=32, n_layers=2, n_heads=2, max_seq=256, n_unknown=64, batch_size=8
+)
+
+
+def write_jsonl(path: Path, docs: list[tuple[str, str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in docs))
+    return path
+
+
+@pytest.fixture(scope="session")
+def docs_jsonl(tmp_path_factory, real_docs) -> Path:
+    """real_docs as one JSONL file (the corpus the tiny models train and embed on)."""
+    return write_jsonl(tmp_path_factory.mktemp("docs") / "docs.jsonl", real_docs)
+
+
+@pytest.fixture(scope="session")
+def builtin_dir(tmp_path_factory, docs_jsonl) -> str:
+    """A builtin model directory trained for 40 steps on real_docs (a few seconds)."""
+    from tda.attribution.builtin_train import TrainConfig, train_builtin
+
+    out = str(tmp_path_factory.mktemp("builtin") / "model")
+    train_builtin(TrainConfig(inputs=(str(docs_jsonl),), out=out, steps=40, **TINY_TRAIN))
+    return out
+
+
+def make_tiny_steerling(out: Path, tokenizer_dir: str, seed: int = 0) -> str:
+    """A random-initialised InterpretableCausalDiffusionLM saved as a Steerling checkpoint
+    directory (config.json + model.safetensors + the tokenizer.json it reads)."""
+    pytest.importorskip("steerling", reason="the steerling package is not installed")
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+    from steerling.configs.causal_diffusion import CausalDiffusionConfig
+    from steerling.configs.concept import ConceptConfig
+    from steerling.models.interpretable.interpretable_causal_diffusion import (
+        InterpretableCausalDiffusionLM,
+    )
+
+    vocab = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["model"]["vocab"]
+    model_cfg = CausalDiffusionConfig(
+        interpretable=True, n_layers=2, n_head=4, n_embd=128, block_size=512, n_kv_heads=2
+    )
+    concept_cfg = ConceptConfig(
+        n_concepts=300,
+        n_unknown_concepts=1000,
+        concept_dim=128,
+        factorize_unknown=True,
+        factorize_rank=32,
+        topk_known=8,
+        topk_known_features=32,
+        unknown_topk=16,
+        block_size=256,
+    )
+    torch.manual_seed(seed)
+    model = InterpretableCausalDiffusionLM(model_cfg, concept_cfg, vocab_size=len(vocab))
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if k != "transformer.lm_head.weight"
+    }
+    save_file(state, str(out / "model.safetensors"))
+    config = {
+        **model_cfg.model_dump(),
+        "concept": concept_cfg.model_dump(),
+        "vocab_size": len(vocab),
+    }
+    (out / "config.json").write_text(json.dumps(config))
+    shutil.copy(Path(tokenizer_dir) / "tokenizer.json", out / "tokenizer.json")
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def steerling_dir(tmp_path_factory, builtin_dir) -> str:
+    return make_tiny_steerling(tmp_path_factory.mktemp("steerling") / "model", builtin_dir)
+
+
+@pytest.fixture(scope="session", params=["builtin", "steerling"])
+def model_spec(request) -> str:
+    """Both encoders, through the same tests."""
+    if request.param == "builtin":
+        return "builtin:" + request.getfixturevalue("builtin_dir")
+    return "steerling:" + request.getfixturevalue("steerling_dir")
