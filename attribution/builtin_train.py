@@ -308,6 +308,12 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set) -
 
     if not segments:
         return {"tokens": 0}
+    # every held-out token, in windows of max_seq
+    segments = [
+        (d, s, min(s + cfg.max_seq, e))
+        for d, start, e in segments
+        for s in range(start, e, cfg.max_seq)
+    ]
     scores, labels, lm_losses, tokens = [], [], [], 0
     with torch.inference_mode():
         for i in range(0, len(segments), cfg.batch_size):

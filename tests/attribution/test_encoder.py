@@ -4,6 +4,8 @@ tiny Steerling alike."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_plan_windows_properties(
         assert w.last > w.first  # no empty window
         for c in range(w.first, w.last):
             assert w.start <= spans[c, 0] and spans[c, 1] <= w.end  # whole chunk inside
-    for prev, w in zip(windows, windows[1:], strict=False):
+    for prev, w in itertools.pairwise(windows):
         assert w.start > prev.start
         # a later window gives its first chunk the left context the policy asks for, as
         # far as moving at least one alignment step past the previous window allows,
@@ -266,7 +268,7 @@ def test_embeds_path_equals_ids_path(encoder, real_docs):
 
 
 def test_load_encoder_errors(tmp_path):
-    with pytest.raises(EncoderError, match="no config.json"):
+    with pytest.raises(EncoderError, match=r"no config\.json"):
         load_encoder(str(tmp_path))
     (tmp_path / "config.json").write_text('{"kind": "something-else"}')
     with pytest.raises(EncoderError, match="not a model SPEC"):

@@ -1,0 +1,193 @@
+"""The builtin model: concept taggers, training (loss falls, the known head beats chance on
+held-out text), deterministic safetensors saving, fingerprint checks; the Steerling
+loader's refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tda.attribution.builtin_train import TrainConfig, auroc, train_builtin
+from tda.attribution.concepts import ConceptSetError, load_concept_set
+from tda.attribution.encoder import EncoderError, load_encoder
+from tda.schemas import ConfigError
+from tests.conftest import TINY_TRAIN
+
+
+def test_default_concept_set():
+    cs = load_concept_set()
+    assert 40 <= len(cs) <= 64
+    assert {"violence", "toxicity"} <= cs.harmful
+    assert len(set(cs.names)) == len(cs.names)
+
+
+def test_concept_spans_and_token_labels():
+    cs = load_concept_set()
+    text = "The White Whale! Ahab raised his harpoon.\nraise ValueError('bad')"
+    spans = dict(zip(cs.names, cs.spans(text), strict=True))
+    assert (4, 15) in spans["whaling"] or (10, 15) in spans["whaling"]
+    assert any(text[s:e] == "harpoon" for s, e in spans["weapons"])
+    assert any("ValueError" in text[s:e] for s, e in spans["python_errors"])
+    assert not spans["python_errors"] or all(
+        "raised" not in text[s:e] for s, e in spans["python_errors"]
+    )
+    # tokens: one per character run of 3; labels mark tokens overlapping a match
+    starts = np.arange(0, len(text), 3)
+    labels = cs.label_tokens(text, starts)
+    c = cs.names.index("weapons")
+    h = text.index("harpoon")
+    marked = {int(i) for i in np.nonzero(labels[:, c])[0]}
+    assert marked == set(range(h // 3, (h + 7 - 1) // 3 + 1))
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("concepts: [{name: a, terms: [x]}, {name: a, terms: [y]}]", "appears twice"),
+        ("concepts: [{name: Bad Name, terms: [x]}]", "lowercase"),
+        ("concepts: [{name: a}]", "no terms or patterns"),
+        ("concepts: [{name: a, patterns: ['(unclosed']}]", "bad regex"),
+        ("concepts: [{name: a, patterns: ['x*']}]", "empty string"),
+        ("concepts: []", "empty"),
+        ("version: 2\nconcepts: [{name: a, terms: [x]}]", "version"),
+        ("concepts: {a: 1", "not valid YAML"),
+    ],
+)
+def test_bad_concept_sets_are_refused(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConceptSetError, match=message):
+        load_concept_set(str(path))
+
+
+def test_auroc_reference():
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert auroc(np.array([1.0, 1.0]), np.array([0, 1])) == 0.5
+    assert auroc(np.array([0.2, 0.3]), np.array([1, 1])) is None
+
+
+def test_model_directory_and_fingerprint(builtin_dir):
+    d = Path(builtin_dir)
+    assert {p.name for p in d.iterdir()} >= {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "concepts.yaml",
+        "training.json",
+    }
+    encoder = load_encoder(builtin_dir, device="cpu")
+    weights = (d / "model.safetensors").read_bytes()
+    assert encoder.info.fingerprint == "sha256:" + hashlib.sha256(weights).hexdigest()
+    assert encoder.info.name == "builtin" and encoder.info.n_known == len(encoder.concept_names)
+    assert {"violence", "toxicity"} <= encoder.harmful_concepts
+    # safetensors: a JSON header then raw tensors; no pickle opcodes anywhere
+    header_len = int.from_bytes(weights[:8], "little")
+    assert json.loads(weights[8 : 8 + header_len])["__metadata__"]["kind"] == "tda.builtin"
+
+
+def test_corrupt_weights_are_refused(builtin_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(builtin_dir, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(EncoderError, match="does not match the fingerprint"):
+        load_encoder(f"builtin:{copy}")
+
+
+def test_training_is_deterministic(docs_jsonl, tmp_path):
+    fingerprints = [
+        train_builtin(
+            TrainConfig(
+                inputs=(str(docs_jsonl),), out=str(tmp_path / f"m{i}"), steps=5, **TINY_TRAIN
+            )
+        ).fingerprint
+        for i in range(2)
+    ]
+    assert fingerprints[0] == fingerprints[1]
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "training.json"):
+        assert (tmp_path / "m0" / name).read_bytes() == (tmp_path / "m1" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_training_learns_language_and_concepts(docs_jsonl, tmp_path):
+    """Loss falls, and the known-concept head predicts the tagger labels on held-out text
+    well above chance (AUROC 0.5)."""
+    result = train_builtin(
+        TrainConfig(
+            inputs=(str(docs_jsonl),),
+            out=str(tmp_path / "m"),
+            steps=300,
+            vocab_size=800,
+            d_model=64,
+            n_layers=2,
+            max_seq=128,
+            batch_size=16,
+            holdout=0.1,
+        )
+    )
+    report = result.report
+    assert report["lm_loss_last"] < report["lm_loss_first"] - 1.0
+    held = report["heldout"]
+    assert held["tokens"] > 10_000 and held["concepts_scored"] >= 10
+    assert held["concept_auroc_mean"] > 0.7, held["concept_auroc"]
+    assert held["lm_loss"] < report["lm_loss_first"]
+
+
+def test_train_config_validation(docs_jsonl):
+    for bad in ({"steps": 0}, {"holdout": 0.7}, {"lr": 0}, {"max_seq": 4}):
+        with pytest.raises(ConfigError):
+            TrainConfig(inputs=(str(docs_jsonl),), out="x", **bad)
+    with pytest.raises(ConfigError, match="divisible"):
+        train_builtin(
+            TrainConfig(inputs=(str(docs_jsonl),), out="x", d_model=30, n_heads=4, steps=1)
+        )
+
+
+def test_builtin_forward_refuses_windows_beyond_its_context(builtin_dir):
+    encoder = load_encoder(builtin_dir, device="cpu")
+    with pytest.raises(EncoderError, match="exceed"):
+        encoder.forward(torch.zeros(1, encoder.info.max_window + 1, dtype=torch.long))
+
+
+def test_steerling_8b_shape_is_refused_on_cpu(tmp_path):
+    pytest.importorskip("steerling")
+    config = {
+        "interpretable": True,
+        "n_layers": 32,
+        "n_head": 32,
+        "n_embd": 4096,
+        "block_size": 4096,
+        "vocab_size": 100281,
+        "concept": {"n_concepts": 33732, "n_unknown_concepts": 101196},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EncoderError, match="needs a CUDA GPU"):
+        load_encoder(f"steerling:{tmp_path}", device="cpu")
+
+
+def test_steerling_without_concept_heads_is_refused(tmp_path):
+    pytest.importorskip("steerling")
+    (tmp_path / "config.json").write_text(json.dumps({"n_layers": 2, "n_embd": 64}))
+    with pytest.raises(EncoderError, match="not an interpretable Steerling"):
+        load_encoder(f"steerling:{tmp_path}", device="cpu")
+
+
+def test_steerling_concepts_cover_its_features(steerling_dir):
+    """known_features is exactly sum sigmoid(logit) x E over the reported concepts, so
+    the reported top-k are all the concepts the features use (topk = topk_features)."""
+    encoder = load_encoder(f"steerling:{steerling_dir}", device="cpu")
+    ids = torch.randint(0, 500, (2, 100), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        acts = encoder.forward(ids)
+    assert acts.known_ids.shape[-1] == 32
+    rebuilt = (acts.known_weights.unsqueeze(-1) * encoder.known_embeddings(acts.known_ids)).sum(-2)
+    torch.testing.assert_close(rebuilt, acts.known_features, atol=1e-5, rtol=1e-4)
+    assert encoder.info.block_align == 64 and not encoder.pad_safe
