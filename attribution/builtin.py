@@ -232,7 +232,9 @@ def save_builtin(
     from safetensors.torch import save
 
     os.makedirs(out_dir, exist_ok=True)
-    weights = save(_state_dict(model), metadata={"format": "pt", "kind": BUILTIN_KIND})
+    # One metadata key only: safetensors writes its metadata map in hash order, so two
+    # keys would make the bytes (and the fingerprint) differ from run to run.
+    weights = save(_state_dict(model), metadata={"kind": BUILTIN_KIND})
     fingerprint = "sha256:" + hashlib.sha256(weights).hexdigest()
     config = {
         "kind": BUILTIN_KIND,

@@ -12,7 +12,7 @@
    predicted weight against the tagger labels (0.5 = chance); save the model directory.
 
 Deterministic: same corpus and settings, same weights (fixed seed, fixed crop order,
-deterministic torch kernels).
+deterministic kernels while training; bit-for-bit on one machine).
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def train_builtin(
     """Train and save a builtin model directory at ``cfg.out`` (see the module docstring)."""
     import torch
 
-    from .builtin import BuiltinConfig, ConceptLM, save_builtin
+    from .builtin import BuiltinConfig
 
     concept_set = load_concept_set(cfg.concepts)
     corpus, tokenizer_json, tokenizer = _read_corpus(cfg, concept_set, log)
@@ -242,7 +242,22 @@ def train_builtin(
         n_unknown=cfg.n_unknown,
     )
     torch.manual_seed(cfg.seed)
+    # Some CPU backward kernels (index accumulation) are not repeatable by default.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(
+            cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tokens, progress
+        )
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tokens, progress):
+    import torch
+
+    from .builtin import ConceptLM, save_builtin
+
     model = ConceptLM(model_cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n)]

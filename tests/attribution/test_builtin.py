@@ -187,7 +187,8 @@ def test_steerling_concepts_cover_its_features(steerling_dir):
     ids = torch.randint(0, 500, (2, 100), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         acts = encoder.forward(ids)
+        vectors = encoder.known_embeddings(acts.known_ids)
     assert acts.known_ids.shape[-1] == 32
-    rebuilt = (acts.known_weights.unsqueeze(-1) * encoder.known_embeddings(acts.known_ids)).sum(-2)
+    rebuilt = (acts.known_weights.unsqueeze(-1) * vectors).sum(-2)
     torch.testing.assert_close(rebuilt, acts.known_features, atol=1e-5, rtol=1e-4)
     assert encoder.info.block_align == 64 and not encoder.pad_safe

@@ -36,7 +36,15 @@ def test_every_command_has_help(path):
 
 
 def test_only_working_commands_exist():
-    assert sorted(_commands(main)) == [("chunk",), ("tokenizer",), ("tokenizer", "train")]
+    assert sorted(_commands(main)) == [
+        ("chunk",),
+        ("embed",),
+        ("model",),
+        ("model", "info"),
+        ("model", "train"),
+        ("tokenizer",),
+        ("tokenizer", "train"),
+    ]
 
 
 def test_split_beam_args_keeps_values_and_order():
@@ -90,11 +98,11 @@ def test_beam_knows_the_runner_options_we_document():
     assert actions["--save_main_session"] is False
 
 
-def test_chunk_command_options_do_not_shadow_beam():
-    from tda.jobs.cli import chunk
-
-    ctx = click.Context(chunk)
-    own = {opt for p in chunk.get_params(ctx) for opt in (*p.opts, *p.secondary_opts)}
+@pytest.mark.parametrize("name", ["chunk", "embed"])
+def test_stage_command_options_do_not_shadow_beam(name):
+    command = main.commands[name]
+    ctx = click.Context(command)
+    own = {opt for p in command.get_params(ctx) for opt in (*p.opts, *p.secondary_opts)}
     assert not own & set(beam_option_actions()), "a tda option hides a Beam option"
 
 
@@ -201,3 +209,76 @@ def test_console_script_runs_as_a_module():
         check=True,
     )
     assert __version__ in out.stdout
+
+
+def test_model_train_chunk_embed_end_to_end(docs_jsonl, tmp_path):
+    """The issue's "done when": tda model train + tda chunk --tokenizer <model dir> +
+    tda embed, from the command line."""
+    model, root = tmp_path / "model", tmp_path / "root"
+    result = CliRunner().invoke(
+        main,
+        ["model", "train", str(docs_jsonl), "--out", str(model), "--steps", "10",
+         "--d-model", "32", "--layers", "1", "--heads", "2", "--vocab-size", "500",
+         "--max-seq", "128"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "AUROC" in result.output
+    result = CliRunner().invoke(
+        main, ["chunk", str(docs_jsonl), "--out", str(root), "--tokenizer", str(model), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    n_chunks = json.loads(result.output)["totals"]["chunks"]
+    args = ["embed", str(root), "--model", f"builtin:{model}", "--batch-tokens", "4096"]
+    result = CliRunner().invoke(
+        main, [*args, "--pooling", "max:known", "--json", "--runner", "DirectRunner"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["totals"]["chunks"] == summary["counters"]["chunks_embedded"] == n_chunks
+    assert summary["pooling"] == "max:known" and summary["encoder"] == "builtin"
+    assert summary["context"] == {"window": 128, "context": 32}
+    assert 0 <= summary["padding_share"] < 0.5
+    # human output, rerun over the same root
+    result = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "chunks embedded" in result.output and "padding share" in result.output
+    result = CliRunner().invoke(main, ["model", "info", str(model), "--json"])
+    info = json.loads(result.output)
+    assert info["name"] == "builtin" and "violence" in info["harmful"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "already holds an embed run"),
+        (["--pooling", "median"], "--pooling must be one of"),
+        (["--pooling", "mean:everything"], "pooling features must be one of"),
+        (["--window", "100000", "--overwrite"], "exceeds the model's context limit"),
+        (["--batch-tokens", "0"], "--batch-tokens must be positive"),
+        (["--top-k-concepts", "0"], "--top-k-concepts must be in"),
+        (["--device", "cuda", "--overwrite"], "sees no CUDA GPU"),
+    ],
+)
+def test_embed_errors_are_one_line(extra, message, tmp_path, docs_jsonl, builtin_dir):
+    import torch
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from tda.schemas import EmbedConfig
+    from tests.attribution.test_embed_stage import chunk_root, embed_root
+
+    root = tmp_path / "root"
+    chunk_root(root, [docs_jsonl], builtin_dir)
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir))
+    result = CliRunner().invoke(main, ["embed", str(root), "--model", builtin_dir, *extra])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert len([ln for ln in result.output.splitlines() if ln.startswith("Error")]) == 1
+
+
+def test_embed_without_chunks_and_bad_model_are_one_line(tmp_path, builtin_dir):
+    result = CliRunner().invoke(main, ["embed", str(tmp_path), "--model", builtin_dir])
+    assert result.exit_code == 1 and "run `tda chunk`" in result.output
+    result = CliRunner().invoke(main, ["model", "info", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "no config.json" in result.output

@@ -534,3 +534,69 @@ def test_parse_size_exact_decimal(text, expected):
 )
 def test_format_size(n, expected):
     assert format_size(n) == expected
+
+
+# --------------------------------------------------------------------------------------
+# Embed stage contracts
+
+
+def test_pooling_names_and_validation():
+    from tda.schemas import Pooling
+
+    assert Pooling().name == "mean:concepts"
+    assert Pooling.parse("max:hidden").name == "max:hidden"
+    assert Pooling.parse("weights").name == "weights"
+    for bad, message in [
+        ({"method": "median"}, "--pooling must be one of"),
+        ({"features": "logits"}, "pooling features"),
+        ({"concept_reducer": "sum"}, "--concept-pooling"),
+        ({"top_k": 0}, "--top-k-concepts"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Pooling(**bad)
+
+
+def test_embed_config_validation():
+    from tda.schemas import EmbedConfig
+
+    for bad, message in [
+        ({"root": ""}, "ROOT"),
+        ({"model": ""}, "--model"),
+        ({"window": 0}, "--window"),
+        ({"context": -1}, "--context"),
+        ({"batch_tokens": 0}, "--batch-tokens"),
+        ({"device": "tpu"}, "--device"),
+        ({"resume": True, "overwrite": True}, "exclude"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            EmbedConfig(**{"root": "r", "model": "m", **bad})
+
+
+def test_embed_manifest_round_trip_and_refusals():
+    from tda.schemas import ContextPolicy, EmbedCounts, EmbedManifest, EncoderInfo, Pooling
+
+    manifest = EmbedManifest(
+        tda_version="0.1.0",
+        encoder=EncoderInfo("builtin", "builtin:m", "sha256:aa", "sha256:bb", 64, 48, 512, 256, 1),
+        pooling=Pooling("max", "known"),
+        context=ContextPolicy(window=256, context=64),
+        dim=64,
+        batch_tokens=4096,
+        chunk_manifest_sha256="cc",
+        files=(EmbedCounts(0, 10, 600, 700, 50, 3, 1), EmbedCounts(1, 5, 300, 300, 0, 1, 1)),
+    )
+    text = manifest.to_json()
+    assert EmbedManifest.from_json(text) == manifest
+    data = json.loads(text)
+    assert data["totals"] == {
+        "file_index": None, "chunks": 15, "tokens": 900, "window_tokens": 1000,
+        "padded_tokens": 50, "windows": 4, "batches": 2, "zero_vectors": 0,
+    }  # fmt: skip
+    assert manifest.totals.padding_share == pytest.approx(50 / 1050)
+    with pytest.raises(ManifestError, match=r"not a tda\.embeddings manifest"):
+        EmbedManifest.from_json(json.dumps({**data, "kind": "tda.chunks"}))
+    with pytest.raises(ManifestError, match="schema version 9"):
+        EmbedManifest.from_json(json.dumps({**data, "schema_version": 9}))
+    del data["encoder"]
+    with pytest.raises(ManifestError, match="malformed"):
+        EmbedManifest.from_json(json.dumps(data))
