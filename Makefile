@@ -37,6 +37,7 @@ demo: install ## Run the main job end to end on the embedded default and show th
 bench: install ## Benchmarks (figures go in docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench_chunk.py
 	$(BIN)/python benchmarks/bench_chunk_memory.py
+	$(BIN)/python benchmarks/bench_embed.py
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check .

@@ -59,7 +59,7 @@ class BuiltinConfig:
 
     vocab_size: int
     n_known: int  # known concepts = the concept set's size
-    d_model: int = 256  # small enough to train on 2 CPU cores in minutes
+    d_model: int = 128  # small enough to train on 2 CPU cores in minutes
     n_layers: int = 4
     n_heads: int = 4
     max_seq: int = 256  # context limit; training crops and embed windows use it

