@@ -229,6 +229,8 @@ def show(root: Path, corpus: Path) -> None:
 
 def show_embeddings(root: Path, chunks, console) -> None:
     """Embeddings: unit length, concepts per source, nearest neighbours of sample chunks."""
+    from collections import Counter
+
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -256,19 +258,20 @@ def show_embeddings(root: Path, chunks, console) -> None:
     )
 
     sources = chunks["source"].to_pylist()
-    weights: dict[str, np.ndarray] = {}
-    ids_col, w_col = table["concept_ids"].to_pylist(), table["concept_weights"].to_pylist()
-    for source, ids, ws in zip(sources, ids_col, w_col, strict=True):
-        acc = weights.setdefault(source, np.zeros(len(names)))
-        acc[ids] += ws
+    tops: dict[str, Counter] = {}
+    for source, ids in zip(sources, table["concept_ids"].to_pylist(), strict=True):
+        tops.setdefault(source, Counter()).update(names[i] for i in ids[:3])
     top = Table(
-        title="Concepts that fire most, per source (summed chunk weights)", header_style="bold"
+        title="Known concepts most often among a chunk's top 3, per source (share of chunks)",
+        header_style="bold",
     )
     top.add_column("source")
-    top.add_column("top known concepts")
-    for source in sorted(weights):
-        order = np.argsort(-weights[source])[:6]
-        top.add_row(source, ", ".join(names[i] for i in order if weights[source][i] > 0))
+    top.add_column("chunks", justify="right")
+    top.add_column("concepts")
+    for source in sorted(tops):
+        n = sources.count(source)
+        shown = ", ".join(f"{name} {k / n:.0%}" for name, k in tops[source].most_common(5))
+        top.add_row(source, f"{n:,}", shown)
     console.print(top)
 
     near = Table(
