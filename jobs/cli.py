@@ -206,15 +206,22 @@ def chunk(
             resume=resume,
             overwrite=overwrite,
         )
-        with quiet_beam_import():
-            from apache_beam.options.pipeline_options import PipelineOptions
-
-            from tda.pipeline.chunk import run_chunk
-
-        result = run_chunk(config, PipelineOptions(_beam_args(ctx)))
+        result = _run_stage(ctx, "chunk", config)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     _report_chunk(result, out, as_json)
+
+
+def _run_stage(ctx: click.Context, stage: str, config):
+    """Run ``tda.pipeline.<stage>.run_<stage>(config, Beam options from the command line)``
+    (Beam imported only now, and quietly)."""
+    import importlib
+
+    with quiet_beam_import():
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        module = importlib.import_module(f"tda.pipeline.{stage}")
+    return getattr(module, f"run_{stage}")(config, PipelineOptions(_beam_args(ctx)))
 
 
 def _beam_args(ctx: click.Context) -> list[str]:
@@ -410,12 +417,7 @@ def embed(
             resume=resume,
             overwrite=overwrite,
         )
-        with quiet_beam_import():
-            from apache_beam.options.pipeline_options import PipelineOptions
-
-            from tda.pipeline.embed import run_embed
-
-        result = run_embed(config, PipelineOptions(_beam_args(ctx)))
+        result = _run_stage(ctx, "embed", config)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     _report_embed(result, root, as_json)

@@ -27,7 +27,7 @@ from tda.attribution.chunk_stage import (
 from tda.attribution.tokenizer import TokenizerError, load_tokenizer
 from tda.schemas import ChunkConfig, FileCounts, InputFile, Manifest
 
-from .common import StageCounters, beam_counters
+from .common import StageCounters, run_transform
 
 __all__ = ["COUNTER_NAMESPACE", "ChunkCorpus", "ChunkFileFn", "ChunkRunResult", "run_chunk"]
 
@@ -97,9 +97,7 @@ def run_chunk(
     """Plan, run the pipeline, write the manifest. ``options`` are Beam pipeline options,
     passed through unchanged (runner, workers, Dataflow/Spark/Flink settings)."""
     plan = plan_chunk_run(config)
-    pipeline = test_pipeline or beam.Pipeline(options=options or PipelineOptions([]))
-    _ = pipeline | "ChunkCorpus" >> ChunkCorpus(plan)
-    result = pipeline.run()
-    result.wait_until_finish()
-    manifest = finish_chunk_run(plan)
-    return ChunkRunResult(manifest=manifest, counters=beam_counters(result, COUNTER_NAMESPACE))
+    counters = run_transform(
+        "ChunkCorpus", ChunkCorpus(plan), COUNTER_NAMESPACE, options, test_pipeline
+    )
+    return ChunkRunResult(manifest=finish_chunk_run(plan), counters=counters)

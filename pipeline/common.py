@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["StageCounters", "beam_counters"]
+__all__ = ["StageCounters", "beam_counters", "run_transform"]
 
 
 class StageCounters:
@@ -37,3 +39,19 @@ def beam_counters(result, namespace: str) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
     return dict(sorted(out.items()))
+
+
+def run_transform(
+    label: str,
+    transform: beam.PTransform,
+    namespace: str,
+    options: PipelineOptions | None,
+    test_pipeline: beam.Pipeline | None,
+) -> dict[str, int]:
+    """Apply a stage's root transform, run the pipeline to the end, return its counters.
+    ``options`` are Beam pipeline options, passed through unchanged."""
+    pipeline = test_pipeline or beam.Pipeline(options=options or PipelineOptions([]))
+    _ = pipeline | label >> transform
+    result = pipeline.run()
+    result.wait_until_finish()
+    return beam_counters(result, namespace)

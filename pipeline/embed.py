@@ -32,7 +32,7 @@ from tda.attribution.embed_stage import (
 from tda.attribution.encoder import ConceptEncoder, load_encoder
 from tda.schemas import EmbedConfig, EmbedCounts, EmbedManifest
 
-from .common import StageCounters, beam_counters
+from .common import StageCounters, run_transform
 
 __all__ = [
     "COUNTER_NAMESPACE",
@@ -127,9 +127,7 @@ def run_embed(
 ) -> EmbedRunResult:
     """Plan, run the pipeline, write the manifest (Beam ``options`` pass through)."""
     plan = plan_embed_run(config)
-    pipeline = test_pipeline or beam.Pipeline(options=options or PipelineOptions([]))
-    _ = pipeline | "EmbedCorpus" >> EmbedCorpus(plan)
-    result = pipeline.run()
-    result.wait_until_finish()
-    manifest = finish_embed_run(plan)
-    return EmbedRunResult(manifest=manifest, counters=beam_counters(result, COUNTER_NAMESPACE))
+    counters = run_transform(
+        "EmbedCorpus", EmbedCorpus(plan), COUNTER_NAMESPACE, options, test_pipeline
+    )
+    return EmbedRunResult(manifest=finish_embed_run(plan), counters=counters)

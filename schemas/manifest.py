@@ -152,15 +152,8 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        kind = data.get("kind")
-        if kind != "tda.chunks":
-            raise ManifestError(f"not a tda chunk manifest (kind={kind!r})")
-        version = data.get("schema_version")
-        if version != MANIFEST_SCHEMA_VERSION:
-            raise ManifestError(
-                f"manifest schema version {version} is not supported by this tda "
-                f"(it reads version {MANIFEST_SCHEMA_VERSION}); use a matching tda release"
-            )
+        _check_kind(data, "tda.chunks", MANIFEST_SCHEMA_VERSION, "tda chunk manifest")
+        version = data["schema_version"]
         try:
             return cls(
                 tda_version=str(data["tda_version"]),
@@ -178,18 +171,13 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ManifestError("manifest must be a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(_load_json(text))
 
 
-def _check_kind(data: dict[str, Any], kind: str, version: int) -> None:
+def _check_kind(data: dict[str, Any], kind: str, version: int, what: str) -> None:
+    """Refuse a manifest of another kind, or a schema version this tda does not read."""
     if data.get("kind") != kind:
-        raise ManifestError(f"not a {kind} manifest (kind={data.get('kind')!r})")
+        raise ManifestError(f"not a {what} (kind={data.get('kind')!r})")
     if data.get("schema_version") != version:
         raise ManifestError(
             f"{kind} manifest schema version {data.get('schema_version')} is not supported by "
@@ -297,7 +285,9 @@ class EmbedManifest:
     @classmethod
     def from_json(cls, text: str) -> EmbedManifest:
         data = _load_json(text)
-        _check_kind(data, "tda.embeddings", EMBED_MANIFEST_SCHEMA_VERSION)
+        _check_kind(
+            data, "tda.embeddings", EMBED_MANIFEST_SCHEMA_VERSION, "tda.embeddings manifest"
+        )
         try:
             return cls(
                 tda_version=str(data["tda_version"]),
