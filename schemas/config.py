@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "ContextPolicy",
     "EmbedConfig",
+    "IndexConfig",
     "Pooling",
     "ReadOptions",
 ]
@@ -254,5 +255,47 @@ class EmbedConfig:
             raise ConfigError(f"--batch-tokens must be positive, got {self.batch_tokens}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+
+
+METRICS = ("ip", "l2")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Everything ``tda index build`` needs; validated on construction."""
+
+    root: str  # build root holding embeddings/; the stage writes root/index
+    factory: str | None = None  # None: chosen from vector count, dimension, memory budget
+    shards: int | None = None  # number of shards (files are grouped to balance them)
+    shard_size: int | None = None  # or: vectors per shard
+    # 4 GB: what one worker may hold for a shard being filled (autofaiss's default style).
+    memory_budget: int = 4 * 1000**3
+    train_sample: int | None = None  # None: enough for the factory (see choose_factory)
+    nprobe: int | None = None  # default nprobe recorded for searches (None: chosen)
+    metric: str = "ip"  # inner product: vectors are unit length, so cosine
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ConfigError("ROOT is required")
+        if self.shards is not None and self.shard_size is not None:
+            raise ConfigError("give --shards or --shard-size, not both")
+        if self.shards is not None and self.shards < 1:
+            raise ConfigError(f"--shards must be positive, got {self.shards}")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ConfigError(f"--shard-size must be positive, got {self.shard_size}")
+        if self.memory_budget < 1:
+            raise ConfigError(f"--memory-budget must be positive, got {self.memory_budget}")
+        if self.train_sample is not None and self.train_sample < 1:
+            raise ConfigError(f"--train-sample must be positive, got {self.train_sample}")
+        if self.nprobe is not None and self.nprobe < 1:
+            raise ConfigError(f"--nprobe must be positive, got {self.nprobe}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.factory is not None and not self.factory.strip():
+            raise ConfigError("--factory must not be empty")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")

@@ -14,7 +14,12 @@
     ROOT/embeddings/manifest.json          written last: the EmbedManifest
 
 Names starting with ``_`` or ``.`` are bookkeeping; readers of the tables skip them.
-The index stage adds ``ROOT/index/``.
+    ROOT/index/trained.faiss               the trained, empty index every shard starts from
+    ROOT/index/shards/shard-00003.faiss    shard 3: vectors of a group of input files, by id
+    ROOT/index/concepts.json               names of the encoder's known concepts
+    ROOT/index/_completions/00003.json     shard 3 is done: its count, size, sha256
+    ROOT/index/_run.json
+    ROOT/index/manifest.json               written last: the IndexManifest (commit point)
 """
 
 from __future__ import annotations
@@ -88,3 +93,33 @@ class BuildRoot:
 
     def embed_completion(self, file_index: int) -> str:
         return self._join("embeddings", "_completions", f"{file_index:06d}.json")
+
+    @property
+    def index_dir(self) -> str:
+        return self._join("index")
+
+    @property
+    def index_manifest(self) -> str:
+        return self._join("index", "manifest.json")
+
+    @property
+    def index_run_record(self) -> str:
+        return self._join("index", "_run.json")
+
+    @property
+    def index_completions_dir(self) -> str:
+        return self._join("index", "_completions")
+
+    @property
+    def index_trained(self) -> str:
+        return self._join("index", "trained.faiss")
+
+    @property
+    def index_concepts(self) -> str:
+        return self._join("index", "concepts.json")
+
+    def index_shard(self, shard: int) -> str:
+        return self._join("index", "shards", f"shard-{shard:05d}.faiss")
+
+    def index_completion(self, shard: int) -> str:
+        return self._join("index", "_completions", f"{shard:05d}.json")

@@ -21,19 +21,24 @@ from .records import DeadLetterReason
 
 __all__ = [
     "EMBED_MANIFEST_SCHEMA_VERSION",
+    "INDEX_MANIFEST_SCHEMA_VERSION",
     "MANIFEST_SCHEMA_VERSION",
     "EmbedCounts",
     "EmbedManifest",
     "EncoderInfo",
     "FileCounts",
+    "IndexFile",
+    "IndexManifest",
     "InputFile",
     "Manifest",
     "ManifestError",
+    "ShardInfo",
     "TokenizerInfo",
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
 EMBED_MANIFEST_SCHEMA_VERSION = 1
+INDEX_MANIFEST_SCHEMA_VERSION = 1
 
 
 class ManifestError(ValueError):
@@ -298,6 +303,116 @@ class EmbedManifest:
                 batch_tokens=int(data["batch_tokens"]),
                 chunk_manifest_sha256=str(data["chunk_manifest_sha256"]),
                 files=tuple(EmbedCounts.from_dict(f) for f in data["files"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """One file of the index, checked before use: path relative to ROOT/index."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard: the vectors of a group of input files, added with their chunk ids."""
+
+    shard: int
+    path: str  # relative to ROOT/index
+    vectors: int
+    embed_files: tuple[int, ...]  # input file indices whose embeddings it holds
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """The index stage's record (``ROOT/index/manifest.json``, written last: the commit
+    point). Queries read everything they need from it: which encoder and tokenizer made
+    the vectors, how chunks and windows were cut, the FAISS factory, metric, dimension and
+    default nprobe, every file's sha256 and size, the shards and the corpus inputs."""
+
+    tda_version: str
+    encoder: EncoderInfo
+    tokenizer: TokenizerInfo
+    chunking: ChunkingPolicy
+    context: ContextPolicy
+    pooling: Pooling
+    id_codec: ChunkIdCodec
+    dataset_id: int
+    factory: str
+    metric: str  # "ip" | "l2"
+    dim: int
+    nprobe: int
+    train_vectors: int
+    vectors: int
+    shards: tuple[ShardInfo, ...]
+    files: tuple[IndexFile, ...]
+    inputs: tuple[InputFile, ...]
+    chunk_manifest_sha256: str
+    embed_manifest_sha256: str
+    schema_version: int = INDEX_MANIFEST_SCHEMA_VERSION
+    kind: str = "tda.index"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "kind": self.kind,
+            "schema_version": self.schema_version,
+            "tda_version": self.tda_version,
+            "encoder": asdict(self.encoder),
+            "tokenizer": asdict(self.tokenizer),
+            "chunking": asdict(self.chunking),
+            "context": asdict(self.context),
+            "pooling": asdict(self.pooling),
+            "id_codec": self.id_codec.to_dict(),
+            "dataset_id": self.dataset_id,
+            "factory": self.factory,
+            "metric": self.metric,
+            "dim": self.dim,
+            "nprobe": self.nprobe,
+            "train_vectors": self.train_vectors,
+            "vectors": self.vectors,
+            "shards": [asdict(s) for s in self.shards],
+            "files": [asdict(f) for f in self.files],
+            "inputs": [asdict(i) for i in self.inputs],
+            "chunk_manifest_sha256": self.chunk_manifest_sha256,
+            "embed_manifest_sha256": self.embed_manifest_sha256,
+        }
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> IndexManifest:
+        data = _load_json(text)
+        _check_kind(data, "tda.index", INDEX_MANIFEST_SCHEMA_VERSION, "tda.index manifest")
+        try:
+            return cls(
+                tda_version=str(data["tda_version"]),
+                encoder=EncoderInfo(**data["encoder"]),
+                tokenizer=TokenizerInfo(**data["tokenizer"]),
+                chunking=ChunkingPolicy(**data["chunking"]),
+                context=ContextPolicy(**data["context"]),
+                pooling=Pooling(**data["pooling"]),
+                id_codec=ChunkIdCodec.from_dict(data["id_codec"]),
+                dataset_id=int(data["dataset_id"]),
+                factory=str(data["factory"]),
+                metric=str(data["metric"]),
+                dim=int(data["dim"]),
+                nprobe=int(data["nprobe"]),
+                train_vectors=int(data["train_vectors"]),
+                vectors=int(data["vectors"]),
+                shards=tuple(
+                    ShardInfo(**{**s, "embed_files": tuple(s["embed_files"])})
+                    for s in data["shards"]
+                ),
+                files=tuple(IndexFile(**f) for f in data["files"]),
+                inputs=tuple(InputFile(**i) for i in data["inputs"]),
+                chunk_manifest_sha256=str(data["chunk_manifest_sha256"]),
+                embed_manifest_sha256=str(data["embed_manifest_sha256"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc

@@ -1,0 +1,282 @@
+"""Reading an index: open the manifest, check files, search shards in parallel, merge the
+top-k exactly, and turn chunk ids back into provenance.
+
+* :meth:`IndexReader.open`: read ``index/manifest.json`` (local, or remote through fsspec
+  with a local cache keyed by sha256), refuse any file whose size differs from the
+  manifest, memory-map the shards.
+* :meth:`IndexReader.search`: every shard searched in its own thread (FAISS releases the
+  GIL), results merged exactly by :func:`merge_topk`.
+* :class:`ChunkLookup`: id -> chunk row by decoding the id to (input file, ordinal) and
+  reading that row's Parquet row group, never by scanning.
+* :func:`verify_index`: sha256 of every file against the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from tda.schemas import EncoderInfo, IndexManifest, ManifestError
+
+from .chunk_stage import build_root
+from .parts import ROW_GROUP_ROWS, StageError
+
+__all__ = [
+    "ChunkLookup",
+    "ChunkRecord",
+    "IndexReadError",
+    "IndexReader",
+    "SearchHit",
+    "merge_topk",
+    "verify_index",
+]
+
+
+class IndexReadError(StageError):
+    """An index that cannot be used as asked (missing, corrupt, other encoder)."""
+
+
+def merge_topk(scores: np.ndarray, ids: np.ndarray, k: int, metric: str):
+    """Exact merge of per-shard results.
+
+    scores, ids: (S, q, k_s) per shard (ids -1 = empty slot). Returns (q, k) scores and ids,
+    best first (largest inner product / smallest L2), ties broken by smaller id."""
+    S, q, ks = scores.shape
+    flat_s = scores.transpose(1, 0, 2).reshape(q, S * ks)
+    flat_i = ids.transpose(1, 0, 2).reshape(q, S * ks)
+    key = -flat_s if metric == "ip" else flat_s.copy()
+    key = np.where(flat_i < 0, np.inf, key)
+    order = np.lexsort((flat_i, key), axis=-1)[:, :k]
+    out_s = np.take_along_axis(flat_s, order, 1)
+    out_i = np.take_along_axis(flat_i, order, 1)
+    out_i = np.where(np.take_along_axis(key, order, 1) == np.inf, -1, out_i)
+    return out_s, out_i
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk_id: int
+    source: str
+    doc_id: str
+    record_index: int
+    chunk_index: int
+    char_start: int
+    char_end: int
+    text: str | None
+    url: str  # the input file
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    score: float
+    chunk: ChunkRecord
+
+
+class ChunkLookup:
+    """chunk id -> :class:`ChunkRecord`, by decoding the id (no scan)."""
+
+    def __init__(self, root: str, manifest: IndexManifest) -> None:
+        self._fs, self._root = build_root(root)
+        self._codec = manifest.id_codec
+        self._urls = {f.index: f.url for f in manifest.inputs}
+        self._group = lru_cache(maxsize=64)(self._read_group)
+
+    def _read_group(self, file_index: int, group: int):
+        import pyarrow.parquet as pq
+
+        with self._fs.open(self._root.chunk_part(file_index), "rb") as f:
+            return pq.ParquetFile(f).read_row_group(group).to_pylist()
+
+    def get(self, chunk_id: int) -> ChunkRecord:
+        loc = self._codec.decode(int(chunk_id))
+        if loc.file_index not in self._urls:
+            raise IndexReadError(
+                f"chunk id {chunk_id} points at input file {loc.file_index}, not in this index"
+            )
+        rows = self._group(loc.file_index, loc.ordinal // ROW_GROUP_ROWS)
+        offset = loc.ordinal % ROW_GROUP_ROWS
+        if offset >= len(rows):
+            raise IndexReadError(f"chunk id {chunk_id} is not in this index")
+        row = rows[offset]
+        if row["chunk_id"] != chunk_id:  # the chunks table changed under the index
+            raise IndexReadError(f"chunks table row for {chunk_id} holds {row['chunk_id']}")
+        return ChunkRecord(
+            chunk_id=row["chunk_id"],
+            source=row["source"],
+            doc_id=row["doc_id"],
+            record_index=row["record_index"],
+            chunk_index=row["chunk_index"],
+            char_start=row["char_start"],
+            char_end=row["char_end"],
+            text=row["text"],
+            url=self._urls[loc.file_index],
+        )
+
+
+def _read_manifest(fs, root) -> tuple[IndexManifest, str]:
+    if not fs.exists(root.index_manifest):
+        raise IndexReadError(
+            f"{root.index_manifest} not found: build the index with `tda index build` (the "
+            f"manifest is written last, so a half-built index has none)"
+        )
+    with fs.open(root.index_manifest, "rb") as f:
+        data = f.read()
+    try:
+        return IndexManifest.from_json(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
+    except ManifestError as exc:
+        raise IndexReadError(f"{root.index_manifest}: {exc}") from None
+
+
+def verify_index(root_url: str) -> list[str]:
+    """Every problem with the index files: missing, wrong size, wrong sha256 ([] = sound)."""
+    fs, root = build_root(root_url)
+    manifest, _ = _read_manifest(fs, root)
+    problems = []
+    for entry in manifest.files:
+        path = f"{root.index_dir}/{entry.path}"
+        if not fs.exists(path):
+            problems.append(f"{entry.path}: missing")
+            continue
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        size = fs.size(path)
+        if size != entry.size:
+            problems.append(f"{entry.path}: {size} bytes, the manifest says {entry.size}")
+        elif digest.hexdigest() != entry.sha256:
+            problems.append(f"{entry.path}: sha256 differs from the manifest (corrupt)")
+    return problems
+
+
+class IndexReader:
+    """An opened index: the manifest, its shards (memory-mapped) and a chunk lookup."""
+
+    def __init__(self, root: str, manifest: IndexManifest, manifest_id: str, shards: list) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.manifest_id = manifest_id  # sha256 of manifest.json: names this exact index
+        self._shards = shards
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)))
+        self.lookup = ChunkLookup(root, manifest)
+
+    @classmethod
+    def open(
+        cls, root_url: str, encoder: EncoderInfo | None = None, cache_dir: str | None = None
+    ) -> IndexReader:
+        """Open ROOT's index; with ``encoder``, refuse an index built by another model."""
+        import faiss
+
+        fs, root = build_root(root_url)
+        manifest, manifest_id = _read_manifest(fs, root)
+        if encoder is not None and encoder.fingerprint != manifest.encoder.fingerprint:
+            raise IndexReadError(
+                f"the index in {root_url} was built with encoder {manifest.encoder.spec} "
+                f"({manifest.encoder.fingerprint[:19]}), not {encoder.spec} "
+                f"({encoder.fingerprint[:19]}): its vectors are not comparable"
+            )
+        local = _is_local(fs)
+        shards = []
+        sizes = {f.path: f for f in manifest.files}
+        for shard in manifest.shards:
+            entry = sizes[shard.path]
+            remote = f"{root.index_dir}/{shard.path}"
+            if not fs.exists(remote):
+                raise IndexReadError(
+                    f"{remote} is missing; the index is incomplete (tda index verify)"
+                )
+            if fs.size(remote) != entry.size:
+                raise IndexReadError(
+                    f"{remote} is {fs.size(remote)} bytes, the manifest says {entry.size}; "
+                    f"refusing a shard that does not match (tda index verify)"
+                )
+            path = remote if local else _cached(fs, remote, entry, cache_dir)
+            try:
+                index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            except RuntimeError as exc:
+                raise IndexReadError(f"{remote} cannot be read as a FAISS index ({exc})") from None
+            if index.ntotal != shard.vectors:
+                raise IndexReadError(
+                    f"{remote} holds {index.ntotal} vectors, the manifest says {shard.vectors}"
+                )
+            _set_nprobe(index, manifest.nprobe)
+            shards.append(index)
+        return cls(root_url, manifest, manifest_id, shards)
+
+    def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None):
+        """queries (q, D) float32 -> (scores (q, k), ids (q, k)), best first, over all shards."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.manifest.dim:
+            raise IndexReadError(f"queries must be (q, {self.manifest.dim}), got {queries.shape}")
+        if nprobe is not None:
+            for index in self._shards:
+                _set_nprobe(index, nprobe)
+        try:
+            results = list(self._pool.map(lambda index: index.search(queries, k), self._shards))
+        finally:
+            if nprobe is not None:
+                for index in self._shards:
+                    _set_nprobe(index, self.manifest.nprobe)
+        scores = np.stack([r[0] for r in results])
+        ids = np.stack([r[1] for r in results])
+        return merge_topk(scores, ids, k, self.manifest.metric)
+
+    def hits(
+        self, queries: np.ndarray, k: int = 10, nprobe: int | None = None
+    ) -> list[list[SearchHit]]:
+        """Like :meth:`search`, with each id resolved to its chunk's provenance and text."""
+        scores, ids = self.search(queries, k, nprobe)
+        return [
+            [
+                SearchHit(float(s), self.lookup.get(int(i)))
+                for s, i in zip(srow, irow, strict=True)
+                if i >= 0
+            ]
+            for srow, irow in zip(scores, ids, strict=True)
+        ]
+
+    def vector(self, chunk_id: int) -> np.ndarray:
+        """The stored (float16) vector of one chunk, (D,) float32, read from its embeddings
+        row (decoded from the id, like the chunk lookup)."""
+        import pyarrow.parquet as pq
+
+        fs, root = build_root(self.root)
+        loc = self.manifest.id_codec.decode(int(chunk_id))
+        with fs.open(root.embed_part(loc.file_index), "rb") as f:
+            parquet = pq.ParquetFile(f)
+            group = parquet.read_row_group(
+                loc.ordinal // ROW_GROUP_ROWS, columns=["chunk_id", "vector"]
+            )
+        row = loc.ordinal % ROW_GROUP_ROWS
+        if row >= group.num_rows or group["chunk_id"][row].as_py() != chunk_id:
+            raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
+        return np.asarray(group["vector"][row].as_py(), dtype=np.float32)
+
+
+def _set_nprobe(index, nprobe: int) -> None:
+    import faiss
+
+    with contextlib.suppress(RuntimeError):  # not an IVF index: nothing to probe
+        faiss.extract_index_ivf(index).nprobe = nprobe
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _cached(fs, remote: str, entry, cache_dir: str | None) -> str:
+    """A local copy of a remote index file, named by its sha256 (fetched once)."""
+    cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "tda", "index")
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, f"{entry.sha256}.faiss")
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        fs.get(remote, tmp)
+        os.replace(tmp, path)
+    return path
