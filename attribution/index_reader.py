@@ -33,7 +33,9 @@ __all__ = [
     "IndexReadError",
     "IndexReader",
     "SearchHit",
+    "encode_query",
     "merge_topk",
+    "read_index_manifest",
     "verify_index",
 ]
 
@@ -168,9 +170,17 @@ class IndexReader:
 
     @classmethod
     def open(
-        cls, root_url: str, encoder: EncoderInfo | None = None, cache_dir: str | None = None
+        cls,
+        root_url: str,
+        encoder: EncoderInfo | None = None,
+        cache_dir: str | None = None,
+        verify: bool = True,
     ) -> IndexReader:
-        """Open ROOT's index; with ``encoder``, refuse an index built by another model."""
+        """Open ROOT's index; with ``encoder``, refuse an index built by another model.
+
+        Every shard's size is checked against the manifest; with ``verify`` (default) its
+        sha256 too, so a corrupt byte is refused before any search (about 1 s per GB;
+        remote shards are verified once, when copied into the cache)."""
         import faiss
 
         fs, root = build_root(root_url)
@@ -197,6 +207,12 @@ class IndexReader:
                     f"refusing a shard that does not match (tda index verify)"
                 )
             path = remote if local else _cached(fs, remote, entry, cache_dir)
+            # (remote shards were checked when copied into the cache)
+            if verify and local and _sha256(path) != entry.sha256:
+                raise IndexReadError(
+                    f"{remote} does not match its sha256 in the manifest (corrupt); "
+                    f"refusing to search it (tda index verify {root_url})"
+                )
             try:
                 index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             except RuntimeError as exc:
@@ -259,6 +275,14 @@ class IndexReader:
         return np.asarray(group["vector"][row].as_py(), dtype=np.float32)
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _set_nprobe(index, nprobe: int) -> None:
     import faiss
 
@@ -278,5 +302,42 @@ def _cached(fs, remote: str, entry, cache_dir: str | None) -> str:
     if not os.path.exists(path):
         tmp = f"{path}.tmp-{os.getpid()}"
         fs.get(remote, tmp)
+        if _sha256(tmp) != entry.sha256:
+            os.remove(tmp)
+            raise IndexReadError(f"{remote} does not match its sha256 in the manifest (corrupt)")
         os.replace(tmp, path)
     return path
+
+
+def read_index_manifest(root_url: str) -> IndexManifest:
+    """ROOT -> its index manifest (one-line error when there is none)."""
+    fs, root = build_root(root_url)
+    return _read_manifest(fs, root)[0]
+
+
+def encode_query(reader: IndexReader, text: str, device: str = "auto") -> np.ndarray:
+    """Encode a query text with the index's own encoder, pooling and context policy, as
+    one chunk: (D,) float32, unit length. Refuses an encoder whose weights differ."""
+    from tda.schemas import ConfigError
+
+    from .encoder import DocumentTokens, encode_documents, load_encoder
+
+    m = reader.manifest
+    encoder = load_encoder(m.encoder.spec, device)
+    if encoder.info.fingerprint != m.encoder.fingerprint:
+        raise IndexReadError(
+            f"the model at {m.encoder.spec} is not the one the index was built with "
+            f"({encoder.info.fingerprint[:19]} != {m.encoder.fingerprint[:19]})"
+        )
+    (enc,) = encoder.load_tokenizer().encode_batch([text])
+    if enc.n_tokens == 0:
+        raise ConfigError("--text has no tokens")
+    if enc.n_tokens > m.context.window:
+        raise ConfigError(
+            f"--text is {enc.n_tokens} tokens; the index's window holds {m.context.window}"
+        )
+    doc = DocumentTokens(ids=enc.ids, spans=np.array([[0, enc.n_tokens]]))
+    pooled, _ = encode_documents(
+        encoder, [doc], m.pooling, m.context, batch_tokens=m.context.window
+    )
+    return pooled.vectors[0]

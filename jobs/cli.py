@@ -465,6 +465,160 @@ def _report_embed(result, root: str, as_json: bool) -> None:
 
 
 @main.group()
+def index() -> None:
+    """The sharded FAISS index: build it, inspect it, verify it, merge it."""
+
+
+@index.command("build", cls=BeamCommand)
+@click.argument("root", metavar="ROOT")
+@click.option(
+    "--factory", default=None, metavar="STR", help="FAISS factory string [default: chosen]."
+)
+@click.option("--shards", type=int, default=None, help="Number of shards.")
+@click.option(
+    "--shard-size", type=int, default=None, help="Vectors per shard (instead of --shards)."
+)
+@click.option("--memory-budget", type=SIZE, default="4GB", show_default=True, help="Per worker.")
+@click.option("--train-sample", type=int, default=None, help="Training vectors [default: chosen].")
+@click.option("--nprobe", type=int, default=None, help="Default nprobe recorded for searches.")
+@click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True)
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted build; finished shards are kept."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier index in ROOT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
+@click.pass_context
+def index_build(ctx, root, factory, shards, shard_size, memory_budget, train_sample, nprobe,
+                metric, resume, overwrite, as_json) -> None:  # fmt: skip
+    """Build ROOT/index from ROOT/embeddings: train once, fill shards, manifest last."""
+    try:
+        from tda.schemas import IndexConfig
+
+        config = IndexConfig(
+            root=root,
+            factory=factory,
+            shards=shards,
+            shard_size=shard_size,
+            memory_budget=int(memory_budget),
+            train_sample=train_sample,
+            nprobe=nprobe,
+            metric=metric,
+            resume=resume,
+            overwrite=overwrite,
+        )
+        result = _run_stage(ctx, "index", config)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_index(result.manifest, root, as_json, result.counters)
+
+
+def _print_index(m, root: str, as_json: bool, counters: dict | None = None) -> None:
+    total = sum(f.size for f in m.files)
+    summary = {
+        "root": root,
+        "factory": m.factory,
+        "metric": m.metric,
+        "dim": m.dim,
+        "nprobe": m.nprobe,
+        "vectors": m.vectors,
+        "shards": len(m.shards),
+        "train_vectors": m.train_vectors,
+        "bytes": total,
+        "bytes_per_chunk": round(total / max(1, m.vectors), 1),
+        "encoder": m.encoder.spec,
+        "fingerprint": m.encoder.fingerprint,
+        "pooling": m.pooling.name,
+    }
+    if counters is not None:
+        summary["counters"] = counters
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:>15}: {value}")
+
+
+@index.command("info")
+@click.argument("root", metavar="ROOT")
+@click.option("--json", "as_json", is_flag=True)
+def index_info(root, as_json) -> None:
+    """Summarise ROOT/index/manifest.json."""
+    try:
+        from tda.attribution.index_reader import read_index_manifest
+
+        manifest = read_index_manifest(root)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_index(manifest, root, as_json)
+
+
+@index.command("verify")
+@click.argument("root", metavar="ROOT")
+def index_verify(root) -> None:
+    """Check every index file's size and sha256 against the manifest (exit 1 on any
+    mismatch)."""
+    try:
+        from tda.attribution.index_reader import verify_index
+
+        problems = verify_index(root)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if problems:
+        for p in problems:
+            click.echo(f"FAIL {p}")
+        raise click.ClickException(f"{len(problems)} index file(s) do not match the manifest")
+    click.echo(f"ok: every file of {root}/index matches its manifest sha256")
+
+
+@main.command()
+@click.argument("root", metavar="ROOT")
+@click.option(
+    "--text", default=None, help="Search for this text (encoded with the index's encoder)."
+)
+@click.option("--chunk-id", type=int, default=None, help="Search with a stored chunk's vector.")
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--nprobe", type=int, default=None, help="Override the index's default nprobe.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True)
+def search(root, text, chunk_id, k, nprobe, device, as_json) -> None:
+    """Nearest training chunks to a text or to a stored chunk."""
+    if (text is None) == (chunk_id is None):
+        raise click.UsageError("give exactly one of --text or --chunk-id")
+    if k < 1:
+        raise click.UsageError("-k must be positive")
+    try:
+        from tda.attribution.index_reader import IndexReader, encode_query
+
+        reader = IndexReader.open(root)
+        query = reader.vector(chunk_id) if text is None else encode_query(reader, text, device)
+        hits = reader.hits(query[None], k, nprobe)[0]
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        rows = [{"score": h.score, **h.chunk.__dict__} for h in hits]
+        click.echo(json.dumps({"manifest_id": reader.manifest_id, "hits": rows}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"tda search {root}", header_style="bold", show_lines=True)
+    for col in ("score", "chunk id", "source / document", "chars", "text"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        c = h.chunk
+        table.add_row(
+            f"{h.score:.4f}",
+            str(c.chunk_id),
+            f"{c.source}\n{c.doc_id}",
+            f"{c.char_start}..{c.char_end}",
+            (c.text or "")[:200],
+        )
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+@main.group()
 def model() -> None:
     """The builtin concept-bottleneck model: train it, inspect a model SPEC."""
 
