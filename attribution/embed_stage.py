@@ -52,6 +52,7 @@ __all__ = [
     "ChunkDocument",
     "EmbedPlan",
     "EmbedRunError",
+    "concepts_json",
     "finish_embed_run",
     "iter_chunk_documents",
     "plan_embed_run",
@@ -186,8 +187,19 @@ def plan_embed_run(config: EmbedConfig, encoder: ConceptEncoder | None = None) -
                 f"--overwrite to replace it"
             )
     fs.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(fs, root.embed_concepts, concepts_json(encoder))
     atomic_write_text(fs, root.embed_run_record, plan.run_record())
     return plan
+
+
+def concepts_json(encoder: ConceptEncoder) -> str:
+    """The known concepts' names (concept id = position) and which are harmful."""
+    data = {
+        "encoder": encoder.info.fingerprint,
+        "known": list(encoder.concept_names),
+        "harmful": sorted(encoder.harmful_concepts),
+    }
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
 
 def read_embed_completion(config: EmbedConfig, file_index: int) -> EmbedCounts | None:

@@ -54,7 +54,6 @@ __all__ = [
     "logit_split",
     "plan_windows",
     "pool_chunks",
-    "read_concept_names",
     "resolve_device",
 ]
 
@@ -215,28 +214,6 @@ def load_encoder(
         f"{spec} is not a model SPEC tda knows: give builtin:DIR (made by `tda model train`) "
         f"or steerling:ID_OR_PATH"
     )
-
-
-def read_concept_names(info: EncoderInfo) -> tuple[str, ...]:
-    """The known concepts' names of the encoder ``info`` describes, without loading its
-    weights (builtin: config.json; Steerling: its concept label table when the checkpoint
-    is a local directory that ships one, else ``known_00000``, ...)."""
-    import fsspec
-
-    spec = info.spec
-    if info.name == "steerling":
-        import os
-
-        from .steerling_encoder import _concept_names
-
-        location = spec.split(":", 1)[1]
-        if os.path.isdir(location):
-            return _concept_names(location, info.n_known)
-        return tuple(f"known_{i:05d}" for i in range(info.n_known))
-    location = spec[len("builtin:") :] if spec.startswith("builtin:") else spec
-    fs, path = fsspec.core.url_to_fs(location)
-    with fs.open(path.rstrip("/") + "/config.json", "rb") as f:
-        return tuple(c["name"] for c in json.loads(f.read())["concepts"])
 
 
 def _config_kind(location: str) -> str | None:

@@ -145,16 +145,31 @@ def _read_manifests(fs, root) -> tuple[EmbedManifest, Manifest, str]:
 
 
 def _group_files(counts: list[tuple[int, int]], target: int) -> list[tuple[int, ...]]:
-    """(file index, vectors) in file order -> groups of files of about ``target`` vectors."""
+    """(file index, vectors) in file order -> groups of consecutive files of at most
+    ``target`` vectors each (a single larger file forms its own group)."""
     groups: list[list[int]] = [[]]
     size = 0
     for index, n in counts:
-        if size >= target and groups[-1]:
+        if groups[-1] and size + n > target:
             groups.append([])
             size = 0
         groups[-1].append(index)
         size += n
     return [tuple(g) for g in groups]
+
+
+def _split_files(counts: list[tuple[int, int]], shards: int) -> list[tuple[int, ...]]:
+    """(file index, vectors) in file order -> ``shards`` groups of consecutive files with
+    balanced vector counts (fewer when there are fewer files): a file goes to the group
+    its middle vector falls in."""
+    total = max(1, sum(n for _, n in counts))
+    groups: dict[int, list[int]] = {}
+    cum = 0
+    for index, n in counts:
+        g = min(shards - 1, int((cum + n / 2) * shards // total))
+        groups.setdefault(g, []).append(index)
+        cum += n
+    return [tuple(groups[g]) for g in sorted(groups)]
 
 
 def _sample(fs, root, plan_files: list[tuple[int, int]], dim: int, size: int) -> np.ndarray:
@@ -182,6 +197,8 @@ def plan_index_run(config: IndexConfig) -> IndexPlan:
 
     fs, root = build_root(config.root)
     embed, chunks, embed_sha = _read_manifests(fs, root)
+    if not fs.exists(root.embed_concepts):
+        raise IndexRunError(f"{root.embed_concepts} is missing; re-run `tda embed --overwrite`")
     files = [(f.file_index, f.chunks) for f in embed.files]
     n = sum(c for _, c in files)
     if n == 0:
@@ -196,10 +213,11 @@ def plan_index_run(config: IndexConfig) -> IndexPlan:
         train = min(n, 10_000)
     per_vector = _bytes_per_vector(probe, embed.dim)
     if config.shards is not None:
-        target = math.ceil(n / config.shards)
+        shards = _split_files(files, config.shards)
     else:
-        target = config.shard_size or max(1, config.memory_budget // per_vector)
-    shards = _group_files(files, target)
+        shards = _group_files(
+            files, config.shard_size or max(1, config.memory_budget // per_vector)
+        )
     counts = {i: c for i, c in files}
     plan = IndexPlan(
         config=config,
@@ -239,7 +257,10 @@ def plan_index_run(config: IndexConfig) -> IndexPlan:
         probe.train(sample)
     with atomic_open(fs, root.index_trained) as f:
         f.write(faiss.serialize_index(probe).tobytes())
-    atomic_write_text(fs, root.index_concepts, _concepts_json(embed))
+    with fs.open(root.embed_concepts, "rb") as f:
+        concepts = f.read()
+    with atomic_open(fs, root.index_concepts) as f:
+        f.write(concepts)
     atomic_write_text(fs, root.index_run_record, plan.run_record())
     return plan
 
@@ -265,13 +286,6 @@ def _bytes_per_vector(index, dim: int) -> int:
     except RuntimeError:  # not an IVF index
         code = 4 * dim
     return int(code) + 8
-
-
-def _concepts_json(embed: EmbedManifest) -> str:
-    from .encoder import read_concept_names
-
-    names = read_concept_names(embed.encoder)
-    return json.dumps({"encoder": embed.encoder.fingerprint, "known": list(names)}, indent=1) + "\n"
 
 
 def read_shard_completion(config: IndexConfig, shard: int) -> ShardInfo | None:

@@ -93,7 +93,10 @@ class ChunkLookup:
         import pyarrow.parquet as pq
 
         with self._fs.open(self._root.chunk_part(file_index), "rb") as f:
-            return pq.ParquetFile(f).read_row_group(group).to_pylist()
+            parquet = pq.ParquetFile(f)
+            if group >= parquet.num_row_groups:
+                return []
+            return parquet.read_row_group(group).to_pylist()
 
     def get(self, chunk_id: int) -> ChunkRecord:
         loc = self._codec.decode(int(chunk_id))
@@ -264,8 +267,12 @@ class IndexReader:
 
         fs, root = build_root(self.root)
         loc = self.manifest.id_codec.decode(int(chunk_id))
+        if loc.file_index not in self.lookup._urls:
+            raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
         with fs.open(root.embed_part(loc.file_index), "rb") as f:
             parquet = pq.ParquetFile(f)
+            if loc.ordinal // ROW_GROUP_ROWS >= parquet.num_row_groups:
+                raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
             group = parquet.read_row_group(
                 loc.ordinal // ROW_GROUP_ROWS, columns=["chunk_id", "vector"]
             )

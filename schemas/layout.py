@@ -11,6 +11,7 @@
     ROOT/embeddings/part-000042.parquet    chunk vectors of input file 42 (embedding_schema)
     ROOT/embeddings/_completions/000042.json
     ROOT/embeddings/_run.json
+    ROOT/embeddings/concepts.json          the encoder's known-concept names (and harmful ones)
     ROOT/embeddings/manifest.json          written last: the EmbedManifest
 
 Names starting with ``_`` or ``.`` are bookkeeping; readers of the tables skip them.
@@ -83,6 +84,10 @@ class BuildRoot:
     @property
     def embed_run_record(self) -> str:
         return self._join("embeddings", "_run.json")
+
+    @property
+    def embed_concepts(self) -> str:
+        return self._join("embeddings", "concepts.json")
 
     @property
     def embed_manifest(self) -> str:

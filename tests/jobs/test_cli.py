@@ -39,9 +39,14 @@ def test_only_working_commands_exist():
     assert sorted(_commands(main)) == [
         ("chunk",),
         ("embed",),
+        ("index",),
+        ("index", "build"),
+        ("index", "info"),
+        ("index", "verify"),
         ("model",),
         ("model", "info"),
         ("model", "train"),
+        ("search",),
         ("tokenizer",),
         ("tokenizer", "train"),
     ]
@@ -98,9 +103,11 @@ def test_beam_knows_the_runner_options_we_document():
     assert actions["--save_main_session"] is False
 
 
-@pytest.mark.parametrize("name", ["chunk", "embed"])
-def test_stage_command_options_do_not_shadow_beam(name):
-    command = main.commands[name]
+@pytest.mark.parametrize("path", [("chunk",), ("embed",), ("index", "build")])
+def test_stage_command_options_do_not_shadow_beam(path):
+    command = main.commands[path[0]]
+    if len(path) > 1:
+        command = command.commands[path[1]]
     ctx = click.Context(command)
     own = {opt for p in command.get_params(ctx) for opt in (*p.opts, *p.secondary_opts)}
     assert not own & set(beam_option_actions()), "a tda option hides a Beam option"
@@ -282,3 +289,51 @@ def test_embed_without_chunks_and_bad_model_are_one_line(tmp_path, builtin_dir):
     assert result.exit_code == 1 and "run `tda chunk`" in result.output
     result = CliRunner().invoke(main, ["model", "info", str(tmp_path / "none")])
     assert result.exit_code == 1 and "no config.json" in result.output
+
+
+def test_index_build_search_verify_on_real_text(tmp_path, docs_jsonl, builtin_dir):
+    """The issue's "done when": after chunk + embed + index build, --chunk-id N returns
+    chunk N (or an identical-text twin) first, verify passes; one flipped byte makes
+    verify fail and search refuse."""
+    from tda.schemas import EmbedConfig, Pooling
+    from tests.attribution.test_embed_stage import chunk_root, embed_root
+
+    root = tmp_path / "root"
+    chunk_root(root, [docs_jsonl], builtin_dir)
+    # max:hidden: the 40-step test model's mean-pooled concept vectors are nearly collinear
+    # (mean cosine 0.99999), so chunks are not told apart; the index is what is under test.
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir, pooling=Pooling.parse("max:hidden")))
+    result = CliRunner().invoke(main, ["index", "build", str(root), "--shards", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    chunks = pq.read_table(root / "chunks" / "part-000000.parquet").to_pylist()
+    assert summary["vectors"] == len(chunks) and summary["factory"] == "IDMap2,Flat"
+    texts = {c["chunk_id"]: c["text"] for c in chunks}
+    for row in chunks[:: max(1, len(chunks) // 12)]:
+        result = CliRunner().invoke(
+            main, ["search", str(root), "--chunk-id", str(row["chunk_id"]), "-k", "3", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        top = json.loads(result.output)["hits"][0]
+        assert top["chunk_id"] == row["chunk_id"] or texts[top["chunk_id"]] == row["text"]
+        assert top["score"] == pytest.approx(1.0, abs=2e-3)
+    result = CliRunner().invoke(
+        main, ["search", str(root), "--text", "the for statement and loops"]
+    )
+    assert result.exit_code == 0 and "score" in result.output
+    result = CliRunner().invoke(main, ["index", "info", str(root)])
+    assert result.exit_code == 0 and "IDMap2,Flat" in result.output
+    result = CliRunner().invoke(main, ["index", "verify", str(root)])
+    assert result.exit_code == 0 and "ok" in result.output
+    shard = root / "index" / "shards" / "shard-00000.faiss"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["index", "verify", str(root)])
+    assert result.exit_code == 1 and "FAIL shards/shard-00000.faiss" in result.output
+    result = CliRunner().invoke(
+        main, ["search", str(root), "--chunk-id", str(chunks[0]["chunk_id"])]
+    )
+    assert result.exit_code == 1 and "does not match its sha256" in result.output
+    result = CliRunner().invoke(main, ["search", str(root)])
+    assert result.exit_code == 2 and "exactly one of --text or --chunk-id" in result.output
