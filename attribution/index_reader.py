@@ -34,6 +34,7 @@ __all__ = [
     "IndexReader",
     "SearchHit",
     "encode_query",
+    "merge_index",
     "merge_topk",
     "read_index_manifest",
     "verify_index",
@@ -178,12 +179,14 @@ class IndexReader:
         encoder: EncoderInfo | None = None,
         cache_dir: str | None = None,
         verify: bool = True,
+        merged: bool = False,
     ) -> IndexReader:
         """Open ROOT's index; with ``encoder``, refuse an index built by another model.
 
         Every shard's size is checked against the manifest; with ``verify`` (default) its
         sha256 too, so a corrupt byte is refused before any search (about 1 s per GB;
-        remote shards are verified once, when copied into the cache)."""
+        remote shards are verified once, when copied into the cache). With ``merged``, the
+        on-disk merged variant (``tda index merge``) is searched instead of the shards."""
         import faiss
 
         fs, root = build_root(root_url)
@@ -194,6 +197,10 @@ class IndexReader:
                 f"({manifest.encoder.fingerprint[:19]}), not {encoder.spec} "
                 f"({encoder.fingerprint[:19]}): its vectors are not comparable"
             )
+        if merged:
+            index = _open_merged(root_url, manifest_id, verify)
+            _set_nprobe(index, manifest.nprobe)
+            return cls(root_url, manifest, manifest_id, [index])
         local = _is_local(fs)
         shards = []
         sizes = {f.path: f for f in manifest.files}
@@ -348,3 +355,96 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto") -> np.nda
         encoder, [doc], m.pooling, m.context, batch_tokens=m.context.window
     )
     return pooled.vectors[0]
+
+
+# --------------------------------------------------------------------------------------
+# The merged on-disk variant
+
+MERGED_DIR = "merged"
+
+
+def merge_index(root_url: str) -> dict:
+    """Write ``index/merged/``: every shard merged into one index whose inverted lists live
+    in ``merged.ivfdata`` (faiss OnDiskInvertedLists; a flat index is concatenated into
+    ``merged.faiss``), then ``merged/manifest.json`` naming the parent manifest, last.
+    Searches over it return what the shards return. Local roots only."""
+    import json
+    import shutil
+    import uuid
+
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    fs, root = build_root(root_url)
+    if not _is_local(fs):
+        raise IndexReadError("tda index merge writes next to the shards: give a local ROOT")
+    reader = IndexReader.open(root_url)  # sizes and sha256 of every shard checked
+    m = reader.manifest
+    final = f"{root.index_dir}/{MERGED_DIR}"
+    tmp = f"{root.index_dir}/_tmp-merged-{uuid.uuid4().hex}"
+    os.makedirs(tmp)
+    try:
+        shard_paths = [f"{root.index_dir}/{s.path}" for s in m.shards]
+        with open(f"{root.index_dir}/trained.faiss", "rb") as f:
+            trained = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+        files = ["merged.faiss"]
+        try:
+            faiss.extract_index_ivf(trained)
+            is_ivf = True
+        except RuntimeError:
+            is_ivf = False
+        if is_ivf:
+            merge_ondisk(trained, shard_paths, f"{tmp}/merged.ivfdata")
+            files.append("merged.ivfdata")
+            merged = trained
+        else:
+            merged = trained
+            for path in shard_paths:
+                merged.merge_from(faiss.read_index(path), 0)
+        faiss.write_index(merged, f"{tmp}/merged.faiss")
+        if merged.ntotal != m.vectors:
+            raise IndexReadError(f"merged {merged.ntotal} vectors, the manifest says {m.vectors}")
+        entries = [
+            {
+                "path": name,
+                "sha256": _sha256(f"{tmp}/{name}"),
+                "size": os.path.getsize(f"{tmp}/{name}"),
+            }
+            for name in files
+        ]
+        record = {"parent_manifest_id": reader.manifest_id, "vectors": m.vectors, "files": entries}
+        with open(f"{tmp}/manifest.json", "w") as f:
+            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
+
+
+def _open_merged(root_url: str, manifest_id: str, verify: bool):
+    """The merged variant as one index, after checking it belongs to this manifest."""
+    import json
+
+    import faiss
+
+    fs, root = build_root(root_url)
+    folder = f"{root.index_dir}/{MERGED_DIR}"
+    path = f"{folder}/manifest.json"
+    if not _is_local(fs) or not os.path.exists(path):
+        raise IndexReadError(f"{folder} has no merged index: run `tda index merge {root_url}`")
+    with open(path) as f:
+        record = json.load(f)
+    if record["parent_manifest_id"] != manifest_id:
+        raise IndexReadError(f"{folder} was merged from another build of this index; merge again")
+    for entry in record["files"]:
+        file = f"{folder}/{entry['path']}"
+        if not os.path.exists(file) or os.path.getsize(file) != entry["size"]:
+            raise IndexReadError(f"{file} is missing or has the wrong size; merge again")
+        if verify and _sha256(file) != entry["sha256"]:
+            raise IndexReadError(f"{file} does not match its sha256 (corrupt); merge again")
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+    if len(record["files"]) == 1:  # flat: no ivfdata, memory-map the codes
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    return faiss.read_index(f"{folder}/merged.faiss", flags)

@@ -570,6 +570,24 @@ def index_verify(root) -> None:
     click.echo(f"ok: every file of {root}/index matches its manifest sha256")
 
 
+@index.command("merge")
+@click.argument("root", metavar="ROOT")
+def index_merge(root) -> None:
+    """Write ROOT/index/merged/: all shards in one on-disk index (faiss
+    OnDiskInvertedLists) that returns the same results as the shards."""
+    try:
+        from tda.attribution.index_reader import merge_index
+
+        record = merge_index(root)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    size = sum(f["size"] for f in record["files"])
+    click.echo(
+        f"merged {record['vectors']:,} vectors into {root}/index/merged ({size:,} bytes); "
+        f"search it with `tda search {root} --merged`"
+    )
+
+
 @main.command()
 @click.argument("root", metavar="ROOT")
 @click.option(
@@ -581,8 +599,9 @@ def index_verify(root) -> None:
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
+@click.option("--merged", is_flag=True, help="Search the merged on-disk variant (tda index merge).")
 @click.option("--json", "as_json", is_flag=True)
-def search(root, text, chunk_id, k, nprobe, device, as_json) -> None:
+def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
     """Nearest training chunks to a text or to a stored chunk."""
     if (text is None) == (chunk_id is None):
         raise click.UsageError("give exactly one of --text or --chunk-id")
@@ -591,7 +610,7 @@ def search(root, text, chunk_id, k, nprobe, device, as_json) -> None:
     try:
         from tda.attribution.index_reader import IndexReader, encode_query
 
-        reader = IndexReader.open(root)
+        reader = IndexReader.open(root, merged=merged)
         query = reader.vector(chunk_id) if text is None else encode_query(reader, text, device)
         hits = reader.hits(query[None], k, nprobe)[0]
     except _user_errors() as exc:

@@ -241,3 +241,22 @@ def test_lookup_decodes_ids_to_rows(tmp_path):
         assert record.chunk_id == cid and record.text == f"chunk {cid}"
     with pytest.raises(IndexReadError, match="not in this index"):
         reader.lookup.get(DEFAULT_CODEC.encode(0, 1, 10**6))
+
+
+@pytest.mark.parametrize("factory", ["IVF64,SQfp16", "IDMap2,Flat"])
+def test_merged_on_disk_variant_returns_what_the_shards_return(tmp_path, factory):
+    from tda.attribution.index_reader import merge_index
+
+    synthetic_root(tmp_path, clustered(8_000, 24), files=4)
+    run_index(IndexConfig(root=str(tmp_path), factory=factory, shards=4, nprobe=8))
+    record = merge_index(str(tmp_path))
+    assert record["vectors"] == 8_000
+    queries = clustered(40, 24, seed=3)
+    sharded = IndexReader.open(str(tmp_path)).search(queries, k=10)
+    merged = IndexReader.open(str(tmp_path), merged=True).search(queries, k=10)
+    np.testing.assert_array_equal(merged[1], sharded[1])
+    np.testing.assert_allclose(merged[0], sharded[0], atol=1e-6)
+    # a rebuilt index makes the old merge stale
+    run_index(IndexConfig(root=str(tmp_path), factory=factory, shards=2, overwrite=True))
+    with pytest.raises(IndexReadError, match=r"has no merged index|merge again"):
+        IndexReader.open(str(tmp_path), merged=True)

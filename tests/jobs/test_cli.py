@@ -42,6 +42,7 @@ def test_only_working_commands_exist():
         ("index",),
         ("index", "build"),
         ("index", "info"),
+        ("index", "merge"),
         ("index", "verify"),
         ("model",),
         ("model", "info"),
@@ -325,6 +326,14 @@ def test_index_build_search_verify_on_real_text(tmp_path, docs_jsonl, builtin_di
     assert result.exit_code == 0 and "IDMap2,Flat" in result.output
     result = CliRunner().invoke(main, ["index", "verify", str(root)])
     assert result.exit_code == 0 and "ok" in result.output
+    result = CliRunner().invoke(main, ["index", "merge", str(root)])
+    assert result.exit_code == 0 and "merged" in result.output, result.output
+    args = ["search", str(root), "--chunk-id", str(chunks[5]["chunk_id"]), "--json"]
+    merged = CliRunner().invoke(main, [*args, "--merged"])
+    assert (
+        json.loads(merged.output)["hits"]
+        == json.loads(CliRunner().invoke(main, args).output)["hits"]
+    )
     shard = root / "index" / "shards" / "shard-00000.faiss"
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
