@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +38,7 @@ from tda.schemas import (
 
 from .chunk_stage import build_root
 from .fsutil import atomic_open, atomic_write_text, read_json
-from .parts import StageError, check_resumable, nonempty, remove_temp_files
+from .parts import ROW_GROUP_ROWS, StageError, check_resumable, nonempty, remove_temp_files
 
 __all__ = [
     "FLAT_MAX",
@@ -121,7 +122,9 @@ def iter_embedding_file(fs, path: str, dim: int) -> Iterator[tuple[np.ndarray, n
     """An embeddings part -> (ids (n,) int64, vectors (n, D) float32) per row group."""
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
-        for batch in parquet.iter_batches(columns=["chunk_id", "vector"], batch_size=65536):
+        for batch in parquet.iter_batches(
+            columns=["chunk_id", "vector"], batch_size=ROW_GROUP_ROWS
+        ):
             ids = batch.column(0).to_numpy().astype(np.int64)
             flat = batch.column(1).flatten().to_numpy(zero_copy_only=False)
             yield ids, flat.astype(np.float32).reshape(len(ids), dim)
@@ -252,9 +255,7 @@ def plan_index_run(config: IndexConfig) -> IndexPlan:
             )
     fs.makedirs(f"{out}/shards", exist_ok=True)
     if not probe.is_trained:
-        sample = _sample(fs, root, files, embed.dim, plan.train_size)
-        faiss.omp_set_num_threads(faiss.omp_get_max_threads())
-        probe.train(sample)
+        _train(probe, _sample(fs, root, files, embed.dim, plan.train_size))
     with atomic_open(fs, root.index_trained) as f:
         f.write(faiss.serialize_index(probe).tobytes())
     with fs.open(root.embed_concepts, "rb") as f:
@@ -263,6 +264,20 @@ def plan_index_run(config: IndexConfig) -> IndexPlan:
         f.write(concepts)
     atomic_write_text(fs, root.index_run_record, plan.run_record())
     return plan
+
+
+def _train(index, sample: np.ndarray) -> None:
+    """Train ``index`` on ``sample`` (n, D). With faiss-gpu and a visible GPU, the IVF
+    coarse k-means runs on the GPUs (faiss's clustering_index recipe); the trained index
+    is the same kind of CPU index either way."""
+    import faiss
+
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        with contextlib.suppress(RuntimeError):  # not an IVF index: train on CPU
+            ivf = faiss.extract_index_ivf(index)
+            flat = faiss.IndexFlat(ivf.d, ivf.metric_type)
+            ivf.clustering_index = faiss.index_cpu_to_all_gpus(flat)
+    index.train(sample)
 
 
 def _build_empty(factory: str, dim: int, metric: str):
@@ -297,6 +312,34 @@ def read_shard_completion(config: IndexConfig, shard: int) -> ShardInfo | None:
     return ShardInfo(**{**data["shard"], "embed_files": tuple(data["shard"]["embed_files"])})
 
 
+def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """Iterate ``items`` in a background thread, ``depth`` ahead: reading and decoding the
+    next embeddings batch (pyarrow, numpy: no GIL) overlaps FAISS adding this one."""
+    import queue
+    import threading
+
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for item in items:
+                q.put(item)
+        except BaseException as exc:  # re-raised in the consumer
+            failure.append(exc)
+        finally:
+            q.put(done)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while (item := q.get()) is not done:
+        yield item
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
 def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> ShardInfo:
     """Fill shard ``shard`` from the trained index with its files' vectors (explicit ids)
     and write ``index/shards/shard-N.faiss`` once, atomically; then its marker."""
@@ -306,20 +349,24 @@ def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> Shard
     with fs.open(root.index_trained, "rb") as f:
         index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
     added = 0
-    for file_index in plan.shards[shard]:
-        for ids, vectors in iter_embedding_file(fs, root.embed_part(file_index), plan.embed.dim):
-            index.add_with_ids(vectors, ids)
-            added += len(ids)
-            count("vectors_added", len(ids))
+    batches = (
+        batch
+        for file_index in plan.shards[shard]
+        for batch in iter_embedding_file(fs, root.embed_part(file_index), plan.embed.dim)
+    )
+    for ids, vectors in _prefetched(batches):
+        index.add_with_ids(vectors, ids)
+        added += len(ids)
+        count("vectors_added", len(ids))
     if added != plan.shard_counts[shard]:
         raise IndexRunError(
             f"shard {shard}: added {added} vectors, the embed manifest says "
             f"{plan.shard_counts[shard]}; re-run `tda embed --overwrite`"
         )
-    data = faiss.serialize_index(index).tobytes()
+    data = faiss.serialize_index(index)  # (bytes,) uint8: hashed and written without copies
     path = root.index_shard(shard)
     with atomic_open(fs, path) as f:
-        f.write(data)
+        f.write(memoryview(data))
     info = ShardInfo(
         shard=shard,
         path=path.rsplit("/index/", 1)[1],
@@ -328,7 +375,7 @@ def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> Shard
     )
     marker = {
         "shard": asdict(info),
-        "file": asdict(IndexFile(info.path, hashlib.sha256(data).hexdigest(), len(data))),
+        "file": asdict(IndexFile(info.path, hashlib.sha256(data).hexdigest(), data.nbytes)),
     }
     atomic_write_text(fs, root.index_completion(shard), json.dumps(marker, sort_keys=True) + "\n")
     count("shards", 1)

@@ -244,7 +244,7 @@ class IndexReader:
             for index in self._shards:
                 _set_nprobe(index, nprobe)
         try:
-            results = list(self._pool.map(lambda index: index.search(queries, k), self._shards))
+            results = self._search_shards(queries, k)
         finally:
             if nprobe is not None:
                 for index in self._shards:
@@ -252,6 +252,23 @@ class IndexReader:
         scores = np.stack([r[0] for r in results])
         ids = np.stack([r[1] for r in results])
         return merge_topk(scores, ids, k, self.manifest.metric)
+
+    def _search_shards(self, queries: np.ndarray, k: int) -> list:
+        """Per shard (D, I). IVF shards share one trained quantizer, so the coarse
+        assignment (the nprobe nearest centroids) is computed once for all of them and
+        each shard scans only its lists (``search_preassigned``); anything else (flat,
+        OPQ pre-transforms) is searched whole."""
+        import faiss
+
+        shards = self._shards
+        if len(shards) == 1 or not all(isinstance(i, faiss.IndexIVF) for i in shards):
+            return list(self._pool.map(lambda index: index.search(queries, k), shards))
+        coarse_d, coarse_i = shards[0].quantizer.search(queries, shards[0].nprobe)
+        return list(
+            self._pool.map(
+                lambda ivf: ivf.search_preassigned(queries, k, coarse_i, coarse_d), shards
+            )
+        )
 
     def hits(
         self, queries: np.ndarray, k: int = 10, nprobe: int | None = None

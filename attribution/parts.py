@@ -54,8 +54,11 @@ class PartWriter:
     ROW_GROUP_ROWS rows. With ``keep_empty=False`` a part without rows is not created
     (dead letters); chunk parts always exist, one per input file."""
 
-    def __init__(self, fs, path: str, schema: pa.Schema, keep_empty: bool) -> None:
+    def __init__(
+        self, fs, path: str, schema: pa.Schema, keep_empty: bool, use_dictionary: bool = True
+    ) -> None:
         self.fs, self.path, self.schema, self.keep_empty = fs, path, schema, keep_empty
+        self.use_dictionary = use_dictionary
         self.rows = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -83,7 +86,12 @@ class PartWriter:
     def _open(self) -> None:
         if self._writer is None:
             self._file = AtomicFile(self.fs, self.path)
-            self._writer = pq.ParquetWriter(self._file.file, self.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(
+                self._file.file,
+                self.schema,
+                compression="zstd",
+                use_dictionary=self.use_dictionary,
+            )
 
     def commit(self) -> None:
         """Write what is buffered and move the part into place (no file if no rows)."""

@@ -8,11 +8,14 @@
 2. Write them as a corpus that mixes formats (JSONL.gz, Parquet, JSONL.zst, plain text)
    plus a file of planted broken records, so dead letters show up.
 3. Run the real commands: ``tda model train`` (BPE tokenizer + the builtin
-   concept-bottleneck LM, on CPU), ``tda chunk --tokenizer <model dir>``, ``tda embed``.
+   concept-bottleneck LM, on CPU), ``tda chunk --tokenizer <model dir>``, ``tda embed``,
+   ``tda index build``, ``tda index verify``.
 4. Show what came out: chunks per source, dead letters by reason, sample chunks with
    their provenance, a check that every chunk's offsets cut its exact text out of the
    source documents, then the embeddings: one unit vector per chunk, the concepts that
-   fire most per source, and each sample chunk's nearest neighbours in concept space.
+   fire most per source, each sample chunk's nearest neighbours in concept space; then
+   the index: ``tda index build`` + ``tda index verify``, and self-search of sampled
+   chunks through it.
 
 Same inputs, same outputs: running it twice prints the same figures.
 """
@@ -291,6 +294,47 @@ def show_embeddings(root: Path, chunks, console) -> None:
             "\n".join(escape(f"{scores[i]:.3f} {sources[i]}: {texts[i][:80]!r}") for i in best),
         )
     console.print(near)
+    if (root / "index" / "manifest.json").exists():
+        show_index(root, chunks, console)
+
+
+def show_index(root: Path, chunks, console) -> None:
+    """Self-search through the index for sampled chunks, and one search shown in full."""
+    import numpy as np
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tda.attribution.index_reader import IndexReader
+
+    reader = IndexReader.open(str(root))
+    m = reader.manifest
+    ids = chunks["chunk_id"].to_pylist()
+    texts = dict(zip(ids, chunks["text"].to_pylist(), strict=True))
+    picked = [ids[i] for i in np.random.default_rng(0).choice(len(ids), 200, replace=False)]
+    queries = np.stack([reader.vector(c) for c in picked])
+    _, found = reader.search(queries, k=1)
+    first = sum(
+        int(f[0]) == c or texts[int(f[0])] == texts[c] for f, c in zip(found, picked, strict=True)
+    )
+    console.print(
+        f"[green]index:[/green] {m.vectors:,} vectors, {m.factory}, nprobe {m.nprobe}, "
+        f"{len(m.shards)} shard(s), {sum(f.size for f in m.files) / m.vectors:.0f} bytes per "
+        f"chunk; self-search of 200 sampled chunks returns the chunk itself (or an "
+        f"identical-text twin) first for {first}/200"
+    )
+    query = texts[picked[0]]
+    hits = reader.hits(reader.vector(picked[0])[None], k=4)[0]
+    table = Table(title=f"tda search --chunk-id {picked[0]} (top 4)", header_style="bold")
+    for col in ("score", "source / document", "text"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        table.add_row(
+            f"{h.score:.4f}",
+            f"{h.chunk.source} / {h.chunk.doc_id}",
+            escape(repr(h.chunk.text[:100])),
+        )
+    console.print(escape(f"query: {query[:100]!r}"))
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     root = str(out / "root")
     _run([*tda, "chunk", str(corpus), "--out", root, "--tokenizer", str(model), "--overwrite"])
     _run([*tda, "embed", root, "--model", f"builtin:{model}", "--overwrite"])
+    _run([*tda, "index", "build", root, "--overwrite"])
+    _run([*tda, "index", "verify", root])
     print()
     show(out / "root", corpus)
     print(f"\ndemo finished in {time.time() - started:.0f} s; build root: {out / 'root'}")

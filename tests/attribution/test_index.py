@@ -77,7 +77,13 @@ def synthetic_root(root: Path, vectors: np.ndarray, files: int) -> list[int]:
             ],
             schema=embedding_schema(dim),
         )
-        pq.write_table(emb, root / "embeddings" / f"part-{f:06d}.parquet", row_group_size=8192)
+        pq.write_table(
+            emb,
+            root / "embeddings" / f"part-{f:06d}.parquet",
+            row_group_size=8192,
+            compression="zstd",
+            use_dictionary=False,  # as the embed stage writes them
+        )
         inputs.append(InputFile(f, f"/corpus/f{f}.jsonl", "jsonl", 1))
         counts.append(FileCounts(f, hi - lo, hi - lo, hi - lo, hi - lo, {}))
         ecounts.append(EmbedCounts(f, hi - lo, hi - lo, hi - lo, 0, 1, 1, 0))
