@@ -266,3 +266,31 @@ def test_merged_on_disk_variant_returns_what_the_shards_return(tmp_path, factory
     run_index(IndexConfig(root=str(tmp_path), factory=factory, shards=2, overwrite=True))
     with pytest.raises(IndexReadError, match=r"has no merged index|merge again"):
         IndexReader.open(str(tmp_path), merged=True)
+
+
+def test_remote_root_is_read_through_a_verified_local_cache(tmp_path):
+    """A ROOT behind fsspec (memory:// here, gs:// in production): shards are copied once
+    into the cache under their sha256, verified, memory-mapped; lookups read remotely."""
+    import fsspec
+
+    local = tmp_path / "root"
+    ids = synthetic_root(local, clustered(3_000, 16), files=2)
+    run_index(IndexConfig(root=str(local), shards=2))
+    fs = fsspec.filesystem("memory")
+    for path in local.rglob("*"):
+        if path.is_file():
+            fs.pipe(f"/remote/{path.relative_to(local)}", path.read_bytes())
+    cache = tmp_path / "cache"
+    reader = IndexReader.open("memory://remote", cache_dir=str(cache))
+    assert sorted(p.suffix for p in cache.iterdir()) == [".faiss", ".faiss"]
+    local_reader = IndexReader.open(str(local))
+    queries = clustered(10, 16, seed=5)
+    np.testing.assert_array_equal(reader.search(queries)[1], local_reader.search(queries)[1])
+    assert reader.lookup.get(ids[7]).text == f"chunk {ids[7]}"
+    # a corrupt remote shard is caught on the way into the cache
+    data = bytearray(fs.cat("/remote/index/shards/shard-00001.faiss"))
+    data[50] ^= 1
+    fs.pipe("/remote/index/shards/shard-00001.faiss", bytes(data))
+    with pytest.raises(IndexReadError, match="sha256"):
+        IndexReader.open("memory://remote", cache_dir=str(tmp_path / "cache2"))
+    fs.rm("/remote", recursive=True)
