@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -39,14 +38,20 @@ from tda.schemas import (
     EmbedManifest,
     EncoderInfo,
     Manifest,
-    ManifestError,
     embedding_schema,
 )
 
 from .chunk_stage import build_root
 from .encoder import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
 from .fsutil import atomic_write_text, read_json
-from .parts import PartWriter, StageError, check_resumable, nonempty, remove_temp_files
+from .parts import (
+    PartWriter,
+    StageError,
+    check_resumable,
+    nonempty,
+    read_manifest,
+    remove_temp_files,
+)
 
 __all__ = [
     "ChunkDocument",
@@ -107,26 +112,13 @@ class EmbedPlan:
         }
 
 
-def _read_chunk_manifest(fs, root) -> tuple[Manifest, str]:
-    if not fs.exists(root.chunk_manifest):
-        raise EmbedRunError(
-            f"{root.chunk_manifest} not found: run `tda chunk` into this root first "
-            f"(or let it finish: the manifest is written last)"
-        )
-    with fs.open(root.chunk_manifest, "rb") as f:
-        data = f.read()
-    try:
-        manifest = Manifest.from_json(data.decode("utf-8"))
-    except ManifestError as exc:
-        raise EmbedRunError(f"{root.chunk_manifest}: {exc}") from None
-    return manifest, hashlib.sha256(data).hexdigest()
-
-
 def plan_embed_run(config: EmbedConfig, encoder: ConceptEncoder | None = None) -> EmbedPlan:
     """Check chunks, encoder and build root; prepare ROOT/embeddings for the run. Raises
     one-line errors (EmbedRunError, EncoderError, ConfigError) before any work starts."""
     fs, root = build_root(config.root)
-    chunks, chunk_sha = _read_chunk_manifest(fs, root)
+    chunks, chunk_sha = read_manifest(
+        fs, root.chunk_manifest, Manifest.from_json, "tda chunk", EmbedRunError
+    )
     encoder = encoder or load_encoder(config.model, config.device, config.trust_remote_code)
     info = encoder.info
     if chunks.tokenizer.fingerprint != info.tokenizer_fingerprint:

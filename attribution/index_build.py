@@ -32,13 +32,19 @@ from tda.schemas import (
     IndexFile,
     IndexManifest,
     Manifest,
-    ManifestError,
     ShardInfo,
 )
 
 from .chunk_stage import build_root
 from .fsutil import atomic_open, atomic_write_text, read_json
-from .parts import ROW_GROUP_ROWS, StageError, check_resumable, nonempty, remove_temp_files
+from .parts import (
+    ROW_GROUP_ROWS,
+    StageError,
+    check_resumable,
+    nonempty,
+    read_manifest,
+    remove_temp_files,
+)
 
 __all__ = [
     "FLAT_MAX",
@@ -131,20 +137,13 @@ def iter_embedding_file(fs, path: str, dim: int) -> Iterator[tuple[np.ndarray, n
 
 
 def _read_manifests(fs, root) -> tuple[EmbedManifest, Manifest, str]:
-    if not fs.exists(root.embed_manifest):
-        raise IndexRunError(
-            f"{root.embed_manifest} not found: run `tda embed` into this root first "
-            f"(or let it finish: the manifest is written last)"
-        )
-    with fs.open(root.embed_manifest, "rb") as f:
-        data = f.read()
-    try:
-        embed = EmbedManifest.from_json(data.decode("utf-8"))
-        with fs.open(root.chunk_manifest, "rb") as f:
-            chunks = Manifest.from_json(f.read().decode("utf-8"))
-    except (ManifestError, FileNotFoundError) as exc:
-        raise IndexRunError(f"{root.root}: {exc}") from None
-    return embed, chunks, hashlib.sha256(data).hexdigest()
+    embed, sha = read_manifest(
+        fs, root.embed_manifest, EmbedManifest.from_json, "tda embed", IndexRunError
+    )
+    chunks, _ = read_manifest(
+        fs, root.chunk_manifest, Manifest.from_json, "tda chunk", IndexRunError
+    )
+    return embed, chunks, sha
 
 
 def _group_files(counts: list[tuple[int, int]], target: int) -> list[tuple[int, ...]]:

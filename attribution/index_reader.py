@@ -22,10 +22,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from tda.schemas import EncoderInfo, IndexManifest, ManifestError
+from tda.schemas import EncoderInfo, IndexManifest
 
 from .chunk_stage import build_root
-from .parts import ROW_GROUP_ROWS, StageError
+from .parts import ROW_GROUP_ROWS, StageError, read_manifest
 
 __all__ = [
     "ChunkLookup",
@@ -126,17 +126,9 @@ class ChunkLookup:
 
 
 def _read_manifest(fs, root) -> tuple[IndexManifest, str]:
-    if not fs.exists(root.index_manifest):
-        raise IndexReadError(
-            f"{root.index_manifest} not found: build the index with `tda index build` (the "
-            f"manifest is written last, so a half-built index has none)"
-        )
-    with fs.open(root.index_manifest, "rb") as f:
-        data = f.read()
-    try:
-        return IndexManifest.from_json(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
-    except ManifestError as exc:
-        raise IndexReadError(f"{root.index_manifest}: {exc}") from None
+    return read_manifest(
+        fs, root.index_manifest, IndexManifest.from_json, "tda index build", IndexReadError
+    )
 
 
 def verify_index(root_url: str) -> list[str]:

@@ -4,6 +4,7 @@ run-record checks shared by every stage's ``--resume``."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,7 @@ __all__ = [
     "StageError",
     "check_resumable",
     "nonempty",
+    "read_manifest",
     "remove_temp_files",
 ]
 
@@ -25,6 +27,25 @@ ROW_GROUP_ROWS = 8192
 
 class StageError(ValueError):
     """The build root cannot take this run (one line naming the fix)."""
+
+
+def read_manifest(fs, path: str, parse, command: str, error: type[Exception]):
+    """A stage's manifest -> (parsed, sha256 of its bytes), or one line naming the fix:
+    missing means the stage (``command``) has not run or not finished (manifests are
+    written last); unreadable means another kind or version."""
+    from tda.schemas import ManifestError
+
+    if not fs.exists(path):
+        raise error(
+            f"{path} not found: run `{command}` into this root first (or let it finish: "
+            f"the manifest is written last)"
+        )
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    try:
+        return parse(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
+    except ManifestError as exc:
+        raise error(f"{path}: {exc}") from None
 
 
 def nonempty(fs, path: str) -> bool:
