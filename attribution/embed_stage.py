@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tda import __version__
 from tda.schemas import (
@@ -43,7 +42,7 @@ from tda.schemas import (
 
 from .chunk_stage import build_root
 from .encoder import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
-from .fsutil import atomic_write_text, read_json
+from .fsutil import atomic_write_text, open_parquet, read_json
 from .parts import (
     PartWriter,
     StageError,
@@ -217,8 +216,7 @@ def iter_chunk_documents(fs, path: str) -> Iterator[ChunkDocument]:
 
     The text is rebuilt from the chunk texts at their character offsets, which also works
     for overlapping chunks (--stride < --chunk-size)."""
-    with fs.open(path, "rb") as f:
-        parquet = pq.ParquetFile(f)
+    with open_parquet(fs, path) as parquet:
         rows: dict[str, list] = {c: [] for c in [*_CHUNK_COLUMNS, "text"]}
 
         def flush() -> ChunkDocument:

@@ -8,7 +8,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["AtomicFile", "atomic_open", "atomic_write_text", "filesystem", "read_json"]
+__all__ = [
+    "AtomicFile",
+    "atomic_open",
+    "atomic_write_text",
+    "filesystem",
+    "open_parquet",
+    "read_json",
+]
 
 
 def filesystem(url: str):
@@ -64,3 +71,19 @@ def atomic_write_text(fs, path: str, text: str) -> None:
 def read_json(fs, path: str) -> Any:
     with fs.open(path, "rb") as f:
         return json.loads(f.read())
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def open_parquet(fs, path: str):
+    """A ``pyarrow.parquet.ParquetFile`` for ``path`` in ``fs``: memory-mapped when local
+    (3-4x faster than reading through a Python file object), else an fsspec handle."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if _is_local(fs):
+        return pq.ParquetFile(pa.memory_map(path))
+    return pq.ParquetFile(fs.open(path, "rb"))

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from tda import __version__
 from tda.schemas import (
@@ -36,7 +35,7 @@ from tda.schemas import (
 )
 
 from .chunk_stage import build_root
-from .fsutil import atomic_open, atomic_write_text, read_json
+from .fsutil import atomic_open, atomic_write_text, open_parquet, read_json
 from .parts import (
     ROW_GROUP_ROWS,
     StageError,
@@ -126,8 +125,7 @@ def _metric(name: str) -> int:
 
 def iter_embedding_file(fs, path: str, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """An embeddings part -> (ids (n,) int64, vectors (n, D) float32) per row group."""
-    with fs.open(path, "rb") as f:
-        parquet = pq.ParquetFile(f)
+    with open_parquet(fs, path) as parquet:
         for batch in parquet.iter_batches(
             columns=["chunk_id", "vector"], batch_size=ROW_GROUP_ROWS
         ):

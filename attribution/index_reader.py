@@ -25,6 +25,7 @@ import numpy as np
 from tda.schemas import EncoderInfo, IndexManifest
 
 from .chunk_stage import build_root
+from .fsutil import open_parquet
 from .parts import ROW_GROUP_ROWS, StageError, read_manifest
 
 __all__ = [
@@ -91,10 +92,8 @@ class ChunkLookup:
         self._group = lru_cache(maxsize=64)(self._read_group)
 
     def _read_group(self, file_index: int, group: int):
-        import pyarrow.parquet as pq
 
-        with self._fs.open(self._root.chunk_part(file_index), "rb") as f:
-            parquet = pq.ParquetFile(f)
+        with open_parquet(self._fs, self._root.chunk_part(file_index)) as parquet:
             if group >= parquet.num_row_groups:
                 return []
             return parquet.read_row_group(group).to_pylist()
@@ -279,14 +278,12 @@ class IndexReader:
     def vector(self, chunk_id: int) -> np.ndarray:
         """The stored (float16) vector of one chunk, (D,) float32, read from its embeddings
         row (decoded from the id, like the chunk lookup)."""
-        import pyarrow.parquet as pq
 
         fs, root = build_root(self.root)
         loc = self.manifest.id_codec.decode(int(chunk_id))
         if loc.file_index not in self.lookup._urls:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
-        with fs.open(root.embed_part(loc.file_index), "rb") as f:
-            parquet = pq.ParquetFile(f)
+        with open_parquet(fs, root.embed_part(loc.file_index)) as parquet:
             if loc.ordinal // ROW_GROUP_ROWS >= parquet.num_row_groups:
                 raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
             group = parquet.read_row_group(
