@@ -13,8 +13,10 @@ __all__ = [
     "atomic_open",
     "atomic_write_text",
     "filesystem",
+    "is_local",
     "open_parquet",
     "read_json",
+    "sha256_file",
 ]
 
 
@@ -73,7 +75,8 @@ def read_json(fs, path: str) -> Any:
         return json.loads(f.read())
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
+    """True for the local filesystem (paths usable by os and native libraries)."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocols or "local" in protocols
 
@@ -84,6 +87,19 @@ def open_parquet(fs, path: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if _is_local(fs):
+    if is_local(fs):
         return pq.ParquetFile(pa.memory_map(path))
     return pq.ParquetFile(fs.open(path, "rb"))
+
+
+def sha256_file(fs, path: str) -> tuple[str, int]:
+    """(hex sha256, size in bytes) of a file, read in 4 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size

@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import json
 import math
+import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -35,7 +37,7 @@ from tda.schemas import (
 )
 
 from .chunk_stage import build_root
-from .fsutil import atomic_open, atomic_write_text, open_parquet, read_json
+from .fsutil import atomic_open, atomic_write_text, is_local, open_parquet, read_json, sha256_file
 from .parts import (
     ROW_GROUP_ROWS,
     StageError,
@@ -360,10 +362,23 @@ def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> Shard
             f"shard {shard}: added {added} vectors, the embed manifest says "
             f"{plan.shard_counts[shard]}; re-run `tda embed --overwrite`"
         )
-    data = faiss.serialize_index(index)  # (bytes,) uint8: hashed and written without copies
     path = root.index_shard(shard)
-    with atomic_open(fs, path) as f:
-        f.write(memoryview(data))
+    if is_local(fs):
+        # faiss writes the file itself: 6x faster than serialize_index's growing buffer
+        tmp = f"{path.rsplit('/', 1)[0]}/_tmp-{shard:05d}-{uuid.uuid4().hex}.faiss"
+        try:
+            faiss.write_index(index, tmp)
+            digest, size = sha256_file(fs, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+    else:
+        data = faiss.serialize_index(index)  # uint8 array: hashed and written without copies
+        with atomic_open(fs, path) as f:
+            f.write(memoryview(data))
+        digest, size = hashlib.sha256(data).hexdigest(), data.nbytes
     info = ShardInfo(
         shard=shard,
         path=path.rsplit("/index/", 1)[1],
@@ -372,7 +387,7 @@ def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> Shard
     )
     marker = {
         "shard": asdict(info),
-        "file": asdict(IndexFile(info.path, hashlib.sha256(data).hexdigest(), data.nbytes)),
+        "file": asdict(IndexFile(info.path, digest, size)),
     }
     atomic_write_text(fs, root.index_completion(shard), json.dumps(marker, sort_keys=True) + "\n")
     count("shards", 1)
@@ -380,13 +395,7 @@ def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> Shard
 
 
 def _file_entry(fs, root, relative: str) -> IndexFile:
-    digest = hashlib.sha256()
-    size = 0
-    with fs.open(f"{root.index_dir}/{relative}", "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-            size += len(block)
-    return IndexFile(relative, digest.hexdigest(), size)
+    return IndexFile(relative, *sha256_file(fs, f"{root.index_dir}/{relative}"))
 
 
 def finish_index_run(plan: IndexPlan) -> IndexManifest:

@@ -25,7 +25,7 @@ import numpy as np
 from tda.schemas import EncoderInfo, IndexManifest
 
 from .chunk_stage import build_root
-from .fsutil import open_parquet
+from .fsutil import is_local, open_parquet
 from .parts import ROW_GROUP_ROWS, StageError, read_manifest
 
 __all__ = [
@@ -192,7 +192,7 @@ class IndexReader:
             index = _open_merged(root_url, manifest_id, verify)
             _set_nprobe(index, manifest.nprobe)
             return cls(root_url, manifest, manifest_id, [index])
-        local = _is_local(fs)
+        local = is_local(fs)
         shards = []
         sizes = {f.path: f for f in manifest.files}
         for shard in manifest.shards:
@@ -310,10 +310,6 @@ def _set_nprobe(index, nprobe: int) -> None:
         faiss.extract_index_ivf(index).nprobe = nprobe
 
 
-def _is_local(fs) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-
-
 def _cached(fs, remote: str, entry, cache_dir: str | None) -> str:
     """A local copy of a remote index file, named by its sha256 (fetched once)."""
     cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "tda", "index")
@@ -382,7 +378,7 @@ def merge_index(root_url: str) -> dict:
     from faiss.contrib.ondisk import merge_ondisk
 
     fs, root = build_root(root_url)
-    if not _is_local(fs):
+    if not is_local(fs):
         raise IndexReadError("tda index merge writes next to the shards: give a local ROOT")
     reader = IndexReader.open(root_url)  # sizes and sha256 of every shard checked
     m = reader.manifest
@@ -438,7 +434,7 @@ def _open_merged(root_url: str, manifest_id: str, verify: bool):
     fs, root = build_root(root_url)
     folder = f"{root.index_dir}/{MERGED_DIR}"
     path = f"{folder}/manifest.json"
-    if not _is_local(fs) or not os.path.exists(path):
+    if not is_local(fs) or not os.path.exists(path):
         raise IndexReadError(f"{folder} has no merged index: run `tda index merge {root_url}`")
     with open(path) as f:
         record = json.load(f)
