@@ -188,6 +188,7 @@ class IndexReader:
                 f"({manifest.encoder.fingerprint[:19]}), not {encoder.spec} "
                 f"({encoder.fingerprint[:19]}): its vectors are not comparable"
             )
+        _check_current(fs, root, manifest, root_url)
         if merged:
             index = _open_merged(root_url, manifest_id, verify)
             _set_nprobe(index, manifest.nprobe)
@@ -293,6 +294,21 @@ class IndexReader:
         if row >= group.num_rows or group["chunk_id"][row].as_py() != chunk_id:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
         return np.asarray(group["vector"][row].as_py(), dtype=np.float32)
+
+
+def _check_current(fs, root, manifest: IndexManifest, root_url: str) -> None:
+    """Refuse an index whose embeddings were rebuilt after it (ids would point at chunks
+    that may no longer exist). A ROOT shipped without embeddings/ is not checked."""
+    if not fs.exists(root.embed_manifest):
+        return
+    with fs.open(root.embed_manifest, "rb") as f:
+        current = hashlib.sha256(f.read()).hexdigest()
+    if current != manifest.embed_manifest_sha256:
+        raise IndexReadError(
+            f"the index in {root_url} was built from other embeddings than {root.embeddings_dir} "
+            f"now holds (re-run after `tda embed`?); rebuild it with `tda index build "
+            f"{root_url} --overwrite`"
+        )
 
 
 def _sha256(path: str) -> str:

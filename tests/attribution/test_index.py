@@ -294,3 +294,15 @@ def test_remote_root_is_read_through_a_verified_local_cache(tmp_path):
     with pytest.raises(IndexReadError, match="sha256"):
         IndexReader.open("memory://remote", cache_dir=str(tmp_path / "cache2"))
     fs.rm("/remote", recursive=True)
+
+
+def test_index_older_than_its_embeddings_is_refused(tmp_path):
+    synthetic_root(tmp_path, clustered(1_000, 8), files=1)
+    run_index(IndexConfig(root=str(tmp_path)))
+    IndexReader.open(str(tmp_path))
+    manifest = tmp_path / "embeddings" / "manifest.json"
+    manifest.write_text(
+        manifest.read_text().replace('"batch_tokens": 1024', '"batch_tokens": 2048')
+    )
+    with pytest.raises(IndexReadError, match="other embeddings"):
+        IndexReader.open(str(tmp_path))
