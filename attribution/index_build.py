@@ -307,8 +307,13 @@ def read_shard_completion(config: IndexConfig, shard: int) -> ShardInfo | None:
     path = root.index_completion(shard)
     if not fs.exists(path):
         return None
-    data = read_json(fs, path)
-    return ShardInfo(**{**data["shard"], "embed_files": tuple(data["shard"]["embed_files"])})
+    return _shard_info(read_json(fs, path))
+
+
+def _shard_info(marker: dict) -> ShardInfo:
+    """A shard's completion marker -> its ShardInfo."""
+    data = marker["shard"]
+    return ShardInfo(**{**data, "embed_files": tuple(data["embed_files"])})
 
 
 def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
@@ -410,9 +415,7 @@ def finish_index_run(plan: IndexPlan) -> IndexManifest:
         if not fs.exists(path):
             raise IndexRunError(f"shard {shard} did not finish; rerun with --resume")
         data = read_json(fs, path)
-        shards.append(
-            ShardInfo(**{**data["shard"], "embed_files": tuple(data["shard"]["embed_files"])})
-        )
+        shards.append(_shard_info(data))
         files.append(IndexFile(**data["file"]))
     embed, chunks = plan.embed, plan.chunks
     manifest = IndexManifest(

@@ -25,7 +25,7 @@ import numpy as np
 from tda.schemas import EncoderInfo, IndexManifest
 
 from .chunk_stage import build_root
-from .fsutil import is_local, open_parquet
+from .fsutil import is_local, open_parquet, sha256_file
 from .parts import ROW_GROUP_ROWS, StageError, read_manifest
 
 __all__ = [
@@ -140,14 +140,10 @@ def verify_index(root_url: str) -> list[str]:
         if not fs.exists(path):
             problems.append(f"{entry.path}: missing")
             continue
-        digest = hashlib.sha256()
-        with fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        size = fs.size(path)
+        digest, size = sha256_file(fs, path)
         if size != entry.size:
             problems.append(f"{entry.path}: {size} bytes, the manifest says {entry.size}")
-        elif digest.hexdigest() != entry.sha256:
+        elif digest != entry.sha256:
             problems.append(f"{entry.path}: sha256 differs from the manifest (corrupt)")
     return problems
 
@@ -312,11 +308,10 @@ def _check_current(fs, root, manifest: IndexManifest, root_url: str) -> None:
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a local file (shards, cache copies, merged files)."""
+    import fsspec
+
+    return sha256_file(fsspec.filesystem("file"), path)[0]
 
 
 def _set_nprobe(index, nprobe: int) -> None:
