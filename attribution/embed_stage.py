@@ -38,6 +38,7 @@ from tda.schemas import (
     EncoderInfo,
     Manifest,
     embedding_schema,
+    vectors_to_arrow,
 )
 
 from .chunk_stage import build_root
@@ -290,10 +291,9 @@ def process_file(
     tokenizer = encoder.load_tokenizer()
     schema = embedding_schema(plan.dim)
     schema = schema.with_metadata({**schema.metadata, **plan.table_metadata()})
-    # No dictionary pages: float vectors rarely repeat, and dictionary-encoded list
-    # elements read ~5x slower (the index stage reads every vector).
+    # Vectors stored plain: the index stage decodes every one of them.
     writer = PartWriter(
-        fs, root.embed_part(file_index), schema, keep_empty=True, use_dictionary=False
+        fs, root.embed_part(file_index), schema, keep_empty=True, raw_columns=("vector",)
     )
     totals = dict.fromkeys(
         ("chunks", "tokens", "window_tokens", "padded_tokens", "windows", "batches"), 0
@@ -310,14 +310,10 @@ def process_file(
         )
         ids = np.concatenate([d.chunk_ids for d in group])
         tokens = int(sum(int((d.spans[:, 1] - d.spans[:, 0]).sum()) for d in docs))
-        vectors = pa.FixedSizeListArray.from_arrays(
-            pa.array(pooled.vectors.astype(np.float16).reshape(-1), type=pa.float16()),
-            plan.dim,
-        )
         batch = pa.RecordBatch.from_arrays(
             [
                 pa.array(ids, type=pa.int64()),
-                vectors,
+                vectors_to_arrow(pooled.vectors),
                 pa.array(pooled.concept_ids, type=pa.list_(pa.uint16())),
                 pa.array(
                     [w.astype(np.float16) for w in pooled.concept_weights],

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tda.schemas import EncoderInfo, IndexManifest
+from tda.schemas import EncoderInfo, IndexManifest, vectors_from_arrow
 
 from .chunk_stage import build_root
 from .fsutil import is_local, open_parquet, sha256_file
@@ -289,7 +289,8 @@ class IndexReader:
         row = loc.ordinal % ROW_GROUP_ROWS
         if row >= group.num_rows or group["chunk_id"][row].as_py() != chunk_id:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
-        return np.asarray(group["vector"][row].as_py(), dtype=np.float32)
+        vectors = vectors_from_arrow(group["vector"].slice(row, 1), self.manifest.dim)
+        return vectors[0].astype(np.float32)
 
 
 def _check_current(fs, root, manifest: IndexManifest, root_url: str) -> None:

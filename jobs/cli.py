@@ -483,13 +483,19 @@ def index() -> None:
 @click.option("--nprobe", type=int, default=None, help="Default nprobe recorded for searches.")
 @click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True)
 @click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="Shards a worker fills at once [default: its cores, within the memory budget].",
+)
+@click.option(
     "--resume", is_flag=True, help="Continue an interrupted build; finished shards are kept."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier index in ROOT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @click.pass_context
 def index_build(ctx, root, factory, shards, shard_size, memory_budget, train_sample, nprobe,
-                metric, resume, overwrite, as_json) -> None:  # fmt: skip
+                metric, threads, resume, overwrite, as_json) -> None:  # fmt: skip
     """Build ROOT/index from ROOT/embeddings: train once, fill shards, manifest last."""
     try:
         from tda.schemas import IndexConfig
@@ -503,6 +509,7 @@ def index_build(ctx, root, factory, shards, shard_size, memory_budget, train_sam
             train_sample=train_sample,
             nprobe=nprobe,
             metric=metric,
+            threads=threads,
             resume=resume,
             overwrite=overwrite,
         )

@@ -240,7 +240,7 @@ def show_embeddings(root: Path, chunks, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from tda.schemas import EmbedManifest
+    from tda.schemas import EmbedManifest, vectors_from_arrow
 
     manifest = EmbedManifest.from_json((root / "embeddings" / "manifest.json").read_text())
     table = pa.concat_tables(
@@ -248,8 +248,7 @@ def show_embeddings(root: Path, chunks, console) -> None:
         for f in manifest.files
     )
     assert table["chunk_id"].to_pylist() == chunks["chunk_id"].to_pylist()
-    vectors = np.asarray(table["vector"].combine_chunks().flatten(), dtype=np.float32)
-    vectors = vectors.reshape(table.num_rows, manifest.dim)
+    vectors = vectors_from_arrow(table["vector"], manifest.dim).astype(np.float32)
     norms = np.linalg.norm(vectors, axis=1)
     config = json.loads((Path(manifest.encoder.spec.split(":", 1)[-1]) / "config.json").read_text())
     names = [c["name"] for c in config["concepts"]]

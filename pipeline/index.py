@@ -2,11 +2,13 @@
 
 ::
 
-    ListShards (Create) -> Spread (Reshuffle) -> FillShards (ParDo: one shard each)
+    ListShards (Create) -> Spread (Reshuffle) -> FillShards (ParDo: a group of shards each)
 
 The driver trains the shared quantizer before the pipeline runs (one deterministic
 sample) and writes the manifest after it finishes; each shard is filled in memory by one
-worker from a group of embedding files and written once.
+worker from a group of embedding files and written once. A worker fills a group of
+shards at once, one thread each (:func:`~tda.attribution.index_build.fill_shards`); the
+group size is :meth:`IndexPlan.fill_threads` (``--threads``, else the driver's cores).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tda.attribution.index_build import (
     IndexPlan,
-    fill_shard,
+    fill_shards,
     finish_index_run,
     plan_index_run,
     read_shard_completion,
@@ -34,20 +36,28 @@ COUNTER_NAMESPACE = "tda.index"
 
 
 class FillShardFn(beam.DoFn):
-    """shard number -> ShardInfo, writing ``index/shards/shard-N.faiss``."""
+    """(shard numbers) -> a ShardInfo each, writing ``index/shards/shard-N.faiss``;
+    finished shards are skipped on ``--resume``."""
 
-    def __init__(self, plan: IndexPlan) -> None:
+    def __init__(self, plan: IndexPlan, threads: int) -> None:
         self._plan = plan
+        self._threads = threads
         self._count = StageCounters(COUNTER_NAMESPACE)
 
-    def process(self, shard: int) -> Iterator[ShardInfo]:
-        if self._plan.config.resume:
-            done = read_shard_completion(self._plan.config, shard)
+    def process(self, shards: tuple[int, ...]) -> Iterator[ShardInfo]:
+        todo = []
+        for shard in shards:
+            done = (
+                read_shard_completion(self._plan.config, shard)
+                if self._plan.config.resume
+                else None
+            )
             if done is not None:
                 self._count("shards_skipped", 1)
                 yield done
-                return
-        yield fill_shard(self._plan, shard, self._count)
+            else:
+                todo.append(shard)
+        yield from fill_shards(self._plan, todo, self._threads, self._count)
 
 
 class BuildIndex(beam.PTransform):
@@ -58,11 +68,14 @@ class BuildIndex(beam.PTransform):
         self._plan = plan
 
     def expand(self, pbegin):
+        threads = self._plan.fill_threads()
+        numbers = list(range(len(self._plan.shards)))
+        groups = [tuple(numbers[i : i + threads]) for i in range(0, len(numbers), threads)]
         return (
             pbegin
-            | "ListShards" >> beam.Create(list(range(len(self._plan.shards))), reshuffle=False)
+            | "ListShards" >> beam.Create(groups, reshuffle=False)
             | "Spread" >> beam.Reshuffle()
-            | "FillShards" >> beam.ParDo(FillShardFn(self._plan))
+            | "FillShards" >> beam.ParDo(FillShardFn(self._plan, threads))
         )
 
 

@@ -36,6 +36,8 @@ from .records import (
     DeadLetterReason,
     embedding_schema,
     part_name,
+    vectors_from_arrow,
+    vectors_to_arrow,
 )
 
 __all__ = [
@@ -70,4 +72,6 @@ __all__ = [
     "TokenizerInfo",
     "embedding_schema",
     "part_name",
+    "vectors_from_arrow",
+    "vectors_to_arrow",
 ]

@@ -275,12 +275,17 @@ class IndexConfig:
     train_sample: int | None = None  # None: enough for the factory (see choose_factory)
     nprobe: int | None = None  # default nprobe recorded for searches (None: chosen)
     metric: str = "ip"  # inner product: vectors are unit length, so cosine
+    # Shards one worker fills at once, each FAISS add single-threaded (None: the worker's
+    # cores, as many as the memory budget holds). Does not change any output byte.
+    threads: int | None = None
     resume: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ConfigError("ROOT is required")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be positive, got {self.threads}")
         if self.shards is not None and self.shard_size is not None:
             raise ConfigError("give --shards or --shard-size, not both")
         if self.shards is not None and self.shards < 1:

@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 MANIFEST_SCHEMA_VERSION = 1
-EMBED_MANIFEST_SCHEMA_VERSION = 1
+# 2: vectors stored as fixed_size_binary (D float16) instead of fixed_size_list<float16>
+EMBED_MANIFEST_SCHEMA_VERSION = 2
 INDEX_MANIFEST_SCHEMA_VERSION = 1
 
 

@@ -17,7 +17,14 @@ from tda.attribution.embed_stage import (
 )
 from tda.attribution.embed_stage import process_file as embed_file
 from tda.attribution.encoder import load_encoder
-from tda.schemas import ChunkConfig, ChunkingPolicy, ConfigError, EmbedConfig, EmbedManifest
+from tda.schemas import (
+    ChunkConfig,
+    ChunkingPolicy,
+    ConfigError,
+    EmbedConfig,
+    EmbedManifest,
+    vectors_from_arrow,
+)
 
 
 def chunk_root(root, inputs, tokenizer: str, **policy) -> None:
@@ -61,10 +68,15 @@ def test_every_chunk_gets_one_unit_embedding(tmp_path, docs_jsonl, model_spec, e
     chunks = pq.read_table(root / "chunks" / "part-000000.parquet")
     table = pq.read_table(root / "embeddings" / "part-000000.parquet")
     assert table["chunk_id"].to_pylist() == chunks["chunk_id"].to_pylist()
-    vectors = np.asarray(table["vector"].to_pylist(), dtype=np.float32)
+    vectors = vectors_from_arrow(table["vector"], encoder.info.hidden_size).astype(np.float32)
     assert vectors.shape == (chunks.num_rows, encoder.info.hidden_size)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-3)
-    assert table.schema.field("vector").type.value_type.bit_width == 16
+    field = table.schema.field("vector")  # D float16 per row, stored plain
+    assert field.type.byte_width == 2 * encoder.info.hidden_size
+    assert field.metadata[b"tda.dtype"] == b"float16-le"
+    column = pq.ParquetFile(root / "embeddings" / "part-000000.parquet").metadata.row_group(0)
+    vector_chunk = column.column(table.schema.get_field_index("vector"))
+    assert vector_chunk.compression == "UNCOMPRESSED" and not vector_chunk.is_stats_set
     ids = table["concept_ids"].to_pylist()
     weights = table["concept_weights"].to_pylist()
     assert all(0 < len(i) <= 32 and len(i) == len(w) for i, w in zip(ids, weights, strict=True))

@@ -5,6 +5,7 @@ shards are caught, self-search finds the chunk, and ids resolve without scans.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from tda.attribution.index_build import IndexRunError, choose_factory, plan_index_run
 from tda.attribution.index_reader import IndexReader, IndexReadError, merge_topk, verify_index
+from tda.attribution.parts import parquet_write_options
 from tda.pipeline.index import run_index
 from tda.schemas import (
     CHUNK_SCHEMA,
@@ -31,6 +33,7 @@ from tda.schemas import (
     ReadOptions,
     TokenizerInfo,
     embedding_schema,
+    vectors_to_arrow,
 )
 
 
@@ -69,20 +72,17 @@ def synthetic_root(root: Path, vectors: np.ndarray, files: int) -> list[int]:
         emb = pa.Table.from_arrays(
             [
                 pa.array(ids, pa.int64()),
-                pa.FixedSizeListArray.from_arrays(
-                    pa.array(vectors[lo:hi].astype(np.float16).reshape(-1), pa.float16()), dim
-                ),
+                vectors_to_arrow(vectors[lo:hi]),
                 pa.array([[0]] * (hi - lo), pa.list_(pa.uint16())),
                 pa.array([[1.0]] * (hi - lo), pa.list_(pa.float16())),
             ],
             schema=embedding_schema(dim),
         )
-        pq.write_table(
+        pq.write_table(  # as the embed stage writes them
             emb,
             root / "embeddings" / f"part-{f:06d}.parquet",
             row_group_size=8192,
-            compression="zstd",
-            use_dictionary=False,  # as the embed stage writes them
+            **parquet_write_options(emb.schema, ("vector",)),
         )
         inputs.append(InputFile(f, f"/corpus/f{f}.jsonl", "jsonl", 1))
         counts.append(FileCounts(f, hi - lo, hi - lo, hi - lo, hi - lo, {}))
@@ -217,25 +217,45 @@ def test_index_refusals(tmp_path):
 
 
 def test_build_is_deterministic_and_resumable(tmp_path):
+    """Same bytes whether shards are filled one at a time (FAISS's own threads) or several
+    at once (one thread each), and after an interrupted run is resumed."""
     a, b = tmp_path / "a", tmp_path / "b"
     vectors = clustered(25_000, 16)
     for root in (a, b):
         synthetic_root(root, vectors, files=3)
-    run_index(IndexConfig(root=str(a), shards=3))
+    result = run_index(IndexConfig(root=str(a), shards=3, threads=1))
+    assert result.counters["vectors_added"] == 25_000 and result.counters["shards"] == 3
     first = {p.name: p.read_bytes() for p in sorted((a / "index").rglob("*.faiss"))}
-    # b: interrupted after shard 0 (markers of 1 and 2 lost), then resumed
-    run_index(IndexConfig(root=str(b), shards=3))
+    # b: three shards at once; interrupted after shard 0 (markers of 1 and 2 lost), then
+    # resumed two at a time
+    result = run_index(IndexConfig(root=str(b), shards=3, threads=3))
+    assert result.counters["vectors_added"] == 25_000 and result.counters["shards"] == 3
     for s in (1, 2):
         (b / "index" / "_completions" / f"{s:05d}.json").unlink()
     (b / "index" / "manifest.json").unlink()
-    result = run_index(IndexConfig(root=str(b), shards=3, resume=True))
-    assert result.counters.get("shards_skipped") == 1
+    result = run_index(IndexConfig(root=str(b), shards=3, threads=2, resume=True))
+    assert result.counters.get("shards_skipped") == 1 and result.counters["shards"] == 2
     second = {p.name: p.read_bytes() for p in sorted((b / "index").rglob("*.faiss"))}
     assert first == second
     assert (
         json.loads((a / "index" / "manifest.json").read_text())["files"]
         == json.loads((b / "index" / "manifest.json").read_text())["files"]
     )
+
+
+def test_fill_threads_respect_cores_memory_and_shards(tmp_path):
+    synthetic_root(tmp_path, clustered(4_000, 16), files=4)
+    plan = plan_index_run(IndexConfig(root=str(tmp_path), shards=4, factory="IVF16,Flat"))
+    per_shard = 1_000 * plan.bytes_per_vector  # 1,000 vectors per shard, 64 + 8 bytes each
+    assert plan.bytes_per_vector == 16 * 4 + 8
+    assert plan.fill_threads(cores=2) == 2
+    assert plan.fill_threads(cores=64) == 4  # no more threads than shards
+    budget = replace(plan, config=replace(plan.config, memory_budget=2 * per_shard))
+    assert budget.fill_threads(cores=64) == 2  # two shards fit in memory at once
+    tight = replace(plan, config=replace(plan.config, memory_budget=per_shard // 2))
+    assert tight.fill_threads(cores=64) == 1
+    forced = replace(plan, config=replace(plan.config, threads=3))
+    assert forced.fill_threads(cores=1) == 3
 
 
 def test_lookup_decodes_ids_to_rows(tmp_path):

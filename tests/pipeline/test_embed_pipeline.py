@@ -15,7 +15,7 @@ from tda.attribution.embed_stage import plan_embed_run, read_embed_completion
 from tda.attribution.encoder import load_encoder
 from tda.attribution.tokenizer import load_tokenizer
 from tda.pipeline.embed import EmbedCorpus, run_embed
-from tda.schemas import EmbedConfig, EmbedCounts
+from tda.schemas import EmbedConfig, EmbedCounts, vectors_from_arrow
 from tests.attribution.test_embed_stage import chunk_root
 from tests.conftest import write_jsonl
 
@@ -64,7 +64,7 @@ def test_pipeline_vectors_equal_the_encoder_called_directly(tmp_path, two_file_r
     tokenizer = load_tokenizer(model_spec.split(":", 1)[1])
     chunks = pq.read_table(root / "chunks" / "part-000000.parquet").to_pylist()
     table = pq.read_table(root / "embeddings" / "part-000000.parquet")
-    vectors = np.asarray(table["vector"].to_pylist(), dtype=np.float32)
+    vectors = vectors_from_arrow(table["vector"], result.manifest.dim).astype(np.float32)
     docs: dict[str, list[int]] = {}
     for row, c in enumerate(chunks):
         docs.setdefault(c["doc_id"], []).append(row)
