@@ -194,6 +194,10 @@ class BuiltinEncoder(ConceptEncoder):
             logits=self.model.logits(h) if with_logits else None,
         )
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.tok_emb.num_embeddings)
+
     def token_embeddings(self, ids):
         return self.model.tok_emb(ids)
 

@@ -103,6 +103,7 @@ class ConceptEncoder(ABC):
     harmful_concepts: frozenset[str] = frozenset()
     pad_safe: bool = True
     pad_id: int = 0
+    mask_id: int | None = None  # the "no information" token for attribution baselines
     device: torch.device
 
     @abstractmethod
@@ -116,6 +117,11 @@ class ConceptEncoder(ABC):
         """ids (B, T) int64 on ``device`` (or embeds (B, T, D), for input gradients) ->
         per-token activations. Positions attend to earlier positions (and, for Steerling,
         to the rest of their 64-token block); windows never mix documents."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Rows of the token embedding table (valid token ids are 0..vocab_size-1)."""
 
     @abstractmethod
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:

@@ -158,6 +158,7 @@ class IndexReader:
         self._shards = shards
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)))
         self.lookup = ChunkLookup(root, manifest)
+        self._embed_group = lru_cache(maxsize=64)(self._read_embed_group)
 
     @classmethod
     def open(
@@ -272,25 +273,38 @@ class IndexReader:
             for srow, irow in zip(scores, ids, strict=True)
         ]
 
-    def vector(self, chunk_id: int) -> np.ndarray:
-        """The stored (float16) vector of one chunk, (D,) float32, read from its embeddings
-        row (decoded from the id, like the chunk lookup)."""
-
-        fs, root = build_root(self.root)
+    def _embedding_row(self, chunk_id: int) -> tuple[dict, int]:
+        """chunk id -> (its embeddings row group as columns, row in it); decoded, no scan."""
         loc = self.manifest.id_codec.decode(int(chunk_id))
         if loc.file_index not in self.lookup._urls:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
-        with open_parquet(fs, root.embed_part(loc.file_index)) as parquet:
-            if loc.ordinal // ROW_GROUP_ROWS >= parquet.num_row_groups:
-                raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
-            group = parquet.read_row_group(
-                loc.ordinal // ROW_GROUP_ROWS, columns=["chunk_id", "vector"]
-            )
+        group = self._embed_group(loc.file_index, loc.ordinal // ROW_GROUP_ROWS)
         row = loc.ordinal % ROW_GROUP_ROWS
-        if row >= group.num_rows or group["chunk_id"][row].as_py() != chunk_id:
+        if group is None or row >= group.num_rows or group["chunk_id"][row].as_py() != chunk_id:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
+        return group, row
+
+    def _read_embed_group(self, file_index: int, group: int):
+        fs, root = build_root(self.root)
+        with open_parquet(fs, root.embed_part(file_index)) as parquet:
+            if group >= parquet.num_row_groups:
+                return None
+            return parquet.read_row_group(group)
+
+    def vector(self, chunk_id: int) -> np.ndarray:
+        """The stored (float16) vector of one chunk, (D,) float32, read from its embeddings
+        row (decoded from the id, like the chunk lookup)."""
+        group, row = self._embedding_row(chunk_id)
         vectors = vectors_from_arrow(group["vector"].slice(row, 1), self.manifest.dim)
         return vectors[0].astype(np.float32)
+
+    def concepts(self, chunk_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """One chunk's stored top-k known concepts: (ids (k,) int64, weights (k,) float32),
+        strongest first."""
+        group, row = self._embedding_row(chunk_id)
+        ids = np.asarray(group["concept_ids"][row].values, dtype=np.int64)
+        weights = np.asarray(group["concept_weights"][row].values, dtype=np.float32)
+        return ids, weights
 
 
 def _check_current(fs, root, manifest: IndexManifest, root_url: str) -> None:

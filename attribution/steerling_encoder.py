@@ -63,6 +63,9 @@ class SteerlingEncoder(ConceptEncoder):
         self.device = device
         self._tokenizer = tokenizer
         self.pad_id = 0
+        # Steerling's <|mask|> is the last id (100280 of 100281): the diffusion model's
+        # "no information here" token, the natural integrated-gradients baseline.
+        self.mask_id = int(model.transformer.tok_emb.num_embeddings) - 1
 
     def forward(self, ids, *, embeds=None, with_logits=False) -> ConceptActivations:
         m = self.model
@@ -79,6 +82,10 @@ class SteerlingEncoder(ConceptEncoder):
             unknown_weights=torch.sigmoid(unknown.topk_logits.float()),
             logits=m.transformer.lm_head(hidden) if with_logits else None,
         )
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.transformer.tok_emb.num_embeddings)
 
     def token_embeddings(self, ids):
         return self.model.transformer.tok_emb(ids)

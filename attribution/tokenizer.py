@@ -60,6 +60,10 @@ class TextTokenizer(ABC):
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
         """len(texts) documents -> one :class:`Encoded` each, same order."""
 
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids -> text (bytes that do not form whole characters become U+FFFD)."""
+
 
 # --------------------------------------------------------------------------------------
 # Hugging Face tokenizers
@@ -106,6 +110,9 @@ class HFTokenizer(TextTokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [_HFEncoded(e) for e in encs]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -167,6 +174,9 @@ class TiktokenTokenizer(TextTokenizer):
             _TiktokenEncoded(ids, text, self._token_bytes)
             for ids, text in zip(batch, texts, strict=True)
         ]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._enc.decode([int(i) for i in ids], errors="replace")
 
 
 @contextlib.contextmanager

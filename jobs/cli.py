@@ -644,6 +644,92 @@ def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
     Console(width=None if sys.stdout.isatty() else 120).print(table)
 
 
+@main.command()
+@click.argument("root", metavar="ROOT")
+@click.option("--prompt", required=True, help="The prompt text (may be empty).")
+@click.option("--output", default=None, help="The output text to attribute.")
+@click.option(
+    "--generate",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Instead of --output: let the model write N tokens after the prompt.",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="For --generate: 0 is greedy, above 0 samples.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="For sampled --generate.")
+@click.option(
+    "--model", default=None, metavar="SPEC", help="Encoder [default: the one the index names]."
+)
+@click.option("--force", is_flag=True, help="Use --model even if it is not the index's encoder.")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Training chunks per chunk.")
+@click.option("--nprobe", type=int, default=None, help="Override the index's default nprobe.")
+@click.option(
+    "--chunk-size", type=int, default=None, help="Output chunk tokens [default: the index's]."
+)
+@click.option(
+    "--input-attribution",
+    type=click.Choice(["grad", "ig", "none"]),
+    default="grad",
+    show_default=True,
+    help="Prompt-token scores: gradient x input, integrated gradients, or none.",
+)
+@click.option("--ig-steps", type=int, default=32, show_default=True)
+@click.option(
+    "--ig-baseline", type=click.Choice(["mask", "zero"]), default="mask", show_default=True
+)
+@click.option("--top-concepts", type=int, default=10, show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def attribute(root, prompt, output, generate, temperature, seed, model, force, k, nprobe,
+              chunk_size, input_attribution, ig_steps, ig_baseline, top_concepts, device,
+              as_json) -> None:  # fmt: skip
+    """Attribute a model output to training chunks, concepts, prompt tokens and sources.
+
+    One forward pass over prompt + output with the index's encoder, context and pooling;
+    per output chunk: the top-k training chunks (provenance, text, shared concepts), the
+    concepts behind its token logits (exact split + residual), prompt-token scores and
+    the spread of its hits over sources.
+    """
+    if (output is None) == (generate is None):
+        raise click.UsageError("give exactly one of --output or --generate N")
+    try:
+        from tda.attribution.attributor import Attributor
+
+        attributor = Attributor.from_root(root, model=model, device=device, force=force)
+        report = attributor.attribute(
+            prompt,
+            output,
+            generate=generate,
+            temperature=temperature,
+            seed=seed,
+            k=k,
+            nprobe=nprobe,
+            input_attribution=input_attribution,
+            ig_steps=ig_steps,
+            ig_baseline=ig_baseline,
+            top_concepts=top_concepts,
+            chunk_size=chunk_size,
+        )
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(report.to_json())
+        return
+    from rich.console import Console
+
+    from .render import render_report
+
+    render_report(report, Console(width=None if sys.stdout.isatty() else 140))
+
+
 @main.group()
 def model() -> None:
     """The builtin concept-bottleneck model: train it, inspect a model SPEC."""

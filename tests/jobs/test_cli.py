@@ -37,6 +37,7 @@ def test_every_command_has_help(path):
 
 def test_only_working_commands_exist():
     assert sorted(_commands(main)) == [
+        ("attribute",),
         ("chunk",),
         ("embed",),
         ("index",),
@@ -346,3 +347,38 @@ def test_index_build_search_verify_on_real_text(tmp_path, docs_jsonl, builtin_di
     assert result.exit_code == 1 and "does not match its sha256" in result.output
     result = CliRunner().invoke(main, ["search", str(root)])
     assert result.exit_code == 2 and "exactly one of --text or --chunk-id" in result.output
+
+
+def test_attribute_cli_json_and_terminal(tmp_path, docs_jsonl, builtin_dir):
+    """The issue's "done when": on an index built from real text, --json gives per output
+    chunk training chunks with provenance and text, concepts with contributions, prompt
+    scores and sources; without --json the same renders as tables."""
+    from tda.pipeline.index import run_index
+    from tda.schemas import EmbedConfig, IndexConfig, Pooling
+    from tests.attribution.test_embed_stage import chunk_root, embed_root
+
+    root = tmp_path / "root"
+    chunk_root(root, [docs_jsonl], builtin_dir)
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir, pooling=Pooling.parse("max:hidden")))
+    run_index(IndexConfig(root=str(root)))
+    args = ["attribute", str(root), "--prompt", "The for statement", "-k", "4"]
+    result = CliRunner().invoke(
+        main, [*args, "--output", " iterates over the items of a sequence.", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["kind"] == "tda.attribution" and report["chunks"]
+    chunk = report["chunks"][0]
+    hit = chunk["hits"][0]
+    assert {"score", "chunk_id", "source", "doc_id", "char_start", "char_end", "text"} <= set(hit)
+    assert chunk["concepts"] and "contribution" in chunk["concepts"][0]
+    assert chunk["prompt_tokens"] and abs(sum(chunk["sources"].values()) - 1) < 1e-5
+    result = CliRunner().invoke(main, [*args, "--generate", "12", "--input-attribution", "ig",
+                                       "--ig-steps", "8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for text in ("training chunks", "concepts", "prompt tokens", "sources", "chunk 0"):
+        assert text in result.output
+    bad = CliRunner().invoke(main, [*args])
+    assert bad.exit_code != 0 and "exactly one of --output or --generate" in bad.output
+    bad = CliRunner().invoke(main, [*args, "--output", "x", "--model", str(tmp_path / "none")])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output

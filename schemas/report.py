@@ -1,0 +1,222 @@
+"""The attribution report: what ``tda attribute`` and ``Attributor.attribute`` return.
+
+One report per (prompt, output). It names the exact index (the sha256 of its
+``manifest.json``) and the encoder fingerprint, so an auditor can reproduce it, records
+every setting used, and carries per output chunk:
+
+* ``hits``: the top-k training chunks (score, provenance, text) with the known concepts
+  each shares with the output chunk;
+* ``concepts``: the concepts with the largest contributions to the chunk's token logits.
+  For a concept-bottleneck model the split is exact: per token, the target logit is
+  ``sum_i sigmoid(l_i) * (v_i . W_y)`` over its top-k known and unknown concepts plus the
+  residual's ``r . W_y``; summed over the chunk's tokens,
+  ``known_total + unknown_total + residual == logit`` (see :class:`LogitTotals`);
+* ``prompt_tokens``: an attribution score per prompt token (gradient x input or
+  integrated gradients of the chunk's log-probability), or none;
+* ``sources``: the hits' scores summed per source and normalised to 1.
+
+Serialised with :meth:`AttributionReport.to_json`; :meth:`AttributionReport.from_json`
+reads it back (schema version checked).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "REPORT_SCHEMA_VERSION",
+    "AttributionReport",
+    "AttributionSettings",
+    "ConceptContribution",
+    "LogitTotals",
+    "OutputChunk",
+    "ReportError",
+    "SharedConcept",
+    "Timings",
+    "TokenScore",
+    "TrainingHit",
+]
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class ReportError(ValueError):
+    """A report file that cannot be read (wrong kind or version, missing fields)."""
+
+
+@dataclass(frozen=True)
+class SharedConcept:
+    """A known concept in both the output chunk's and the training chunk's top-k."""
+
+    concept_id: int
+    name: str
+    output_weight: float  # pooled weight in the output chunk, [0, 1]
+    training_weight: float  # pooled weight in the training chunk, [0, 1]
+
+
+@dataclass(frozen=True)
+class TrainingHit:
+    rank: int  # 1 = best
+    score: float  # similarity of the chunk vectors (inner product of unit vectors)
+    chunk_id: int
+    source: str
+    doc_id: str
+    record_index: int
+    chunk_index: int
+    char_start: int  # offsets of the chunk in its document's text
+    char_end: int
+    url: str  # the input file
+    text: str | None
+    shared_concepts: tuple[SharedConcept, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConceptContribution:
+    kind: str  # "known" | "unknown"
+    concept_id: int
+    name: str  # the known concept's name; "unknown:<id>" for learned ones
+    contribution: float  # summed over the chunk's tokens, in logit units
+    tokens: int  # chunk tokens whose top-k held this concept
+
+
+@dataclass(frozen=True)
+class LogitTotals:
+    """The chunk's target logits summed over its tokens, and how they split:
+    ``known_total + unknown_total + residual == logit`` up to float rounding."""
+
+    logit: float
+    known_total: float
+    unknown_total: float
+    residual: float
+    log_prob: float  # sum of log p(token | everything before it) over the chunk
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    position: int  # token position in the prompt (0-based, after any truncation)
+    token: str
+    char_start: int  # in the prompt text
+    char_end: int
+    score: float
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    index: int
+    token_start: int  # positions in the output's tokens, [start, end)
+    token_end: int
+    char_start: int  # in the output text
+    char_end: int
+    text: str
+    totals: LogitTotals
+    concepts: tuple[ConceptContribution, ...]
+    hits: tuple[TrainingHit, ...]
+    sources: dict[str, float]  # source -> share of the hits' summed scores (sums to 1)
+    prompt_tokens: tuple[TokenScore, ...] = ()
+    # (IG only) sum of the scores and the log-probability difference it should equal
+    completeness: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    k: int
+    nprobe: int
+    chunk_size: int
+    input_attribution: str  # "grad" | "ig" | "none"
+    ig_steps: int
+    ig_baseline: str  # "mask" | "zero"
+    top_concepts: int
+    model: str  # the encoder spec used
+    forced: bool  # --force: the encoder differs from the index's
+    pooling: str
+    window: int
+    generate: dict[str, Any] | None = None  # {"tokens", "temperature", "seed"} when generated
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds per step; ``total`` is wall time for the whole attribution."""
+
+    generate: float
+    forward: float
+    backward: float
+    search: float
+    metadata: float
+    total: float
+
+
+@dataclass(frozen=True)
+class AttributionReport:
+    tda_version: str
+    index_root: str
+    index_manifest_id: str  # sha256 of the index's manifest.json
+    index_encoder_fingerprint: str
+    encoder_fingerprint: str  # of the model used (differs only with --force)
+    settings: AttributionSettings
+    prompt: str
+    output: str
+    prompt_token_count: int
+    output_token_count: int
+    prompt_truncated: int  # prompt tokens dropped on the left to fit the model window
+    chunks: tuple[OutputChunk, ...]
+    timings: Timings
+    warnings: tuple[str, ...] = ()
+    kind: str = "tda.attribution"
+    schema_version: int = REPORT_SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttributionReport:
+        if data.get("kind") != "tda.attribution":
+            raise ReportError(f"not a tda attribution report (kind={data.get('kind')!r})")
+        if data.get("schema_version") != REPORT_SCHEMA_VERSION:
+            raise ReportError(
+                f"attribution report schema version {data.get('schema_version')} is not "
+                f"{REPORT_SCHEMA_VERSION}"
+            )
+        try:
+            chunks = tuple(
+                OutputChunk(
+                    **{
+                        **c,
+                        "totals": LogitTotals(**c["totals"]),
+                        "concepts": tuple(ConceptContribution(**x) for x in c["concepts"]),
+                        "hits": tuple(
+                            TrainingHit(
+                                **{
+                                    **h,
+                                    "shared_concepts": tuple(
+                                        SharedConcept(**s) for s in h["shared_concepts"]
+                                    ),
+                                }
+                            )
+                            for h in c["hits"]
+                        ),
+                        "prompt_tokens": tuple(TokenScore(**t) for t in c["prompt_tokens"]),
+                    }
+                )
+                for c in data["chunks"]
+            )
+            return cls(
+                **{
+                    **data,
+                    "settings": AttributionSettings(**data["settings"]),
+                    "chunks": chunks,
+                    "timings": Timings(**data["timings"]),
+                    "warnings": tuple(data.get("warnings", ())),
+                }
+            )
+        except (KeyError, TypeError) as exc:
+            raise ReportError(f"attribution report is missing or has bad fields: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> AttributionReport:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,268 @@
+"""The attributor on an index built from real text with the builtin model trained in the
+test: verbatim passages find their own chunk, logit splits add up, gradient x input
+matches finite differences, integrated gradients are complete, a foreign encoder is
+refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tda.attribution.attributor import Attributor, generate_tokens
+from tda.attribution.index_reader import IndexReadError
+from tda.pipeline.index import run_index
+from tda.schemas import AttributionReport, ConfigError, EmbedConfig, IndexConfig, Pooling
+from tests.attribution.test_embed_stage import chunk_root, embed_root
+from tests.conftest import make_tiny_steerling
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, docs_jsonl, builtin_dir) -> Path:
+    root = tmp_path_factory.mktemp("attr") / "root"
+    chunk_root(root, [docs_jsonl], builtin_dir)
+    # max:hidden: the 40-step test model's mean-pooled concept vectors are nearly collinear
+    # (see test_cli); the attributor uses whatever pooling the index records.
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir, pooling=Pooling.parse("max:hidden")))
+    run_index(IndexConfig(root=str(root), shards=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def attributor(root) -> Attributor:
+    return Attributor.from_root(str(root), device="cpu")
+
+
+def _chunks(root: Path) -> list[dict]:
+    return pq.read_table(root / "chunks" / "part-000000.parquet").to_pylist()
+
+
+def _doc_texts(docs_jsonl) -> dict[str, str]:
+    return {
+        json.loads(line)["id"]: json.loads(line)["text"]
+        for line in Path(docs_jsonl).read_text().splitlines()
+    }
+
+
+def _second_chunks(root: Path, n: int) -> list[dict]:
+    """Chunks that are the second of their document (pooled from a window starting at the
+    document's first token, so prompt = the first chunk reproduces their context)."""
+    rows = [c for c in _chunks(root) if c["chunk_index"] == 1 and c["n_tokens"] == 64]
+    return rows[:: max(1, len(rows) // n)][:n]
+
+
+def test_verbatim_passage_finds_its_training_chunk(root, attributor, docs_jsonl):
+    texts = _doc_texts(docs_jsonl)
+    tokenizer = attributor.tokenizer
+    found_ids, found_text = 0, 0
+    cases = _second_chunks(root, 8)
+    assert len(cases) == 8
+    for row in cases:
+        doc = texts[row["doc_id"]]
+        (enc,) = tokenizer.encode_batch([doc])
+        ids = enc.ids.tolist()
+        # token ids: exactly the document's tokens, so the same forward as at index time
+        report = attributor.attribute(
+            ids[: row["token_start"]], ids[row["token_start"] : row["token_end"]], k=3
+        )
+        assert len(report.chunks) == 1
+        hits = report.chunks[0].hits
+        found_ids += row["chunk_id"] in [h.chunk_id for h in hits]
+        assert hits[0].score == pytest.approx(1.0, abs=5e-3)
+        # text: prompt = the document before the chunk, output = the chunk's text
+        report = attributor.attribute(
+            doc[: row["char_start"]], doc[row["char_start"] : row["char_end"]], k=3
+        )
+        found_text += any(h.doc_id == row["doc_id"] for c in report.chunks for h in c.hits)
+    assert found_ids == len(cases)
+    assert found_text >= len(cases) - 1  # the text's own tokenization may differ at the edge
+
+
+def test_report_fields_and_json_round_trip(root, attributor, docs_jsonl):
+    row = _second_chunks(root, 1)[0]
+    doc = _doc_texts(docs_jsonl)[row["doc_id"]]
+    prompt, output = doc[: row["char_start"]], doc[row["char_start"] : row["char_start"] + 300]
+    report = attributor.attribute(prompt, output, k=5, top_concepts=5)
+    assert report.prompt_truncated == 0 and report.output_token_count > 64
+    assert report.index_manifest_id == attributor.reader.manifest_id
+    assert report.encoder_fingerprint == report.index_encoder_fingerprint
+    assert report.settings.chunk_size == 64 and report.settings.input_attribution == "grad"
+    assert len(report.chunks) == -(-report.output_token_count // 64)
+    assert "".join(c.text for c in report.chunks) == output
+    for c in report.chunks:
+        assert 1 <= len(c.hits) <= 5 and [h.rank for h in c.hits] == list(range(1, len(c.hits) + 1))
+        assert all(h.text and h.source and h.doc_id for h in c.hits)
+        scores = [h.score for h in c.hits]
+        assert scores == sorted(scores, reverse=True)
+        assert sum(c.sources.values()) == pytest.approx(1.0, abs=1e-5)
+        assert len(c.prompt_tokens) == report.prompt_token_count
+        assert prompt[c.prompt_tokens[0].char_start : c.prompt_tokens[-1].char_end] == prompt
+        assert 1 <= len(c.concepts) <= 5
+        for h in c.hits:  # shared concepts are in both top-k lists
+            ids, _ = attributor.reader.concepts(h.chunk_id)
+            assert {s.concept_id for s in h.shared_concepts} <= set(ids.tolist())
+    t = report.timings
+    assert t.forward > 0 and t.backward > 0 and t.search > 0 and t.total >= t.forward
+    back = AttributionReport.from_json(report.to_json())
+    assert back == report
+
+
+def test_concept_contributions_plus_residual_equal_the_logits(attributor):
+    """Exact split (tolerance 1e-3 relative): every listed concept's contribution summed
+    with the residual equals the chunk's summed target logits, which equal the model's
+    real logits."""
+    prompt, output = "The for statement iterates over", " the items of any sequence, in order."
+    report = attributor.attribute(prompt, output, top_concepts=100_000, input_attribution="none")
+    enc = attributor.encoder
+    (p,) = attributor.tokenizer.encode_batch([prompt])
+    (o,) = attributor.tokenizer.encode_batch([output])
+    ids = torch.tensor([p.ids.tolist() + o.ids.tolist()])
+    with torch.inference_mode():
+        logits = enc.forward(ids, with_logits=True).logits[0]
+    P = p.n_tokens
+    for c in report.chunks:
+        s, e = P + c.token_start, P + c.token_end
+        real = float(logits[s - 1 : e - 1].gather(1, ids[0, s:e, None]).sum())
+        tot = c.totals
+        assert tot.logit == pytest.approx(real, rel=1e-3, abs=1e-3)
+        assert tot.known_total + tot.unknown_total + tot.residual == pytest.approx(
+            tot.logit, rel=1e-3, abs=1e-3
+        )
+        listed = sum(x.contribution for x in c.concepts)
+        assert listed == pytest.approx(tot.known_total + tot.unknown_total, rel=1e-3, abs=1e-3)
+        lp = torch.log_softmax(logits[s - 1 : e - 1].double(), -1)
+        assert tot.log_prob == pytest.approx(float(lp.gather(1, ids[0, s:e, None]).sum()), abs=1e-3)
+
+
+def _chunk_log_prob(enc, embeds: torch.Tensor, ids: torch.Tensor, s: int, e: int) -> float:
+    with torch.inference_mode():
+        logits = enc.forward(None, embeds=embeds).hidden @ enc.model.tok_emb.weight.T
+        lp = torch.log_softmax(logits[0, s - 1 : e - 1].double(), -1)
+        return float(lp.gather(1, ids[0, s:e, None]).sum())
+
+
+def test_gradient_x_input_agrees_with_finite_differences(attributor, builtin_dir):
+    """score_p = grad_p . e_p is the derivative of the chunk's log-probability along
+    e_p: (L(E + eps e_p) - L(E - eps e_p)) / 2 eps (model in float64 so the difference
+    quotient is not float32 noise)."""
+    from tda.attribution.encoder import load_encoder
+
+    enc = load_encoder(builtin_dir, "cpu")
+    enc.model.double()
+    attributor = Attributor(attributor.reader, enc)
+    prompt, output = "Exceptions are raised when", " an error is detected during execution."
+    report = attributor.attribute(prompt, output, input_attribution="grad")
+    (p,) = attributor.tokenizer.encode_batch([prompt])
+    (o,) = attributor.tokenizer.encode_batch([output])
+    ids = torch.tensor([p.ids.tolist() + o.ids.tolist()])
+    P = p.n_tokens
+    with torch.no_grad():
+        embeds = enc.token_embeddings(ids)
+    chunk = report.chunks[0]
+    s, e = P + chunk.token_start, P + chunk.token_end
+    eps = 1e-5
+    scores = np.array([t.score for t in chunk.prompt_tokens])
+    numeric = []
+    for pos in range(P):
+        up, down = embeds.clone(), embeds.clone()
+        up[0, pos] += eps * embeds[0, pos]
+        down[0, pos] -= eps * embeds[0, pos]
+        numeric.append(
+            (_chunk_log_prob(enc, up, ids, s, e) - _chunk_log_prob(enc, down, ids, s, e))
+            / (2 * eps)
+        )
+    numeric = np.array(numeric)
+    np.testing.assert_allclose(scores, numeric, rtol=1e-3, atol=1e-4 * np.abs(numeric).max())
+    assert np.abs(scores).max() > 0
+
+
+def test_integrated_gradients_are_complete(attributor):
+    """IG's attributions sum to L(prompt) - L(baseline prompt) within tolerance."""
+    prompt, output = "A class definition is", " an executable statement."
+    for baseline in ("mask", "zero"):
+        report = attributor.attribute(
+            prompt, output, input_attribution="ig", ig_steps=64, ig_baseline=baseline
+        )
+        for c in report.chunks:
+            total = sum(t.score for t in c.prompt_tokens)
+            assert total == pytest.approx(c.completeness["sum"], abs=1e-4)
+            delta = c.completeness["delta"]
+            assert total == pytest.approx(delta, rel=0.05, abs=0.05)
+            assert report.settings.ig_baseline == baseline
+
+
+def test_generation_is_deterministic_and_attributed(attributor):
+    report = attributor.attribute("The while statement", generate=20)
+    again = attributor.attribute("The while statement", generate=20)
+    assert report.output == again.output and report.output_token_count == 20
+    assert report.settings.generate == {"tokens": 20, "temperature": 0.0, "seed": 0}
+    sampled = [
+        generate_tokens(attributor.encoder, [5, 6, 7], 12, temperature=1.0, seed=s)
+        for s in (1, 1, 2)
+    ]
+    assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
+    assert report.chunks and report.chunks[0].hits
+
+
+def test_long_prompt_is_cut_on_the_left(attributor):
+    window = attributor.manifest.context.window
+    prompt = " ".join(["word"] * (window * 2))
+    report = attributor.attribute(prompt, " and more words follow here.", input_attribution="none")
+    assert report.prompt_truncated > 0
+    assert report.prompt_token_count + report.output_token_count == window
+    assert any("cut" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(output=None), "give an output"),
+        (dict(output="x", generate=3), "not both"),
+        (dict(output="x", k=0), "-k must be at least 1"),
+        (dict(output="x", input_attribution="shap"), "--input-attribution must be"),
+        (dict(output="x", ig_steps=0), "--ig-steps"),
+        (dict(output=""), "no tokens"),
+        (dict(output=[10**9]), "outside the model's vocabulary"),
+        (dict(output="word " * 5000), "window holds"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(attributor, kwargs, message):
+    output = kwargs.pop("output")
+    with pytest.raises(ConfigError, match=message):
+        attributor.attribute("prompt", output, **kwargs)
+
+
+def test_another_encoder_is_refused_unless_forced(root, tmp_path, builtin_dir):
+    """Same shape, other weights: refused, or attributed with --force (recorded); another
+    shape is refused even with --force."""
+    from tda.attribution.builtin import save_builtin
+    from tda.attribution.concepts import load_concept_set
+    from tda.attribution.encoder import load_encoder
+
+    base = load_encoder(builtin_dir, "cpu")
+    with torch.no_grad():
+        base.model.tok_emb.weight[0] += 0.5
+    other = tmp_path / "other"
+    save_builtin(
+        str(other),
+        base.model,
+        load_concept_set(str(Path(builtin_dir) / "concepts.yaml")),
+        (Path(builtin_dir) / "tokenizer.json").read_bytes(),
+        base.info.tokenizer_fingerprint,
+        {"note": "perturbed copy"},
+    )
+    with pytest.raises(IndexReadError, match="pass --force"):
+        Attributor.from_root(str(root), model=str(other), device="cpu")
+    forced = Attributor.from_root(str(root), model=str(other), device="cpu", force=True)
+    report = forced.attribute(
+        "The for statement", " is used to iterate.", k=2, input_attribution="none"
+    )
+    assert report.settings.forced and any("--force" in w for w in report.warnings)
+    assert report.encoder_fingerprint != report.index_encoder_fingerprint
+    steerling = make_tiny_steerling(tmp_path / "steerling", builtin_dir)
+    with pytest.raises(IndexReadError, match="128-d vectors"):
+        Attributor.from_root(str(root), model=f"steerling:{steerling}", device="cpu", force=True)
