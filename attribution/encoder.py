@@ -118,6 +118,29 @@ class ConceptEncoder(ABC):
         per-token activations. Positions attend to earlier positions (and, for Steerling,
         to the rest of their 64-token block); windows never mix documents."""
 
+    def generate(
+        self, prompt_ids: Sequence[int], n: int, temperature: float, seed: int, window: int
+    ) -> list[int]:
+        """Continue ``prompt_ids`` (non-empty) by up to ``n`` tokens; deterministic for
+        the same arguments. Default: left-to-right, one forward per token over the last
+        ``window`` tokens, greedy at ``temperature`` 0, else sampled from
+        softmax(logits / temperature) with a generator seeded by ``seed``."""
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        ids = [int(i) for i in prompt_ids]
+        with torch.inference_mode():
+            for _ in range(n):
+                context = torch.tensor([ids[-window:]], dtype=torch.int64, device=self.device)
+                logits = self.forward(context, with_logits=True).logits[0, -1].float().cpu()
+                if temperature == 0:
+                    token = int(torch.argmax(logits))
+                else:
+                    probs = torch.softmax(logits / temperature, dim=-1)
+                    token = int(torch.multinomial(probs, 1, generator=generator))
+                ids.append(token)
+        return ids[len(prompt_ids) :]
+
     @property
     @abstractmethod
     def vocab_size(self) -> int:

@@ -87,6 +87,35 @@ class SteerlingEncoder(ConceptEncoder):
     def vocab_size(self) -> int:
         return int(self.model.transformer.tok_emb.num_embeddings)
 
+    def generate(self, prompt_ids, n, temperature, seed, window) -> list[int]:
+        """Steerling's own generator (block diffusion: each 64-token block unmasked by
+        confidence, ``n`` rounded up to whole blocks, then cut to ``n``), greedy at
+        temperature 0; sampling uses Steerling's defaults (top-p 0.8, repetition penalty
+        1.1) with ``seed``."""
+        from steerling.configs.generation import GenerationConfig
+        from steerling.inference.causal_diffusion import SteerlingGenerator
+
+        block = max(1, self.info.block_align)
+        blocks = -(-n // block)
+        prompt = [int(i) for i in prompt_ids][-(window - blocks * block) :]
+        if window - blocks * block < 1:
+            raise EncoderError(f"--generate {n} leaves no room for the prompt in {window} tokens")
+        config = GenerationConfig(
+            max_new_tokens=blocks * block,
+            steps=blocks * block,
+            temperature=temperature,
+            seed=seed,
+        )
+        generator = SteerlingGenerator(
+            self.model,
+            _GeneratorTokenizer(self),
+            _GeneratorConfig(block, getattr(self.model.transformer, "n_layers", 1)),
+            is_interpretable=True,
+            device=self.device,
+        )
+        out = generator.generate_full(torch.tensor([prompt], device=self.device), config)
+        return [int(t) for t in out.tokens[len(prompt) :].tolist()][:n]
+
     def token_embeddings(self, ids):
         return self.model.transformer.tok_emb(ids)
 
@@ -101,6 +130,27 @@ class SteerlingEncoder(ConceptEncoder):
 
     def load_tokenizer(self):
         return self._tokenizer
+
+
+class _GeneratorTokenizer:
+    """The special ids Steerling's generator needs, and decoding through our tokenizer
+    (its own tokenizer would fetch cl100k_base over the network)."""
+
+    def __init__(self, encoder: SteerlingEncoder) -> None:
+        self.mask_token_id = encoder.mask_id
+        vocab = encoder.vocab_size
+        self.pad_token_id = vocab - 4  # Steerling: <|pad|> <|bos|> <|endofchunk|> <|mask|> last
+        self.eos_token_id = 100257 if vocab > 100257 else vocab - 2  # cl100k <|endoftext|>
+        self._tokenizer = encoder.load_tokenizer()
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self._tokenizer.decode([int(i) for i in ids])
+
+
+class _GeneratorConfig:
+    def __init__(self, diff_block_size: int, n_layers: int) -> None:
+        self.diff_block_size = diff_block_size
+        self.n_layers = n_layers
 
 
 def _snapshot(location: str) -> str:

@@ -117,7 +117,7 @@ def render_report(report: AttributionReport, console) -> None:
         console.print(hits)
 
         concepts = Table(title="concepts (contribution to the chunk's token logits)",
-                         header_style="bold", expand=True)  # fmt: skip
+                         header_style="bold")  # fmt: skip
         concepts.add_column("concept", overflow="fold")
         concepts.add_column("kind", no_wrap=True)
         concepts.add_column("tokens", justify="right", no_wrap=True)

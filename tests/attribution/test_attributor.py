@@ -266,3 +266,33 @@ def test_another_encoder_is_refused_unless_forced(root, tmp_path, builtin_dir):
     steerling = make_tiny_steerling(tmp_path / "steerling", builtin_dir)
     with pytest.raises(IndexReadError, match="128-d vectors"):
         Attributor.from_root(str(root), model=f"steerling:{steerling}", device="cpu", force=True)
+
+
+def test_steerling_index_attribution_and_own_generator(tmp_path, docs_jsonl, steerling_dir):
+    """The tiny random Steerling through the same attributor: chunks on its 64-token
+    block grid, its own block-diffusion generator, exact logit split."""
+    root = tmp_path / "root"
+    write = tmp_path / "small.jsonl"
+    write.write_text("".join(Path(docs_jsonl).read_text().splitlines(keepends=True)[:6]))
+    chunk_root(root, [write], steerling_dir)
+    embed_root(
+        EmbedConfig(
+            root=str(root), model=f"steerling:{steerling_dir}", pooling=Pooling.parse("max:hidden")
+        )
+    )
+    run_index(IndexConfig(root=str(root)))
+    attributor = Attributor.from_root(str(root), device="cpu")
+    prompt = "The for statement is used to iterate over"  # not a multiple of 64 tokens
+    report = attributor.attribute(prompt, generate=70, k=3)
+    again = attributor.attribute(prompt, generate=70, k=3)
+    assert report.output == again.output and report.output_token_count == 70
+    P = report.prompt_token_count
+    bounds = [(P + c.token_start, P + c.token_end) for c in report.chunks]
+    assert all(s % 64 == 0 for s, _ in bounds[1:])  # whole blocks after the first
+    assert bounds[0][0] == P and bounds[-1][1] == P + 70
+    for c in report.chunks:
+        t = c.totals
+        assert t.known_total + t.unknown_total + t.residual == pytest.approx(
+            t.logit, rel=1e-3, abs=1e-3
+        )
+        assert c.hits and len(c.prompt_tokens) == P
