@@ -39,6 +39,7 @@ bench: install ## Benchmarks (figures go in docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench_chunk_memory.py
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_index.py
+	$(BIN)/python benchmarks/bench_attribute.py
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check .

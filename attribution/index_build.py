@@ -437,8 +437,9 @@ def _file_entry(fs, root, relative: str) -> IndexFile:
     return IndexFile(relative, *sha256_file(fs, f"{root.index_dir}/{relative}"))
 
 
-def finish_index_run(plan: IndexPlan) -> IndexManifest:
-    """Gather the shard markers into ``index/manifest.json`` (the commit point, last)."""
+def finish_index_run(plan: IndexPlan, lineage: dict | None = None) -> IndexManifest:
+    """Gather the shard markers into ``index/manifest.json`` (the commit point, last);
+    ``lineage`` records where a pruned index came from."""
     fs, root = build_root(plan.config.root)
     shards, files = (
         [],
@@ -472,6 +473,7 @@ def finish_index_run(plan: IndexPlan) -> IndexManifest:
         inputs=chunks.inputs,
         chunk_manifest_sha256=embed.chunk_manifest_sha256,
         embed_manifest_sha256=plan.embed_manifest_sha256,
+        lineage=lineage,
     )
     atomic_write_text(fs, root.index_manifest, manifest.to_json())
     return manifest

@@ -82,6 +82,37 @@ class SearchHit:
     chunk: ChunkRecord
 
 
+def chunk_id_ranges(parquet) -> list[tuple[int, int] | None]:
+    """Per row group of a chunks / embeddings part, its (min, max) chunk id (statistics)."""
+    column = parquet.schema_arrow.get_field_index("chunk_id")
+    ranges = []
+    for g in range(parquet.num_row_groups):
+        stats = parquet.metadata.row_group(g).column(column).statistics
+        ok = stats is not None and stats.has_min_max
+        ranges.append((int(stats.min), int(stats.max)) if ok else None)
+    return ranges
+
+
+def locate_row(read_group, read_ranges, chunk_id: int, ordinal: int):
+    """Where ``chunk_id`` (at ``ordinal`` in its file) is in a part: (row group table, row)
+    or None. Full parts hold row ``ordinal`` (one row-group read); parts written by
+    ``tda prune apply`` lack the pruned rows, so the row group is found from the chunk-id
+    statistics and the row by binary search (ids ascend within a part). Never a scan."""
+    group = read_group(ordinal // ROW_GROUP_ROWS)
+    row = ordinal % ROW_GROUP_ROWS
+    if group is not None and row < group.num_rows and group["chunk_id"][row].as_py() == chunk_id:
+        return group, row
+    for g, span in enumerate(read_ranges()):
+        if span is None or not span[0] <= chunk_id <= span[1]:
+            continue
+        table = read_group(g)
+        ids = table["chunk_id"].to_numpy()
+        row = int(np.searchsorted(ids, chunk_id))
+        if row < len(ids) and ids[row] == chunk_id:
+            return table, row
+    return None
+
+
 class ChunkLookup:
     """chunk id -> :class:`ChunkRecord`, by decoding the id (no scan)."""
 
@@ -90,6 +121,11 @@ class ChunkLookup:
         self._codec = manifest.id_codec
         self._urls = {f.index: f.url for f in manifest.inputs}
         self._group = lru_cache(maxsize=64)(self._read_group)
+        self._stats = lru_cache(maxsize=256)(self._read_stats)
+
+    def _read_stats(self, file_index: int):
+        with open_parquet(self._fs, self._root.chunk_part(file_index)) as parquet:
+            return chunk_id_ranges(parquet)
 
     def _read_group(self, file_index: int, group: int):
 
@@ -105,13 +141,16 @@ class ChunkLookup:
             raise IndexReadError(
                 f"chunk id {chunk_id} points at input file {loc.file_index}, not in this index"
             )
-        table = self._group(loc.file_index, loc.ordinal // ROW_GROUP_ROWS)
-        offset = loc.ordinal % ROW_GROUP_ROWS
-        if table is None or offset >= table.num_rows:
+        found = locate_row(
+            lambda g: self._group(loc.file_index, g),
+            lambda: self._stats(loc.file_index),
+            chunk_id,
+            loc.ordinal,
+        )
+        if found is None:
             raise IndexReadError(f"chunk id {chunk_id} is not in this index")
+        table, offset = found
         row = table.slice(offset, 1).to_pylist()[0]
-        if row["chunk_id"] != chunk_id:  # the chunks table changed under the index
-            raise IndexReadError(f"chunks table row for {chunk_id} holds {row['chunk_id']}")
         return ChunkRecord(
             chunk_id=row["chunk_id"],
             source=row["source"],
@@ -160,6 +199,7 @@ class IndexReader:
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)))
         self.lookup = ChunkLookup(root, manifest)
         self._embed_group = lru_cache(maxsize=64)(self._read_embed_group)
+        self._embed_stats = lru_cache(maxsize=256)(self._read_embed_stats)
 
     @classmethod
     def open(
@@ -281,11 +321,15 @@ class IndexReader:
         loc = self.manifest.id_codec.decode(int(chunk_id))
         if loc.file_index not in self.lookup._urls:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
-        group = self._embed_group(loc.file_index, loc.ordinal // ROW_GROUP_ROWS)
-        row = loc.ordinal % ROW_GROUP_ROWS
-        if group is None or row >= group.num_rows or group["chunk_id"][row].as_py() != chunk_id:
+        found = locate_row(
+            lambda g: self._embed_group(loc.file_index, g),
+            lambda: self._embed_stats(loc.file_index),
+            chunk_id,
+            loc.ordinal,
+        )
+        if found is None:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
-        return group, row
+        return found
 
     def _read_embed_group(self, file_index: int, group: int):
         fs, root = build_root(self.root)
@@ -293,6 +337,11 @@ class IndexReader:
             if group >= parquet.num_row_groups:
                 return None
             return parquet.read_row_group(group)
+
+    def _read_embed_stats(self, file_index: int):
+        fs, root = build_root(self.root)
+        with open_parquet(fs, root.embed_part(file_index)) as parquet:
+            return chunk_id_ranges(parquet)
 
     def vector(self, chunk_id: int) -> np.ndarray:
         """The stored (float16) vector of one chunk, (D,) float32, read from its embeddings

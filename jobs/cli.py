@@ -730,6 +730,157 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
     render_report(report, Console(width=None if sys.stdout.isatty() else 140))
 
 
+def _pipeline_options(ctx: click.Context):
+    with quiet_beam_import():
+        from apache_beam.options.pipeline_options import PipelineOptions
+    return PipelineOptions(_beam_args(ctx))
+
+
+@main.command(cls=BeamCommand)
+@click.argument("root", metavar="ROOT")
+@click.option(
+    "--concept", "concepts", multiple=True, metavar="NAME",
+    help="A known concept to scan for (repeat for several).",
+)  # fmt: skip
+@click.option(
+    "--like", default=None, metavar="FILE",
+    help="Exemplar texts (one per line, or JSONL with 'text') to search for.",
+)  # fmt: skip
+@click.option(
+    "--min-weight", type=float, default=0.5, show_default=True,
+    help="--concept: a chunk's pooled concept weight must reach this.",
+)  # fmt: skip
+@click.option(
+    "--top", type=int, default=1000, show_default=True,
+    help="--like: nearest chunks searched per exemplar.",
+)  # fmt: skip
+@click.option(
+    "--min-score", type=float, default=None, help="--like: keep hits at least this similar."
+)
+@click.option("--out", required=True, metavar="DIR", help="Scan directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier scan in DIR.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the scan summary as JSON.")
+@click.pass_context
+def scan(ctx, root, concepts, like, min_weight, top, min_score, out, overwrite, device,
+         as_json) -> None:  # fmt: skip
+    """Find where a harmful concept fires (--concept, a Beam job over ROOT/embeddings) or
+    what resembles known-bad texts (--like, searched in the index); aggregate per source
+    and document into DIR (hits / by_document / by_source Parquet, scan.json, a chart)."""
+    try:
+        from tda.pipeline.scan import run_scan
+
+        result = run_scan(
+            root, out, concepts, like, min_weight, top, min_score, overwrite, device,
+            options=_pipeline_options(ctx),
+        )  # fmt: skip
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = result.summary
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    what = ", ".join(concepts) if concepts else f"exemplars in {like}"
+    table = Table(
+        title=f"tda scan {root}: {what}", header_style="bold",
+        caption=f"{summary['chunks_hit']:,} chunks in {summary['documents_hit']:,} documents "
+        f"hit; written to {out} (hits.parquet, by_document.parquet, by_source.parquet, "
+        f"prevalence.png)",
+    )  # fmt: skip
+    for col in ("source", "chunks hit", "of chunks", "share", "documents hit", "max score", ""):
+        table.add_column(col, justify="left" if col in ("source", "") else "right")
+    largest = max((r["share"] for r in summary["by_source"]), default=0.0) or 1.0
+    for r in summary["by_source"][:30]:
+        table.add_row(
+            r["source"], f"{r['chunks_hit']:,}", f"{r['chunks']:,}", f"{r['share']:.2%}",
+            f"{r['documents_hit']:,} / {r['documents']:,}", f"{r['max_score']:.3f}",
+            "█" * round(20 * r["share"] / largest),
+        )  # fmt: skip
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+@main.group()
+def prune() -> None:
+    """Prune lists from scans; pruned corpus, chunks, embeddings and index, audited."""
+
+
+@prune.command("list")
+@click.argument("scan_dir", metavar="SCAN_DIR")
+@click.option(
+    "--level", type=click.Choice(["chunk", "document", "source"]), default="document",
+    show_default=True,
+)  # fmt: skip
+@click.option("--min-share", type=float, default=0.0, show_default=True,
+              help="document / source: share of its chunks hit.")  # fmt: skip
+@click.option("--min-score", type=float, default=None, help="Score a hit (or max) must reach.")
+@click.option("--out", required=True, metavar="FILE", help="prune.parquet to write.")
+@click.option("--csv", "as_csv", is_flag=True, help="Also write FILE as CSV (editable).")
+def prune_list(scan_dir, level, min_share, min_score, out, as_csv) -> None:
+    """Turn a scan into a prune list: ids plus the reason for each."""
+    try:
+        from tda.attribution.prune import make_prune_list
+
+        table = make_prune_list(scan_dir, out, level, min_share, min_score, as_csv)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    per_source: dict[str, int] = {}
+    for src in table["source"].to_pylist():
+        per_source[src] = per_source.get(src, 0) + 1
+    click.echo(
+        f"{table.num_rows:,} {level} entries written to {out}"
+        + (" (+ CSV)" if as_csv else "")
+        + "".join(f"\n  {src}: {n:,}" for src, n in sorted(per_source.items()))
+    )
+
+
+@prune.command("apply", cls=BeamCommand)
+@click.argument("root", metavar="ROOT")
+@click.option("--list", "list_path", required=True, metavar="FILE",
+              help="prune.parquet (or its edited CSV).")  # fmt: skip
+@click.option("--corpus", multiple=True, required=True, metavar="INPUT",
+              help="The corpus ROOT was built from (repeat for several inputs).")  # fmt: skip
+@click.option("--corpus-out", required=True, metavar="DIR", help="Pruned corpus to write.")
+@click.option("--out", required=True, metavar="NEW_ROOT", help="Pruned build root to write.")
+@click.option("--reason", required=True, help="Why: recorded in the manifest and audit log.")
+@click.option("--overwrite", is_flag=True, help="Replace earlier output in DIR / NEW_ROOT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the audit entry as JSON.")
+@click.pass_context
+def prune_apply(ctx, root, list_path, corpus, corpus_out, out, reason, overwrite,
+                as_json) -> None:  # fmt: skip
+    """Write the corpus without the pruned data, a new root whose index lacks it, and an
+    audit record. ROOT is never modified."""
+    try:
+        from tda.pipeline.prune import run_prune
+
+        result = run_prune(
+            root, list_path, corpus, corpus_out, out, reason, overwrite,
+            options=_pipeline_options(ctx),
+        )  # fmt: skip
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    audit = result.audit
+    if as_json:
+        click.echo(json.dumps(audit, indent=2, sort_keys=True))
+        return
+    c = audit["counts"]
+    lines = [
+        f"pruned {c['chunks_removed']:,} chunks ({c['documents_removed']:,} documents removed, "
+        f"{c['documents_edited']:,} edited) at {audit['level']} level: {audit['reason']}",
+        f"corpus:  {corpus_out} ({c['records_out']:,} of {c['records_in']:,} records kept)",
+        f"index:   {out} ({audit['vectors']:,} vectors; {c['shards_refilled']} shards refilled, "
+        f"{c['shards_copied']} copied), manifest {audit['child_manifest_id'][:19]}",
+        f"audit:   {out}/audit.jsonl (parent {audit['parent_manifest_id'][:19]})",
+    ]
+    for src, n in audit["removed_per_source"].items():
+        lines.append(f"  {src}: {n['chunks']:,} chunks, {n['documents']:,} documents")
+    click.echo("\n".join(lines))
+
+
 @main.group()
 def model() -> None:
     """The builtin concept-bottleneck model: train it, inspect a model SPEC."""

@@ -354,6 +354,8 @@ class IndexManifest:
     inputs: tuple[InputFile, ...]
     chunk_manifest_sha256: str
     embed_manifest_sha256: str
+    # set by `tda prune apply`: parent manifest id, prune list sha256, reason, counts
+    lineage: dict[str, Any] | None = None
     schema_version: int = INDEX_MANIFEST_SCHEMA_VERSION
     kind: str = "tda.index"
 
@@ -381,6 +383,8 @@ class IndexManifest:
             "chunk_manifest_sha256": self.chunk_manifest_sha256,
             "embed_manifest_sha256": self.embed_manifest_sha256,
         }
+        if self.lineage is not None:
+            data["lineage"] = self.lineage
         return data
 
     def to_json(self) -> str:
@@ -414,6 +418,7 @@ class IndexManifest:
                 inputs=tuple(InputFile(**i) for i in data["inputs"]),
                 chunk_manifest_sha256=str(data["chunk_manifest_sha256"]),
                 embed_manifest_sha256=str(data["embed_manifest_sha256"]),
+                lineage=data.get("lineage"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,3 +256,92 @@ def model_spec(request) -> str:
     if request.param == "builtin":
         return "builtin:" + request.getfixturevalue("builtin_dir")
     return "steerling:" + request.getfixturevalue("steerling_dir")
+
+
+# --------------------------------------------------------------------------------------
+# A corpus with a planted harmful source (scans and pruning): ``docs.jsonl`` and
+# ``notes.jsonl.gz`` (Python documentation topics) and ``fiction.parquet``, stories dense
+# in the default concept set's violence terms; a builtin model trained on it.
+
+VIOLENT = [
+    "killed",
+    "murdered",
+    "stabbed",
+    "slaughter",
+    "blood",
+    "bloody",
+    "massacre",
+    "brutal",
+    "tortured",
+]
+VIOLENT += ["butchered", "violent", "assault", "strangled", "gore"]
+PLAIN = [
+    "the",
+    "soldier",
+    "village",
+    "night",
+    "river",
+    "captain",
+    "men",
+    "road",
+    "house",
+    "storm",
+    "morning",
+    "old",
+]
+PLAIN += ["through", "across", "under", "and", "then", "again"]
+
+
+def planted_story(rng: random.Random) -> str:
+    words = []
+    for _ in range(rng.randint(90, 160)):
+        words.append(rng.choice(VIOLENT) if rng.random() < 0.3 else rng.choice(PLAIN))
+    return " ".join(words).capitalize() + "."
+
+
+@pytest.fixture(scope="session")
+def planted_corpus(tmp_path_factory) -> Path:
+    from pydoc_data.topics import topics
+
+    root = tmp_path_factory.mktemp("planted") / "corpus"
+    root.mkdir()
+    items = sorted(topics.items())
+    docs, notes = items[:24], items[24:40]
+    (root / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": k, "text": v[:3000]}) + "\n" for k, v in docs)
+    )
+    (root / "notes.jsonl.gz").write_bytes(
+        gzip.compress(
+            "".join(json.dumps({"id": k, "text": v[:3000]}) + "\n" for k, v in notes).encode()
+        )
+    )
+    rng = random.Random(7)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"story-{i}" for i in range(20)],
+                "text": [planted_story(rng) for _ in range(20)],
+                "year": list(range(1900, 1920)),  # an extra column the rewrite must keep
+            }
+        ),
+        root / "fiction.parquet",
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def planted_root(tmp_path_factory, planted_corpus) -> Path:
+    from tda.attribution.builtin_train import TrainConfig, train_builtin
+    from tda.pipeline.chunk import run_chunk
+    from tda.pipeline.embed import run_embed
+    from tda.pipeline.index import run_index
+    from tda.schemas import ChunkConfig, EmbedConfig, IndexConfig, Pooling
+
+    base = tmp_path_factory.mktemp("built")
+    model = str(base / "model")
+    train_builtin(TrainConfig(inputs=(str(planted_corpus),), out=model, steps=150, **TINY_TRAIN))
+    root = base / "root"
+    run_chunk(ChunkConfig(inputs=(str(planted_corpus),), out=str(root), tokenizer=model))
+    run_embed(EmbedConfig(root=str(root), model=model, pooling=Pooling.parse("max:hidden")))
+    run_index(IndexConfig(root=str(root), shards=3))
+    return root

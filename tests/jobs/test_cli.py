@@ -48,6 +48,10 @@ def test_only_working_commands_exist():
         ("model",),
         ("model", "info"),
         ("model", "train"),
+        ("prune",),
+        ("prune", "apply"),
+        ("prune", "list"),
+        ("scan",),
         ("search",),
         ("tokenizer",),
         ("tokenizer", "train"),
@@ -382,3 +386,35 @@ def test_attribute_cli_json_and_terminal(tmp_path, docs_jsonl, builtin_dir):
     assert bad.exit_code != 0 and "exactly one of --output or --generate" in bad.output
     bad = CliRunner().invoke(main, [*args, "--output", "x", "--model", str(tmp_path / "none")])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
+
+
+def test_scan_prune_list_apply_cli(planted_root, planted_corpus, tmp_path):
+    """The issue's "done when": from "this concept is harmful" to a pruned corpus, a
+    pruned index and an audit record with the commands, the damage per source shown."""
+    scan_dir = tmp_path / "scan"
+    result = CliRunner().invoke(
+        main, ["scan", str(planted_root), "--concept", "violence", "--out", str(scan_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "fiction" in result.output and "share" in result.output
+    assert (scan_dir / "prevalence.png").exists()
+    listed = tmp_path / "prune.parquet"
+    result = CliRunner().invoke(
+        main, ["prune", "list", str(scan_dir), "--level", "document", "--min-share", "0.3",
+               "--out", str(listed), "--csv"],
+    )  # fmt: skip
+    assert result.exit_code == 0 and "document entries" in result.output, result.output
+    result = CliRunner().invoke(
+        main, ["prune", "apply", str(planted_root), "--list", str(listed),
+               "--corpus", str(planted_corpus), "--corpus-out", str(tmp_path / "pruned"),
+               "--out", str(tmp_path / "new"), "--reason", "violent fiction"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "fiction:" in result.output and "audit.jsonl" in result.output
+    result = CliRunner().invoke(main, ["index", "verify", str(tmp_path / "new")])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(
+        main, ["scan", str(planted_root), "--concept", "nope", "--out", str(scan_dir)]
+    )
+    assert bad.exit_code == 1 and "not a known concept" in bad.output
+    assert "Traceback" not in bad.output
