@@ -16,6 +16,9 @@
    fire most per source, each sample chunk's nearest neighbours in concept space; then
    the index: ``tda index build`` + ``tda index verify``, and self-search of sampled
    chunks through it.
+5. ``tda attribute`` on what the model generates after two prompts (training chunks,
+   concepts, prompt tokens, sources per output chunk) and ``tda scan --concept violence``
+   (prevalence per source, tables and a chart in OUT/scan-violence).
 
 Same inputs, same outputs: running it twice prints the same figures.
 """
@@ -357,6 +360,14 @@ def main(argv: list[str] | None = None) -> None:
     _run([*tda, "index", "verify", root])
     print()
     show(out / "root", corpus)
+    # Attribute what the model writes after two prompts (greedy: the same every run).
+    for prompt in ("Call me Ishmael. Some years ago", "Fellow-Citizens of the Senate and"):
+        _run([*tda, "attribute", root, "--prompt", prompt, "--generate", "40", "-k", "3",
+              "--top-concepts", "6"])  # fmt: skip
+    # Where does a harmful concept fire, per source? (Parquet tables and a chart.) 0.15:
+    # the 250-step model's concept head is timid (violence never passes 0.27 here).
+    _run([*tda, "scan", root, "--concept", "violence", "--min-weight", "0.15",
+          "--out", str(out / "scan-violence"), "--overwrite"])  # fmt: skip
     print(f"\ndemo finished in {time.time() - started:.0f} s; build root: {out / 'root'}")
 
 
