@@ -7,7 +7,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["StageCounters", "beam_counters", "run_transform"]
+__all__ = ["StageCounters", "beam_counters", "fan_out", "run_transform"]
 
 
 class StageCounters:
@@ -55,3 +55,15 @@ def run_transform(
     result = pipeline.run()
     result.wait_until_finish()
     return beam_counters(result, namespace)
+
+
+def fan_out(pbegin, items, fn: beam.DoFn, label: str, list_label: str = "ListFiles"):
+    """PBegin -> ``fn`` applied to each of ``items`` on whichever worker gets it:
+    ``list_label`` (Create) -> Spread (Reshuffle, so no worker inherits them all) ->
+    ``label`` (ParDo)."""
+    return (
+        pbegin
+        | list_label >> beam.Create(list(items), reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | label >> beam.ParDo(fn)
+    )

@@ -27,7 +27,7 @@ from tda.attribution.prune import (
     write_file_marker,
 )
 
-from .common import StageCounters, run_transform
+from .common import StageCounters, fan_out, run_transform
 
 __all__ = ["COUNTER_NAMESPACE", "PruneCorpus", "PruneFileFn", "PruneRunResult", "run_prune"]
 
@@ -54,12 +54,7 @@ class PruneCorpus(beam.PTransform):
         self._plan = plan
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "ListFiles" >> beam.Create(list(self._plan.files), reshuffle=False)
-            | "Spread" >> beam.Reshuffle()
-            | "PruneFiles" >> beam.ParDo(PruneFileFn(self._plan))
-        )
+        return fan_out(pbegin, self._plan.files, PruneFileFn(self._plan), "PruneFiles")
 
 
 @dataclass(frozen=True)

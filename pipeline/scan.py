@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tda.attribution.scan import ScanPlan, finish_scan, plan_scan, scan_concept_file, scan_exemplars
 
-from .common import StageCounters, run_transform
+from .common import StageCounters, fan_out, run_transform
 
 __all__ = ["COUNTER_NAMESPACE", "ScanEmbeddings", "ScanFileFn", "ScanRunResult", "run_scan"]
 
@@ -48,12 +48,7 @@ class ScanEmbeddings(beam.PTransform):
         self._plan = plan
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "ListFiles" >> beam.Create(list(self._plan.files), reshuffle=False)
-            | "Spread" >> beam.Reshuffle()
-            | "ScanFiles" >> beam.ParDo(ScanFileFn(self._plan))
-        )
+        return fan_out(pbegin, self._plan.files, ScanFileFn(self._plan), "ScanFiles")
 
 
 @dataclass(frozen=True)
