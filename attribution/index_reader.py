@@ -416,15 +416,16 @@ def read_index_manifest(root_url: str) -> IndexManifest:
     return _read_manifest(fs, root)[0]
 
 
-def encode_query(reader: IndexReader, text: str, device: str = "auto") -> np.ndarray:
-    """Encode a query text with the index's own encoder, pooling and context policy, as
-    one chunk: (D,) float32, unit length. Refuses an encoder whose weights differ."""
+def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=None) -> np.ndarray:
+    """Encode a query text with the index's own encoder (``encoder`` if already loaded),
+    pooling and context policy, as one chunk: (D,) float32, unit length. Refuses an
+    encoder whose weights differ."""
     from tda.schemas import ConfigError
 
     from .encoder import DocumentTokens, encode_documents, load_encoder
 
     m = reader.manifest
-    encoder = load_encoder(m.encoder.spec, device)
+    encoder = encoder or load_encoder(m.encoder.spec, device)
     if encoder.info.fingerprint != m.encoder.fingerprint:
         raise IndexReadError(
             f"the model at {m.encoder.spec} is not the one the index was built with "

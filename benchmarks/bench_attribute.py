@@ -35,6 +35,32 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
+def build_index(out: Path) -> Path:
+    """The benchmark's index: documentation topics, default-shaped random builtin model."""
+    import json as _json
+    from pydoc_data.topics import topics
+
+    from bench_embed import _random_model
+
+    from tda.pipeline.chunk import run_chunk
+    from tda.pipeline.embed import run_embed
+    from tda.pipeline.index import run_index
+    from tda.schemas import ChunkConfig, EmbedConfig, IndexConfig
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    corpus = out / "topics.jsonl"
+    corpus.write_text(
+        "".join(_json.dumps({"id": k, "text": v}) + "\n" for k, v in sorted(topics.items()))
+    )
+    model = _random_model(out / "model", corpus, 4096)
+    root = out / "root"
+    run_chunk(ChunkConfig(inputs=(str(corpus),), out=str(root), tokenizer=model))
+    run_embed(EmbedConfig(root=str(root), model=model))
+    run_index(IndexConfig(root=str(root)))
+    return root
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(REPO / "build" / "bench-attribute"))
@@ -44,26 +70,11 @@ def main() -> None:
     from pydoc_data.topics import topics
 
     import torch
-    from bench_embed import _random_model
 
     from tda.attribution.attributor import Attributor
-    from tda.pipeline.chunk import run_chunk
-    from tda.pipeline.embed import run_embed
-    from tda.pipeline.index import run_index
-    from tda.schemas import ChunkConfig, EmbedConfig, IndexConfig
 
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    corpus = out / "topics.jsonl"
-    corpus.write_text(
-        "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in sorted(topics.items()))
-    )
-    model = _random_model(out / "model", corpus, 4096)
-    root = out / "root"
-    run_chunk(ChunkConfig(inputs=(str(corpus),), out=str(root), tokenizer=model))
-    run_embed(EmbedConfig(root=str(root), model=model))
-    run_index(IndexConfig(root=str(root)))
+    root = build_index(out)
 
     attributor = Attributor.from_root(str(root), device="cpu")
     encoder = attributor.encoder

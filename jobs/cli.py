@@ -881,6 +881,36 @@ def prune_apply(ctx, root, list_path, corpus, corpus_out, out, reason, overwrite
     click.echo("\n".join(lines))
 
 
+@main.command()
+@click.argument("root", metavar="ROOT")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option(
+    "--model", default=None, metavar="SPEC", help="Encoder [default: the one the index names]."
+)
+@click.option("--force", is_flag=True, help="Use --model even if it is not the index's encoder.")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+def serve(root, host, port, model, force, device) -> None:
+    """Serve the attribution API and the web viewer for ROOT's index (localhost only by
+    default): open http://HOST:PORT/ and click an output chunk."""
+    try:
+        import uvicorn
+
+        from .serve import create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"tda serve needs the serve extra ({exc}): pip install 'tda[serve]'"
+        ) from None
+    try:
+        app = create_app(root, model=model, device=device, force=force)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"tda serve: http://{host}:{port}/ (index {root}); Ctrl-C to stop")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @main.group()
 def model() -> None:
     """The builtin concept-bottleneck model: train it, inspect a model SPEC."""

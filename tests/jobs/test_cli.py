@@ -53,6 +53,7 @@ def test_only_working_commands_exist():
         ("prune", "list"),
         ("scan",),
         ("search",),
+        ("serve",),
         ("tokenizer",),
         ("tokenizer", "train"),
     ]

@@ -1,0 +1,298 @@
+"""``tda serve``: the attribution service and its web viewer.
+
+::
+
+    app = create_app("build/demo/root")      # loads the index and its encoder once
+    uvicorn.run(app, host="127.0.0.1", port=8080)
+
+Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+
+* ``POST /api/attribute`` {prompt, output | generate, k, input_attribution, ...} -> the
+  :class:`~tda.schemas.AttributionReport` (the same JSON ``tda attribute --json`` prints);
+* ``GET /api/search?text=...&k=...`` -> the nearest training chunks to a text;
+* ``GET /api/chunks/{chunk_id}`` -> a chunk's provenance and text with its neighbours in
+  the same document;
+* ``GET /api/index`` -> the index's manifest summary; ``GET /health``;
+* ``GET /`` -> the viewer (one static page, no build step), ``/static/...`` its files only.
+
+Requests that run the model (attribute, search) are serialised by one lock: one model,
+one forward at a time, no interleaved autograd state. Bad input gets a 4xx JSON body
+``{"error": "...", "detail": ...}`` naming the problem; the process stays up.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the request and response models
+# defined inside create_app from real annotations.
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["LIMITS", "Limits", "create_app"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (stated in the OpenAPI description)."""
+
+    prompt_chars: int = 20_000
+    output_chars: int = 20_000
+    generate_tokens: int = 256
+    k: int = 100
+    ig_steps: int = 128
+    search_chars: int = 5_000
+
+
+LIMITS = Limits()
+
+
+def create_app(
+    root: str,
+    model: str | None = None,
+    device: str = "auto",
+    force: bool = False,
+    limits: Limits = LIMITS,
+):
+    """The FastAPI application for the index in ``root`` (index and encoder loaded now)."""
+    from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, ConfigDict, Field, model_validator
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from tda import __version__
+    from tda.attribution.attributor import Attributor
+    from tda.attribution.index_reader import IndexReadError
+    from tda.attribution.parts import StageError
+    from tda.schemas import AttributionReport, ConfigError
+
+    from .cli import _user_errors
+
+    attributor = Attributor.from_root(root, model=model, device=device, force=force)
+    reader = attributor.reader
+    manifest = reader.manifest
+    lock = threading.Lock()
+
+    class AttributeRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        prompt: str = Field(
+            max_length=limits.prompt_chars, description="The prompt (may be empty)."
+        )
+        output: str | None = Field(
+            default=None, max_length=limits.output_chars, description="The output to attribute."
+        )
+        generate: int | None = Field(
+            default=None, ge=1, le=limits.generate_tokens,
+            description="Instead of output: tokens for the model to write after the prompt.",
+        )  # fmt: skip
+        temperature: float = Field(default=0.0, ge=0.0, le=10.0)
+        seed: int = 0
+        k: int = Field(default=10, ge=1, le=limits.k)
+        nprobe: int | None = Field(default=None, ge=1)
+        input_attribution: Literal["grad", "ig", "none"] = "grad"
+        ig_steps: int = Field(default=32, ge=1, le=limits.ig_steps)
+        ig_baseline: Literal["mask", "zero"] = "mask"
+        top_concepts: int = Field(default=10, ge=1, le=1000)
+        chunk_size: int | None = Field(default=None, ge=1, le=4096)
+
+        @model_validator(mode="after")
+        def _one_output(self):
+            if (self.output is None) == (self.generate is None):
+                raise ValueError("give exactly one of 'output' or 'generate'")
+            return self
+
+    class ChunkOut(BaseModel):
+        chunk_id: int
+        source: str
+        doc_id: str
+        record_index: int
+        chunk_index: int
+        char_start: int
+        char_end: int
+        text: str | None
+        url: str
+
+    class Hit(BaseModel):
+        score: float
+        chunk: ChunkOut
+
+    class SearchResponse(BaseModel):
+        index_manifest_id: str
+        text: str
+        hits: list[Hit]
+
+    class ChunkResponse(BaseModel):
+        chunk: ChunkOut
+        previous: list[ChunkOut]  # the document's chunks before it, nearest last
+        next: list[ChunkOut]  # after it, nearest first
+        concepts: list[dict]  # [{"concept_id", "name", "weight"}], strongest first
+
+    class IndexSummary(BaseModel):
+        root: str
+        index_manifest_id: str
+        tda_version: str
+        encoder: dict
+        factory: str
+        metric: str
+        dim: int
+        vectors: int
+        shards: int
+        nprobe: int
+        pooling: str
+        chunk_size: int
+        window: int
+        inputs: list[dict]
+        lineage: dict | None
+        limits: dict
+
+    class Health(BaseModel):
+        status: str
+        index_manifest_id: str
+
+    class ErrorBody(BaseModel):
+        error: str
+        detail: object | None = None
+
+    errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+    app = FastAPI(
+        title="tda",
+        version=__version__,
+        description=f"Training-data attribution for the index in {root}.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        problems = [
+            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"where": "", "problem": "invalid"}
+        return JSONResponse(
+            status_code=422,
+            content={"error": f"{first['where']}: {first['problem']}", "detail": problems},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)})
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):  # a bug, not the client's fault
+        return JSONResponse(
+            status_code=500, content={"error": f"internal error: {type(exc).__name__}"}
+        )
+
+    user_errors = (*_user_errors(), ConfigError, IndexReadError, StageError)
+
+    @app.get("/health", response_model=Health)
+    def health():
+        return {"status": "ok", "index_manifest_id": reader.manifest_id}
+
+    @app.get("/api/index", response_model=IndexSummary)
+    def index_summary():
+        return {
+            "root": root,
+            "index_manifest_id": reader.manifest_id,
+            "tda_version": manifest.tda_version,
+            "encoder": {
+                "name": manifest.encoder.name,
+                "spec": manifest.encoder.spec,
+                "fingerprint": manifest.encoder.fingerprint,
+            },
+            "factory": manifest.factory,
+            "metric": manifest.metric,
+            "dim": manifest.dim,
+            "vectors": manifest.vectors,
+            "shards": len(manifest.shards),
+            "nprobe": manifest.nprobe,
+            "pooling": manifest.pooling.name,
+            "chunk_size": manifest.chunking.chunk_size,
+            "window": manifest.context.window,
+            "inputs": [
+                {"index": i.index, "url": i.url, "format": i.format} for i in manifest.inputs
+            ],
+            "lineage": manifest.lineage,
+            "limits": limits.__dict__,
+        }
+
+    @app.post("/api/attribute", response_model=AttributionReport, responses=errors)
+    def attribute(request: AttributeRequest):
+        args = request.model_dump()
+        prompt, output, generate = args.pop("prompt"), args.pop("output"), args.pop("generate")
+        try:
+            with lock:
+                report = attributor.attribute(prompt, output, generate=generate, **args)
+        except user_errors as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        return report
+
+    @app.get("/api/search", response_model=SearchResponse, responses=errors)
+    def search(
+        text: str = Query(min_length=1, max_length=limits.search_chars),
+        k: int = Query(default=10, ge=1, le=limits.k),
+    ):
+        from tda.attribution.index_reader import encode_query
+
+        try:
+            with lock:
+                query = encode_query(reader, text, encoder=attributor.encoder)
+                hits = reader.hits(query[None], k)[0]
+        except user_errors as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        return {
+            "index_manifest_id": reader.manifest_id,
+            "text": text,
+            "hits": [{"score": h.score, "chunk": h.chunk.__dict__} for h in hits],
+        }
+
+    @app.get("/api/chunks/{chunk_id}", response_model=ChunkResponse, responses=errors)
+    def chunk(chunk_id: int, context: int = Query(default=1, ge=0, le=8)):
+        try:
+            record = reader.lookup.get(chunk_id)
+        except IndexReadError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        except (ValueError, OverflowError):
+            raise HTTPException(
+                status_code=404, detail=f"chunk id {chunk_id} is not in this index"
+            ) from None
+
+        def neighbours(step: int) -> list:
+            out = []
+            for n in range(1, context + 1):
+                other = chunk_id + step * n
+                try:
+                    rec = reader.lookup.get(other)
+                except (IndexReadError, ValueError, OverflowError):
+                    break
+                if rec.doc_id != record.doc_id or rec.source != record.source:
+                    break
+                out.append(rec.__dict__)
+            return out
+
+        try:
+            ids, weights = reader.concepts(chunk_id)
+        except IndexReadError:
+            ids, weights = [], []
+        names = attributor.encoder.concept_names
+        concepts = [
+            {"concept_id": int(c), "name": names[int(c)] if int(c) < len(names) else f"known:{c}",
+             "weight": round(float(w), 4)}
+            for c, w in zip(ids, weights, strict=True)
+        ]  # fmt: skip
+        return {
+            "chunk": record.__dict__,
+            "previous": neighbours(-1)[::-1],
+            "next": neighbours(1),
+            "concepts": concepts,
+        }
+
+    @app.get("/", include_in_schema=False)
+    def viewer():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
