@@ -201,6 +201,7 @@ def test_viewer_in_headless_chromium(server, planted_root, planted_corpus):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -223,6 +224,9 @@ def test_viewer_in_headless_chromium(server, planted_root, planted_corpus):
         driver.find_element(By.ID, "output").send_keys(output)
         driver.find_element(By.ID, "run").click()
         chunk = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, ".chunk[data-chunk='0']")))
+        last = driver.find_elements(By.CSS_SELECTOR, ".chunk")[-1]
+        last.send_keys(Keys.ENTER)  # keyboard: a focused chunk is selected with Enter
+        assert last.get_attribute("aria-pressed") == "true"
         chunk.click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hits li.hit"))
         docs = [
