@@ -9,7 +9,7 @@ STEERLING := steerling==0.2.0
 DEMO_DIR ?= build/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo bench lint format clean
+.PHONY: help install test test-fast demo bench eval lint format clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ bench: install ## Benchmarks (figures go in docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_attribute.py
 	$(BIN)/python benchmarks/bench_serve.py
+
+eval: install ## Attribution quality on planted facts vs BM25 / exact span / random (docs/quality.md)
+	$(BIN)/python -m tda.jobs.quality --out build/eval
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check .

@@ -911,6 +911,20 @@ def serve(root, host, port, model, force, device) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+@main.command("eval", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def eval_quality(args) -> None:
+    """Attribution quality on planted facts: tda against BM25, exact-span and random
+    baselines (MRR, recall@1/@10). Options: tda eval --help-harness."""
+    from .quality import main as run_quality
+
+    argv = ["--help" if a == "--help-harness" else a for a in args]
+    try:
+        run_quality(argv)
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.group()
 def model() -> None:
     """The builtin concept-bottleneck model: train it, inspect a model SPEC."""

@@ -40,6 +40,7 @@ def test_only_working_commands_exist():
         ("attribute",),
         ("chunk",),
         ("embed",),
+        ("eval",),
         ("index",),
         ("index", "build"),
         ("index", "info"),
