@@ -65,7 +65,7 @@ def create_app(
 
     from tda import __version__
     from tda.attribution.attributor import Attributor
-    from tda.attribution.index_reader import IndexReadError
+    from tda.attribution.index_reader import ChunkRecord, IndexReadError
     from tda.attribution.parts import StageError
     from tda.schemas import AttributionReport, ConfigError
 
@@ -105,16 +105,7 @@ def create_app(
                 raise ValueError("give exactly one of 'output' or 'generate'")
             return self
 
-    class ChunkOut(BaseModel):
-        chunk_id: int
-        source: str
-        doc_id: str
-        record_index: int
-        chunk_index: int
-        char_start: int
-        char_end: int
-        text: str | None
-        url: str
+    ChunkOut = ChunkRecord  # provenance + text, as the index reader returns it
 
     class Hit(BaseModel):
         score: float
