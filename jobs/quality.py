@@ -17,8 +17,8 @@ what the model said?
    chunks are the ones stating the fact. MRR and recall@1 / @10 per method and
    condition, and how often a distractor of the same entity outranks every source.
    Methods: tda (one row per pooling), BM25 (``rank-bm25``, query = prompt + output),
-   exact span (longest run of shared tokens, OLMoTrace-style, our own n-gram index) and
-   random.
+   exact span (longest run of shared tokens, OLMoTrace-style, our own n-gram index),
+   Grad-Cos on the last transformer block (count-sketched gradients) and random.
 
 Seeded: the same command prints the same table. Results go to OUT/quality.json.
 """
@@ -233,6 +233,63 @@ class ExactSpanRanker:
         return [self.table.ids[i] for i in scored]
 
 
+class GradCosRanker:
+    """Gradient baseline (Grad-Cos on a layer subset): each chunk is represented by the
+    gradient of its own LM loss with respect to the last transformer block's parameters,
+    compressed by a seeded count sketch (random sign, random bucket: inner products are
+    preserved in expectation, memory O(parameters)); a query by the gradient of the
+    output's loss given the prompt. Chunks are ranked by cosine similarity."""
+
+    def __init__(self, table: ChunkTable, encoder, seed: int, width: int = 4096) -> None:
+        import torch
+
+        self.table, self.encoder = table, encoder
+        model = encoder.model
+        self.params = list(model.blocks[-1].parameters())
+        size = sum(p.numel() for p in self.params)
+        g = torch.Generator().manual_seed(seed)
+        self.bucket = torch.randint(0, width, (size,), generator=g)
+        self.sign = torch.randint(0, 2, (size,), generator=g).float() * 2 - 1
+        self.width = width
+        tokenizer = encoder.load_tokenizer()
+        sketches = []
+        for text in table.texts:
+            ids = tokenizer.encode_batch([text])[0].ids.tolist()
+            sketches.append(self._sketch(ids, 1))
+        self.sketches = torch.stack(sketches)  # (n_chunks, width), unit rows
+        self.tokenizer = tokenizer
+
+    def _sketch(self, ids: list[int], start: int):
+        """Unit count-sketch of d(mean NLL of ids[start:]) / d(last block params)."""
+        import torch
+
+        if len(ids) < 2:
+            return torch.zeros(self.width)
+        x = torch.tensor([ids[-self.encoder.info.max_window :]])
+        start = max(1, start - (len(ids) - x.shape[1]))
+        with torch.enable_grad():
+            for p in self.params:
+                p.requires_grad_(True)
+            logits = self.encoder.forward(x, with_logits=True).logits[0, :-1]
+            loss = torch.nn.functional.cross_entropy(logits[start - 1 :], x[0, start:])
+            grads = torch.autograd.grad(loss, self.params)
+            for p in self.params:
+                p.requires_grad_(False)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        sketch = torch.zeros(self.width).index_add_(0, self.bucket, flat * self.sign)
+        return sketch / sketch.norm().clamp_min(1e-12)
+
+    def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
+        import torch
+
+        p = self.tokenizer.encode_batch([prompt])[0].ids.tolist()
+        o = self.tokenizer.encode_batch([output])[0].ids.tolist()
+        query = self._sketch(p + o, len(p))
+        scores = self.sketches @ query
+        order = torch.argsort(-scores, stable=True)[:k].tolist()
+        return [self.table.ids[i] for i in order]
+
+
 class RandomRanker:
     def __init__(self, table: ChunkTable, seed: int) -> None:
         self.table, self.rng = table, random.Random(seed)
@@ -331,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rankers = {f"tda {p}": None for p in poolings}
     rankers.update({"BM25": BM25Ranker(table), "exact span": ExactSpanRanker(table),
+                    "Grad-Cos (last block)": GradCosRanker(table, encoder, args.seed),
                     "random": RandomRanker(table, args.seed)})  # fmt: skip
     attributors = {f"tda {p}": Attributor.from_root(str(roots[p]), device="cpu") for p in poolings}
     for name in rankers:
@@ -346,6 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
                         prompt, done[f.index], k=10, input_attribution="none"
                     )
                     hits = [h.chunk_id for c in report.chunks[:1] for h in c.hits]
+                elif isinstance(rankers[name], GradCosRanker):
+                    hits = rankers[name].rank_output(prompt, done[f.index], 10)
                 else:
                     hits = rankers[name].rank(prompt + done[f.index], 10)
                 good, bad = relevant(f), distractors(f)

@@ -10,6 +10,7 @@ import pytest
 from tda.jobs.quality import (
     BM25Ranker,
     ExactSpanRanker,
+    GradCosRanker,
     RandomRanker,
     _metrics,
     build_corpus,
@@ -70,3 +71,16 @@ def test_metrics():
     assert m == {"n": 4, "mrr": pytest.approx((1 + 0.5 + 0.1) / 4, abs=1e-4),
                  "recall@1": 0.25, "recall@10": 0.75}  # fmt: skip
     assert _metrics([])["mrr"] is None
+
+
+def test_grad_cos_finds_the_chunk_whose_gradient_it_is(builtin_dir):
+    from tda.attribution.encoder import load_encoder
+
+    encoder = load_encoder(builtin_dir, "cpu")
+    table = _Table(TEXTS)
+    ranker = GradCosRanker(table, encoder, seed=0, width=1024)
+    assert ranker.sketches.shape == (len(TEXTS), 1024)
+    for i in (0, 2, 5):  # the chunk's own text as the output (empty prompt): cosine 1
+        assert ranker.rank_output("", TEXTS[i], 3)[0] == table.ids[i]
+    again = GradCosRanker(table, encoder, seed=0, width=1024)
+    assert (again.sketches == ranker.sketches).all()  # seeded sketch, same vectors
