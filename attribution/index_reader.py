@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from tda.schemas import EncoderInfo, IndexManifest, vectors_from_arrow
+from tda.schemas import EncoderInfo, IndexManifest, float16_values, vectors_from_arrow
 
 from .chunk_stage import build_root
 from .fsutil import is_local, open_parquet, sha256_file
@@ -82,58 +82,71 @@ class SearchHit:
     chunk: ChunkRecord
 
 
-def chunk_id_ranges(parquet) -> list[tuple[int, int] | None]:
-    """Per row group of a chunks / embeddings part, its (min, max) chunk id (statistics)."""
-    column = parquet.schema_arrow.get_field_index("chunk_id")
-    ranges = []
-    for g in range(parquet.num_row_groups):
-        stats = parquet.metadata.row_group(g).column(column).statistics
-        ok = stats is not None and stats.has_min_max
-        ranges.append((int(stats.min), int(stats.max)) if ok else None)
-    return ranges
+class PartRows:
+    """Rows of one kind of per-input-file part (chunks or embeddings), found by chunk id,
+    with the last row groups read and every part's chunk-id ranges cached.
 
+    Full parts hold a chunk at row ``ordinal`` (one row-group read); parts written by
+    ``tda prune apply`` lack the pruned rows, so there the row group is found from the
+    chunk-id statistics and the row by binary search (ids ascend within a part). Never a
+    scan."""
 
-def locate_row(read_group, read_ranges, chunk_id: int, ordinal: int):
-    """Where ``chunk_id`` (at ``ordinal`` in its file) is in a part: (row group table, row)
-    or None. Full parts hold row ``ordinal`` (one row-group read); parts written by
-    ``tda prune apply`` lack the pruned rows, so the row group is found from the chunk-id
-    statistics and the row by binary search (ids ascend within a part). Never a scan."""
-    group = read_group(ordinal // ROW_GROUP_ROWS)
-    row = ordinal % ROW_GROUP_ROWS
-    if group is not None and row < group.num_rows and group["chunk_id"][row].as_py() == chunk_id:
-        return group, row
-    for g, span in enumerate(read_ranges()):
-        if span is None or not span[0] <= chunk_id <= span[1]:
-            continue
-        table = read_group(g)
-        ids = table["chunk_id"].to_numpy()
-        row = int(np.searchsorted(ids, chunk_id))
-        if row < len(ids) and ids[row] == chunk_id:
-            return table, row
-    return None
+    def __init__(self, fs, part_path) -> None:
+        self._fs, self._path = fs, part_path  # part_path: file index -> part path
+        self.group = lru_cache(maxsize=64)(self._read_group)
+        self._ranges = lru_cache(maxsize=256)(self._read_ranges)
+
+    def _read_group(self, file_index: int, group: int):
+        with open_parquet(self._fs, self._path(file_index)) as parquet:
+            if group >= parquet.num_row_groups:
+                return None
+            # kept as Arrow: converting a whole 8,192-row group to Python cost ~50 ms a hit
+            return parquet.read_row_group(group)
+
+    def _read_ranges(self, file_index: int) -> list[tuple[int, int] | None]:
+        """Per row group, its (min, max) chunk id from the Parquet statistics."""
+        with open_parquet(self._fs, self._path(file_index)) as parquet:
+            column = parquet.schema_arrow.get_field_index("chunk_id")
+            ranges = []
+            for g in range(parquet.num_row_groups):
+                stats = parquet.metadata.row_group(g).column(column).statistics
+                ok = stats is not None and stats.has_min_max
+                ranges.append((int(stats.min), int(stats.max)) if ok else None)
+            return ranges
+
+    def find(self, file_index: int, ordinal: int, chunk_id: int):
+        """(row group table, row) holding ``chunk_id``, or None."""
+        group = self.group(file_index, ordinal // ROW_GROUP_ROWS)
+        row = ordinal % ROW_GROUP_ROWS
+        if (
+            group is not None
+            and row < group.num_rows
+            and group["chunk_id"][row].as_py() == chunk_id
+        ):
+            return group, row
+        for g, span in enumerate(self._ranges(file_index)):
+            if span is None or not span[0] <= chunk_id <= span[1]:
+                continue
+            table = self.group(file_index, g)
+            ids = table["chunk_id"].to_numpy()
+            row = int(np.searchsorted(ids, chunk_id))
+            if row < len(ids) and ids[row] == chunk_id:
+                return table, row
+        return None
 
 
 class ChunkLookup:
     """chunk id -> :class:`ChunkRecord`, by decoding the id (no scan)."""
 
     def __init__(self, root: str, manifest: IndexManifest) -> None:
-        self._fs, self._root = build_root(root)
+        fs, broot = build_root(root)
         self._codec = manifest.id_codec
         self._urls = {f.index: f.url for f in manifest.inputs}
-        self._group = lru_cache(maxsize=64)(self._read_group)
-        self._stats = lru_cache(maxsize=256)(self._read_stats)
+        self.chunks = PartRows(fs, broot.chunk_part)
+        self.embeddings = PartRows(fs, broot.embed_part)
 
-    def _read_stats(self, file_index: int):
-        with open_parquet(self._fs, self._root.chunk_part(file_index)) as parquet:
-            return chunk_id_ranges(parquet)
-
-    def _read_group(self, file_index: int, group: int):
-
-        with open_parquet(self._fs, self._root.chunk_part(file_index)) as parquet:
-            if group >= parquet.num_row_groups:
-                return None
-            # kept as Arrow: converting a whole 8,192-row group to Python cost ~50 ms a hit
-            return parquet.read_row_group(group)
+    def has_file(self, file_index: int) -> bool:
+        return file_index in self._urls
 
     def get(self, chunk_id: int) -> ChunkRecord:
         loc = self._codec.decode(int(chunk_id))
@@ -141,12 +154,7 @@ class ChunkLookup:
             raise IndexReadError(
                 f"chunk id {chunk_id} points at input file {loc.file_index}, not in this index"
             )
-        found = locate_row(
-            lambda g: self._group(loc.file_index, g),
-            lambda: self._stats(loc.file_index),
-            chunk_id,
-            loc.ordinal,
-        )
+        found = self.chunks.find(loc.file_index, loc.ordinal, chunk_id)
         if found is None:
             raise IndexReadError(f"chunk id {chunk_id} is not in this index")
         table, offset = found
@@ -198,8 +206,6 @@ class IndexReader:
         self._shards = shards
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)))
         self.lookup = ChunkLookup(root, manifest)
-        self._embed_group = lru_cache(maxsize=64)(self._read_embed_group)
-        self._embed_stats = lru_cache(maxsize=256)(self._read_embed_stats)
 
     @classmethod
     def open(
@@ -319,29 +325,12 @@ class IndexReader:
     def _embedding_row(self, chunk_id: int) -> tuple[dict, int]:
         """chunk id -> (its embeddings row group as columns, row in it); decoded, no scan."""
         loc = self.manifest.id_codec.decode(int(chunk_id))
-        if loc.file_index not in self.lookup._urls:
+        if not self.lookup.has_file(loc.file_index):
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
-        found = locate_row(
-            lambda g: self._embed_group(loc.file_index, g),
-            lambda: self._embed_stats(loc.file_index),
-            chunk_id,
-            loc.ordinal,
-        )
+        found = self.lookup.embeddings.find(loc.file_index, loc.ordinal, chunk_id)
         if found is None:
             raise IndexReadError(f"chunk id {chunk_id} has no embedding in {self.root}")
         return found
-
-    def _read_embed_group(self, file_index: int, group: int):
-        fs, root = build_root(self.root)
-        with open_parquet(fs, root.embed_part(file_index)) as parquet:
-            if group >= parquet.num_row_groups:
-                return None
-            return parquet.read_row_group(group)
-
-    def _read_embed_stats(self, file_index: int):
-        fs, root = build_root(self.root)
-        with open_parquet(fs, root.embed_part(file_index)) as parquet:
-            return chunk_id_ranges(parquet)
 
     def vector(self, chunk_id: int) -> np.ndarray:
         """The stored (float16) vector of one chunk, (D,) float32, read from its embeddings
@@ -357,13 +346,7 @@ class IndexReader:
         ids = group["concept_ids"].slice(row, 1).combine_chunks().flatten()
         weights = group["concept_weights"].slice(row, 1).combine_chunks().flatten()
         ids = ids.to_numpy(zero_copy_only=False).astype(np.int64)
-        # float16 read from the buffer: any pyarrow float16 -> numpy conversion imports
-        # pandas (0.6 s on a process's first hit)
-        halves = np.frombuffer(
-            weights.buffers()[1], dtype=np.float16, count=len(weights), offset=2 * weights.offset
-        )
-        weights = halves.astype(np.float32)
-        return ids, weights
+        return ids, float16_values(weights).astype(np.float32)
 
 
 def _check_current(fs, root, manifest: IndexManifest, root_url: str) -> None:

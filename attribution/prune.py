@@ -96,7 +96,7 @@ def make_prune_list(
         raise PruneError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
     if not 0.0 <= min_share <= 1.0:
         raise PruneError(f"--min-share must be in [0, 1], got {min_share}")
-    fs, base = build_root(scan_dir)[0], scan_dir.rstrip("/")
+    fs, base = filesystem(scan_dir)[0], scan_dir.rstrip("/")
     if not fs.exists(f"{base}/scan.json"):
         raise PruneError(f"{scan_dir} is not a finished scan (no scan.json); run `tda scan`")
     with fs.open(f"{base}/scan.json", "rb") as f:
@@ -165,7 +165,7 @@ def make_prune_list(
         ).encode(),
     }
     table = pa.Table.from_pylist(rows, schema=PRUNE_SCHEMA.with_metadata(metadata))
-    ofs = build_root(out)[0]
+    ofs = filesystem(out)[0]
     with atomic_open(ofs, out) as f:
         pq.write_table(table, f, compression="zstd")
     if csv:
@@ -179,7 +179,7 @@ def make_prune_list(
 
 def read_prune_list(path: str) -> tuple[pa.Table, str, str]:
     """A prune list (Parquet, or CSV edited by hand) -> (table, level, sha256 of the file)."""
-    fs = build_root(path)[0]
+    fs = filesystem(path)[0]
     try:
         with fs.open(path, "rb") as f:
             data = f.read()
@@ -389,7 +389,7 @@ def _rewrite_corpus(plan: PrunePlan, file_index: int, drop: set[int], cuts: dict
     rel = _relative(url, [u for u, _ in plan.inputs.values()])
     target = f"{plan.corpus_out}/{rel}"
     compression = compression_of(url)
-    ofs = build_root(plan.corpus_out)[0]
+    ofs = filesystem(plan.corpus_out)[0]
     if fmt == "parquet":
         with fsspec.open(url, "rb") as f:
             table = pq.read_table(f)
@@ -607,16 +607,19 @@ def finish_prune(
     from tda.schemas import EmbedManifest, IndexConfig, IndexManifest, Manifest
 
     from .index_build import IndexPlan, fill_shards, finish_index_run
-    from .parts import read_manifest as _read
 
     fs, broot = build_root(plan.root)
     nfs, nroot = build_root(plan.out)
     by_file = {r.file_index: r for r in results}
     if sorted(by_file) != sorted(plan.files):
         raise PruneError("not every input file was pruned; run `tda prune apply` again")
-    chunks_m, _ = _read(fs, broot.chunk_manifest, Manifest.from_json, "tda chunk", PruneError)
-    embed_m, _ = _read(fs, broot.embed_manifest, EmbedManifest.from_json, "tda embed", PruneError)
-    index_m, _ = _read(
+    chunks_m, _ = read_manifest(
+        fs, broot.chunk_manifest, Manifest.from_json, "tda chunk", PruneError
+    )
+    embed_m, _ = read_manifest(
+        fs, broot.embed_manifest, EmbedManifest.from_json, "tda embed", PruneError
+    )
+    index_m, _ = read_manifest(
         fs, broot.index_manifest, IndexManifest.from_json, "tda index build", PruneError
     )
     new_counts = []

@@ -38,9 +38,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tda import __version__
+from tda.schemas import float16_values
 
 from .chunk_stage import build_root
-from .fsutil import atomic_open, atomic_write_text, open_parquet, read_json
+from .fsutil import atomic_open, atomic_write_text, filesystem, open_parquet, read_json
 from .parts import StageError, nonempty, read_manifest
 
 __all__ = [
@@ -184,7 +185,7 @@ def plan_scan(
                     f"({len(known)} concepts: `tda model info` lists them){hint}"
                 )
             ids.append(lookup[name])
-    ofs, opath = build_root(out)[0], out.rstrip("/")
+    ofs, opath = filesystem(out)[0], out.rstrip("/")
     if nonempty(ofs, opath):
         if not overwrite:
             raise ScanError(f"{out} is not empty; pass --overwrite to replace it")
@@ -283,10 +284,7 @@ def scan_concept_file(plan: ScanPlan, file_index: int) -> int:
     ids_col = table["concept_ids"].combine_chunks()
     weights_col = table["concept_weights"].combine_chunks()
     flat_ids = ids_col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    flat_w = np.frombuffer(
-        weights_col.flatten().buffers()[1], dtype=np.float16,
-        count=len(flat_ids), offset=2 * weights_col.flatten().offset,
-    ).astype(np.float32)  # fmt: skip
+    flat_w = float16_values(weights_col.flatten()).astype(np.float32)
     lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False)
     row_of = np.repeat(np.arange(len(lengths)), lengths)
     wanted = np.asarray(plan.concept_ids, dtype=np.int64)
@@ -308,9 +306,9 @@ def scan_concept_file(plan: ScanPlan, file_index: int) -> int:
 
 def read_exemplars(path: str) -> list[str]:
     """Exemplar texts: one per line, or JSONL with a ``text`` field (blank lines skipped)."""
-    fs, p = build_root(path)[0], path
+    fs = filesystem(path)[0]
     try:
-        with fs.open(p, "rb") as f:
+        with fs.open(path, "rb") as f:
             raw = f.read().decode("utf-8")
     except FileNotFoundError:
         raise ScanError(f"--like {path}: no such file") from None
@@ -484,7 +482,7 @@ def finish_scan(plan: ScanPlan) -> dict:
     _chart(plan, rows)
     like_sha = None
     if plan.like:
-        with build_root(plan.like)[0].open(plan.like, "rb") as f:
+        with filesystem(plan.like)[0].open(plan.like, "rb") as f:
             like_sha = "sha256:" + hashlib.sha256(f.read()).hexdigest()
     summary = {
         "kind": SCAN_KIND,

@@ -66,8 +66,7 @@ def create_app(
     from tda import __version__
     from tda.attribution.attributor import Attributor
     from tda.attribution.index_reader import ChunkRecord, IndexReadError
-    from tda.attribution.parts import StageError
-    from tda.schemas import AttributionReport, ConfigError
+    from tda.schemas import AttributionReport
 
     from .cli import _user_errors
 
@@ -177,7 +176,7 @@ def create_app(
             status_code=500, content={"error": f"internal error: {type(exc).__name__}"}
         )
 
-    user_errors = (*_user_errors(), ConfigError, IndexReadError, StageError)
+    user_errors = _user_errors()  # ConfigError, StageError (IndexReadError is one), ...
 
     @app.get("/health", response_model=Health)
     def health():

@@ -27,6 +27,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterReason",
     "embedding_schema",
+    "float16_values",
     "part_name",
     "vectors_from_arrow",
     "vectors_to_arrow",
@@ -181,6 +182,16 @@ def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeBinaryArray:
     data = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE)
     return pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(VECTOR_DTYPE.itemsize * dim), n, [None, pa.py_buffer(data)]
+    )
+
+
+def float16_values(array: pa.Array) -> np.ndarray:
+    """A flat float16 Arrow array (no nulls) -> (n,) float16, read from its buffer.
+
+    pyarrow's own float16 -> numpy conversion imports pandas (0.6 s on a process's first
+    call), which the attributor and the scans would pay on their first hit."""
+    return np.frombuffer(
+        array.buffers()[1], dtype=np.float16, count=len(array), offset=2 * array.offset
     )
 
 
