@@ -52,6 +52,7 @@ __all__ = [
     "encode_documents",
     "load_encoder",
     "logit_split",
+    "model_tokenizer_spec",
     "plan_windows",
     "pool_chunks",
     "resolve_device",
@@ -243,6 +244,26 @@ def load_encoder(
         f"{spec} is not a model SPEC tda knows: give builtin:DIR (made by `tda model train`) "
         f"or steerling:ID_OR_PATH"
     )
+
+
+def model_tokenizer_spec(spec: str) -> str:
+    """Model SPEC -> the tokenizer SPEC its chunks must be cut with, without loading weights:
+    the model directory when it ships a ``tokenizer.json`` (builtin models, test
+    Steerlings), else Steerling's own ``tiktoken:cl100k_base``."""
+    import fsspec
+
+    steerling = spec.startswith("steerling:")
+    location = spec.split(":", 1)[1] if steerling or spec.startswith("builtin:") else spec
+    try:
+        fs, path = fsspec.core.url_to_fs(location)
+        ships_one = fs.exists(path.rstrip("/") + "/tokenizer.json")
+    except (OSError, ValueError):
+        ships_one = False
+    if ships_one:
+        return location
+    if steerling:
+        return "tiktoken:cl100k_base"
+    raise EncoderError(f"{location} holds no tokenizer.json; pass --tokenizer SPEC")
 
 
 def _config_kind(location: str) -> str | None:

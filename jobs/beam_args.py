@@ -77,8 +77,26 @@ def split_beam_args(args: list[str], own: set[str]) -> tuple[list[str], list[str
     return beam, rest
 
 
+def _store_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta["beam_config"] = value
+
+
 class BeamCommand(click.Command):
-    """A click command that also accepts Beam pipeline options (in ``ctx.meta['beam_args']``)."""
+    """A click command that also accepts Beam pipeline options (in ``ctx.meta['beam_args']``)
+    and ``--config`` (a runner config, in ``ctx.meta['beam_config']``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["--config"],
+                metavar="NAME|FILE",
+                expose_value=False,
+                callback=_store_config,
+                help="Runner config: YAML of Beam options, or a bundled one (direct, "
+                "dataflow, spark, flink). Beam options on the command line win.",
+            )
+        )
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         own = {

@@ -138,6 +138,55 @@ def _read_options(kw: dict) -> ReadOptions:
     )
 
 
+def chunk_options(func):
+    """The chunk stage's policy options (shared by `tda chunk` and `tda build`)."""
+    options = [
+        click.option(
+            "--chunk-size", type=int, default=64, show_default=True, help="Tokens per chunk."
+        ),
+        click.option(
+            "--stride",
+            type=int,
+            default=None,
+            help="Tokens between chunk starts [default: the chunk size; smaller overlaps].",
+        ),
+        click.option(
+            "--text/--no-text",
+            "store_text",
+            default=True,
+            show_default=True,
+            help="Store each chunk's text in the chunks table.",
+        ),
+        click.option(
+            "--dataset-id",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Dataset number encoded in every chunk id.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return read_options(func)
+
+
+def _chunk_config(inputs, out: str, tokenizer: str, resume: bool, overwrite: bool, kw: dict):
+    return ChunkConfig(
+        inputs=tuple(inputs),
+        out=out,
+        tokenizer=tokenizer,
+        read=_read_options(kw),
+        chunking=ChunkingPolicy(
+            chunk_size=kw.pop("chunk_size"),
+            stride=kw.pop("stride"),
+            store_text=kw.pop("store_text"),
+        ),
+        dataset_id=kw.pop("dataset_id"),
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
 @main.command(cls=BeamCommand)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", "out", required=True, metavar="ROOT", help="Build root to write into.")
@@ -147,48 +196,14 @@ def _read_options(kw: dict) -> ReadOptions:
     metavar="SPEC",
     help="tokenizer.json, a directory holding one, or tiktoken:NAME.",
 )
-@read_options
-@click.option("--chunk-size", type=int, default=64, show_default=True, help="Tokens per chunk.")
-@click.option(
-    "--stride",
-    type=int,
-    default=None,
-    help="Tokens between chunk starts [default: the chunk size; smaller overlaps].",
-)
-@click.option(
-    "--text/--no-text",
-    "store_text",
-    default=True,
-    show_default=True,
-    help="Store each chunk's text in the chunks table.",
-)
-@click.option(
-    "--dataset-id",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Dataset number encoded in every chunk id.",
-)
+@chunk_options
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run; finished files are skipped."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier chunk run in ROOT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_context
-def chunk(
-    ctx: click.Context,
-    inputs,
-    out,
-    tokenizer,
-    chunk_size,
-    stride,
-    store_text,
-    dataset_id,
-    resume,
-    overwrite,
-    as_json,
-    **kw,
-) -> None:
+def chunk(ctx: click.Context, inputs, out, tokenizer, resume, overwrite, as_json, **kw) -> None:
     """Cut corpus files into token chunks with exact provenance.
 
     INPUT: files, folders (searched recursively), globs or URLs (file://, gs://, s3://,
@@ -196,16 +211,7 @@ def chunk(
     ROOT/deadletter/ for unusable records, and ROOT/chunks/manifest.json last.
     """
     try:
-        config = ChunkConfig(
-            inputs=tuple(inputs),
-            out=out,
-            tokenizer=tokenizer,
-            read=_read_options(kw),
-            chunking=ChunkingPolicy(chunk_size=chunk_size, stride=stride, store_text=store_text),
-            dataset_id=dataset_id,
-            resume=resume,
-            overwrite=overwrite,
-        )
+        config = _chunk_config(inputs, out, tokenizer, resume, overwrite, kw)
         result = _run_stage(ctx, "chunk", config)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
@@ -226,7 +232,9 @@ def _run_stage(ctx: click.Context, stage: str, config):
 
 def _beam_args(ctx: click.Context) -> list[str]:
     """The Beam options given, plus quiet SDK-harness logs unless -vv or set explicitly."""
-    args = list(ctx.meta["beam_args"])
+    from .runners import runner_args
+
+    args = runner_args(ctx.meta.get("beam_config"), list(ctx.meta["beam_args"]))
     verbose = ctx.find_root().params.get("verbose", 0)
     if verbose < 2 and not any(a.startswith("--default_sdk_harness_log_level") for a in args):
         args.append("--default_sdk_harness_log_level=WARNING")
@@ -320,81 +328,102 @@ def tokenizer_train(inputs, out, vocab_size, max_docs, **kw) -> None:
     )
 
 
+def embed_options(func):
+    """The embed stage's options (shared by `tda embed` and `tda build`)."""
+    options = [
+        click.option(
+            "--window",
+            type=int,
+            default=None,
+            help="Tokens per forward pass [default: the model's context limit, at most 1024].",
+        ),
+        click.option(
+            "--context",
+            type=int,
+            default=None,
+            help="Left-context tokens for chunks at a window start [default: a quarter window].",
+        ),
+        click.option(
+            "--batch-tokens",
+            type=int,
+            default=16384,
+            show_default=True,
+            help="Token budget of one forward pass, padding included.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+        ),
+        click.option(
+            "--pooling",
+            default="mean",
+            show_default=True,
+            metavar="METHOD[:FEATURES]",
+            help="Dense vector: mean|max|last over features concepts|known|hidden, or weights "
+            "(the known-concept weight vector).",
+        ),
+        click.option(
+            "--concept-pooling",
+            type=click.Choice(["max", "mean"]),
+            default="max",
+            show_default=True,
+            help="How a chunk's top concepts are weighted over its tokens.",
+        ),
+        click.option(
+            "--top-k-concepts",
+            type=int,
+            default=32,
+            show_default=True,
+            help="Concepts kept per chunk.",
+        ),
+        click.option(
+            "--trust-remote-code",
+            is_flag=True,
+            help="Accepted for Hugging Face compatibility; tda never runs code from a checkpoint.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _embed_config(root: str, model: str, resume: bool, overwrite: bool, kw: dict):
+    from tda.schemas import EmbedConfig, Pooling
+
+    return EmbedConfig(
+        root=root,
+        model=model,
+        window=kw.pop("window"),
+        context=kw.pop("context"),
+        batch_tokens=kw.pop("batch_tokens"),
+        device=kw.pop("device"),
+        pooling=Pooling.parse(
+            kw.pop("pooling"),
+            concept_reducer=kw.pop("concept_pooling"),
+            top_k=kw.pop("top_k_concepts"),
+        ),
+        trust_remote_code=kw.pop("trust_remote_code"),
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
+_MODEL_HELP = "builtin:DIR (or a DIR made by `tda model train`), or steerling:ID_OR_PATH."
+
+
 @main.command(cls=BeamCommand)
 @click.argument("root", metavar="ROOT")
-@click.option(
-    "--model",
-    required=True,
-    metavar="SPEC",
-    help="builtin:DIR (or a DIR made by `tda model train`), or steerling:ID_OR_PATH.",
-)
-@click.option(
-    "--window",
-    type=int,
-    default=None,
-    help="Tokens per forward pass [default: the model's context limit, at most 1024].",
-)
-@click.option(
-    "--context",
-    type=int,
-    default=None,
-    help="Left-context tokens for chunks at a window start [default: a quarter window].",
-)
-@click.option(
-    "--batch-tokens",
-    type=int,
-    default=16384,
-    show_default=True,
-    help="Token budget of one forward pass, padding included.",
-)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
-)
-@click.option(
-    "--pooling",
-    default="mean",
-    show_default=True,
-    metavar="METHOD[:FEATURES]",
-    help="Dense vector: mean|max|last over features concepts|known|hidden, or weights "
-    "(the known-concept weight vector).",
-)
-@click.option(
-    "--concept-pooling",
-    type=click.Choice(["max", "mean"]),
-    default="max",
-    show_default=True,
-    help="How a chunk's top concepts are weighted over its tokens.",
-)
-@click.option(
-    "--top-k-concepts", type=int, default=32, show_default=True, help="Concepts kept per chunk."
-)
-@click.option(
-    "--trust-remote-code",
-    is_flag=True,
-    help="Accepted for Hugging Face compatibility; tda never runs code from a checkpoint.",
-)
+@click.option("--model", required=True, metavar="SPEC", help=_MODEL_HELP)
+@embed_options
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run; finished files are skipped."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier embed run in ROOT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @click.pass_context
-def embed(
-    ctx: click.Context,
-    root,
-    model,
-    window,
-    context,
-    batch_tokens,
-    device,
-    pooling,
-    concept_pooling,
-    top_k_concepts,
-    trust_remote_code,
-    resume,
-    overwrite,
-    as_json,
-) -> None:
+def embed(ctx: click.Context, root, model, resume, overwrite, as_json, **kw) -> None:
     """Embed every chunk of ROOT into the model's concept space.
 
     Reads ROOT/chunks/ (cut with the model's tokenizer), encodes each document in windows
@@ -403,20 +432,7 @@ def embed(
     ROOT/embeddings/manifest.json last.
     """
     try:
-        from tda.schemas import EmbedConfig, Pooling
-
-        config = EmbedConfig(
-            root=root,
-            model=model,
-            window=window,
-            context=context,
-            batch_tokens=batch_tokens,
-            device=device,
-            pooling=Pooling.parse(pooling, concept_reducer=concept_pooling, top_k=top_k_concepts),
-            trust_remote_code=trust_remote_code,
-            resume=resume,
-            overwrite=overwrite,
-        )
+        config = _embed_config(root, model, resume, overwrite, kw)
         result = _run_stage(ctx, "embed", config)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
@@ -469,54 +485,191 @@ def index() -> None:
     """The sharded FAISS index: build it, inspect it, verify it, merge it."""
 
 
+def index_options(func):
+    """The index stage's options (shared by `tda index build` and `tda build`)."""
+    options = [
+        click.option(
+            "--factory", default=None, metavar="STR", help="FAISS factory string [default: chosen]."
+        ),
+        click.option("--shards", type=int, default=None, help="Number of shards."),
+        click.option(
+            "--shard-size", type=int, default=None, help="Vectors per shard (instead of --shards)."
+        ),
+        click.option(
+            "--memory-budget", type=SIZE, default="4GB", show_default=True, help="Per worker."
+        ),
+        click.option(
+            "--train-sample", type=int, default=None, help="Training vectors [default: chosen]."
+        ),
+        click.option(
+            "--nprobe", type=int, default=None, help="Default nprobe recorded for searches."
+        ),
+        click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True),
+        click.option(
+            "--threads",
+            type=int,
+            default=None,
+            help="Shards a worker fills at once [default: its cores, within the memory budget].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _index_config(root: str, resume: bool, overwrite: bool, kw: dict):
+    from tda.schemas import IndexConfig
+
+    return IndexConfig(
+        root=root,
+        factory=kw.pop("factory"),
+        shards=kw.pop("shards"),
+        shard_size=kw.pop("shard_size"),
+        memory_budget=int(kw.pop("memory_budget")),
+        train_sample=kw.pop("train_sample"),
+        nprobe=kw.pop("nprobe"),
+        metric=kw.pop("metric"),
+        threads=kw.pop("threads"),
+        resume=resume,
+        overwrite=overwrite,
+    )
+
+
 @index.command("build", cls=BeamCommand)
 @click.argument("root", metavar="ROOT")
-@click.option(
-    "--factory", default=None, metavar="STR", help="FAISS factory string [default: chosen]."
-)
-@click.option("--shards", type=int, default=None, help="Number of shards.")
-@click.option(
-    "--shard-size", type=int, default=None, help="Vectors per shard (instead of --shards)."
-)
-@click.option("--memory-budget", type=SIZE, default="4GB", show_default=True, help="Per worker.")
-@click.option("--train-sample", type=int, default=None, help="Training vectors [default: chosen].")
-@click.option("--nprobe", type=int, default=None, help="Default nprobe recorded for searches.")
-@click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True)
-@click.option(
-    "--threads",
-    type=int,
-    default=None,
-    help="Shards a worker fills at once [default: its cores, within the memory budget].",
-)
+@index_options
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted build; finished shards are kept."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an earlier index in ROOT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @click.pass_context
-def index_build(ctx, root, factory, shards, shard_size, memory_budget, train_sample, nprobe,
-                metric, threads, resume, overwrite, as_json) -> None:  # fmt: skip
+def index_build(ctx, root, resume, overwrite, as_json, **kw) -> None:
     """Build ROOT/index from ROOT/embeddings: train once, fill shards, manifest last."""
     try:
-        from tda.schemas import IndexConfig
-
-        config = IndexConfig(
-            root=root,
-            factory=factory,
-            shards=shards,
-            shard_size=shard_size,
-            memory_budget=int(memory_budget),
-            train_sample=train_sample,
-            nprobe=nprobe,
-            metric=metric,
-            threads=threads,
-            resume=resume,
-            overwrite=overwrite,
-        )
+        config = _index_config(root, resume, overwrite, kw)
         result = _run_stage(ctx, "index", config)
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None
     _print_index(result.manifest, root, as_json, result.counters)
+
+
+@main.command(cls=BeamCommand)
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--model", required=True, metavar="SPEC", help=_MODEL_HELP)
+@click.option("--out", "out", required=True, metavar="ROOT", help="Build root to write into.")
+@click.option(
+    "--tokenizer",
+    default=None,
+    metavar="SPEC",
+    help="Tokenizer to chunk with [default: the model's own].",
+)
+@chunk_options
+@embed_options
+@index_options
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted build: finished files and shards of every stage are kept.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace earlier runs of all three stages.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON.")
+@click.pass_context
+def build(ctx, inputs, model, out, tokenizer, resume, overwrite, as_json, **kw) -> None:
+    """Chunk, embed and index a corpus into ROOT: `tda chunk`, `tda embed` and `tda index
+    build` in one command, with the same files as a result.
+
+    Each stage is one Beam pipeline on the chosen runner (--config / Beam options); the
+    next stage is planned from the previous one's manifest. Progress (files and shards
+    finished, read from the stages' completion markers) goes to stderr.
+    """
+    try:
+        from tda.attribution.encoder import model_tokenizer_spec
+
+        tokenizer = tokenizer or model_tokenizer_spec(model)
+        chunk_config = _chunk_config(inputs, out, tokenizer, resume, overwrite, kw)
+        embed_config = _embed_config(out, model, resume, overwrite, kw)
+        index_config = _index_config(out, resume, overwrite, kw)
+        with quiet_beam_import():
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            from tda.pipeline.build import run_build
+
+        from .progress import BuildDisplay
+
+        with BuildDisplay() as display:
+            result = run_build(
+                chunk_config,
+                embed_config,
+                index_config,
+                PipelineOptions(_beam_args(ctx)),
+                progress=display,
+            )
+    except _user_errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    _report_build(result, out, as_json)
+
+
+def _report_build(result, out: str, as_json: bool) -> None:
+    chunk_totals, embed_m, index_m = (
+        result.chunk.manifest.totals,
+        result.embed.manifest,
+        result.index.manifest,
+    )
+    index_bytes = sum(f.size for f in index_m.files)
+    summary = {
+        "root": out,
+        "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
+        "chunk": {"files": len(result.chunk.manifest.inputs), **chunk_totals.to_dict()},
+        "embed": {
+            "encoder": embed_m.encoder.spec,
+            "fingerprint": embed_m.encoder.fingerprint,
+            "pooling": embed_m.pooling.name,
+            "dim": embed_m.dim,
+            **embed_m.totals.to_dict(),
+        },
+        "index": {
+            "factory": index_m.factory,
+            "vectors": index_m.vectors,
+            "shards": len(index_m.shards),
+            "bytes": index_bytes,
+        },
+        "counters": {
+            "chunk": result.chunk.counters,
+            "embed": result.embed.counters,
+            "index": result.index.counters,
+        },
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 100)
+    table = Table(title=f"tda build -> {out}", header_style="bold")
+    for name in ("stage", "result", "seconds"):
+        table.add_column(name, justify="left" if name != "seconds" else "right")
+    secs = result.seconds
+    table.add_row(
+        "chunk",
+        f"{chunk_totals.documents:,} documents -> {chunk_totals.chunks:,} chunks, "
+        f"{chunk_totals.tokens:,} tokens, {chunk_totals.deadlettered:,} dead letters",
+        f"{secs['chunk']:.1f}",
+    )
+    table.add_row(
+        "embed",
+        f"{embed_m.totals.chunks:,} vectors, {embed_m.pooling.name} D={embed_m.dim}, "
+        f"{embed_m.totals.window_tokens / max(secs['embed'], 1e-9):,.0f} tokens/s",
+        f"{secs['embed']:.1f}",
+    )
+    table.add_row(
+        "index",
+        f"{index_m.vectors:,} vectors in {len(index_m.shards)} shards ({index_m.factory}), "
+        f"{index_bytes / max(1, index_m.vectors):.0f} bytes/chunk",
+        f"{secs['index']:.1f}",
+    )
+    console.print(table)
 
 
 def _print_index(m, root: str, as_json: bool, counters: dict | None = None) -> None:

@@ -7,7 +7,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["StageCounters", "beam_counters", "fan_out", "run_transform"]
+__all__ = ["StageCounters", "beam_counters", "build_pipeline", "fan_out", "run_transform"]
 
 
 class StageCounters:
@@ -41,6 +41,21 @@ def beam_counters(result, namespace: str) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def build_pipeline(
+    label: str,
+    transform: beam.PTransform,
+    options: PipelineOptions | None,
+    test_pipeline: beam.Pipeline | None = None,
+    runner=None,
+) -> beam.Pipeline:
+    """A pipeline with a stage's root transform applied, not yet run. ``runner`` (a name
+    or instance) overrides the options' runner for construction only: translating a
+    Dataflow pipeline to its portable proto must not contact Google Cloud."""
+    pipeline = test_pipeline or beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
+    _ = pipeline | label >> transform
+    return pipeline
+
+
 def run_transform(
     label: str,
     transform: beam.PTransform,
@@ -50,8 +65,7 @@ def run_transform(
 ) -> dict[str, int]:
     """Apply a stage's root transform, run the pipeline to the end, return its counters.
     ``options`` are Beam pipeline options, passed through unchanged."""
-    pipeline = test_pipeline or beam.Pipeline(options=options or PipelineOptions([]))
-    _ = pipeline | label >> transform
+    pipeline = build_pipeline(label, transform, options, test_pipeline)
     result = pipeline.run()
     result.wait_until_finish()
     return beam_counters(result, namespace)
