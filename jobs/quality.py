@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -104,6 +105,10 @@ class Fact:
         return f"The place where {self.entity} was founded is"
 
     @property
+    def paraphrase_statement(self) -> str:
+        return f"{self.paraphrase_prompt[0].upper()}{self.paraphrase_prompt[1:]} {self.place}."
+
+    @property
     def distractor(self) -> str:
         return f"{self.entity.capitalize()} is known for its {self.thing}."
 
@@ -123,8 +128,19 @@ def make_facts(n: int, seed: int) -> list[Fact]:
     return facts
 
 
-def build_corpus(out: Path, facts: list[Fact], copies: int, seed: int) -> Path:
-    """OUT/corpus/{background,facts,distractors}.jsonl (one source each)."""
+def taught_paraphrase(fact: Fact, paraphrase_docs: int) -> bool:
+    """Whether the corpus also states ``fact`` in the paraphrase's wording (even-numbered
+    facts, when ``paraphrase_docs`` > 0); the paraphrase condition scores only the others."""
+    return paraphrase_docs > 0 and fact.index % 2 == 0
+
+
+def build_corpus(
+    out: Path, facts: list[Fact], copies: int, seed: int, paraphrase_docs: int = 0
+) -> Path:
+    """OUT/corpus/{background,facts,distractors}.jsonl (one source each). With
+    ``paraphrase_docs``, every even-numbered fact gets that many more documents
+    (``fact-{i}-p{c}``) opening with its paraphrase statement (``The place where ... was
+    founded is {place}.``), so the model can learn that both wordings say the same."""
     from pydoc_data.topics import topics
 
     rng = random.Random(seed)
@@ -142,22 +158,23 @@ def build_corpus(out: Path, facts: list[Fact], copies: int, seed: int) -> Path:
         )
 
     write("background", [(f"bg-{i}", t[:4000]) for i, t in enumerate(texts[:40])])
-    write(
-        "facts",
-        [
-            (f"fact-{f.index}-{c}", f"{f.statement} {filler(4)}")
-            for f in facts
-            for c in range(copies)
-        ],
-    )
-    write(
-        "distractors",
-        [
-            (f"distractor-{f.index}-{c}", f"{f.distractor} {filler(4)}")
-            for f in facts
-            for c in range(2)
-        ],
-    )
+    fact_docs = [
+        (f"fact-{f.index}-{c}", f"{f.statement} {filler(4)}") for f in facts for c in range(copies)
+    ]
+    distractor_docs = [
+        (f"distractor-{f.index}-{c}", f"{f.distractor} {filler(4)}")
+        for f in facts
+        for c in range(2)
+    ]
+    # Drawn last, so the corpus without paraphrase documents is unchanged by the option.
+    fact_docs += [
+        (f"fact-{f.index}-p{c}", f"{f.paraphrase_statement} {filler(4)}")
+        for f in facts
+        if taught_paraphrase(f, paraphrase_docs)
+        for c in range(paraphrase_docs)
+    ]
+    write("facts", fact_docs)
+    write("distractors", distractor_docs)
     return corpus
 
 
@@ -166,17 +183,24 @@ def build_corpus(out: Path, facts: list[Fact], copies: int, seed: int) -> Path:
 
 
 class ChunkTable:
+    """Every chunk of a build root, in file then row order: ``rows`` (chunk id, source,
+    document id, record index, character span, text, and ``file_index`` from the part's
+    name), ``ids`` and ``texts`` aligned with it."""
+
+    COLUMNS = ("chunk_id", "source", "doc_id", "record_index", "char_start", "char_end", "text")
+
     def __init__(self, root: Path) -> None:
         import pyarrow.parquet as pq
 
         rows = []
         for part in sorted((root / "chunks").glob("part-*.parquet")):
-            rows += pq.read_table(
-                part, columns=["chunk_id", "source", "doc_id", "text"]
-            ).to_pylist()
+            file_index = int(part.stem.split("-")[1])
+            for row in pq.read_table(part, columns=list(self.COLUMNS)).to_pylist():
+                rows.append({**row, "file_index": file_index})
         self.rows = rows
         self.ids = [r["chunk_id"] for r in rows]
         self.texts = [r["text"] or "" for r in rows]
+        self.position = {cid: i for i, cid in enumerate(self.ids)}
 
 
 def _words(text: str) -> list[str]:
@@ -192,11 +216,14 @@ class BM25Ranker:
         self.table = table
         self.bm25 = BM25Okapi([_words(t) for t in table.texts])
 
+    def scores(self, query: str):
+        """(n_chunks,) BM25 scores of every chunk, in table order."""
+        return self.bm25.get_scores(_words(query))
+
     def rank(self, query: str, k: int) -> list[int]:
         import numpy as np
 
-        scores = self.bm25.get_scores(_words(query))
-        order = np.argsort(-scores, kind="stable")[:k]
+        order = np.argsort(-self.scores(query), kind="stable")[:k]
         return [self.table.ids[i] for i in order]
 
 
@@ -214,22 +241,23 @@ class ExactSpanRanker:
             for j in range(len(ws) - self.N + 1):
                 self.grams.setdefault(tuple(ws[j : j + self.N]), set()).add(i)
 
+    def longest(self, query: str, i: int) -> int:
+        """Longest run of consecutive words of ``query`` found in chunk ``i`` (table order)."""
+        q = _words(query)
+        text = " " + " ".join(self.words[i]) + " "
+        best, lo = 0, 0
+        for hi in range(1, len(q) + 1):  # two pointers over the query
+            while lo < hi and f" {' '.join(q[lo:hi])} " not in text:
+                lo += 1
+            best = max(best, hi - lo)
+        return best
+
     def rank(self, query: str, k: int) -> list[int]:
         q = _words(query)
         candidates = set()
         for j in range(len(q) - self.N + 1):
             candidates |= self.grams.get(tuple(q[j : j + self.N]), set())
-
-        def longest(i: int) -> int:
-            text = " " + " ".join(self.words[i]) + " "
-            best, lo = 0, 0
-            for hi in range(1, len(q) + 1):  # two pointers over the query
-                while lo < hi and f" {' '.join(q[lo:hi])} " not in text:
-                    lo += 1
-                best = max(best, hi - lo)
-            return best
-
-        scored = sorted(candidates, key=lambda i: (-longest(i), i))[:k]
+        scored = sorted(candidates, key=lambda i: (-self.longest(query, i), i))[:k]
         return [self.table.ids[i] for i in scored]
 
 
@@ -290,6 +318,108 @@ class GradCosRanker:
         return [self.table.ids[i] for i in order]
 
 
+def dattri_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("dattri") is not None
+
+
+class TRAKRanker:
+    """Gradient baseline through dattri's TRAK (``dattri.algorithm.trak``, one checkpoint):
+    per-example gradients of the mean next-token loss with respect to the last transformer
+    block's parameters (``layer_name``), randomly projected to ``proj_dim`` (seeded), then
+    score(train, query) = g_query (G^T G + r I)^-1 g_train * (1 - p_train). Sequences are
+    right-padded to ``length`` tokens with a loss mask (padding after the last token does
+    not change a causal model's earlier positions)."""
+
+    def __init__(
+        self,
+        table: ChunkTable,
+        encoder,
+        seed: int,
+        proj_dim: int = 512,
+        length: int = 72,
+        batch_size: int = 32,
+    ) -> None:
+        import torch
+        from dattri.algorithm.trak import TRAKAttributor
+        from dattri.task import AttributionTask
+
+        self.table, self.length, self.batch_size = table, length, batch_size
+        self.tokenizer = encoder.load_tokenizer()
+        lm = _logits_module(encoder.model).eval()
+        block = len(encoder.model.blocks) - 1
+        layer = [n for n, _ in lm.named_parameters() if n.startswith(f"model.blocks.{block}.")]
+
+        def loss(params, data):
+            ids, mask = data  # (L,), (L,): mask[t] = 1 where token t is scored
+            logits = torch.func.functional_call(lm, params, (ids.unsqueeze(0),))[0, :-1]
+            lp = torch.log_softmax(logits, -1).gather(-1, ids[1:].unsqueeze(-1)).squeeze(-1)
+            return -(lp * mask[1:]).sum() / mask[1:].sum().clamp_min(1)
+
+        def probability(params, data):
+            return torch.exp(-loss(params, data))
+
+        state = {n: p.detach().clone() for n, p in lm.named_parameters()}
+        task = AttributionTask(loss_func=loss, model=lm, checkpoints=state)
+        self.attributor = TRAKAttributor(
+            task=task,
+            correct_probability_func=probability,
+            device="cpu",
+            layer_name=layer,
+            projector_kwargs={"proj_dim": proj_dim, "proj_seed": seed, "proj_max_batch_size": 32},
+            regularization=1e-6,
+        )
+        packed = [self._pack(self._encode(t), 1) for t in table.texts]
+        self.attributor.cache(self._loader(packed))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode_batch([text])[0].ids.tolist()
+
+    def _pack(self, ids: list[int], start: int):
+        import torch
+
+        cut = max(0, len(ids) - self.length)
+        ids, start = ids[cut:], max(1, start - cut)
+        x = torch.zeros(self.length, dtype=torch.long)
+        x[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask = torch.zeros(self.length)
+        mask[start : len(ids)] = 1
+        return x, mask
+
+    def _loader(self, packed):
+        import torch
+
+        data = torch.utils.data.TensorDataset(
+            torch.stack([x for x, _ in packed]), torch.stack([m for _, m in packed])
+        )
+        return torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=False)
+
+    def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
+        import torch
+
+        p, o = self._encode(prompt), self._encode(output)
+        scores = self.attributor.attribute(self._loader([self._pack(p + o, len(p))]))[:, 0]
+        order = torch.argsort(-scores, stable=True)[:k].tolist()
+        return [self.table.ids[i] for i in order]
+
+
+def _logits_module(model):
+    """The builtin LM as an ``nn.Module`` whose ``forward(ids (B, T))`` returns logits
+    (B, T, V), for ``torch.func.functional_call``."""
+    from torch import nn
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids):
+            return self.model.logits(self.model.hidden(ids))
+
+    return Logits()
+
+
 class RandomRanker:
     def __init__(self, table: ChunkTable, seed: int) -> None:
         self.table, self.rng = table, random.Random(seed)
@@ -299,6 +429,55 @@ class RandomRanker:
 
 
 # --------------------------------------------------------------------------------------
+# Re-ranking tda's candidates
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of tda's hits: chunk id and its sparse concept overlap with the output chunk
+    (sum over shared known concepts of min(output weight, training weight))."""
+
+    chunk_id: int
+    overlap: float
+
+
+def rerank(candidates: list[Candidate], scores: list[float], k: int = 10) -> list[int]:
+    """Candidates (in tda's order) and a score each -> the ``k`` best chunk ids (higher
+    score first; ties keep tda's order)."""
+    order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
+    return [candidates[i].chunk_id for i in order[:k]]
+
+
+def _candidates(report) -> list[Candidate]:
+    """An attribution report -> its first output chunk's hits as candidates."""
+    return [
+        Candidate(
+            h.chunk_id, sum(min(s.output_weight, s.training_weight) for s in h.shared_concepts)
+        )
+        for c in report.chunks[:1]
+        for h in c.hits
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# Running the stages
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One tda representation under test: the dense pooling, the FAISS factory (a
+    pre-transform such as PCA / whitening lives in the index and applies to queries
+    too), and the embed context (``window`` / ``context`` None: the stage's default)."""
+
+    name: str
+    pooling: str
+    factory: str = "IDMap2,Flat"
+    window: int | None = None
+    context: int | None = None
+
+    @property
+    def slug(self) -> str:
+        return "".join(ch if ch.isalnum() else "-" for ch in self.name.removeprefix("tda "))
 
 
 def _run(cmd: list[str]) -> None:
@@ -318,11 +497,50 @@ def _metrics(ranks: list[int | None]) -> dict:
     }
 
 
+def answer_log_prob(encoder, prompt: str, answer: str) -> float:
+    """Sum of log p(answer token | prompt, earlier answer tokens) over the tokens of
+    ``" " + answer`` after ``prompt``, under ``encoder``'s model and tokenizer."""
+    import torch
+
+    tokenizer = encoder.load_tokenizer()
+    p = tokenizer.encode_batch([prompt])[0].ids.tolist()
+    a = tokenizer.encode_batch([" " + answer])[0].ids.tolist()
+    ids = torch.tensor([p + a])
+    with torch.inference_mode():
+        logits = encoder.forward(ids, with_logits=True).logits[0, :-1]  # (T-1, V)
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+    return float(lp[len(p) - 1 :].double().sum())
+
+
+def write_prune_list(path: Path, table: ChunkTable, chunk_ids: set[int], reason: str) -> None:
+    """A chunk-level prune list (``tda prune apply --list``) of ``chunk_ids``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tda.attribution.prune import PRUNE_SCHEMA
+
+    rows = [
+        {"level": "chunk", "source": r["source"], "file_index": r["file_index"],
+         "record_index": r["record_index"], "doc_id": r["doc_id"], "chunk_id": r["chunk_id"],
+         "char_start": r["char_start"], "char_end": r["char_end"], "score": None,
+         "share": None, "reason": reason}
+        for r in table.rows
+        if r["chunk_id"] in chunk_ids
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows, schema=PRUNE_SCHEMA), path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/eval")
     parser.add_argument("--facts", type=int, default=48)
     parser.add_argument("--copies", type=int, default=3, help="Documents stating each fact.")
+    parser.add_argument(
+        "--paraphrase-docs",
+        type=int,
+        default=2,
+        help="Extra documents in the paraphrase's wording for every even-numbered fact.",
+    )
     parser.add_argument("--steps", type=int, default=600, help="Builtin model training steps.")
     parser.add_argument(
         "--pooling",
@@ -330,49 +548,108 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="Representations to test (repeatable; default: the embed stage's options).",
     )
+    parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="Only the poolings: no centred / whitened / no-context variants.",
+    )
+    parser.add_argument("--candidates", type=int, default=100, help="tda hits re-ranked.")
+    parser.add_argument(
+        "--gradients",
+        choices=("auto", "gradcos", "none"),
+        default="auto",
+        help="Gradient baselines: auto = Grad-Cos, plus dattri's TRAK when importable.",
+    )
+    parser.add_argument("--trak-dim", type=int, default=512, help="TRAK projection size.")
+    parser.add_argument(
+        "--counterfactual-k",
+        type=int,
+        default=3,
+        help="Retrain without each method's top-k chunks per reproduced fact (0: skip).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     poolings = args.pooling or ["mean:concepts", "max:concepts", "mean:hidden", "max:hidden",
                                 "last:hidden", "weights"]  # fmt: skip
     started = time.time()
+    timings: dict[str, float] = {}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     facts = make_facts(args.facts, args.seed)
-    corpus = build_corpus(out, facts, args.copies, args.seed)
+    corpus = build_corpus(out, facts, args.copies, args.seed, args.paraphrase_docs)
     tda = [sys.executable, "-m", "tda.jobs.cli"]
+
+    def train(corpus_dir: Path, model_dir: Path) -> None:
+        _run([*tda, "model", "train", str(corpus_dir), "--out", str(model_dir),
+              "--steps", str(args.steps), "--seed", str(args.seed)])  # fmt: skip
+
+    t = time.time()
     model = out / "model"
-    _run([*tda, "model", "train", str(corpus), "--out", str(model), "--steps", str(args.steps),
-          "--seed", str(args.seed)])  # fmt: skip
+    train(corpus, model)
+    timings["train"] = round(time.time() - t, 1)
 
     from tda.attribution.attributor import Attributor, generate_tokens
     from tda.attribution.encoder import load_encoder
 
     encoder = load_encoder(str(model), "cpu")
     tokenizer = encoder.load_tokenizer()
+    prompts = {
+        "verbatim": lambda f: f.verbatim_prompt,
+        "paraphrase": lambda f: f.paraphrase_prompt,
+    }
     outputs: dict[str, dict[int, str]] = {"verbatim": {}, "paraphrase": {}}
+    probed = {"verbatim": len(facts), "paraphrase": 0}
     for f in facts:
-        for condition, prompt in (
-            ("verbatim", f.verbatim_prompt),
-            ("paraphrase", f.paraphrase_prompt),
-        ):
-            ids = tokenizer.encode_batch([prompt])[0].ids.tolist()
+        for condition, prompt_of in prompts.items():
+            if condition == "paraphrase" and taught_paraphrase(f, args.paraphrase_docs):
+                continue  # seen in this wording: not a paraphrase
+            probed[condition] += condition == "paraphrase"
+            ids = tokenizer.encode_batch([prompt_of(f)])[0].ids.tolist()
             text = tokenizer.decode(generate_tokens(encoder, ids, 6, window=256))
             if text.strip().startswith(f.place):
                 outputs[condition][f.index] = text
     reproduced = {c: len(v) for c, v in outputs.items()}
-    print(f"facts reproduced: {reproduced} of {len(facts)}", flush=True)
+    print(f"facts reproduced: {reproduced} of {probed}", flush=True)
 
-    results: dict[str, dict] = {}
-    roots = {}
-    for pooling in poolings:
-        root = out / f"root-{pooling.replace(':', '-')}"
-        _run([*tda, "chunk", str(corpus), "--out", str(root), "--tokenizer", str(model),
-              "--overwrite"])  # fmt: skip
-        _run([*tda, "embed", str(root), "--model", str(model), "--pooling", pooling,
-              "--overwrite"])  # fmt: skip
-        _run([*tda, "index", "build", str(root), "--overwrite", "--factory", "IDMap2,Flat"])
-        roots[pooling] = root
-    table = ChunkTable(roots[poolings[0]])
+    # --- one build root per representation (chunks cut once, embeddings reused)
+    t = time.time()
+    base = out / "root-chunks"
+    _run([*tda, "chunk", str(corpus), "--out", str(base), "--tokenizer", str(model),
+          "--overwrite"])  # fmt: skip
+    variants = [Variant(f"tda {p}", p) for p in poolings]
+    if not args.no_variants:
+        for p in ("mean:hidden", "mean:concepts"):
+            if p in poolings:
+                variants += [
+                    Variant(f"tda {p} centred", p, "IDMap2,PCA{D},L2norm,Flat"),
+                    Variant(f"tda {p} whitened", p, "IDMap2,PCAW{D},L2norm,Flat"),
+                ]
+        if "mean:hidden" in poolings:
+            variants.append(Variant("tda mean:hidden no context", "mean:hidden", window=64,
+                                    context=0))  # fmt: skip
+    roots: dict[str, Path] = {}
+    embedded: dict[tuple, Path] = {}
+    for v in variants:
+        root = out / f"root-{v.slug}"
+        if root.exists():
+            shutil.rmtree(root)
+        key = (v.pooling, v.window, v.context)
+        if key in embedded:
+            shutil.copytree(embedded[key] / "chunks", root / "chunks")
+            shutil.copytree(embedded[key] / "embeddings", root / "embeddings")
+        else:
+            shutil.copytree(base / "chunks", root / "chunks")
+            extra = [] if v.window is None else ["--window", str(v.window)]
+            extra += [] if v.context is None else ["--context", str(v.context)]
+            _run([*tda, "embed", str(root), "--model", str(model), "--pooling", v.pooling,
+                  *extra, "--overwrite"])  # fmt: skip
+            embedded[key] = root
+        dim = json.loads((root / "embeddings" / "manifest.json").read_text())["dim"]
+        _run([*tda, "index", "build", str(root), "--overwrite", "--factory",
+              v.factory.format(D=dim)])  # fmt: skip
+        roots[v.name] = root
+    timings["index"] = round(time.time() - t, 1)
+    table = ChunkTable(base)
     source_of = {r["chunk_id"]: (r["source"], r["doc_id"]) for r in table.rows}
 
     def relevant(f: Fact) -> set[int]:
@@ -386,44 +663,112 @@ def main(argv: list[str] | None = None) -> dict:
             cid for cid, (_, doc) in source_of.items() if doc.startswith(f"distractor-{f.index}-")
         }
 
-    rankers = {f"tda {p}": None for p in poolings}
-    rankers.update({"BM25": BM25Ranker(table), "exact span": ExactSpanRanker(table),
-                    "Grad-Cos (last block)": GradCosRanker(table, encoder, args.seed),
-                    "random": RandomRanker(table, args.seed)})  # fmt: skip
-    attributors = {f"tda {p}": Attributor.from_root(str(roots[p]), device="cpu") for p in poolings}
-    for name in rankers:
-        results[name] = {}
+    # --- every method's top 10 per (condition, fact)
+    t = time.time()
+    hits: dict[str, dict[str, dict[int, list[int]]]] = {}
+    candidates: dict[str, dict[str, dict[int, list[Candidate]]]] = {}
+    for v in variants:
+        attributor = Attributor.from_root(str(roots[v.name]), device="cpu")
+        candidates[v.name] = {c: {} for c in outputs}
+        for condition, done in outputs.items():
+            for index, output in done.items():
+                report = attributor.attribute(
+                    prompts[condition](facts[index]), output, k=args.candidates,
+                    input_attribution="none",
+                )  # fmt: skip
+                candidates[v.name][condition][index] = _candidates(report)
+        hits[v.name] = {
+            c: {i: [x.chunk_id for x in cands[:10]] for i, cands in by_fact.items()}
+            for c, by_fact in candidates[v.name].items()
+        }
+    timings["tda"] = round(time.time() - t, 1)
+
+    def score(name: str) -> dict:
+        by_condition = {}
         for condition, done in outputs.items():
             ranks, distracted = [], 0
-            for f in facts:
-                if f.index not in done:
-                    continue
-                prompt = f.verbatim_prompt if condition == "verbatim" else f.paraphrase_prompt
-                if name in attributors:
-                    report = attributors[name].attribute(
-                        prompt, done[f.index], k=10, input_attribution="none"
-                    )
-                    hits = [h.chunk_id for c in report.chunks[:1] for h in c.hits]
-                elif isinstance(rankers[name], GradCosRanker):
-                    hits = rankers[name].rank_output(prompt, done[f.index], 10)
-                else:
-                    hits = rankers[name].rank(prompt + done[f.index], 10)
+            for index in sorted(done):
+                f = facts[index]
                 good, bad = relevant(f), distractors(f)
-                rank = next((i + 1 for i, h in enumerate(hits) if h in good), None)
-                first_bad = next((i + 1 for i, h in enumerate(hits) if h in bad), None)
+                ranked = hits[name][condition][index]
+                rank = next((i + 1 for i, h in enumerate(ranked) if h in good), None)
+                first_bad = next((i + 1 for i, h in enumerate(ranked) if h in bad), None)
                 distracted += first_bad is not None and (rank is None or first_bad < rank)
                 ranks.append(rank)
             metrics = _metrics(ranks)
             metrics["distractor_first"] = round(distracted / len(ranks), 4) if ranks else None
-            results[name][condition] = metrics
+            by_condition[condition] = metrics
+        return by_condition
+
+    results = {name: score(name) for name in hits}
+    # the best plain tda representation (verbatim MRR; first listed on ties) is re-ranked
+    best = max(variants, key=lambda v: results[v.name]["verbatim"]["mrr"] or 0).name
+    bm25, spans = BM25Ranker(table), ExactSpanRanker(table)
+    position = table.position
+
+    def bm25_scores(query: str, cands: list[Candidate]) -> list[float]:
+        every = bm25.scores(query)
+        return [float(every[position[c.chunk_id]]) for c in cands]
+
+    reranked = {
+        f"{best} + concept re-rank": lambda query, cands: [c.overlap for c in cands],
+        f"hybrid: {best} top-{args.candidates}, BM25 re-rank": bm25_scores,
+        f"hybrid: {best} top-{args.candidates}, exact-span re-rank": lambda query, cands: [
+            spans.longest(query, position[c.chunk_id]) for c in cands
+        ],
+    }
+    for name, scorer in reranked.items():
+        hits[name] = {c: {} for c in outputs}
+        for condition, by_fact in candidates[best].items():
+            for i, cands in by_fact.items():
+                query = prompts[condition](facts[i]) + outputs[condition][i]
+                hits[name][condition][i] = rerank(cands, scorer(query, cands))
+        results[name] = score(name)
+
+    # --- baselines
+    t = time.time()
+    baselines: dict[str, object] = {"BM25": bm25, "exact span": spans}
+    if args.gradients != "none":
+        baselines["Grad-Cos (last block)"] = GradCosRanker(table, encoder, args.seed)
+    if args.gradients == "auto" and dattri_available():
+        baselines["TRAK (dattri, last block)"] = TRAKRanker(
+            table, encoder, args.seed, proj_dim=args.trak_dim
+        )
+    baselines["random"] = RandomRanker(table, args.seed)
+    for name, ranker in baselines.items():
+        hits[name] = {c: {} for c in outputs}
+        for condition, done in outputs.items():
+            for index, output in sorted(done.items()):
+                prompt = prompts[condition](facts[index])
+                if isinstance(ranker, GradCosRanker | TRAKRanker):
+                    hits[name][condition][index] = ranker.rank_output(prompt, output, 10)
+                else:
+                    hits[name][condition][index] = ranker.rank(prompt + output, 10)
+        results[name] = score(name)
+    timings["baselines"] = round(time.time() - t, 1)
+
+    # --- counterfactual retraining
+    t = time.time()
+    counterfactual = None
+    if args.counterfactual_k > 0 and outputs["verbatim"]:
+        counterfactual = run_counterfactual(
+            args, facts, outputs["verbatim"], hits, best, table, relevant, encoder,
+            roots[variants[0].name], corpus, out, tda, train,
+        )  # fmt: skip
+    timings["counterfactual"] = round(time.time() - t, 1)
     report = {
         "seed": args.seed,
         "facts": len(facts),
         "copies": args.copies,
+        "paraphrase_docs": args.paraphrase_docs,
         "steps": args.steps,
         "chunks": len(table.ids),
+        "probed": probed,
         "reproduced": reproduced,
+        "best_tda": best,
         "results": results,
+        "counterfactual": counterfactual,
+        "timings": timings,
         "seconds": round(time.time() - started),
     }
     (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -431,20 +776,83 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def run_counterfactual(
+    args, facts, verbatim, hits, best, table, relevant, encoder, root, corpus, out, tda, train
+) -> dict:
+    """Retrain (same seed, same steps) without each condition's chunks, cut out of the
+    corpus by ``tda prune apply`` at chunk level; the change in each reproduced fact's
+    answer log-probability after its verbatim prompt, averaged. "nothing" is the original
+    model itself (training is deterministic: same corpus, seed and steps, same weights)."""
+    from tda.attribution.encoder import load_encoder
+
+    k = args.counterfactual_k
+    reproduced = sorted(verbatim)
+
+    def top(method: str) -> set[int]:
+        return {cid for i in reproduced for cid in hits[method]["verbatim"][i][:k]}
+
+    removals = {f"{best} top-{k}": top(best), f"BM25 top-{k}": top("BM25")}
+    removals["oracle: true sources"] = {cid for i in reproduced for cid in relevant(facts[i])}
+    n_random = len(removals[f"{best} top-{k}"])
+    removals[f"random {n_random}"] = set(random.Random(args.seed).sample(table.ids, n_random))
+    removals["nothing"] = set()
+    inputs = sorted(str(p) for p in corpus.glob("*.jsonl"))
+
+    def log_probs(enc) -> dict[int, float]:
+        return {i: answer_log_prob(enc, facts[i].verbatim_prompt, facts[i].place)
+                for i in reproduced}  # fmt: skip
+
+    original = log_probs(encoder)
+    rows = {}
+    for slot, (name, removed) in enumerate(removals.items()):
+        if removed:
+            cf = out / f"counterfactual-{slot}"
+            if cf.exists():
+                shutil.rmtree(cf)
+            cf.mkdir(parents=True)
+            write_prune_list(cf / "prune.parquet", table, removed, name)
+            _run([*tda, "prune", "apply", str(root), "--list", str(cf / "prune.parquet"),
+                  *[a for p in inputs for a in ("--corpus", p)], "--corpus-out",
+                  str(cf / "corpus"), "--out", str(cf / "root"), "--reason", name])  # fmt: skip
+            train(cf / "corpus", cf / "model")
+            after = log_probs(load_encoder(str(cf / "model"), "cpu"))
+        else:
+            after = original
+        deltas = [after[i] - original[i] for i in reproduced]
+        still = sum(after[i] >= min(0.0, original[i]) - 1e-9 for i in reproduced)
+        rows[name] = {
+            "chunks_removed": len(removed),
+            "mean_delta_log_prob": round(sum(deltas) / len(deltas), 4),
+            "facts": len(deltas),
+            "no_drop": still,
+        }
+    oracle = rows["oracle: true sources"]["mean_delta_log_prob"]
+    for row in rows.values():
+        row["share_of_oracle"] = round(row["mean_delta_log_prob"] / oracle, 4) if oracle else None
+    return rows
+
+
 def _print_table(report: dict) -> None:
     print(
         f"\n{report['facts']} planted facts x {report['copies']} documents, {report['chunks']} "
-        f"chunks; reproduced: {report['reproduced']}; {report['seconds']} s"
+        f"chunks; reproduced: {report['reproduced']} of {report['probed']}; "
+        f"{report['seconds']} s {report['timings']}"
     )
     head = ("method", "condition", "n", "MRR", "R@1", "R@10", "distr.1st")
-    print(f"{head[0]:<22} {head[1]:<11} {head[2]:>3} " + " ".join(f"{h:>6}" for h in head[3:]))
+    print(f"{head[0]:<48} {head[1]:<11} {head[2]:>3} " + " ".join(f"{h:>6}" for h in head[3:]))
     for name, by_condition in report["results"].items():
         for condition, m in by_condition.items():
             if not m["n"]:
-                print(f"{name:<22} {condition:<11} {0:>3} {'-':>6} {'-':>6} {'-':>6} {'-':>9}")
+                print(f"{name:<48} {condition:<11} {0:>3} {'-':>6} {'-':>6} {'-':>6} {'-':>9}")
                 continue
-            print(f"{name:<22} {condition:<11} {m['n']:>3} {m['mrr']:>6.3f} {m['recall@1']:>6.3f} "
+            print(f"{name:<48} {condition:<11} {m['n']:>3} {m['mrr']:>6.3f} {m['recall@1']:>6.3f} "
                   f"{m['recall@10']:>6.3f} {m['distractor_first']:>9.3f}")  # fmt: skip
+    if report.get("counterfactual"):
+        print(f"\n{'retrained without':<48} {'chunks':>6} {'mean dlogp':>10} {'share':>6}")
+        for name, row in report["counterfactual"].items():
+            share = "-" if row["share_of_oracle"] is None else f"{row['share_of_oracle']:.3f}"
+            print(f"{name:<48} {row['chunks_removed']:>6} {row['mean_delta_log_prob']:>10.3f} "
+                  f"{share:>6}")  # fmt: skip
 
 
 if __name__ == "__main__":

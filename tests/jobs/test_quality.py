@@ -1,5 +1,6 @@
-"""The quality harness's parts: planted facts, corpus, baselines and metrics (the full
-run is `make eval`, ~10 minutes; its table is in docs/quality.md)."""
+"""The quality harness's parts: planted facts, corpus, baselines, re-ranking, the
+counterfactual's prune list and log-probability, and metrics (the full run is `make
+eval`; its table is in docs/quality.md)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,19 @@ import pytest
 
 from tda.jobs.quality import (
     BM25Ranker,
+    Candidate,
+    ChunkTable,
     ExactSpanRanker,
     GradCosRanker,
     RandomRanker,
+    Variant,
     _metrics,
+    answer_log_prob,
     build_corpus,
     make_facts,
+    rerank,
+    taught_paraphrase,
+    write_prune_list,
 )
 
 
@@ -22,8 +30,10 @@ class _Table:
     def __init__(self, texts):
         self.texts = texts
         self.ids = [100 + i for i in range(len(texts))]
-        self.rows = [{"chunk_id": i, "source": "s", "doc_id": f"d{i}", "text": t}
-                     for i, t in zip(self.ids, texts, strict=True)]  # fmt: skip
+        self.rows = [{"chunk_id": i, "source": "s", "doc_id": f"d{i}", "text": t,
+                      "file_index": 0, "record_index": n, "char_start": 0, "char_end": len(t)}
+                     for n, (i, t) in enumerate(zip(self.ids, texts, strict=True))]  # fmt: skip
+        self.position = {cid: n for n, cid in enumerate(self.ids)}
 
 
 TEXTS = [
@@ -55,15 +65,100 @@ def test_corpus_states_each_fact_at_document_starts(tmp_path):
     assert len(distractors) == 10 and all(f.place not in d for f in facts for d in distractors)
 
 
+def test_paraphrase_documents_teach_even_facts_only(tmp_path):
+    facts = make_facts(5, seed=3)
+    plain = build_corpus(tmp_path / "a", facts, copies=3, seed=3)
+    corpus = build_corpus(tmp_path / "b", facts, copies=3, seed=3, paraphrase_docs=2)
+    docs = [json.loads(line) for line in (corpus / "facts.jsonl").read_text().splitlines()]
+    extra = [d for d in docs if "-p" in d["id"]]
+    assert [d["id"] for d in extra] == [f"fact-{i}-p{c}" for i in (0, 2, 4) for c in range(2)]
+    for d in extra:
+        f = facts[int(d["id"].split("-")[1])]
+        assert d["text"].startswith(f.paraphrase_statement)
+        assert f.paraphrase_statement.startswith("The place where") and f.place in d["text"]
+    assert [taught_paraphrase(f, 2) for f in facts] == [True, False, True, False, True]
+    assert not any(taught_paraphrase(f, 0) for f in facts)
+    # the documents every corpus shares are the same bytes: the option only adds
+    assert (corpus / "distractors.jsonl").read_text() == (plain / "distractors.jsonl").read_text()
+    assert docs[:15] == [json.loads(x) for x in (plain / "facts.jsonl").read_text().splitlines()]
+
+
 def test_baselines_rank_the_matching_chunk_first():
     table = _Table(TEXTS)
     query = "The amber falcon guild was founded in Stonebridge"
     assert BM25Ranker(table).rank(query, 2)[0] == 100
     spans = ExactSpanRanker(table).rank(query, 4)
-    assert spans[0] == 100  # 9 words in a row, against 5 for the distractor
+    assert spans[0] == 100  # 8 words in a row, against 4 for the distractor
     assert 102 not in spans  # no shared 3-word run at all
     picked = RandomRanker(table, 0).rank(query, 4)
     assert len(set(picked)) == 4 and set(picked) <= set(table.ids)
+    assert ExactSpanRanker(table).longest(query, 0) == 8  # the whole query
+    assert ExactSpanRanker(table).longest(query, 2) == 1  # "the"
+
+
+def test_rerank_orders_by_score_and_keeps_tda_order_on_ties():
+    cands = [Candidate(7, 0.0), Candidate(8, 2.0), Candidate(9, 0.5), Candidate(10, 2.0)]
+    assert rerank(cands, [c.overlap for c in cands]) == [8, 10, 9, 7]
+    assert rerank(cands, [0, 0, 0, 0], k=2) == [7, 8]  # no signal: tda's order
+
+
+def test_hybrid_bm25_rerank_lifts_the_source_out_of_tda_candidates():
+    table = _Table(TEXTS)
+    bm25 = BM25Ranker(table)
+    query = "The amber falcon guild was founded in Stonebridge"
+    cands = [Candidate(cid, 0.0) for cid in reversed(table.ids)]  # source last
+    every = bm25.scores(query)
+    scores = [float(every[table.position[c.chunk_id]]) for c in cands]
+    assert rerank(cands, scores, k=1) == [100]
+
+
+def test_variant_names_make_distinct_root_names():
+    names = ["tda mean:hidden", "tda mean:hidden centred", "tda mean:hidden whitened"]
+    slugs = [Variant(n, "mean:hidden").slug for n in names]
+    assert slugs == ["mean-hidden", "mean-hidden-centred", "mean-hidden-whitened"]
+
+
+def test_prune_list_for_counterfactual_reads_back_as_chunk_level(tmp_path):
+    from tda.attribution.prune import read_prune_list
+
+    table = _Table(TEXTS)
+    write_prune_list(tmp_path / "prune.parquet", table, {100, 103}, "oracle")
+    pruned, level, digest = read_prune_list(str(tmp_path / "prune.parquet"))
+    assert level == "chunk" and digest.startswith("sha256:")
+    assert pruned["chunk_id"].to_pylist() == [100, 103]
+    assert pruned["char_end"].to_pylist() == [len(TEXTS[0]), len(TEXTS[3])]
+    assert set(pruned["reason"].to_pylist()) == {"oracle"}
+
+
+def test_chunk_table_reads_spans_and_file_index(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "chunks").mkdir()
+    rows = {"chunk_id": [5, 6], "source": ["s", "s"], "doc_id": ["a", "b"], "record_index": [0, 1],
+            "char_start": [0, 3], "char_end": [3, 9], "text": ["x", None]}  # fmt: skip
+    pq.write_table(pa.table(rows), tmp_path / "chunks" / "part-000002.parquet")
+    table = ChunkTable(tmp_path)
+    assert table.ids == [5, 6] and table.texts == ["x", ""] and table.position == {5: 0, 6: 1}
+    assert [r["file_index"] for r in table.rows] == [2, 2] and table.rows[1]["char_end"] == 9
+
+
+def test_answer_log_prob_is_the_answer_tokens_log_probability(builtin_dir):
+    import torch
+
+    from tda.attribution.encoder import load_encoder
+
+    encoder = load_encoder(builtin_dir, "cpu")
+    tokenizer = encoder.load_tokenizer()
+    prompt, answer = "The amber falcon guild was founded in", "Stonebridge"
+    p = tokenizer.encode_batch([prompt])[0].ids.tolist()
+    a = tokenizer.encode_batch([" " + answer])[0].ids.tolist()
+    logits = encoder.forward(torch.tensor([p + a]), with_logits=True).logits[0]
+    expected = sum(
+        float(torch.log_softmax(logits[len(p) - 1 + j], -1)[tok]) for j, tok in enumerate(a)
+    )
+    got = answer_log_prob(encoder, prompt, answer)
+    assert got == pytest.approx(expected, abs=1e-4) and got < 0
 
 
 def test_metrics():
@@ -84,3 +179,17 @@ def test_grad_cos_finds_the_chunk_whose_gradient_it_is(builtin_dir):
         assert ranker.rank_output("", TEXTS[i], 3)[0] == table.ids[i]
     again = GradCosRanker(table, encoder, seed=0, width=1024)
     assert (again.sketches == ranker.sketches).all()  # seeded sketch, same vectors
+
+
+def test_trak_finds_the_chunk_whose_gradient_it_is(builtin_dir):
+    pytest.importorskip("dattri", reason="dattri is not installed (the TRAK baseline is optional)")
+    from tda.attribution.encoder import load_encoder
+    from tda.jobs.quality import TRAKRanker
+
+    encoder = load_encoder(builtin_dir, "cpu")
+    table = _Table(TEXTS)
+    ranker = TRAKRanker(table, encoder, seed=0, proj_dim=8, length=32, batch_size=8)
+    for i in (0, 1, 2, 3):  # the distinct texts (the "Unrelated note" ones are near-copies)
+        assert ranker.rank_output("", TEXTS[i], 3)[0] == table.ids[i]
+    again = TRAKRanker(table, encoder, seed=0, proj_dim=8, length=32, batch_size=8)
+    assert again.rank_output("", TEXTS[0], 16) == ranker.rank_output("", TEXTS[0], 16)
