@@ -467,17 +467,23 @@ def _candidates(report) -> list[Candidate]:
 class Variant:
     """One tda representation under test: the dense pooling, the FAISS factory (a
     pre-transform such as PCA / whitening lives in the index and applies to queries
-    too), and the embed context (``window`` / ``context`` None: the stage's default)."""
+    too), the embed context (``window`` / ``context`` None: the stage's default), and
+    what is attributed: ``output`` (the output given the prompt, tda's normal use) or
+    ``text`` (prompt + output as one output with an empty prompt, so the query chunk,
+    like BM25's query, holds the prompt's words too)."""
 
     name: str
     pooling: str
     factory: str = "IDMap2,Flat"
     window: int | None = None
     context: int | None = None
+    query: str = "output"
 
     @property
     def slug(self) -> str:
-        return "".join(ch if ch.isalnum() else "-" for ch in self.name.removeprefix("tda "))
+        """The build root's name (variants differing only in ``query`` share one)."""
+        index = (self.pooling, self.factory, self.window, self.context)
+        return "".join(ch if ch.isalnum() else "-" for ch in "-".join(map(str, index)))
 
 
 def _run(cmd: list[str]) -> None:
@@ -627,10 +633,16 @@ def main(argv: list[str] | None = None) -> dict:
         if "mean:hidden" in poolings:
             variants.append(Variant("tda mean:hidden no context", "mean:hidden", window=64,
                                     context=0))  # fmt: skip
+        for p in ("mean:hidden", "mean:concepts"):
+            if p in poolings:
+                variants.append(Variant(f"tda {p}, query = prompt + output", p, query="text"))
     roots: dict[str, Path] = {}
     embedded: dict[tuple, Path] = {}
     for v in variants:
         root = out / f"root-{v.slug}"
+        if root in roots.values():
+            roots[v.name] = root
+            continue
         if root.exists():
             shutil.rmtree(root)
         key = (v.pooling, v.window, v.context)
@@ -672,10 +684,12 @@ def main(argv: list[str] | None = None) -> dict:
         candidates[v.name] = {c: {} for c in outputs}
         for condition, done in outputs.items():
             for index, output in done.items():
+                prompt = prompts[condition](facts[index])
+                if v.query == "text":
+                    prompt, output = "", prompt + output
                 report = attributor.attribute(
-                    prompts[condition](facts[index]), output, k=args.candidates,
-                    input_attribution="none",
-                )  # fmt: skip
+                    prompt, output, k=args.candidates, input_attribution="none"
+                )
                 candidates[v.name][condition][index] = _candidates(report)
         hits[v.name] = {
             c: {i: [x.chunk_id for x in cands[:10]] for i, cands in by_fact.items()}

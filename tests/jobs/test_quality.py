@@ -112,10 +112,14 @@ def test_hybrid_bm25_rerank_lifts_the_source_out_of_tda_candidates():
     assert rerank(cands, scores, k=1) == [100]
 
 
-def test_variant_names_make_distinct_root_names():
-    names = ["tda mean:hidden", "tda mean:hidden centred", "tda mean:hidden whitened"]
-    slugs = [Variant(n, "mean:hidden").slug for n in names]
-    assert slugs == ["mean-hidden", "mean-hidden-centred", "mean-hidden-whitened"]
+def test_variants_share_a_root_only_when_their_index_is_the_same():
+    plain = Variant("tda mean:hidden", "mean:hidden")
+    whole = Variant("tda mean:hidden, query = prompt + output", "mean:hidden", query="text")
+    centred = Variant("c", "mean:hidden", factory="IDMap2,PCA{D},L2norm,Flat")
+    alone = Variant("n", "mean:hidden", window=64, context=0)
+    assert plain.slug == whole.slug
+    assert len({plain.slug, centred.slug, alone.slug, Variant("m", "max:hidden").slug}) == 4
+    assert all(ch.isalnum() or ch == "-" for ch in centred.slug)
 
 
 def test_prune_list_for_counterfactual_reads_back_as_chunk_level(tmp_path):
