@@ -665,7 +665,8 @@ def _report_build(result, out: str, as_json: bool) -> None:
     )
     table.add_row(
         "index",
-        f"{index_m.vectors:,} vectors in {len(index_m.shards)} shards ({index_m.factory}), "
+        f"{index_m.vectors:,} vectors in {len(index_m.shards)} "
+        f"shard{'s' if len(index_m.shards) != 1 else ''} ({index_m.factory}), "
         f"{index_bytes / max(1, index_m.vectors):.0f} bytes/chunk",
         f"{secs['index']:.1f}",
     )

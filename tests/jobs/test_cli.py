@@ -38,6 +38,7 @@ def test_every_command_has_help(path):
 def test_only_working_commands_exist():
     assert sorted(_commands(main)) == [
         ("attribute",),
+        ("build",),
         ("chunk",),
         ("embed",),
         ("eval",),
@@ -420,3 +421,42 @@ def test_scan_prune_list_apply_cli(planted_root, planted_corpus, tmp_path):
     )
     assert bad.exit_code == 1 and "not a known concept" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_build_cli_with_a_runner_config(docs_jsonl, builtin_dir, tmp_path):
+    """tda build = the three stages; --config takes a YAML of Beam options, and its errors
+    (like every other user error) are one line."""
+    root = tmp_path / "root"
+    config = tmp_path / "direct.yaml"
+    config.write_text("beam_options:\n  runner: DirectRunner\n  direct_num_workers: 1\n")
+    args = ["build", str(docs_jsonl), "--model", builtin_dir, "--out", str(root)]
+    result = CliRunner().invoke(
+        main, [*args, "--shards", "2", "--batch-tokens", "2048", "--config", str(config), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    chunks = summary["chunk"]["chunks"]
+    assert chunks > 0 and summary["embed"]["chunks"] == summary["index"]["vectors"] == chunks
+    # one input file, one embeddings part: at most one shard (shards never split a part)
+    assert summary["index"]["shards"] == 1 and set(summary["seconds"]) == {
+        "chunk",
+        "embed",
+        "index",
+    }
+    assert CliRunner().invoke(main, ["index", "verify", str(root)]).exit_code == 0
+    # a second build refuses to mix runs; --resume replays it from its markers
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "pass --resume" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(
+        main, [*args, "--resume", "--shards", "2", "--batch-tokens", "2048"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "tda build" in result.output and "vectors in 1 shard (" in result.output
+    for bad, message in (
+        (["--config", "nonesuch"], "not a bundled config"),
+        (["--config", "dataflow", "--overwrite"], "needs $TDA_GCP_PROJECT"),
+        (["--model", str(tmp_path), "--overwrite"], "no tokenizer.json"),
+    ):
+        result = CliRunner().invoke(main, [*args, *bad], env={"TDA_GCP_PROJECT": None})
+        assert result.exit_code == 1 and message in result.output, result.output
