@@ -8,8 +8,8 @@
 2. Write them as a corpus that mixes formats (JSONL.gz, Parquet, JSONL.zst, plain text)
    plus a file of planted broken records, so dead letters show up.
 3. Run the real commands: ``tda model train`` (BPE tokenizer + the builtin
-   concept-bottleneck LM, on CPU), ``tda chunk --tokenizer <model dir>``, ``tda embed``,
-   ``tda index build``, ``tda index verify``.
+   concept-bottleneck LM, on CPU), ``tda build`` (chunk with the model's tokenizer, embed,
+   index build), ``tda index verify``.
 4. Show what came out: chunks per source, dead letters by reason, sample chunks with
    their provenance, a check that every chunk's offsets cut its exact text out of the
    source documents, then the embeddings: one unit vector per chunk, the concepts that
@@ -354,9 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     model = out / "model"
     _run([*tda, "model", "train", str(corpus), "--out", str(model), "--steps", str(args.steps)])
     root = str(out / "root")
-    _run([*tda, "chunk", str(corpus), "--out", root, "--tokenizer", str(model), "--overwrite"])
-    _run([*tda, "embed", root, "--model", f"builtin:{model}", "--overwrite"])
-    _run([*tda, "index", "build", root, "--overwrite"])
+    # chunk -> embed -> index in one command (= tda chunk, tda embed, tda index build)
+    _run([*tda, "build", str(corpus), "--model", f"builtin:{model}", "--out", root,
+          "--overwrite"])  # fmt: skip
     _run([*tda, "index", "verify", root])
     print()
     show(out / "root", corpus)
