@@ -9,7 +9,7 @@ STEERLING := steerling==0.2.0
 DEMO_DIR ?= build/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo bench eval lint format clean
+.PHONY: help install test test-fast demo bench eval lint format clean sdist worker-image
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,13 @@ bench: install ## Benchmarks (figures go in docs/benchmarks.md)
 
 eval: install ## Attribution quality on planted facts vs BM25 / exact span / random (docs/quality.md)
 	$(BIN)/python -m tda.jobs.quality --out build/eval
+
+sdist: install ## Build dist/tda-<version>.tar.gz (what --setup_file and the worker image install)
+	rm -rf dist && $(BIN)/python setup.py -q sdist -d dist
+
+worker-image: sdist ## GPU worker image for remote runners: make worker-image IMAGE=registry/tda/worker:0.1.0
+	@test -n "$(IMAGE)" || { echo "usage: make worker-image IMAGE=registry/path/worker:tag"; exit 2; }
+	docker build -f docker/worker.Dockerfile --build-arg TDA_SDIST=$$(ls dist/tda-*.tar.gz) -t $(IMAGE) .
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check .

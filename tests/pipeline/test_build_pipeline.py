@@ -112,7 +112,7 @@ def test_overwrite_rebuilds_and_one_root_is_required(tmp_path, corpus, builtin_d
     shutil.copytree(stage_root, root)
     run_build(*configs(corpus, root, builtin_dir, overwrite=True))
     assert tree(root) == tree(stage_root)
-    chunk, embed, index = configs(corpus, root, builtin_dir)
+    chunk, embed, _ = configs(corpus, root, builtin_dir)
     other = IndexConfig(root=str(tmp_path / "elsewhere"))
     with pytest.raises(ConfigError, match="one root"):
         run_build(chunk, embed, other)
