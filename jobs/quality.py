@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -486,9 +487,23 @@ class Variant:
         return "".join(ch if ch.isalnum() else "-" for ch in "-".join(map(str, index)))
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str], threads: int = 1) -> None:
+    """Run a ``tda`` command with ``threads`` OpenMP / MKL threads (the harness pins the
+    count: float reductions, and so the trained weights, depend on it; on a shared
+    2-core machine 1 thread per process also avoids spinning OpenMP barriers, which made
+    a 2-thread training run 2.2x slower than a 1-thread one here)."""
     print("$ " + " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+
+
+def _parallel(jobs: int, tasks: list) -> list:
+    """Call every task (a no-argument callable running subprocesses) ``jobs`` at a time;
+    their results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(lambda task: task(), tasks))
 
 
 def _metrics(ranks: list[int | None]) -> dict:
@@ -573,8 +588,20 @@ def main(argv: list[str] | None = None) -> dict:
         default=3,
         help="Retrain without each method's top-k chunks per reproduced fact (0: skip).",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="tda commands run at once (embeds, index builds, counterfactual trainings).",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="Torch / OpenMP threads per process (pinned)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     poolings = args.pooling or ["mean:concepts", "max:concepts", "mean:hidden", "max:hidden",
                                 "last:hidden", "weights"]  # fmt: skip
     started = time.time()
@@ -585,9 +612,12 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = build_corpus(out, facts, args.copies, args.seed, args.paraphrase_docs)
     tda = [sys.executable, "-m", "tda.jobs.cli"]
 
+    def run(cmd: list[str]) -> None:
+        _run(cmd, args.threads)
+
     def train(corpus_dir: Path, model_dir: Path) -> None:
-        _run([*tda, "model", "train", str(corpus_dir), "--out", str(model_dir),
-              "--steps", str(args.steps), "--seed", str(args.seed)])  # fmt: skip
+        run([*tda, "model", "train", str(corpus_dir), "--out", str(model_dir),
+             "--steps", str(args.steps), "--seed", str(args.seed)])  # fmt: skip
 
     t = time.time()
     model = out / "model"
@@ -620,8 +650,8 @@ def main(argv: list[str] | None = None) -> dict:
     # --- one build root per representation (chunks cut once, embeddings reused)
     t = time.time()
     base = out / "root-chunks"
-    _run([*tda, "chunk", str(corpus), "--out", str(base), "--tokenizer", str(model),
-          "--overwrite"])  # fmt: skip
+    run([*tda, "chunk", str(corpus), "--out", str(base), "--tokenizer", str(model),
+         "--overwrite"])  # fmt: skip
     variants = [Variant(f"tda {p}", p) for p in poolings]
     if not args.no_variants:
         for p in ("mean:hidden", "mean:concepts"):
@@ -636,30 +666,36 @@ def main(argv: list[str] | None = None) -> dict:
         for p in ("mean:hidden", "mean:concepts"):
             if p in poolings:
                 variants.append(Variant(f"tda {p}, query = prompt + output", p, query="text"))
-    roots: dict[str, Path] = {}
-    embedded: dict[tuple, Path] = {}
+    roots = {v.name: out / f"root-{v.slug}" for v in variants}
+    first: dict[Path, Variant] = {}  # root -> the variant that builds it
     for v in variants:
-        root = out / f"root-{v.slug}"
-        if root in roots.values():
-            roots[v.name] = root
-            continue
+        first.setdefault(roots[v.name], v)
+    embedded: dict[tuple, Path] = {}  # (pooling, window, context) -> root that embeds it
+    for root, v in first.items():
+        embedded.setdefault((v.pooling, v.window, v.context), root)
+
+    def embed(root: Path, v: Variant) -> None:
         if root.exists():
             shutil.rmtree(root)
-        key = (v.pooling, v.window, v.context)
-        if key in embedded:
-            shutil.copytree(embedded[key] / "chunks", root / "chunks")
-            shutil.copytree(embedded[key] / "embeddings", root / "embeddings")
-        else:
-            shutil.copytree(base / "chunks", root / "chunks")
-            extra = [] if v.window is None else ["--window", str(v.window)]
-            extra += [] if v.context is None else ["--context", str(v.context)]
-            _run([*tda, "embed", str(root), "--model", str(model), "--pooling", v.pooling,
-                  *extra, "--overwrite"])  # fmt: skip
-            embedded[key] = root
+        shutil.copytree(base / "chunks", root / "chunks")
+        extra = [] if v.window is None else ["--window", str(v.window)]
+        extra += [] if v.context is None else ["--context", str(v.context)]
+        run([*tda, "embed", str(root), "--model", str(model), "--pooling", v.pooling, *extra,
+             "--overwrite"])  # fmt: skip
+
+    def index(root: Path, v: Variant) -> None:
+        source = embedded[(v.pooling, v.window, v.context)]
+        if source != root:
+            if root.exists():
+                shutil.rmtree(root)
+            shutil.copytree(source / "chunks", root / "chunks")
+            shutil.copytree(source / "embeddings", root / "embeddings")
         dim = json.loads((root / "embeddings" / "manifest.json").read_text())["dim"]
-        _run([*tda, "index", "build", str(root), "--overwrite", "--factory",
-              v.factory.format(D=dim)])  # fmt: skip
-        roots[v.name] = root
+        run([*tda, "index", "build", str(root), "--overwrite", "--factory",
+             v.factory.format(D=dim)])  # fmt: skip
+
+    _parallel(args.jobs, [lambda r=r, v=first[r]: embed(r, v) for r in embedded.values()])
+    _parallel(args.jobs, [lambda r=r, v=v: index(r, v) for r, v in first.items()])
     timings["index"] = round(time.time() - t, 1)
     table = ChunkTable(base)
     source_of = {r["chunk_id"]: (r["source"], r["doc_id"]) for r in table.rows}
@@ -739,17 +775,13 @@ def main(argv: list[str] | None = None) -> dict:
                 hits[name][condition][i] = rerank(cands, scorer(query, cands))
         results[name] = score(name)
 
-    # --- baselines
+    # --- lexical and random baselines (cheap), then the counterfactual trainings run in
+    # the background while the gradient baselines compute
     t = time.time()
     baselines: dict[str, object] = {"BM25": bm25, "exact span": spans}
-    if args.gradients != "none":
-        baselines["Grad-Cos (last block)"] = GradCosRanker(table, encoder, args.seed)
-    if args.gradients == "auto" and dattri_available():
-        baselines["TRAK (dattri, last block)"] = TRAKRanker(
-            table, encoder, args.seed, proj_dim=args.trak_dim
-        )
     baselines["random"] = RandomRanker(table, args.seed)
-    for name, ranker in baselines.items():
+
+    def rank_all(name: str, ranker) -> None:
         hits[name] = {c: {} for c in outputs}
         for condition, done in outputs.items():
             for index, output in sorted(done.items()):
@@ -759,17 +791,35 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     hits[name][condition][index] = ranker.rank(prompt + output, 10)
         results[name] = score(name)
-    timings["baselines"] = round(time.time() - t, 1)
 
-    # --- counterfactual retraining
-    t = time.time()
+    for name, ranker in baselines.items():
+        rank_all(name, ranker)
+    from concurrent.futures import ThreadPoolExecutor
+
+    background = ThreadPoolExecutor(1)
     counterfactual = None
     if args.counterfactual_k > 0 and outputs["verbatim"]:
-        counterfactual = run_counterfactual(
-            args, facts, outputs["verbatim"], hits, best, table, relevant, encoder,
-            roots[variants[0].name], corpus, out, tda, train,
+        counterfactual = background.submit(
+            run_counterfactual, args, facts, outputs["verbatim"], hits, best, table, relevant,
+            encoder, roots[variants[0].name], corpus, out, tda, train, run,
         )  # fmt: skip
-    timings["counterfactual"] = round(time.time() - t, 1)
+    gradients: dict[str, object] = {}
+    if args.gradients != "none":
+        gradients["Grad-Cos (last block)"] = lambda: GradCosRanker(table, encoder, args.seed)
+    if args.gradients == "auto" and dattri_available():
+        gradients["TRAK (dattri, last block)"] = lambda: TRAKRanker(
+            table, encoder, args.seed, proj_dim=args.trak_dim
+        )
+    for name, build in gradients.items():
+        rank_all(name, build())
+    timings["baselines"] = round(time.time() - t, 1)
+    t = time.time()
+    if counterfactual is not None:
+        counterfactual = counterfactual.result()
+    background.shutdown()
+    timings["counterfactual_wait"] = round(time.time() - t, 1)
+    # table order: tda rows, re-ranks and hybrids, then the baselines
+    results = {name: results[name] for name in sorted(results, key=lambda n: n == "random")}
     report = {
         "seed": args.seed,
         "facts": len(facts),
@@ -791,12 +841,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run_counterfactual(
-    args, facts, verbatim, hits, best, table, relevant, encoder, root, corpus, out, tda, train
-) -> dict:
+    args, facts, verbatim, hits, best, table, relevant, encoder, root, corpus, out, tda, train,
+    run,
+) -> dict:  # fmt: skip
     """Retrain (same seed, same steps) without each condition's chunks, cut out of the
-    corpus by ``tda prune apply`` at chunk level; the change in each reproduced fact's
-    answer log-probability after its verbatim prompt, averaged. "nothing" is the original
-    model itself (training is deterministic: same corpus, seed and steps, same weights)."""
+    corpus by ``tda prune apply`` at chunk level (``args.jobs`` trainings at once); the
+    change in each reproduced fact's answer log-probability after its verbatim prompt,
+    averaged. "nothing" is the original model itself (training is deterministic: same
+    corpus, seed, steps and threads, same weights)."""
     from tda.attribution.encoder import load_encoder
 
     k = args.counterfactual_k
@@ -808,37 +860,43 @@ def run_counterfactual(
     removals = {f"{best} top-{k}": top(best), f"BM25 top-{k}": top("BM25")}
     removals["oracle: true sources"] = {cid for i in reproduced for cid in relevant(facts[i])}
     n_random = len(removals[f"{best} top-{k}"])
-    removals[f"random {n_random}"] = set(random.Random(args.seed).sample(table.ids, n_random))
-    removals["nothing"] = set()
+    removals[f"random {n_random} chunks"] = set(
+        random.Random(args.seed).sample(table.ids, n_random)
+    )
+    removals["nothing (the original model)"] = set()
     inputs = sorted(str(p) for p in corpus.glob("*.jsonl"))
+
+    def retrain(slot: int, name: str, removed: set[int]) -> Path:
+        cf = out / f"counterfactual-{slot}"
+        if cf.exists():
+            shutil.rmtree(cf)
+        cf.mkdir(parents=True)
+        write_prune_list(cf / "prune.parquet", table, removed, name)
+        run([*tda, "prune", "apply", str(root), "--list", str(cf / "prune.parquet"),
+             *[a for p in inputs for a in ("--corpus", p)], "--corpus-out", str(cf / "corpus"),
+             "--out", str(cf / "root"), "--reason", name])  # fmt: skip
+        train(cf / "corpus", cf / "model")
+        return cf / "model"
+
+    todo = [(slot, name, removed) for slot, (name, removed) in enumerate(removals.items())]
+    models = _parallel(
+        args.jobs, [lambda a=a: retrain(*a) for a in todo if a[2]]
+    )  # in removals' order
 
     def log_probs(enc) -> dict[int, float]:
         return {i: answer_log_prob(enc, facts[i].verbatim_prompt, facts[i].place)
                 for i in reproduced}  # fmt: skip
 
     original = log_probs(encoder)
-    rows = {}
-    for slot, (name, removed) in enumerate(removals.items()):
-        if removed:
-            cf = out / f"counterfactual-{slot}"
-            if cf.exists():
-                shutil.rmtree(cf)
-            cf.mkdir(parents=True)
-            write_prune_list(cf / "prune.parquet", table, removed, name)
-            _run([*tda, "prune", "apply", str(root), "--list", str(cf / "prune.parquet"),
-                  *[a for p in inputs for a in ("--corpus", p)], "--corpus-out",
-                  str(cf / "corpus"), "--out", str(cf / "root"), "--reason", name])  # fmt: skip
-            train(cf / "corpus", cf / "model")
-            after = log_probs(load_encoder(str(cf / "model"), "cpu"))
-        else:
-            after = original
+    rows, trained = {}, iter(models)
+    for name, removed in removals.items():
+        after = log_probs(load_encoder(str(next(trained)), "cpu")) if removed else original
         deltas = [after[i] - original[i] for i in reproduced]
-        still = sum(after[i] >= min(0.0, original[i]) - 1e-9 for i in reproduced)
         rows[name] = {
             "chunks_removed": len(removed),
-            "mean_delta_log_prob": round(sum(deltas) / len(deltas), 4),
             "facts": len(deltas),
-            "no_drop": still,
+            "mean_delta_log_prob": round(sum(deltas) / len(deltas), 4),
+            "facts_dropped": sum(d < 0 for d in deltas),
         }
     oracle = rows["oracle: true sources"]["mean_delta_log_prob"]
     for row in rows.values():
