@@ -43,7 +43,7 @@ from tda.schemas import (
 
 from .chunk_stage import build_root
 from .encoder import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
-from .fsutil import atomic_write_text, open_parquet, read_json
+from .fsutil import atomic_write_text, bound_heap, open_parquet, read_json
 from .parts import (
     PartWriter,
     StageError,
@@ -336,6 +336,7 @@ def process_file(
         zero_vectors += pooled.zero_vectors
         count("zero_vectors", pooled.zero_vectors)
 
+    bound_heap()
     group: list[ChunkDocument] = []
     group_size = 0
     try:
