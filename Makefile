@@ -36,9 +36,11 @@ demo: install ## Run the main job end to end on the embedded default and show th
 
 bench: install ## Benchmarks (figures go in docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench_chunk.py
-	$(BIN)/python benchmarks/bench_chunk_memory.py
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_index.py
+	$(BIN)/python benchmarks/bench_index_pq.py
+	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/steerling_size.py
 	$(BIN)/python benchmarks/bench_attribute.py
 	$(BIN)/python benchmarks/bench_serve.py
 
