@@ -66,9 +66,10 @@ def _setup_logging(verbose: int) -> None:
 def main(verbose: int) -> None:
     """tda: a training-data attribution index.
 
-    Stages write into one build root: chunk (ROOT/chunks, ROOT/deadletter), then embed
-    (ROOT/embeddings); the index stage comes next. `tda model train` makes the builtin
-    concept-bottleneck model the stages use by default.
+    Stages write into one build root: chunk (ROOT/chunks, ROOT/deadletter), embed
+    (ROOT/embeddings), index build (ROOT/index); `tda build` runs all three. `tda model
+    train` makes the builtin concept-bottleneck model; attribute, search, scan, prune and
+    serve read a finished root.
     """
     _setup_logging(verbose)
 
