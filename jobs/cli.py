@@ -74,6 +74,13 @@ def main(verbose: int) -> None:
     _setup_logging(verbose)
 
 
+def _stack(options, func):
+    """Apply click option decorators so that they show in the order listed."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def read_options(func):
     """Options for reading corpus files, shared by the commands that read a corpus."""
     options = [
@@ -122,9 +129,7 @@ def read_options(func):
             help="Records larger than this are dead-lettered (bounds memory).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(options, func)
 
 
 def _read_options(kw: dict) -> ReadOptions:
@@ -166,9 +171,7 @@ def chunk_options(func):
             help="Dataset number encoded in every chunk id.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return read_options(func)
+    return read_options(_stack(options, func))
 
 
 def _chunk_config(inputs, out: str, tokenizer: str, resume: bool, overwrite: bool, kw: dict):
@@ -385,9 +388,7 @@ def embed_options(func):
             help="Accepted for Hugging Face compatibility; tda never runs code from a checkpoint.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(options, func)
 
 
 def _embed_config(root: str, model: str, resume: bool, overwrite: bool, kw: dict):
@@ -513,9 +514,7 @@ def index_options(func):
             help="Shards a worker fills at once [default: its cores, within the memory budget].",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return _stack(options, func)
 
 
 def _index_config(root: str, resume: bool, overwrite: bool, kw: dict):
