@@ -26,6 +26,7 @@ Seeded: the same command prints the same table. Results go to OUT/quality.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -348,7 +349,9 @@ class TRAKRanker:
 
         self.table, self.length, self.batch_size = table, length, batch_size
         self.tokenizer = encoder.load_tokenizer()
-        lm = _logits_module(encoder.model).eval()
+        # A copy whose parameters require gradients (dattri differentiates only those; the
+        # encoder's own are frozen).
+        lm = _logits_module(copy.deepcopy(encoder.model).requires_grad_(True)).eval()
         block = len(encoder.model.blocks) - 1
         layer = [n for n, _ in lm.named_parameters() if n.startswith(f"model.blocks.{block}.")]
 

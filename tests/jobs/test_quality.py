@@ -191,6 +191,7 @@ def test_trak_finds_the_chunk_whose_gradient_it_is(builtin_dir):
     from tda.jobs.quality import TRAKRanker
 
     encoder = load_encoder(builtin_dir, "cpu")
+    encoder.model.requires_grad_(False)  # as the encoder is loaded (and Grad-Cos leaves it)
     table = _Table(TEXTS)
     ranker = TRAKRanker(table, encoder, seed=0, proj_dim=8, length=32, batch_size=8)
     for i in (0, 1, 2, 3):  # the distinct texts (the "Unrelated note" ones are near-copies)
