@@ -853,6 +853,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": round(time.time() - started),
     }
     (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "quality.md").write_text(markdown_tables(report))
     _print_table(report)
     return report
 
@@ -919,6 +920,42 @@ def run_counterfactual(
     for row in rows.values():
         row["share_of_oracle"] = round(row["mean_delta_log_prob"] / oracle, 4) if oracle else None
     return rows
+
+
+def markdown_tables(report: dict) -> str:
+    """The report's tables as Markdown (the ones docs/quality.md publishes): retrieval
+    (method x condition) and, when run, the counterfactual."""
+
+    def num(x) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = [
+        "| method | condition | n | MRR | recall@1 | recall@10 | distractor first "
+        "| MRR, concept re-rank | recall@1, concept re-rank |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, by_condition in report["results"].items():
+        for condition, m in by_condition.items():
+            cr = m.get("concept_rerank") or {}
+            lines.append(
+                f"| {name} | {condition} | {m['n']} | {num(m['mrr'])} | {num(m['recall@1'])} "
+                f"| {num(m['recall@10'])} | {num(m.get('distractor_first'))} "
+                f"| {num(cr.get('mrr'))} | {num(cr.get('recall@1'))} |"
+            )
+    if report.get("counterfactual"):
+        lines += [
+            "",
+            "| retrained without | chunks removed | facts | mean change in answer log-prob "
+            "| facts whose log-prob fell | share of the oracle's change |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in report["counterfactual"].items():
+            lines.append(
+                f"| {name} | {row['chunks_removed']} | {row['facts']} "
+                f"| {row['mean_delta_log_prob']:+.3f} | {row['facts_dropped']} "
+                f"| {num(row['share_of_oracle'])} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def _print_table(report: dict) -> None:

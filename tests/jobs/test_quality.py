@@ -20,6 +20,7 @@ from tda.jobs.quality import (
     answer_log_prob,
     build_corpus,
     make_facts,
+    markdown_tables,
     rerank,
     taught_paraphrase,
     write_prune_list,
@@ -198,3 +199,26 @@ def test_trak_finds_the_chunk_whose_gradient_it_is(builtin_dir):
         assert ranker.rank_output("", TEXTS[i], 3)[0] == table.ids[i]
     again = TRAKRanker(table, encoder, seed=0, proj_dim=8, length=32, batch_size=8)
     assert again.rank_output("", TEXTS[0], 16) == ranker.rank_output("", TEXTS[0], 16)
+
+
+def test_markdown_tables_publish_every_row_and_the_counterfactual():
+    m = {"n": 2, "mrr": 0.75, "recall@1": 0.5, "recall@10": 1.0, "distractor_first": 0.0}
+    report = {
+        "results": {
+            "tda mean:hidden": {"verbatim": {**m, "concept_rerank": {**m, "mrr": 1.0}},
+                                "paraphrase": {"n": 0, "mrr": None, "recall@1": None,
+                                               "recall@10": None, "distractor_first": None}},
+            "BM25": {"verbatim": m},
+        },
+        "counterfactual": {"oracle: true sources": {"chunks_removed": 6, "facts": 2,
+                           "mean_delta_log_prob": -2.5, "facts_dropped": 2,
+                           "share_of_oracle": 1.0}},
+    }  # fmt: skip
+    lines = markdown_tables(report).splitlines()
+    assert (
+        "| tda mean:hidden | verbatim | 2 | 0.750 | 0.500 | 1.000 | 0.000 | 1.000 | 0.500 |"
+        in lines
+    )
+    assert "| tda mean:hidden | paraphrase | 0 | - | - | - | - | - | - |" in lines
+    assert "| BM25 | verbatim | 2 | 0.750 | 0.500 | 1.000 | 0.000 | - | - |" in lines
+    assert "| oracle: true sources | 6 | 2 | -2.500 | 2 | 1.000 |" in lines
