@@ -78,7 +78,7 @@ def main() -> None:
                       "p50_ms": round(float(np.percentile(latencies, 50)), 3)})  # fmt: skip
         print(json.dumps(sweep[-1]), flush=True)
     size = sum(f.size for f in manifest.files)
-    shard_bytes = sum(f.size for f in manifest.files if "/shards/" in f.path)
+    shard_bytes = sum(f.size for f in manifest.files if f.path.startswith("shards/"))
     report = {
         "vectors": n,
         "dim": dim,
