@@ -84,7 +84,7 @@ def test_every_chunk_gets_one_unit_embedding(tmp_path, docs_jsonl, model_spec, e
     meta = table.schema.metadata
     named = json.loads(meta[b"tda.encoder"])
     assert named["fingerprint"] == encoder.info.fingerprint and named["name"] in model_spec
-    assert json.loads(meta[b"tda.pooling"])["name"] == "mean:concepts"
+    assert json.loads(meta[b"tda.pooling"])["name"] == "mean:hidden"
     assert json.loads(meta[b"tda.context"])["window"] == manifest.context.window
     # the manifest, written last, reconciles with the chunk stage
     again = EmbedManifest.from_json((root / "embeddings" / "manifest.json").read_text())

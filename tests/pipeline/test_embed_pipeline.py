@@ -57,7 +57,8 @@ def _files(root):
 
 def test_pipeline_vectors_equal_the_encoder_called_directly(tmp_path, two_file_root, model_spec):
     """Every stored vector of the short-document file equals a direct forward pass over its
-    document (one window each), pooled by mean: float16 storage, tolerance 2e-3."""
+    document (one window each), pooled by the default (mean of the final hidden states):
+    float16 storage, tolerance 2e-3."""
     root = _copy_chunks(two_file_root, tmp_path)
     result = run_embed(EmbedConfig(root=str(root), model=model_spec, window=256))
     encoder = load_encoder(model_spec, "cpu")
@@ -75,7 +76,7 @@ def test_pipeline_vectors_equal_the_encoder_called_directly(tmp_path, two_file_r
         assert enc.n_tokens <= 256
         with torch.inference_mode():
             acts = encoder.forward(torch.from_numpy(enc.ids)[None])
-        feats = (acts.known_features + acts.unknown_features)[0].numpy()
+        feats = acts.hidden[0].numpy()  # the default pooling's features (mean:hidden)
         for r in rows:
             c = chunks[r]
             want = feats[c["token_start"] : c["token_end"]].mean(0)

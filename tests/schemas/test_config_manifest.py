@@ -543,7 +543,9 @@ def test_format_size(n, expected):
 def test_pooling_names_and_validation():
     from tda.schemas import Pooling
 
-    assert Pooling().name == "mean:concepts"
+    assert Pooling().name == "mean:hidden"  # the best pooling in docs/quality.md
+    assert Pooling.parse("mean") == Pooling() and Pooling.parse("max").name == "max:hidden"
+    assert Pooling.parse("mean:concepts").features == "concepts"
     assert Pooling.parse("max:hidden").name == "max:hidden"
     assert Pooling.parse("weights").name == "weights"
     for bad, message in [
