@@ -1,26 +1,32 @@
 """``make eval`` / ``tda eval``: how often do tda's top chunks hold the planted source of
-what the model said?
+what the model said, and does removing them change what the model says?
 
 1. **Corpus** (real text, offline): Python's documentation topics as background, plus
    planted facts: ``{entity} was founded in {place}.``, entities and places made of
-   ordinary words (``the amber falcon guild``, ``Stonebridge``). Each fact is stated at
-   the start of ``--copies`` documents (source ``facts``) followed by background text;
-   every entity also gets distractor documents (source ``distractors``) that name it
-   with another attribute (``... is known for its copper bells.``).
-2. **Model**: ``tda model train`` on that corpus; **index**: ``tda chunk`` / ``tda embed``
-   / ``tda index build``, once per representation under test (``--pooling``).
-3. **Outputs**: for every fact, greedy generation after the verbatim prompt
-   (``{entity} was founded in``) and after a paraphrase (``The place where {entity} was
-   founded is``); a fact counts as reproduced when the output starts with its place.
-   Only reproduced facts are scored (the count is reported).
-4. **Scoring**: each method ranks training chunks for (prompt, output); the relevant
-   chunks are the ones stating the fact. MRR and recall@1 / @10 per method and
-   condition, and how often a distractor of the same entity outranks every source.
-   Methods: tda (one row per pooling), BM25 (``rank-bm25``, query = prompt + output),
-   exact span (longest run of shared tokens, OLMoTrace-style, our own n-gram index),
-   Grad-Cos on the last transformer block (count-sketched gradients) and random.
+   ordinary words. Each fact opens ``--copies`` documents (source ``facts``); every
+   entity also gets distractor documents (``... is known for its copper bells.``); the
+   even-numbered facts get ``--paraphrase-docs`` more documents in the paraphrase's
+   wording (``The place where ... was founded is {place}.``).
+2. **Model**: ``tda model train`` (pinned ``--threads``: same seed, same weights);
+   **outputs**: greedy generation after the verbatim prompt (every fact) and after the
+   paraphrase (odd-numbered facts only, never seen in that wording); a fact counts as
+   reproduced when the output starts with its place. Only reproduced facts are scored.
+3. **Index**: chunks cut once; one build root per representation (:class:`Variant`:
+   pooling, FAISS factory such as PCA / PCAW whitening, embed context, and whether the
+   query is the output given the prompt or prompt + output), ``--jobs`` stages at once.
+4. **Scoring**: each method ranks training chunks; relevant = the fact's own chunks that
+   contain the place. MRR, recall@1 / @10, and how often a distractor outranks every
+   source. Methods: tda (each variant, also re-ranked by sparse concept overlap), hybrids
+   (the best tda variant's top 100 re-ranked by BM25 / exact span), BM25 (``rank-bm25``),
+   exact span (OLMoTrace-style, our own 3-gram index), Grad-Cos on the last block, TRAK
+   (dattri, when importable) and random.
+5. **Counterfactual**: retrain without (a) the best tda variant's top-k chunks per
+   reproduced fact, BM25's top-k, (b) the true sources, (c) as many random chunks, cut
+   out of the corpus with ``tda prune apply`` at chunk level; (d) nothing = the original
+   model (training is deterministic). Reports the mean change in the answer's
+   log-probability after the verbatim prompt and its share of the oracle's change.
 
-Seeded: the same command prints the same table. Results go to OUT/quality.json.
+Results go to OUT/quality.json and OUT/quality.md (the tables docs/quality.md publishes).
 """
 
 from __future__ import annotations
