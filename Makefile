@@ -44,7 +44,7 @@ bench: install ## Benchmarks (figures go in docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench_attribute.py
 	$(BIN)/python benchmarks/bench_serve.py
 
-eval: install ## Attribution quality on planted facts vs BM25 / exact span / random (docs/quality.md)
+eval: install ## Attribution quality: tda representations, hybrids, BM25 / exact span / Grad-Cos / TRAK, counterfactual retraining (docs/quality.md)
 	$(BIN)/python -m tda.jobs.quality --out build/eval
 
 sdist: install ## Build dist/tda-<version>.tar.gz (what --setup_file and the worker image install)

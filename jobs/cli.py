@@ -362,7 +362,7 @@ def embed_options(func):
         ),
         click.option(
             "--pooling",
-            default="mean",
+            default="mean:hidden",
             show_default=True,
             metavar="METHOD[:FEATURES]",
             help="Dense vector: mean|max|last over features concepts|known|hidden, or weights "
@@ -1068,8 +1068,9 @@ def serve(root, host, port, model, force, device) -> None:
 @main.command("eval", context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def eval_quality(args) -> None:
-    """Attribution quality on planted facts: tda against BM25, exact-span and random
-    baselines (MRR, recall@1/@10). Options: tda eval --help-harness."""
+    """Attribution quality on planted facts: tda representations and hybrids against
+    BM25, exact-span, gradient (Grad-Cos, TRAK) and random baselines, plus counterfactual
+    retraining. Options: tda eval --help-harness."""
     from .quality import main as run_quality
 
     argv = ["--help" if a == "--help-harness" else a for a in args]
