@@ -168,7 +168,6 @@ def write_hashed(fs, path: str, produce) -> tuple[str, int]:
     return digest
 
 
-
 @functools.cache
 def bound_heap() -> bool:
     """Make this process's large allocations (>= 4 MiB) go to mmap and return to the OS
