@@ -60,7 +60,8 @@ class BuildDisplay(BuildProgress):
         self._halt()
         unit = _UNITS.get(stage, "items")
         if not self._console.is_terminal:
-            print(f"tda build: {stage}: {units:,} {unit} planned", file=sys.stderr, flush=True)
+            named = unit if units != 1 else unit[:-1]
+            print(f"tda build: {stage}: {units:,} {named} planned", file=sys.stderr, flush=True)
         self._task = self._progress.add_task(stage, total=units, unit=unit)
         local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         interval = 0.5 if local else 5.0
