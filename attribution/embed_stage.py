@@ -336,7 +336,12 @@ def process_file(
         zero_vectors += pooled.zero_vectors
         count("zero_vectors", pooled.zero_vectors)
 
-    bound_heap()
+    if getattr(encoder.device, "type", None) == "cuda":
+        # Host memory then holds only I/O buffers, so fixed malloc thresholds cost nothing
+        # measurable on the forward pass; on CPU they cost 25% of embed throughput
+        # (tensors of 4-32 MiB mapped afresh per op; benchmarks/bench_memory.py and
+        # docs/scale.md), so CPU runs keep glibc's defaults.
+        bound_heap()
     group: list[ChunkDocument] = []
     group_size = 0
     try:

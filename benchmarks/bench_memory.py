@@ -35,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, sys, time
 stage, corpus, root, model = sys.argv[1:5]
+if sys.argv[6] == "bound":  # what GPU embed workers do (tda.attribution.fsutil.bound_heap)
+    from tda.attribution.fsutil import bound_heap
+    bound_heap()
 started = time.time()
 if stage == "chunk":
     from tda.pipeline.chunk import run_chunk
@@ -76,9 +79,12 @@ def write_corpus(folder: Path, docs, copies: int, files: int) -> None:
                     f.write(json.dumps({"id": f"{n}-{copy}-{doc_id}", "text": text}) + "\n")
 
 
-def run_stage(stage: str, corpus: Path, root: Path, model: Path, shard_size: int) -> dict:
+def run_stage(
+    stage: str, corpus: Path, root: Path, model: Path, shard_size: int, heap: str = "default"
+) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, stage, str(corpus), str(root), str(model), str(shard_size)],
+        [sys.executable, "-c", CHILD, stage, str(corpus), str(root), str(model),
+         str(shard_size), heap],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -91,6 +97,14 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=4096)
     parser.add_argument("--chunk-base", type=int, default=10, help="Copies in the chunk 1x file.")
     parser.add_argument("--embed-base", type=int, default=3, help="Copies in the embed 1x file.")
+    parser.add_argument(
+        "--bound-heap",
+        dest="heap",
+        action="store_const",
+        const="bound",
+        default="default",
+        help="Fixed glibc malloc thresholds in every stage process, as GPU embed workers use.",
+    )
     args = parser.parse_args()
     from pydoc_data.topics import topics
 
@@ -126,7 +140,7 @@ def main() -> None:
             corpus, root = out / f"corpus-{label}-x{scale}", out / f"root-{label}-x{scale}"
             write_corpus(corpus, docs, copies, files)
             for stage in stages:
-                row = run_stage(stage, corpus, root, model, args.shard_size)
+                row = run_stage(stage, corpus, root, model, args.shard_size, args.heap)
                 row = {"growth": label, "scale": scale, "stage": stage, **row}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -153,9 +167,10 @@ def main() -> None:
     for s in summary:
         rss = f"{s['peak_rss_mb_1x']:>8.0f}M {s['peak_rss_mb_10x']:>8.0f}M {s['ratio']:.2f}"
         print(f"{s['growth']:<8} {s['stage']:<6} {s['units_1x']:>12,} {s['units_10x']:>12,} {rss}")
-    (out / "memory.json").write_text(
-        json.dumps({"baseline_rss_mb": baseline, "rows": rows, "summary": summary,
-                    "seconds": round(time.time() - started)}, indent=2) + "\n"
+    (out / f"memory-{args.heap}.json").write_text(
+        json.dumps({"heap": args.heap, "baseline_rss_mb": baseline, "rows": rows,
+                    "summary": summary, "seconds": round(time.time() - started)},
+                   indent=2) + "\n"
     )  # fmt: skip
 
 
