@@ -5,93 +5,35 @@
     ChunkCorpus (one pipeline) -> EmbedCorpus (one pipeline) -> BuildIndex (one pipeline)
 
 Each stage is planned by the driver from the previous stage's manifest, so the stages run
-one after another; each runs exactly the code of its own command (``run_chunk``,
-``run_embed``, ``run_index`` are the same plan -> transform -> finish steps), which is why
-a build's files equal the three stage commands' files. ``resume`` continues every stage:
-finished files and shards are skipped, a finished stage is replayed from its markers and
-rewrites the same manifest.
+one after another; each runs through the same :func:`~tda.pipeline.common.run_stage` and
+:class:`~tda.pipeline.common.Stage` as its own command (``run_chunk``, ``run_embed``,
+``run_index``), which is why a build's files equal the three stage commands' files.
+``resume`` continues every stage: finished files and shards are skipped, a finished
+stage is replayed from its markers and rewrites the same manifest.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.chunk_stage import build_root, finish_chunk_run, plan_chunk_run
-from tda.attribution.embed_stage import finish_embed_run, plan_embed_run
-from tda.attribution.index_build import finish_index_run, plan_index_run
+from tda.attribution.chunk_stage import build_root
 from tda.schemas import ChunkConfig, ConfigError, EmbedConfig, IndexConfig
-from tda.schemas.layout import BuildRoot
 
-from . import chunk as chunk_pipeline
-from . import embed as embed_pipeline
-from . import index as index_pipeline
-from .chunk import ChunkCorpus, ChunkRunResult
-from .common import build_pipeline, run_transform
-from .embed import EmbedCorpus, EmbedRunResult
-from .index import BuildIndex, IndexRunResult
+from .chunk import STAGE as CHUNK_STAGE
+from .chunk import ChunkRunResult
+from .common import build_pipeline, run_stage
+from .embed import STAGE as EMBED_STAGE
+from .embed import EmbedRunResult
+from .index import STAGE as INDEX_STAGE
+from .index import IndexRunResult
 
-__all__ = ["STAGES", "BuildProgress", "BuildResult", "Stage", "run_build", "stage_pipeline"]
+__all__ = ["STAGES", "BuildProgress", "BuildResult", "run_build", "stage_pipeline"]
 
-
-@dataclass(frozen=True)
-class Stage:
-    """How the driver runs one stage: plan (driver), transform (Beam), finish (driver).
-
-    units: plan -> how many work items (files or shards) the pipeline processes;
-    markers: BuildRoot -> the folder holding one completion marker per finished item.
-    """
-
-    name: str
-    label: str
-    namespace: str
-    plan: Callable
-    transform: Callable
-    finish: Callable
-    units: Callable
-    markers: Callable[[BuildRoot], str]
-    result: type
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage(
-        "chunk",
-        "ChunkCorpus",
-        chunk_pipeline.COUNTER_NAMESPACE,
-        plan_chunk_run,
-        ChunkCorpus,
-        finish_chunk_run,
-        lambda plan: len(plan.inputs),
-        lambda root: root.completions_dir,
-        ChunkRunResult,
-    ),
-    Stage(
-        "embed",
-        "EmbedCorpus",
-        embed_pipeline.COUNTER_NAMESPACE,
-        plan_embed_run,
-        EmbedCorpus,
-        finish_embed_run,
-        lambda plan: len(plan.chunks.files),
-        lambda root: root.embed_completions_dir,
-        EmbedRunResult,
-    ),
-    Stage(
-        "index",
-        "BuildIndex",
-        index_pipeline.COUNTER_NAMESPACE,
-        plan_index_run,
-        BuildIndex,
-        finish_index_run,
-        lambda plan: len(plan.shards),
-        lambda root: root.index_completions_dir,
-        IndexRunResult,
-    ),
-)
+STAGES = (CHUNK_STAGE, EMBED_STAGE, INDEX_STAGE)
 
 
 class BuildProgress:
@@ -138,10 +80,11 @@ def run_build(
     results, seconds = {}, {}
     for stage, config in zip(STAGES, (chunk, embed, index), strict=True):
         started = time.monotonic()
-        plan = stage.plan(config)
-        progress.start(stage.name, stage.units(plan), fs, stage.markers(root))
-        counters = run_transform(stage.label, stage.transform(plan), stage.namespace, options, None)
-        results[stage.name] = stage.result(manifest=stage.finish(plan), counters=counters)
+
+        def planned(plan, stage=stage) -> None:
+            progress.start(stage.name, stage.units(plan), fs, stage.markers(root))
+
+        results[stage.name] = run_stage(stage, config, options, on_planned=planned)
         seconds[stage.name] = time.monotonic() - started
         progress.done(stage.name, results[stage.name], seconds[stage.name])
     return BuildResult(**results, seconds=seconds)

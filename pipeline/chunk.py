@@ -27,9 +27,16 @@ from tda.attribution.chunk_stage import (
 from tda.attribution.tokenizer import TokenizerError, load_tokenizer
 from tda.schemas import ChunkConfig, FileCounts, InputFile, Manifest
 
-from .common import StageCounters, run_transform
+from .common import Stage, StageCounters, run_stage
 
-__all__ = ["COUNTER_NAMESPACE", "ChunkCorpus", "ChunkFileFn", "ChunkRunResult", "run_chunk"]
+__all__ = [
+    "COUNTER_NAMESPACE",
+    "STAGE",
+    "ChunkCorpus",
+    "ChunkFileFn",
+    "ChunkRunResult",
+    "run_chunk",
+]
 
 COUNTER_NAMESPACE = "tda.chunk"
 
@@ -96,8 +103,17 @@ def run_chunk(
 ) -> ChunkRunResult:
     """Plan, run the pipeline, write the manifest. ``options`` are Beam pipeline options,
     passed through unchanged (runner, workers, Dataflow/Spark/Flink settings)."""
-    plan = plan_chunk_run(config)
-    counters = run_transform(
-        "ChunkCorpus", ChunkCorpus(plan), COUNTER_NAMESPACE, options, test_pipeline
-    )
-    return ChunkRunResult(manifest=finish_chunk_run(plan), counters=counters)
+    return run_stage(STAGE, config, options, test_pipeline)
+
+
+STAGE = Stage(
+    name="chunk",
+    label="ChunkCorpus",
+    namespace=COUNTER_NAMESPACE,
+    plan=plan_chunk_run,
+    transform=ChunkCorpus,
+    finish=finish_chunk_run,
+    units=lambda plan: len(plan.inputs),
+    markers=lambda root: root.completions_dir,
+    result=ChunkRunResult,
+)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = ["StageCounters", "beam_counters", "build_pipeline", "fan_out", "run_transform"]
+__all__ = [
+    "Stage",
+    "StageCounters",
+    "beam_counters",
+    "build_pipeline",
+    "fan_out",
+    "run_stage",
+    "run_transform",
+]
 
 
 class StageCounters:
@@ -69,6 +80,44 @@ def run_transform(
     result = pipeline.run()
     result.wait_until_finish()
     return beam_counters(result, namespace)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How the driver runs one stage: plan (driver) -> transform (Beam) -> finish (driver).
+
+    units: plan -> how many work items (files or shards) the pipeline processes;
+    markers: BuildRoot -> the folder holding one completion marker per finished item;
+    result: the stage's result class, built from (manifest, counters).
+    """
+
+    name: str
+    label: str
+    namespace: str
+    plan: Callable
+    transform: Callable
+    finish: Callable
+    units: Callable
+    markers: Callable
+    result: type
+
+
+def run_stage(
+    stage: Stage,
+    config,
+    options: PipelineOptions | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+    on_planned: Callable | None = None,
+):
+    """Plan, run the stage's pipeline to the end, write its manifest; ``on_planned(plan)``
+    is called between planning and the pipeline. Returns ``stage.result``."""
+    plan = stage.plan(config)
+    if on_planned is not None:
+        on_planned(plan)
+    counters = run_transform(
+        stage.label, stage.transform(plan), stage.namespace, options, test_pipeline
+    )
+    return stage.result(manifest=stage.finish(plan), counters=counters)
 
 
 def fan_out(pbegin, items, fn: beam.DoFn, label: str, list_label: str = "ListFiles"):

@@ -32,10 +32,11 @@ from tda.attribution.embed_stage import (
 from tda.attribution.encoder import ConceptEncoder, load_encoder
 from tda.schemas import EmbedConfig, EmbedCounts, EmbedManifest
 
-from .common import StageCounters, run_transform
+from .common import Stage, StageCounters, run_stage
 
 __all__ = [
     "COUNTER_NAMESPACE",
+    "STAGE",
     "EmbedCorpus",
     "EmbedFileFn",
     "EmbedRunResult",
@@ -126,8 +127,17 @@ def run_embed(
     test_pipeline: beam.Pipeline | None = None,
 ) -> EmbedRunResult:
     """Plan, run the pipeline, write the manifest (Beam ``options`` pass through)."""
-    plan = plan_embed_run(config)
-    counters = run_transform(
-        "EmbedCorpus", EmbedCorpus(plan), COUNTER_NAMESPACE, options, test_pipeline
-    )
-    return EmbedRunResult(manifest=finish_embed_run(plan), counters=counters)
+    return run_stage(STAGE, config, options, test_pipeline)
+
+
+STAGE = Stage(
+    name="embed",
+    label="EmbedCorpus",
+    namespace=COUNTER_NAMESPACE,
+    plan=plan_embed_run,
+    transform=EmbedCorpus,
+    finish=finish_embed_run,
+    units=lambda plan: len(plan.chunks.files),
+    markers=lambda root: root.embed_completions_dir,
+    result=EmbedRunResult,
+)

@@ -28,9 +28,9 @@ from tda.attribution.index_build import (
 )
 from tda.schemas import IndexConfig, IndexManifest, ShardInfo
 
-from .common import StageCounters, run_transform
+from .common import Stage, StageCounters, run_stage
 
-__all__ = ["COUNTER_NAMESPACE", "BuildIndex", "FillShardFn", "IndexRunResult", "run_index"]
+__all__ = ["COUNTER_NAMESPACE", "STAGE", "BuildIndex", "FillShardFn", "IndexRunResult", "run_index"]
 
 COUNTER_NAMESPACE = "tda.index"
 
@@ -91,8 +91,17 @@ def run_index(
     test_pipeline: beam.Pipeline | None = None,
 ) -> IndexRunResult:
     """Plan and train (driver), fill shards (Beam), write the manifest (driver)."""
-    plan = plan_index_run(config)
-    counters = run_transform(
-        "BuildIndex", BuildIndex(plan), COUNTER_NAMESPACE, options, test_pipeline
-    )
-    return IndexRunResult(manifest=finish_index_run(plan), counters=counters)
+    return run_stage(STAGE, config, options, test_pipeline)
+
+
+STAGE = Stage(
+    name="index",
+    label="BuildIndex",
+    namespace=COUNTER_NAMESPACE,
+    plan=plan_index_run,
+    transform=BuildIndex,
+    finish=finish_index_run,
+    units=lambda plan: len(plan.shards),
+    markers=lambda root: root.index_completions_dir,
+    result=IndexRunResult,
+)
