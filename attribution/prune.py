@@ -271,6 +271,19 @@ def _relative(url: str, inputs: Sequence[str]) -> str:
     return os.path.relpath(path, common)
 
 
+def _root_manifests(fs, broot) -> tuple[tuple, tuple, tuple]:
+    """A build root's chunk, embed and index manifests, each as (manifest, sha256)."""
+    from tda.schemas import EmbedManifest, IndexManifest, Manifest
+
+    return (
+        read_manifest(fs, broot.chunk_manifest, Manifest.from_json, "tda chunk", PruneError),
+        read_manifest(fs, broot.embed_manifest, EmbedManifest.from_json, "tda embed", PruneError),
+        read_manifest(
+            fs, broot.index_manifest, IndexManifest.from_json, "tda index build", PruneError
+        ),
+    )
+
+
 def plan_prune(
     root: str,
     list_path: str,
@@ -280,22 +293,12 @@ def plan_prune(
     reason: str,
     overwrite: bool = False,
 ) -> PrunePlan:
-    from tda.schemas import EmbedManifest, IndexManifest, Manifest
-
     from .corpus import resolve_inputs
 
     if not reason or not reason.strip():
         raise PruneError("--reason is required: the audit log records why data was removed")
     fs, broot = build_root(root)
-    chunks_m, chunk_sha = read_manifest(
-        fs, broot.chunk_manifest, Manifest.from_json, "tda chunk", PruneError
-    )
-    _, embed_sha = read_manifest(
-        fs, broot.embed_manifest, EmbedManifest.from_json, "tda embed", PruneError
-    )
-    _, index_sha = read_manifest(
-        fs, broot.index_manifest, IndexManifest.from_json, "tda index build", PruneError
-    )
+    (chunks_m, chunk_sha), (_, embed_sha), (_, index_sha) = _root_manifests(fs, broot)
     given = [f.url for f in resolve_inputs(list(corpus), chunks_m.read.format)]
     expected = [f.url for f in chunks_m.inputs]
     if given != expected:
@@ -604,7 +607,7 @@ def finish_prune(
 ) -> dict:
     """NEW_ROOT's manifests, index (affected shards refilled, others copied) and audit
     log; -> the audit entry."""
-    from tda.schemas import EmbedManifest, IndexConfig, IndexManifest, Manifest
+    from tda.schemas import IndexConfig
 
     from .index_build import IndexPlan, fill_shards, finish_index_run
 
@@ -613,15 +616,7 @@ def finish_prune(
     by_file = {r.file_index: r for r in results}
     if sorted(by_file) != sorted(plan.files):
         raise PruneError("not every input file was pruned; run `tda prune apply` again")
-    chunks_m, _ = read_manifest(
-        fs, broot.chunk_manifest, Manifest.from_json, "tda chunk", PruneError
-    )
-    embed_m, _ = read_manifest(
-        fs, broot.embed_manifest, EmbedManifest.from_json, "tda embed", PruneError
-    )
-    index_m, _ = read_manifest(
-        fs, broot.index_manifest, IndexManifest.from_json, "tda index build", PruneError
-    )
+    (chunks_m, _), (embed_m, _), (index_m, _) = _root_manifests(fs, broot)
     new_counts = []
     for c in chunks_m.files:
         r = by_file[c.file_index]
