@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py (this folder is sys.path[0])
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -114,13 +114,7 @@ def main() -> None:
         timing["ratio_to_forward"] = timing["total"] / statistics.median(forwards)
         results[mode] = {k: round(v, 3) for k, v in timing.items()}
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "index_vectors": attributor.manifest.vectors,
         "factory": attributor.manifest.factory,
         "pairs": len(pairs),

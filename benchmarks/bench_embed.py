@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py (this folder is sys.path[0])
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,13 +129,7 @@ def main() -> None:
     totals = runs[0][1]
     assert totals["window_tokens"] == window_tokens, (totals, window_tokens)
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "model": {
             "d_model": encoder.info.hidden_size,
             "layers": encoder.model.cfg.n_layers,

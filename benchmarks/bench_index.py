@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py (this folder is sys.path[0])
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.attribution.test_index writes the synthetic root
@@ -137,12 +137,7 @@ def main() -> None:
         latencies.append((time.perf_counter() - t) * 1000)
     size = sum(f.size for f in manifest.files)
     report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "faiss": faiss.__version__,
-        },
+        "machine": machine(faiss=faiss.__version__),
         "vectors": args.n,
         "dim": args.dim,
         "shards": len(manifest.shards),

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import statistics
 import sys
@@ -23,6 +21,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from machine import machine  # benchmarks/machine.py (this folder is sys.path[0])
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -90,7 +90,7 @@ def main() -> None:
         }
 
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "clients": args.clients,
         "requests": args.requests,
         "errors": sum(1 for _, code, _ in results if code != 200),
