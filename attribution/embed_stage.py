@@ -337,9 +337,9 @@ def process_file(
         count("zero_vectors", pooled.zero_vectors)
 
     if getattr(encoder.device, "type", None) == "cuda":
-        # Host memory then holds only I/O buffers, so fixed malloc thresholds cost nothing
-        # measurable on the forward pass; on CPU they cost 25% of embed throughput
-        # (tensors of 4-32 MiB mapped afresh per op; benchmarks/bench_memory.py and
+        # Host memory then holds only I/O buffers, so fixed malloc thresholds should cost
+        # little (not yet measured on a GPU); on CPU they cost 20-25% of embed throughput
+        # (tensors of 4-32 MiB mapped afresh per op; benchmarks/bench_heap.py,
         # docs/scale.md), so CPU runs keep glibc's defaults.
         bound_heap()
     group: list[ChunkDocument] = []

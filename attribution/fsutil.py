@@ -178,7 +178,7 @@ def bound_heap() -> bool:
     after which torch's and Arrow's per-batch buffers come from heap arenas that are
     never given back. Measured with benchmarks/bench_memory.py on CPU: the embed stage's
     peak RSS grew 1.33x over a file 10x larger with nothing live, 1.16x with fixed
-    thresholds, at 25% lower throughput (so only GPU workers use it).
+    thresholds, at 20-25% lower throughput (so only GPU workers use it).
     """
     import ctypes
     import ctypes.util
