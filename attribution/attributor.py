@@ -42,6 +42,11 @@ import numpy as np
 
 from tda import __version__
 from tda.schemas import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_QUERY_SPAN,
+    DEFAULT_RERANK,
+    QUERY_SPANS,
+    RERANKS,
     AttributionReport,
     AttributionSettings,
     ConceptContribution,
@@ -57,11 +62,22 @@ from tda.schemas import (
 from .encoder import ConceptActivations, ConceptEncoder, load_encoder, logit_split
 from .encoder import pool_chunks as _pool_chunks
 from .index_reader import IndexReader, IndexReadError
+from .rerank import concept_overlap, longest_shared_run, rerank_order, words
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["INPUT_ATTRIBUTIONS", "MAX_OUTPUT_TOKENS", "Attributor", "generate_tokens"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_QUERY_SPAN",
+    "DEFAULT_RERANK",
+    "INPUT_ATTRIBUTIONS",
+    "MAX_OUTPUT_TOKENS",
+    "QUERY_SPANS",
+    "RERANKS",
+    "Attributor",
+    "generate_tokens",
+]
 
 INPUT_ATTRIBUTIONS = ("grad", "ig", "none")
 IG_BASELINES = ("mask", "zero")
@@ -183,15 +199,31 @@ class Attributor:
         ig_baseline: str = "mask",
         top_concepts: int = 10,
         chunk_size: int | None = None,
+        query_span: str = DEFAULT_QUERY_SPAN,
+        rerank: str = DEFAULT_RERANK,
+        candidates: int = DEFAULT_CANDIDATES,
     ) -> AttributionReport:
         """Attribute ``output`` (text or token ids) given ``prompt``, or the ``generate``
-        tokens the model writes after it. Returns the report (see the module docstring)."""
+        tokens the model writes after it. Returns the report (see the module docstring).
+
+        ``query_span``: what each output chunk's search vector pools (:data:`QUERY_SPANS`).
+        ``rerank``: ``none``, or order the ``candidates`` nearest chunks by ``concepts``
+        (sparse concept overlap) or ``span`` (longest shared word run with the query
+        span's text) before keeping ``k`` (:mod:`~tda.attribution.rerank`)."""
         import torch
 
         started = time.perf_counter()
         self._check_args(
             output, generate, k, input_attribution, ig_steps, ig_baseline, top_concepts
         )
+        if query_span not in QUERY_SPANS:
+            raise ConfigError(
+                f"--query-span must be one of {', '.join(QUERY_SPANS)}, got {query_span!r}"
+            )
+        if rerank not in RERANKS:
+            raise ConfigError(f"--rerank must be one of {', '.join(RERANKS)}, got {rerank!r}")
+        if rerank != "none" and candidates < k:
+            raise ConfigError(f"--candidates ({candidates}) must be at least -k ({k}) to re-rank")
         chunk_size = chunk_size or self.manifest.chunking.chunk_size
         if chunk_size < 1:
             raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")
@@ -213,6 +245,7 @@ class Attributor:
             raise ConfigError("the output has no tokens")
         seq = self._sequence(prompt, prompt_ids, output, output_ids, window)
         spans = self._chunk_spans(seq, chunk_size)
+        query_starts = self._query_starts(spans, chunk_size, query_span)
 
         # --- one forward pass (input embeddings, so gradients can reach the prompt)
         t = time.perf_counter()
@@ -227,7 +260,7 @@ class Attributor:
             log_probs = _token_log_probs(acts.logits, ids_t)  # (1, T)
             chunk_lp = [log_probs[0, s:e].sum() for s, e in spans]
         frozen = _detached(acts)
-        starts = np.array([s for s, _ in spans])
+        starts = np.array(query_starts)
         ends = np.array([e for _, e in spans])
         with torch.no_grad():
             pooled = _pool_chunks(
@@ -256,7 +289,8 @@ class Attributor:
 
         # --- search (all chunks at once), then provenance + shared concepts
         t = time.perf_counter()
-        scores, hit_ids = self.reader.search(pooled.vectors, k, nprobe)
+        wanted = max(k, candidates) if rerank != "none" else k
+        scores, hit_ids = self.reader.search(pooled.vectors, wanted, nprobe)
         search_ms = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
         chunks = []
@@ -268,7 +302,13 @@ class Attributor:
                     strict=True,
                 )
             )
-            hits = self._hits(scores[c], hit_ids[c], out_concepts)
+            query_text = (
+                self.tokenizer.decode(seq.ids[query_starts[c] : e].tolist())
+                if rerank == "span"
+                else ""
+            )
+            keep, rerank_scores = self._rerank(rerank, hit_ids[c], out_concepts, query_text, k)
+            hits = self._hits(scores[c][keep], hit_ids[c][keep], out_concepts, rerank_scores)
             chunks.append(
                 OutputChunk(
                     index=c,
@@ -279,6 +319,7 @@ class Attributor:
                     text=seq.output_text[
                         seq.output_chars[s - seq.prompt_len] : seq.output_chars[e - seq.prompt_len]
                     ],
+                    query_token_start=query_starts[c] - seq.prompt_len,
                     totals=_totals(split, log_probs, s, e),
                     concepts=self._concepts(split, frozen, s, e, top_concepts),
                     hits=hits,
@@ -319,6 +360,9 @@ class Attributor:
             pooling=self.manifest.pooling.name,
             window=window,
             generate=gen_settings,
+            query_span=query_span,
+            rerank=rerank,
+            candidates=candidates if rerank != "none" else None,
         )
         total_ms = (time.perf_counter() - started) * 1000
         return AttributionReport(
@@ -418,7 +462,36 @@ class Attributor:
             bounds = [*list(range(P, T, chunk_size)), T]
         return [(s, e) for s, e in itertools.pairwise(bounds) if e > s]
 
-    def _hits(self, scores, ids, out_concepts: dict[int, float]) -> tuple[TrainingHit, ...]:
+    def _query_starts(self, spans, chunk_size: int, query_span: str) -> list[int]:
+        """Per output chunk [s, e), where its search vector's pooling starts: ``s``
+        (``output``), or ``chunk_size`` tokens before ``e`` (``chunk``; on a block grid,
+        the start of the grid chunk holding ``s``, which is what the index pooled)."""
+        if query_span == "output":
+            return [s for s, _ in spans]
+        if self.encoder.info.block_align > 1:
+            return [(s // chunk_size) * chunk_size for s, _ in spans]
+        return [max(0, e - chunk_size) for _, e in spans]
+
+    def _rerank(self, rerank: str, ids: np.ndarray, out_concepts, query_text: str, k: int):
+        """ANN candidate ids (n,) -> (positions of the k kept, in final order; their
+        re-rank scores or None)."""
+        valid = [i for i, cid in enumerate(ids.tolist()) if cid >= 0]
+        if rerank == "none":
+            return np.array(valid[:k], dtype=np.int64), None
+        if rerank == "concepts":
+            signal = [
+                concept_overlap(out_concepts, *self.reader.concepts(int(ids[i]))) for i in valid
+            ]
+        else:
+            query = words(query_text)
+            texts = [self.reader.lookup.get(int(ids[i])).text or "" for i in valid]
+            signal = [float(longest_shared_run(query, words(text))) for text in texts]
+        order = rerank_order(signal)[:k]
+        return np.array([valid[i] for i in order], dtype=np.int64), [signal[i] for i in order]
+
+    def _hits(
+        self, scores, ids, out_concepts: dict[int, float], rerank_scores=None
+    ) -> tuple[TrainingHit, ...]:
         names = self.encoder.concept_names
         hits = []
         for rank, (score, chunk_id) in enumerate(zip(scores, ids, strict=True), start=1):
@@ -451,6 +524,9 @@ class Attributor:
                     url=record.url,
                     text=record.text,
                     shared_concepts=tuple(shared),
+                    rerank_score=(
+                        None if rerank_scores is None else round(rerank_scores[rank - 1], 6)
+                    ),
                 )
             )
         return tuple(hits)

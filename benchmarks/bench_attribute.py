@@ -11,8 +11,9 @@ tokens = 2 chunks of 64), timed after a warm-up:
 
 * forward: ``encoder.forward(prompt + output ids, with_logits=True)`` alone
   (torch.inference_mode), the cost of one forward pass of the same text;
-* attribute: ``Attributor.attribute(prompt_ids, output_ids)`` end to end, for each
-  ``--input-attribution`` (none, grad = the default, ig with 32 steps), with its own
+* attribute: ``Attributor.attribute(prompt_ids, output_ids)`` end to end: with every
+  default, then per ``--input-attribution`` (none, grad, ig with 32 steps) with no
+  re-rank, and ``none`` with each ``--rerank`` over 100 candidates, each with its own
   breakdown (forward incl. pooling and the logit split, backward, search, metadata).
 
 Ratio = attribute median / forward median (target <= 1.5x, plus <= 50 ms for search and
@@ -95,15 +96,22 @@ def main() -> None:
             encoder.forward(ids, with_logits=True)
         return (time.perf_counter() - start) * 1000
 
-    modes = {"none": {}, "grad": {}, "ig": {"ig_steps": 32}}
+    modes = {
+        "defaults": {},
+        "none": {"input_attribution": "none", "rerank": "none"},
+        "grad": {"input_attribution": "grad", "rerank": "none"},
+        "ig": {"input_attribution": "ig", "ig_steps": 32, "rerank": "none"},
+        "none, --rerank concepts": {"input_attribution": "none", "rerank": "concepts"},
+        "none, --rerank span": {"input_attribution": "none", "rerank": "span"},
+    }
     for prompt, output in pairs[:3]:  # warm up
         forward(prompt, output)
-        for mode, kw in modes.items():
-            attributor.attribute(prompt, output, input_attribution=mode, **kw)
+        for kw in modes.values():
+            attributor.attribute(prompt, output, **kw)
     forwards = [forward(p, o) for p, o in pairs]
     results = {}
     for mode, kw in modes.items():
-        reports = [attributor.attribute(p, o, input_attribution=mode, **kw) for p, o in pairs]
+        reports = [attributor.attribute(p, o, **kw) for p, o in pairs]
         timing = {
             name: statistics.median(getattr(r.timings, name) for r in reports)
             for name in ("forward", "backward", "search", "metadata", "total")
@@ -113,6 +121,12 @@ def main() -> None:
         )
         timing["ratio_to_forward"] = timing["total"] / statistics.median(forwards)
         results[mode] = {k: round(v, 3) for k, v in timing.items()}
+        results[mode]["settings"] = {
+            "input_attribution": reports[0].settings.input_attribution,
+            "query_span": reports[0].settings.query_span,
+            "rerank": reports[0].settings.rerank,
+            "candidates": reports[0].settings.candidates,
+        }
     report = {
         "machine": machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "index_vectors": attributor.manifest.vectors,

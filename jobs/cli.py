@@ -12,7 +12,16 @@ import click
 
 from tda import __version__
 from tda.attribution.sizes import parse_size
-from tda.schemas import ChunkConfig, ChunkingPolicy, ReadOptions
+from tda.schemas import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_QUERY_SPAN,
+    DEFAULT_RERANK,
+    QUERY_SPANS,
+    RERANKS,
+    ChunkConfig,
+    ChunkingPolicy,
+    ReadOptions,
+)
 
 from .beam_args import BeamCommand, quiet_beam_import
 
@@ -839,12 +848,37 @@ def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
 )
 @click.option("--top-concepts", type=int, default=10, show_default=True)
 @click.option(
+    "--query-span",
+    type=click.Choice(QUERY_SPANS),
+    default=DEFAULT_QUERY_SPAN,
+    show_default=True,
+    help="What each output chunk's search vector pools: 'chunk' = the index's chunk size "
+    "in tokens ending at the chunk's end (a short chunk borrows the prompt's last tokens), "
+    "'output' = the chunk's own tokens.",
+)
+@click.option(
+    "--rerank",
+    type=click.Choice(RERANKS),
+    default=DEFAULT_RERANK,
+    show_default=True,
+    help="Order the --candidates nearest chunks by shared concepts ('concepts') or by the "
+    "longest word run shared with the query text ('span', a lexical hybrid) before "
+    "keeping -k.",
+)
+@click.option(
+    "--candidates",
+    type=int,
+    default=DEFAULT_CANDIDATES,
+    show_default=True,
+    help="Nearest chunks a --rerank orders.",
+)
+@click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def attribute(root, prompt, output, generate, temperature, seed, model, force, k, nprobe,
-              chunk_size, input_attribution, ig_steps, ig_baseline, top_concepts, device,
-              as_json) -> None:  # fmt: skip
+              chunk_size, input_attribution, ig_steps, ig_baseline, top_concepts, query_span,
+              rerank, candidates, device, as_json) -> None:  # fmt: skip
     """Attribute a model output to training chunks, concepts, prompt tokens and sources.
 
     One forward pass over prompt + output with the index's encoder, context and pooling;
@@ -871,6 +905,9 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
             ig_baseline=ig_baseline,
             top_concepts=top_concepts,
             chunk_size=chunk_size,
+            query_span=query_span,
+            rerank=rerank,
+            candidates=candidates,
         )
     except _user_errors() as exc:
         raise click.ClickException(str(exc)) from None

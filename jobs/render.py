@@ -67,6 +67,8 @@ def render_report(report: AttributionReport, console) -> None:
             if s.input_attribution == "ig"
             else ""
         )
+        + f", query span {s.query_span}"
+        + (f", re-rank {s.rerank} of {s.candidates}" if s.rerank != "none" else "")
         + "\n"
     )
     head.append("time ", style="bold")

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tda.schemas import DEFAULT_CANDIDATES, DEFAULT_QUERY_SPAN, DEFAULT_RERANK, QUERY_SPANS, RERANKS
+
 __all__ = ["LIMITS", "Limits", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -41,6 +43,7 @@ class Limits:
     output_chars: int = 20_000
     generate_tokens: int = 256
     k: int = 100
+    candidates: int = 1000
     ig_steps: int = 128
     search_chars: int = 5_000
 
@@ -97,6 +100,9 @@ def create_app(
         ig_baseline: Literal["mask", "zero"] = "mask"
         top_concepts: int = Field(default=10, ge=1, le=1000)
         chunk_size: int | None = Field(default=None, ge=1, le=4096)
+        query_span: Literal[QUERY_SPANS] = DEFAULT_QUERY_SPAN
+        rerank: Literal[RERANKS] = DEFAULT_RERANK
+        candidates: int = Field(default=DEFAULT_CANDIDATES, ge=1, le=limits.candidates)
 
         @model_validator(mode="after")
         def _one_output(self):

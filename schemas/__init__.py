@@ -41,7 +41,12 @@ from .records import (
     vectors_to_arrow,
 )
 from .report import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_QUERY_SPAN,
+    DEFAULT_RERANK,
+    QUERY_SPANS,
     REPORT_SCHEMA_VERSION,
+    RERANKS,
     AttributionReport,
     AttributionSettings,
     ConceptContribution,
@@ -57,9 +62,14 @@ from .report import (
 __all__ = [
     "CHUNK_SCHEMA",
     "DEADLETTER_SCHEMA",
+    "DEFAULT_CANDIDATES",
     "DEFAULT_CODEC",
+    "DEFAULT_QUERY_SPAN",
+    "DEFAULT_RERANK",
     "MAX_CONCEPT_ID",
+    "QUERY_SPANS",
     "REPORT_SCHEMA_VERSION",
+    "RERANKS",
     "AttributionReport",
     "AttributionSettings",
     "Chunk",

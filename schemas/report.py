@@ -26,7 +26,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_QUERY_SPAN",
+    "DEFAULT_RERANK",
+    "QUERY_SPANS",
     "REPORT_SCHEMA_VERSION",
+    "RERANKS",
     "AttributionReport",
     "AttributionSettings",
     "ConceptContribution",
@@ -39,7 +44,22 @@ __all__ = [
     "TrainingHit",
 ]
 
-REPORT_SCHEMA_VERSION = 1
+# 2: query_span / rerank / candidates settings, per-hit rerank_score, per-chunk
+# query_token_start (version 1 reports read with their defaults).
+REPORT_SCHEMA_VERSION = 2
+READ_VERSIONS = (1, 2)
+
+
+# What each output chunk's search vector pools: "chunk" = the index's chunk size in tokens
+# ending at the chunk's end (a short chunk borrows the tokens before it, prompt included,
+# so query and training vectors pool as many tokens); "output" = the chunk's own tokens.
+QUERY_SPANS = ("chunk", "output")
+# Re-rank of the ANN candidates: none, sparse concept overlap, longest shared word run.
+RERANKS = ("none", "concepts", "span")
+# The defaults are the best tda row of docs/quality.md (``make eval``).
+DEFAULT_QUERY_SPAN = "output"
+DEFAULT_RERANK = "none"
+DEFAULT_CANDIDATES = 100  # ANN candidates per output chunk that a re-rank orders
 
 
 class ReportError(ValueError):
@@ -70,6 +90,8 @@ class TrainingHit:
     url: str  # the input file
     text: str | None
     shared_concepts: tuple[SharedConcept, ...] = ()
+    # the re-rank's signal (concept overlap, or shared word-run length); None without one
+    rerank_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,8 @@ class OutputChunk:
     prompt_tokens: tuple[TokenScore, ...] = ()
     # (IG only) sum of the scores and the log-probability difference it should equal
     completeness: dict[str, float] | None = None
+    # where the search vector's pooling starts, in output tokens (negative: in the prompt)
+    query_token_start: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +157,9 @@ class AttributionSettings:
     pooling: str
     window: int
     generate: dict[str, Any] | None = None  # {"tokens", "temperature", "seed"} when generated
+    query_span: str = "output"  # "chunk" | "output": what each search vector pools
+    rerank: str = "none"  # "none" | "concepts" | "span"
+    candidates: int | None = None  # ANN candidates re-ranked (None without a re-rank)
 
 
 @dataclass(frozen=True)
@@ -177,10 +204,10 @@ class AttributionReport:
     def from_dict(cls, data: dict[str, Any]) -> AttributionReport:
         if data.get("kind") != "tda.attribution":
             raise ReportError(f"not a tda attribution report (kind={data.get('kind')!r})")
-        if data.get("schema_version") != REPORT_SCHEMA_VERSION:
+        if data.get("schema_version") not in READ_VERSIONS:
             raise ReportError(
-                f"attribution report schema version {data.get('schema_version')} is not "
-                f"{REPORT_SCHEMA_VERSION}"
+                f"attribution report schema version {data.get('schema_version')} is not one "
+                f"of {', '.join(map(str, READ_VERSIONS))}"
             )
         try:
             chunks = tuple(
@@ -212,6 +239,8 @@ class AttributionReport:
                     "chunks": chunks,
                     "timings": Timings(**data["timings"]),
                     "warnings": tuple(data.get("warnings", ())),
+                    # an older version's report reads with the newer fields' defaults
+                    "schema_version": REPORT_SCHEMA_VERSION,
                 }
             )
         except (KeyError, TypeError) as exc:

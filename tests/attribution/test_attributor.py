@@ -217,6 +217,79 @@ def test_long_prompt_is_cut_on_the_left(attributor):
     assert any("cut" in w for w in report.warnings)
 
 
+def test_query_span_chunk_pools_an_index_sized_window(root, attributor, docs_jsonl):
+    """A short output chunk borrows the prompt's last tokens: the search vector then pools
+    the same 64 tokens as the training chunk they came from (score 1), where the output
+    alone (10 tokens) is a different vector."""
+    row = _second_chunks(root, 1)[0]
+    doc_ids = _doc_ids(attributor, docs_jsonl, row)
+    cut = row["token_end"] - 10
+    prompt, output = doc_ids[:cut], doc_ids[cut : row["token_end"]]
+    whole = attributor.attribute(prompt, output, k=3, query_span="chunk", input_attribution="none")
+    alone = attributor.attribute(prompt, output, k=3, query_span="output", input_attribution="none")
+    (chunk,) = whole.chunks
+    assert chunk.query_token_start == -54 and alone.chunks[0].query_token_start == 0
+    assert chunk.hits[0].chunk_id == row["chunk_id"]
+    assert chunk.hits[0].score == pytest.approx(1.0, abs=1e-4)  # the stored vector itself
+    # pooled over its 10 tokens only, the output is another vector
+    assert not any(
+        h.chunk_id == row["chunk_id"] and h.score > 1 - 1e-4 for h in alone.chunks[0].hits
+    )
+    assert whole.settings.query_span == "chunk" and alone.settings.query_span == "output"
+    # the chunk's own logits and log-probability do not depend on the query span
+    assert chunk.totals == alone.chunks[0].totals
+
+
+def _doc_ids(attributor, docs_jsonl, row) -> list[int]:
+    text = _doc_texts(docs_jsonl)[row["doc_id"]]
+    return attributor.tokenizer.encode_batch([text])[0].ids.tolist()
+
+
+def test_rerank_concepts_orders_the_candidates_by_concept_overlap(root, attributor, docs_jsonl):
+    row = _second_chunks(root, 2)[1]
+    ids = _doc_ids(attributor, docs_jsonl, row)
+    prompt, output = ids[: row["token_start"]], ids[row["token_start"] : row["token_end"]]
+    plain = attributor.attribute(prompt, output, k=20, input_attribution="none")
+    ranked = attributor.attribute(
+        prompt, output, k=5, input_attribution="none", rerank="concepts", candidates=20
+    )
+
+    def overlap(hit):
+        return sum(min(s.output_weight, s.training_weight) for s in hit.shared_concepts)
+
+    candidates = {h.chunk_id: overlap(h) for h in plain.chunks[0].hits}
+    hits = ranked.chunks[0].hits
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    assert {h.chunk_id for h in hits} <= set(candidates)
+    scores = [h.rerank_score for h in hits]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0
+    for h in hits:  # the signal is the overlap the shared concepts show
+        assert h.rerank_score == pytest.approx(candidates[h.chunk_id], abs=2e-3)
+    # the kept five are the five largest overlaps among the 20 candidates
+    dropped = [v for cid, v in candidates.items() if cid not in {h.chunk_id for h in hits}]
+    assert min(scores) >= max(dropped) - 2e-3
+    assert ranked.settings.rerank == "concepts" and ranked.settings.candidates == 20
+    assert all(h.rerank_score is None for h in plain.chunks[0].hits)
+    assert plain.settings.candidates is None
+
+
+def test_rerank_span_puts_the_verbatim_source_first(root, attributor):
+    from tda.attribution.rerank import longest_shared_run, words
+
+    row = _second_chunks(root, 3)[2]
+    plain = attributor.attribute("", row["text"], k=3, input_attribution="none")
+    assert plain.chunks[0].hits[0].chunk_id != row["chunk_id"]  # the vectors miss it here
+    # every chunk a candidate: the exact match lifts the source to the top
+    report = attributor.attribute(
+        "", row["text"], k=3, input_attribution="none", rerank="span", candidates=100_000
+    )
+    first = report.chunks[0].hits[0]
+    assert first.chunk_id == row["chunk_id"]
+    assert first.rerank_score == len(words(row["text"]))  # every word, in order
+    for h in report.chunks[0].hits:
+        assert h.rerank_score == longest_shared_run(words(row["text"]), words(h.text))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -228,6 +301,9 @@ def test_long_prompt_is_cut_on_the_left(attributor):
         (dict(output=""), "no tokens"),
         (dict(output=[10**9]), "outside the model's vocabulary"),
         (dict(output="word " * 5000), "window holds"),
+        (dict(output="x", query_span="prompt"), "--query-span must be"),
+        (dict(output="x", rerank="bm25"), "--rerank must be"),
+        (dict(output="x", rerank="concepts", k=10, candidates=5), "at least -k"),
     ],
 )
 def test_bad_requests_are_one_line_errors(attributor, kwargs, message):

@@ -10,7 +10,6 @@ import pytest
 
 from tda.jobs.quality import (
     BM25Ranker,
-    Candidate,
     ChunkTable,
     ExactSpanRanker,
     GradCosRanker,
@@ -18,8 +17,11 @@ from tda.jobs.quality import (
     Variant,
     _metrics,
     answer_log_prob,
+    best_option,
     build_corpus,
+    default_option,
     make_facts,
+    make_variants,
     markdown_tables,
     rerank,
     taught_paraphrase,
@@ -98,29 +100,62 @@ def test_baselines_rank_the_matching_chunk_first():
 
 
 def test_rerank_orders_by_score_and_keeps_tda_order_on_ties():
-    cands = [Candidate(7, 0.0), Candidate(8, 2.0), Candidate(9, 0.5), Candidate(10, 2.0)]
-    assert rerank(cands, [c.overlap for c in cands]) == [8, 10, 9, 7]
-    assert rerank(cands, [0, 0, 0, 0], k=2) == [7, 8]  # no signal: tda's order
+    assert rerank([7, 8, 9, 10], [0.0, 2.0, 0.5, 2.0]) == [8, 10, 9, 7]
+    assert rerank([7, 8, 9, 10], [0, 0, 0, 0], k=2) == [7, 8]  # no signal: tda's order
 
 
 def test_hybrid_bm25_rerank_lifts_the_source_out_of_tda_candidates():
     table = _Table(TEXTS)
     bm25 = BM25Ranker(table)
     query = "The amber falcon guild was founded in Stonebridge"
-    cands = [Candidate(cid, 0.0) for cid in reversed(table.ids)]  # source last
+    cands = list(reversed(table.ids))  # source last
     every = bm25.scores(query)
-    scores = [float(every[table.position[c.chunk_id]]) for c in cands]
+    scores = [float(every[table.position[c]]) for c in cands]
     assert rerank(cands, scores, k=1) == [100]
 
 
 def test_variants_share_a_root_only_when_their_index_is_the_same():
     plain = Variant("tda mean:hidden", "mean:hidden")
-    whole = Variant("tda mean:hidden, query = prompt + output", "mean:hidden", query="text")
+    whole = Variant("tda mean:hidden, query span chunk", "mean:hidden", query_span="chunk")
     centred = Variant("c", "mean:hidden", factory="IDMap2,PCA{D},L2norm,Flat")
     alone = Variant("n", "mean:hidden", window=64, context=0)
     assert plain.slug == whole.slug
     assert len({plain.slug, centred.slug, alone.slug, Variant("m", "max:hidden").slug}) == 4
     assert all(ch.isalnum() or ch == "-" for ch in centred.slug)
+
+
+def test_variants_cover_both_query_spans_and_one_is_the_default():
+    from tda.schemas import DEFAULT_QUERY_SPAN, DEFAULT_RERANK, Pooling
+
+    variants = make_variants(["mean:hidden", "mean:concepts", "last:hidden"])
+    names = [v.name for v in variants]
+    assert len(names) == len(set(names)) == 2 * (3 + 3 + 1) + 2
+    assert {v.query_span for v in variants} == {"chunk", "output"}
+    default = default_option(variants, 1000)
+    row = next(v for v in variants if v.name == default["row"])
+    assert (row.pooling, row.factory, row.query_span) == (
+        Pooling().name, "IDMap2,Flat", DEFAULT_QUERY_SPAN
+    )
+    assert default["rerank"] == DEFAULT_RERANK
+    with pytest.raises(ValueError, match="no variant is the default"):
+        default_option([v for v in variants if v.name != default["row"]], 1000)
+
+
+def test_best_option_compares_rows_and_their_concept_rerank():
+    def m(mrr, r1=0.0, r10=0.0):
+        return {"n": 4, "mrr": mrr, "recall@1": r1, "recall@10": r10}
+
+    variants = [Variant("a", "mean:hidden"), Variant("b", "max:hidden")]
+    results = {
+        "a": {"verbatim": {**m(0.5), "concept_rerank": m(0.7)}},
+        "b": {"verbatim": {**m(0.6), "concept_rerank": m(0.6)}},
+    }
+    assert best_option(variants, results) == {"row": "a", "rerank": "concepts", "mrr": 0.7}
+    results["b"]["verbatim"]["mrr"] = 0.7  # a tie on MRR: recall@1 decides, then order
+    results["b"]["verbatim"]["recall@1"] = 0.5
+    assert best_option(variants, results)["row"] == "b"
+    results["b"]["verbatim"]["recall@1"] = 0.0
+    assert best_option(variants, results) == {"row": "a", "rerank": "concepts", "mrr": 0.7}
 
 
 def test_prune_list_for_counterfactual_reads_back_as_chunk_level(tmp_path):
@@ -219,6 +254,13 @@ def test_markdown_tables_publish_every_row_and_the_counterfactual():
         "| tda mean:hidden | verbatim | 2 | 0.750 | 0.500 | 1.000 | 0.000 | 1.000 | 0.500 |"
         in lines
     )
+    assert not lines[0].startswith("Best")  # no best / default recorded: no verdict line
+    report["best_tda"] = {"row": "x", "rerank": "none", "label": "tda x"}
+    report["default_tda"] = {"row": "y", "rerank": "concepts"}
+    report["default_is_best"] = False
+    lines = markdown_tables(report).splitlines()
+    assert lines[0] == "Best tda option (verbatim MRR, recall@1, recall@10): **tda x**."
+    assert "**y, --rerank concepts**" in lines[1] and "not the best" in lines[1]
     assert "| tda mean:hidden | paraphrase | 0 | - | - | - | - | - | - |" in lines
     assert "| BM25 | verbatim | 2 | 0.750 | 0.500 | 1.000 | 0.000 | - | - |" in lines
     assert "| oracle: true sources | 6 | 2 | -2.500 | 2 | 1.000 |" in lines
