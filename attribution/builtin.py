@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -80,12 +79,6 @@ class BuiltinConfig:
 class _Block(nn.Module):
     """Pre-norm transformer block with causal self-attention."""
 
-    # True: attention written out as matmul + softmax instead of the fused kernel. Same
-    # function; needed under ``torch.func.vmap`` (per-example gradients, e.g. dattri's
-    # TRAK), which has no batching rule for CPU scaled_dot_product_attention and falls back
-    # to a Python loop over examples (measured ~1 s per example against ~0.02 s).
-    math_attention = False
-
     def __init__(self, cfg: BuiltinConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
@@ -103,12 +96,7 @@ class _Block(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(self.ln_1(x)).split(D, dim=2)  # (B, T, D) each
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        if self.math_attention:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, T)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            y = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v  # (B, H, T, D/H)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D/H)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D/H)
         x = x + self.proj(y.transpose(1, 2).reshape(B, T, D))
         return x + self.mlp(self.ln_2(x))
 

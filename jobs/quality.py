@@ -355,10 +355,7 @@ class TRAKRanker:
         self.tokenizer = encoder.load_tokenizer()
         # A copy whose parameters require gradients (dattri differentiates only those; the
         # encoder's own are frozen).
-        model = copy.deepcopy(encoder.model).requires_grad_(True)
-        for b in model.blocks:  # vmap-able attention (the fused CPU kernel has no vmap rule)
-            b.math_attention = True
-        lm = _logits_module(model).eval()
+        lm = _logits_module(copy.deepcopy(encoder.model).requires_grad_(True)).eval()
         block = len(encoder.model.blocks) - 1
         layer = [n for n, _ in lm.named_parameters() if n.startswith(f"model.blocks.{block}.")]
 

@@ -192,25 +192,3 @@ def test_steerling_concepts_cover_its_features(steerling_dir):
     rebuilt = (acts.known_weights.unsqueeze(-1) * vectors).sum(-2)
     torch.testing.assert_close(rebuilt, acts.known_features, atol=1e-5, rtol=1e-4)
     assert encoder.info.block_align == 64 and not encoder.pad_safe
-
-
-def test_math_attention_matches_the_fused_kernel(builtin_dir):
-    """The written-out attention (for torch.func.vmap) computes the same function."""
-    import copy
-
-    import torch
-
-    from tda.attribution.encoder import load_encoder
-
-    model = load_encoder(str(builtin_dir), "cpu").model
-    math_model = copy.deepcopy(model)
-    for block in math_model.blocks:
-        block.math_attention = True
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 40), generator=generator)
-    with torch.no_grad():
-        fused, written = model.hidden(ids), math_model.hidden(ids)
-        prefix = math_model.hidden(ids[:, :5])
-    assert torch.allclose(fused, written, atol=1e-5, rtol=1e-4)
-    # causal: later tokens do not change earlier positions
-    assert torch.allclose(prefix, written[:, :5], atol=1e-5, rtol=1e-4)
