@@ -64,6 +64,7 @@ __all__ = [
     "iter_embedding_file",
     "plan_index_run",
     "read_shard_completion",
+    "whitened",
 ]
 
 # Up to this many vectors an exact flat index is fast enough and needs no training.
@@ -99,6 +100,14 @@ def choose_factory(n: int, dim: int, memory_budget: int) -> tuple[str, int, int]
     while dim % m:
         m -= 1
     return f"OPQ{m}_{dim},IVF{nlist}_HNSW32,PQ{m}", nprobe, train
+
+
+def whitened(factory: str, dim: int) -> str:
+    """``factory`` with ``PCAW{dim},L2norm`` in front (after an ``IDMap``/``IDMap2``, which
+    must stay outermost): ``"IDMap2,Flat"`` -> ``"IDMap2,PCAW128,L2norm,Flat"``."""
+    parts = factory.split(",")
+    at = 1 if parts[0].startswith("IDMap") else 0
+    return ",".join([*parts[:at], f"PCAW{dim}", "L2norm", *parts[at:]])
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,13 @@ def plan_index_run(config: IndexConfig) -> IndexPlan:
     factory, nprobe, train = choose_factory(n, embed.dim, config.memory_budget)
     if config.factory is not None:
         factory = config.factory
+    if config.whiten:
+        if n < 2 * embed.dim:
+            raise IndexRunError(
+                f"--whiten needs at least 2 x D = {2 * embed.dim} vectors to train its PCA; "
+                f"{config.root} has {n} (use --no-whiten)"
+            )
+        factory = whitened(factory, embed.dim)
     nprobe = config.nprobe or nprobe
     train = min(n, config.train_sample or train or 0)
     probe = _build_empty(factory, embed.dim, config.metric)

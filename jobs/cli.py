@@ -20,6 +20,7 @@ from tda.schemas import (
     RERANKS,
     ChunkConfig,
     ChunkingPolicy,
+    IndexConfig,
     ReadOptions,
 )
 
@@ -517,6 +518,13 @@ def index_options(func):
         ),
         click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True),
         click.option(
+            "--whiten/--no-whiten",
+            default=IndexConfig.whiten,
+            show_default=True,
+            help="Put a PCA whitening (FAISS PCAW{D},L2norm, trained with the index and "
+            "applied to queries too) in front of the factory.",
+        ),
+        click.option(
             "--threads",
             type=int,
             default=None,
@@ -538,6 +546,7 @@ def _index_config(root: str, resume: bool, overwrite: bool, kw: dict):
         train_sample=kw.pop("train_sample"),
         nprobe=kw.pop("nprobe"),
         metric=kw.pop("metric"),
+        whiten=kw.pop("whiten"),
         threads=kw.pop("threads"),
         resume=resume,
         overwrite=overwrite,

@@ -279,6 +279,10 @@ class IndexConfig:
     train_sample: int | None = None  # None: enough for the factory (see choose_factory)
     nprobe: int | None = None  # default nprobe recorded for searches (None: chosen)
     metric: str = "ip"  # inner product: vectors are unit length, so cosine
+    # PCA whitening (FAISS PCAW{D},L2norm) in front of the factory: rotates onto the
+    # principal axes and scales each to unit variance, so the few directions every vector
+    # shares (anisotropy) stop dominating the similarity. Trained with the index.
+    whiten: bool = False
     # Shards one worker fills at once, each FAISS add single-threaded (None: the worker's
     # cores, as many as the memory budget holds). Does not change any output byte.
     threads: int | None = None

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tda.attribution.index_build import IndexRunError, choose_factory, plan_index_run
+from tda.attribution.index_build import IndexRunError, choose_factory, plan_index_run, whitened
 from tda.attribution.index_reader import IndexReader, IndexReadError, merge_topk, verify_index
 from tda.attribution.parts import parquet_write_options
 from tda.pipeline.index import run_index
@@ -124,6 +124,52 @@ def test_choose_factory():
 
     for n, d in ((5_000, 64), (200_000, 96), (10**9, 96)):  # every choice is a valid factory
         faiss.index_factory(d, choose_factory(n, d, 10**9)[0], faiss.METRIC_INNER_PRODUCT)
+
+
+def test_whitened_factories_are_valid_and_keep_idmap_outermost():
+    import faiss
+
+    assert whitened("IDMap2,Flat", 64) == "IDMap2,PCAW64,L2norm,Flat"
+    assert whitened("IVF1024,SQfp16", 64) == "PCAW64,L2norm,IVF1024,SQfp16"
+    for n, d in ((5_000, 64), (200_000, 96), (10**9, 96)):
+        index = faiss.index_factory(d, whitened(choose_factory(n, d, 10**9)[0], d),
+                                    faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        assert not index.is_trained  # the PCA trains with the index
+
+
+def test_whitened_index_searches_whitened_vectors(tmp_path):
+    """--whiten: the index holds PCAW + L2norm of each vector and applies the same to
+    queries, so a search ranks by cosine in the whitened space."""
+    rng = np.random.default_rng(3)
+    # anisotropic: one shared direction dominates every vector
+    base = rng.standard_normal((3_000, 16)).astype(np.float32) * np.linspace(0.1, 1.0, 16)
+    vectors = base + 5.0 * np.eye(16, dtype=np.float32)[0]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors.astype(np.float16).astype(np.float32)
+    ids = synthetic_root(tmp_path, vectors, files=2)
+    manifest = run_index(IndexConfig(root=str(tmp_path), whiten=True, shards=2)).manifest
+    assert manifest.factory == "IDMap2,PCAW16,L2norm,Flat"
+    reader = IndexReader.open(str(tmp_path))
+    scores, got = reader.search(vectors[:20], k=1)
+    assert got[:, 0].tolist() == ids[:20]  # each stored vector finds itself
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+    # the ranking is the whitened cosine's, not the raw one's
+    mean = vectors.mean(0)
+    cov = np.cov((vectors - mean).T)
+    values, axes = np.linalg.eigh(cov)
+    white = (vectors - mean) @ axes / np.sqrt(values)
+    white /= np.linalg.norm(white, axis=1, keepdims=True)
+    _, want = exact(white, ids, white[20:30], 5)
+    _, got = reader.search(vectors[20:30], k=5)
+    assert (got[:, :3] == want[:, :3]).mean() > 0.9
+    _, raw = exact(vectors, ids, vectors[20:30], 5)
+    assert (raw[:, 1:3] != want[:, 1:3]).any()  # whitening changed the neighbours
+
+
+def test_whiten_refuses_too_few_vectors(tmp_path):
+    synthetic_root(tmp_path, clustered(40, 32), files=1)
+    with pytest.raises(IndexRunError, match="--whiten needs at least 2 x D = 64 vectors"):
+        plan_index_run(IndexConfig(root=str(tmp_path), whiten=True))
 
 
 def test_merge_topk_matches_a_global_sort():

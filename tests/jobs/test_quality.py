@@ -134,7 +134,9 @@ def test_variants_cover_both_query_spans_and_one_is_the_default():
     default = default_option(variants, 1000)
     row = next(v for v in variants if v.name == default["row"])
     assert (row.pooling, row.factory, row.query_span) == (
-        Pooling().name, "IDMap2,Flat", DEFAULT_QUERY_SPAN
+        Pooling().name,
+        "IDMap2,Flat",
+        DEFAULT_QUERY_SPAN,
     )
     assert default["rerank"] == DEFAULT_RERANK
     with pytest.raises(ValueError, match="no variant is the default"):
