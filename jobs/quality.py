@@ -12,7 +12,7 @@ what the model said, and does removing them change what the model says?
    paraphrase (odd-numbered facts only, never seen in that wording); a fact counts as
    reproduced when the output starts with its place. Only reproduced facts are scored.
 3. **Index**: chunks cut once; one build root per representation (:class:`Variant`:
-   pooling, FAISS factory such as PCA / PCAW whitening, embed context, and whether the
+   pooling, index whitening or a FAISS factory such as PCA centring, embed context, and whether the
    query is the output given the prompt or prompt + output), ``--jobs`` stages at once.
 4. **Scoring**: each method ranks training chunks; relevant = the fact's own chunks that
    contain the place. MRR, recall@1 / @10, and how often a distractor outranks every
@@ -455,23 +455,24 @@ def rerank(chunk_ids: list[int], scores: list[float], k: int = 10) -> list[int]:
 @dataclass(frozen=True)
 class Variant:
     """One tda representation under test, as product options: the dense pooling (``tda
-    embed --pooling``), the FAISS factory (``tda index build --factory``; a pre-transform
-    such as PCA / whitening lives in the index and applies to queries too), the embed
-    context (``--window`` / ``--context``; None: the stage's default) and the query span
-    (``tda attribute --query-span``). Every variant is attributed twice: without a
-    re-rank and with ``--rerank concepts``."""
+    embed --pooling``), the index (``tda index build --whiten``, or a ``--factory`` such
+    as PCA centring; None: the one chosen; a pre-transform lives in the index and applies
+    to queries too), the embed context (``--window`` / ``--context``; None: the stage's
+    default) and the query span (``tda attribute --query-span``). Every variant is
+    attributed twice: without a re-rank and with ``--rerank concepts``."""
 
     name: str
     pooling: str
-    factory: str = "IDMap2,Flat"
+    factory: str | None = None
     window: int | None = None
     context: int | None = None
     query_span: str = "output"
+    whiten: bool = False
 
     @property
     def slug(self) -> str:
         """The build root's name (variants differing only in ``query_span`` share one)."""
-        index = (self.pooling, self.factory, self.window, self.context)
+        index = (self.pooling, self.factory, self.whiten, self.window, self.context)
         return "".join(ch if ch.isalnum() else "-" for ch in "-".join(map(str, index)))
 
 
@@ -480,17 +481,16 @@ def make_variants(poolings: list[str], more: bool = True) -> list[Variant]:
     ``mean:hidden`` and ``mean:concepts`` also centred (PCA) and whitened (PCAW) indexes
     with both query spans, and ``mean:hidden`` with each chunk encoded alone."""
     variants = []
-    transforms = [("", "IDMap2,Flat")]
+    indexes = [("", None, False)]
     if more:
-        transforms += [(" centred", "IDMap2,PCA{D},L2norm,Flat"),
-                       (" whitened", "IDMap2,PCAW{D},L2norm,Flat")]  # fmt: skip
+        indexes += [(" centred", "IDMap2,PCA{D},L2norm,Flat", False), (" whitened", None, True)]
     for p in poolings:
-        for label, factory in (
-            transforms if p in ("mean:hidden", "mean:concepts") else [("", "IDMap2,Flat")]
+        for label, factory, whiten in (
+            indexes if p in ("mean:hidden", "mean:concepts") else indexes[:1]
         ):
             for span in QUERY_SPANS:
                 variants.append(Variant(f"tda {p}{label}, query span {span}", p, factory,
-                                        query_span=span))  # fmt: skip
+                                        query_span=span, whiten=whiten))  # fmt: skip
     if more and "mean:hidden" in poolings:
         for span in QUERY_SPANS:
             name = f"tda mean:hidden no context, query span {span}"
@@ -515,22 +515,16 @@ def best_option(variants: list[Variant], results: dict) -> dict:
     return {"row": name, "rerank": rr, "mrr": m["mrr"]}
 
 
-def default_option(variants: list[Variant], n_chunks: int) -> dict:
+def default_option(variants: list[Variant]) -> dict:
     """The row that ``tda embed`` / ``tda index build`` / ``tda attribute`` build and query
-    with their defaults for an index of ``n_chunks`` chunks."""
-    from tda.attribution.index_build import choose_factory
+    with their defaults."""
     from tda.schemas import DEFAULT_QUERY_SPAN, DEFAULT_RERANK, IndexConfig, Pooling
 
-    pooling = Pooling().name
-    factory = choose_factory(n_chunks, 128, IndexConfig(root="-").memory_budget)[0]
+    pooling, whiten = Pooling().name, IndexConfig(root="-").whiten
     for v in variants:
-        if (v.pooling, v.factory, v.window, v.context, v.query_span) == (
-            pooling,
-            factory,
-            None,
-            None,
-            DEFAULT_QUERY_SPAN,
-        ):
+        if (v.pooling, v.factory, v.whiten, v.window, v.context, v.query_span) == (
+            pooling, None, whiten, None, None, DEFAULT_QUERY_SPAN
+        ):  # fmt: skip
             return {"row": v.name, "rerank": DEFAULT_RERANK}
     raise ValueError(f"no variant is the default ({pooling}, query span {DEFAULT_QUERY_SPAN})")
 
@@ -736,8 +730,9 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.copytree(source / "chunks", root / "chunks")
             shutil.copytree(source / "embeddings", root / "embeddings")
         dim = json.loads((root / "embeddings" / "manifest.json").read_text())["dim"]
-        run([*tda, "index", "build", str(root), "--overwrite", "--factory",
-             v.factory.format(D=dim)])  # fmt: skip
+        extra = [] if v.factory is None else ["--factory", v.factory.format(D=dim)]
+        extra += ["--whiten" if v.whiten else "--no-whiten"]
+        run([*tda, "index", "build", str(root), "--overwrite", *extra])
 
     _parallel(args.jobs, [lambda r=r, v=first[r]: embed(r, v) for r in embedded.values()])
     _parallel(args.jobs, [lambda r=r, v=v: index(r, v) for r, v in first.items()])
@@ -806,7 +801,7 @@ def main(argv: list[str] | None = None) -> dict:
         for condition, metrics in score(v.name, by_overlap).items():
             results[v.name][condition]["concept_rerank"] = metrics
     best = best_option(variants, results)
-    default = default_option(variants, len(table.ids))
+    default = default_option(variants)
     best_variant = next(v for v in variants if v.name == best["row"])
     best_hits = by_overlap if best["rerank"] == "concepts" else hits
     best_label = best["row"] + (", re-rank concepts" if best["rerank"] == "concepts" else "")

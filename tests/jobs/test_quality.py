@@ -118,29 +118,28 @@ def test_variants_share_a_root_only_when_their_index_is_the_same():
     plain = Variant("tda mean:hidden", "mean:hidden")
     whole = Variant("tda mean:hidden, query span chunk", "mean:hidden", query_span="chunk")
     centred = Variant("c", "mean:hidden", factory="IDMap2,PCA{D},L2norm,Flat")
+    white = Variant("w", "mean:hidden", whiten=True)
     alone = Variant("n", "mean:hidden", window=64, context=0)
     assert plain.slug == whole.slug
-    assert len({plain.slug, centred.slug, alone.slug, Variant("m", "max:hidden").slug}) == 4
+    slugs = {plain.slug, centred.slug, white.slug, alone.slug, Variant("m", "max:hidden").slug}
+    assert len(slugs) == 5
     assert all(ch.isalnum() or ch == "-" for ch in centred.slug)
 
 
 def test_variants_cover_both_query_spans_and_one_is_the_default():
-    from tda.schemas import DEFAULT_QUERY_SPAN, DEFAULT_RERANK, Pooling
+    from tda.schemas import DEFAULT_QUERY_SPAN, DEFAULT_RERANK, IndexConfig, Pooling
 
     variants = make_variants(["mean:hidden", "mean:concepts", "last:hidden"])
     names = [v.name for v in variants]
     assert len(names) == len(set(names)) == 2 * (3 + 3 + 1) + 2
     assert {v.query_span for v in variants} == {"chunk", "output"}
-    default = default_option(variants, 1000)
+    default = default_option(variants)
     row = next(v for v in variants if v.name == default["row"])
-    assert (row.pooling, row.factory, row.query_span) == (
-        Pooling().name,
-        "IDMap2,Flat",
-        DEFAULT_QUERY_SPAN,
-    )
+    want = (Pooling().name, None, IndexConfig(root="-").whiten, DEFAULT_QUERY_SPAN)
+    assert (row.pooling, row.factory, row.whiten, row.query_span) == want
     assert default["rerank"] == DEFAULT_RERANK
     with pytest.raises(ValueError, match="no variant is the default"):
-        default_option([v for v in variants if v.name != default["row"]], 1000)
+        default_option([v for v in variants if v.name != default["row"]])
 
 
 def test_best_option_compares_rows_and_their_concept_rerank():
