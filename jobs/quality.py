@@ -529,6 +529,48 @@ def default_option(variants: list[Variant]) -> dict:
     raise ValueError(f"no variant is the default ({pooling}, query span {DEFAULT_QUERY_SPAN})")
 
 
+def _reciprocal(ranks: list[int | None]):
+    import numpy as np
+
+    return np.array([1 / r if r else 0.0 for r in ranks])
+
+
+def paired_bootstrap(a: list, b: list, seed: int, resamples: int = 10_000) -> tuple:
+    """Per-fact ranks of two methods on the same facts -> (MRR(a) - MRR(b), 2.5th and
+    97.5th percentile of that difference over ``resamples`` resamplings of the facts with
+    replacement; seeded, so the same inputs give the same interval)."""
+    import numpy as np
+
+    ra, rb = _reciprocal(a), _reciprocal(b)
+    if len(ra) == 0:
+        return None, None, None
+    picks = np.random.default_rng(seed).integers(0, len(ra), (resamples, len(ra)))
+    diffs = (ra[picks] - rb[picks]).mean(axis=1)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return round(float(ra.mean() - rb.mean()), 4), round(float(lo), 4), round(float(hi), 4)
+
+
+def compare_to_best(variants: list[Variant], results: dict, best: dict, seed: int) -> list:
+    """Every tda option (row x re-rank) against the best one on the verbatim facts: MRR
+    difference with its paired-bootstrap 95% interval; ``tied``: the interval holds 0."""
+
+    def ranks(row: str, rerank: str) -> list:
+        m = results[row]["verbatim"]
+        return (m if rerank == "none" else m["concept_rerank"])["ranks"]
+
+    top = ranks(best["row"], best["rerank"])
+    rows = []
+    for v in variants:
+        for rr in ("none", "concepts"):
+            mine = ranks(v.name, rr)
+            delta, lo, hi = paired_bootstrap(mine, top, seed)
+            rows.append({
+                "row": v.name, "rerank": rr, "mrr": round(float(_reciprocal(mine).mean()), 4),
+                "delta": delta, "lo": lo, "hi": hi, "tied": hi is not None and hi >= 0,
+            })  # fmt: skip
+    return rows
+
+
 def _first_chunk_ids(report) -> list[int]:
     """An attribution report -> its first output chunk's hits, as chunk ids in rank order."""
     return [h.chunk_id for c in report.chunks[:1] for h in c.hits]
@@ -793,6 +835,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ranks.append(rank)
             metrics = _metrics(ranks)
             metrics["distractor_first"] = round(distracted / len(ranks), 4) if ranks else None
+            metrics["ranks"] = ranks  # per scored fact, in fact order (None: not in the top 10)
             by_condition[condition] = metrics
         return by_condition
 
@@ -802,6 +845,7 @@ def main(argv: list[str] | None = None) -> dict:
             results[v.name][condition]["concept_rerank"] = metrics
     best = best_option(variants, results)
     default = default_option(variants)
+    versus = compare_to_best(variants, results, best, args.seed)
     best_variant = next(v for v in variants if v.name == best["row"])
     best_hits = by_overlap if best["rerank"] == "concepts" else hits
     best_label = best["row"] + (", re-rank concepts" if best["rerank"] == "concepts" else "")
@@ -886,6 +930,7 @@ def main(argv: list[str] | None = None) -> dict:
         "best_tda": {**best, "label": best_label},
         "default_tda": default,
         "default_is_best": (default["row"], default["rerank"]) == (best["row"], best["rerank"]),
+        "versus_best": versus,
         "results": results,
         "counterfactual": counterfactual,
         "timings": timings,
@@ -971,15 +1016,49 @@ def markdown_tables(report: dict) -> str:
     lines = []
     if report.get("best_tda") and report.get("default_tda"):
         best, default = report["best_tda"], report["default_tda"]
-        rr = ", --rerank concepts" if default["rerank"] == "concepts" else ""
+
+        def label(row: str, rerank: str) -> str:
+            return row + (", --rerank concepts" if rerank == "concepts" else "")
+
+        versus = report.get("versus_best") or []
+        mine = next(
+            (v for v in versus if (v["row"], v["rerank"]) == (default["row"], default["rerank"])),
+            None,
+        )
+        if report["default_is_best"]:
+            verdict = "it is the best tda option."
+        elif mine is None or mine["delta"] is None:
+            verdict = "**it is not the best tda option.**"
+        else:
+            verdict = (
+                f"MRR {mine['mrr']:.3f}, {mine['delta']:+.3f} against the best (paired "
+                f"bootstrap over the scored facts, 95% interval [{mine['lo']:+.3f}, "
+                f"{mine['hi']:+.3f}]): "
+                + ("**tied with the best** (the interval holds 0)." if mine["tied"] else
+                   "**significantly worse than the best.**")
+            )  # fmt: skip
+        tied = [v for v in versus if v["tied"]]
         lines += [
-            f"Best tda option (verbatim MRR, recall@1, recall@10): **{best['label']}**.",
-            f"Default (`tda embed` / `tda index build` / `tda attribute` without options): "
-            f"**{default['row']}{rr}**; "
-            + ("it is the best tda option." if report["default_is_best"] else
-               "**it is not the best tda option.**"),
+            f"Best tda option by verbatim MRR (then recall@1, recall@10): "
+            f"**{best['label']}** (MRR {best['mrr']:.3f}).",
             "",
-        ]  # fmt: skip
+            f"Default (`tda embed` / `tda index build` / `tda attribute` without options): "
+            f"**{label(default['row'], default['rerank'])}**; {verdict}",
+            "",
+        ]
+        if tied:
+            lines += [
+                "tda options tied with the best (95% interval of the MRR difference holds 0):",
+                "",
+                "| option | MRR | difference | 95% interval |",
+                "|---|---:|---:|---|",
+                *[
+                    f"| {label(v['row'], v['rerank'])} | {v['mrr']:.3f} | {v['delta']:+.3f} "
+                    f"| [{v['lo']:+.3f}, {v['hi']:+.3f}] |"
+                    for v in sorted(tied, key=lambda v: -v["mrr"])
+                ],
+                "",
+            ]
     lines += [
         "| method | condition | n | MRR | recall@1 | recall@10 | distractor first "
         "| MRR, --rerank concepts | recall@1, --rerank concepts |",

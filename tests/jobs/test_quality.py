@@ -159,6 +159,37 @@ def test_best_option_compares_rows_and_their_concept_rerank():
     assert best_option(variants, results) == {"row": "a", "rerank": "concepts", "mrr": 0.7}
 
 
+def test_paired_bootstrap_interval():
+    from tda.jobs.quality import paired_bootstrap
+
+    same = [1, 2, None, 1, 3] * 4
+    assert paired_bootstrap(same, same, seed=0) == (0.0, 0.0, 0.0)
+    better = [1] * 20
+    delta, lo, hi = paired_bootstrap(better, same, seed=0)
+    assert delta == pytest.approx(1 - (1 + 0.5 + 0 + 1 + 1 / 3) / 5, abs=1e-4)
+    assert 0 < lo < delta < hi  # always at least as good: the interval excludes 0
+    assert paired_bootstrap(better, same, seed=0) == (delta, lo, hi)  # seeded
+    one_fact_apart = [1] * 19 + [2]
+    _, lo, hi = paired_bootstrap(one_fact_apart, [1] * 20, seed=0)
+    assert lo < 0 <= hi  # a difference of one fact is a tie
+    assert paired_bootstrap([], [], seed=0) == (None, None, None)
+
+
+def test_compare_to_best_marks_ties():
+    from tda.jobs.quality import compare_to_best
+
+    variants = [Variant("a", "mean:hidden"), Variant("b", "max:hidden")]
+    good, bad = {"ranks": [1] * 30}, {"ranks": [None] * 30}
+    results = {
+        "a": {"verbatim": {**good, "concept_rerank": {"ranks": [1] * 29 + [2]}}},
+        "b": {"verbatim": {**bad, "concept_rerank": bad}},
+    }
+    rows = compare_to_best(variants, results, {"row": "a", "rerank": "none"}, seed=0)
+    tied = {(r["row"], r["rerank"]) for r in rows if r["tied"]}
+    assert tied == {("a", "none"), ("a", "concepts")}
+    assert next(r for r in rows if r["row"] == "b")["delta"] == -1.0
+
+
 def test_prune_list_for_counterfactual_reads_back_as_chunk_level(tmp_path):
     from tda.attribution.prune import read_prune_list
 
@@ -256,12 +287,23 @@ def test_markdown_tables_publish_every_row_and_the_counterfactual():
         in lines
     )
     assert not lines[0].startswith("Best")  # no best / default recorded: no verdict line
-    report["best_tda"] = {"row": "x", "rerank": "none", "label": "tda x"}
+    report["best_tda"] = {"row": "x", "rerank": "none", "label": "tda x", "mrr": 0.8}
     report["default_tda"] = {"row": "y", "rerank": "concepts"}
     report["default_is_best"] = False
     lines = markdown_tables(report).splitlines()
-    assert lines[0] == "Best tda option (verbatim MRR, recall@1, recall@10): **tda x**."
-    assert "**y, --rerank concepts**" in lines[1] and "not the best" in lines[1]
+    assert lines[0] == (
+        "Best tda option by verbatim MRR (then recall@1, recall@10): **tda x** (MRR 0.800)."
+    )
+    assert "**y, --rerank concepts**" in lines[2] and "not the best" in lines[2]
+    report["versus_best"] = [
+        {"row": "x", "rerank": "none", "mrr": 0.8, "delta": 0.0, "lo": 0.0, "hi": 0.0,
+         "tied": True},
+        {"row": "y", "rerank": "concepts", "mrr": 0.75, "delta": -0.05, "lo": -0.1, "hi": 0.02,
+         "tied": True},
+    ]  # fmt: skip
+    lines = markdown_tables(report).splitlines()
+    assert "-0.050 against the best" in lines[2] and "**tied with the best**" in lines[2]
+    assert "| y, --rerank concepts | 0.750 | -0.050 | [-0.100, +0.020] |" in lines
     assert "| tda mean:hidden | paraphrase | 0 | - | - | - | - | - | - |" in lines
     assert "| BM25 | verbatim | 2 | 0.750 | 0.500 | 1.000 | 0.000 | - | - |" in lines
     assert "| oracle: true sources | 6 | 2 | -2.500 | 2 | 1.000 |" in lines
