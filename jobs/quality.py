@@ -11,15 +11,18 @@ what the model said, and does removing them change what the model says?
    **outputs**: greedy generation after the verbatim prompt (every fact) and after the
    paraphrase (odd-numbered facts only, never seen in that wording); a fact counts as
    reproduced when the output starts with its place. Only reproduced facts are scored.
-3. **Index**: chunks cut once; one build root per representation (:class:`Variant`:
-   pooling, index whitening or a FAISS factory such as PCA centring, embed context, and whether the
-   query is the output given the prompt or prompt + output), ``--jobs`` stages at once.
+3. **Index**: chunks cut once; one build root per representation (:class:`Variant`, all
+   product options: ``--pooling``, ``--whiten`` or a ``--factory`` such as PCA centring,
+   embed ``--window`` / ``--context``), ``--jobs`` stages at once.
 4. **Scoring**: each method ranks training chunks; relevant = the fact's own chunks that
    contain the place. MRR, recall@1 / @10, and how often a distractor outranks every
-   source. Methods: tda (each variant, also re-ranked by sparse concept overlap), hybrids
-   (the best tda variant's top 100 re-ranked by BM25 / exact span), BM25 (``rank-bm25``),
+   source. Methods: tda through ``Attributor.attribute`` (each variant with both
+   ``--query-span`` values, with and without ``--rerank concepts``), hybrids on the best
+   tda option's candidates (``--rerank span``, and a BM25 re-rank), BM25 (``rank-bm25``),
    exact span (OLMoTrace-style, our own 3-gram index), Grad-Cos on the last block, TRAK
-   (dattri, when importable) and random.
+   (dattri, when importable) and random. Every tda option is compared with the best by
+   a seeded paired bootstrap over the facts; the report says whether the product's
+   defaults are the best option, tied with it, or worse.
 5. **Counterfactual**: retrain without (a) the best tda variant's top-k chunks per
    reproduced fact, BM25's top-k, (b) the true sources, (c) as many random chunks, cut
    out of the corpus with ``tda prune apply`` at chunk level; (d) nothing = the original

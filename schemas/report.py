@@ -56,7 +56,8 @@ READ_VERSIONS = (1, 2)
 QUERY_SPANS = ("chunk", "output")
 # Re-rank of the ANN candidates: none, sparse concept overlap, longest shared word run.
 RERANKS = ("none", "concepts", "span")
-# The defaults are the best tda row of docs/quality.md (``make eval``).
+# The defaults: with the default pooling, the best query span and re-rank in
+# docs/quality.md (``make eval``), where that row is tied with the best option measured.
 DEFAULT_QUERY_SPAN = "output"
 DEFAULT_RERANK = "none"
 DEFAULT_CANDIDATES = 100  # ANN candidates per output chunk that a re-rank orders
