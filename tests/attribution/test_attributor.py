@@ -82,6 +82,40 @@ def test_verbatim_passage_finds_its_training_chunk(root, attributor, docs_jsonl)
     assert found_text >= len(cases) - 1  # the text's own tokenization may differ at the edge
 
 
+def test_an_index_of_chunks_encoded_alone_limits_attribution_to_one_chunk(
+    root, attributor, docs_jsonl, tmp_path
+):
+    """Why the embed stage keeps windows with left context by default, although
+    docs/quality.md's 8-token prompts rank slightly better on chunks encoded alone: the
+    attributor encodes prompt + output under the index's context policy, so with a
+    one-chunk window (--window 64 --context 0) it finds the chunk only by dropping the
+    prompt, and it cannot attribute an output longer than one chunk."""
+    import shutil
+
+    alone = tmp_path / "alone"
+    shutil.copytree(root / "chunks", alone / "chunks")
+    embed_root(
+        EmbedConfig(root=str(alone), model=attributor.encoder.info.spec, window=64, context=0,
+                    pooling=Pooling.parse("max:hidden"))
+    )  # fmt: skip
+    run_index(IndexConfig(root=str(alone), shards=2))
+    context_free = Attributor.from_root(str(alone), device="cpu")
+    row = _second_chunks(root, 1)[0]
+    ids = _doc_ids(attributor, docs_jsonl, row)
+    prompt, output = ids[: row["token_start"]], ids[row["token_start"] : row["token_end"]]
+    with_context = attributor.attribute(prompt, output, k=3)
+    alone_report = context_free.attribute(prompt, output, k=3)
+    assert alone_report.chunks[0].hits[0].chunk_id == row["chunk_id"]  # found ...
+    assert alone_report.prompt_token_count == 0  # ... with the whole prompt cut away
+    assert alone_report.prompt_truncated == len(prompt) and "cut" in alone_report.warnings[0]
+    assert with_context.prompt_token_count == len(prompt) > 0
+    assert len(with_context.chunks[0].prompt_tokens) == len(prompt)
+    longer = ids[row["token_start"] : row["token_start"] + 128]
+    assert len(attributor.attribute(prompt, longer, k=3).chunks) == 2
+    with pytest.raises(ConfigError, match="window holds 64"):
+        context_free.attribute(prompt, longer, k=3)
+
+
 def test_report_fields_and_json_round_trip(root, attributor, docs_jsonl):
     row = _second_chunks(root, 1)[0]
     doc = _doc_texts(docs_jsonl)[row["doc_id"]]
