@@ -16,7 +16,14 @@ import torch
 from tda.attribution.attributor import Attributor, generate_tokens
 from tda.attribution.index_reader import IndexReadError
 from tda.pipeline.index import run_index
-from tda.schemas import AttributionReport, ConfigError, EmbedConfig, IndexConfig, Pooling
+from tda.schemas import (
+    AttributionReport,
+    ConfigError,
+    EmbedConfig,
+    IndexConfig,
+    Pooling,
+    ReportError,
+)
 from tests.attribution.test_embed_stage import chunk_root, embed_root
 from tests.conftest import make_tiny_steerling
 
@@ -143,6 +150,20 @@ def test_report_fields_and_json_round_trip(root, attributor, docs_jsonl):
     assert t.forward > 0 and t.backward > 0 and t.search > 0 and t.total >= t.forward
     back = AttributionReport.from_json(report.to_json())
     assert back == report
+    # a version-1 report (before query spans and re-ranks) reads with their defaults
+    old = json.loads(report.to_json())
+    old["schema_version"] = 1
+    for key in ("query_span", "rerank", "candidates"):
+        del old["settings"][key]
+    for c in old["chunks"]:
+        del c["query_token_start"]
+        for h in c["hits"]:
+            del h["rerank_score"]
+    read = AttributionReport.from_dict(old)
+    assert read.schema_version == 2 and read.settings.rerank == "none"
+    assert read.chunks[0].query_token_start is None and read.chunks[0].hits[0].rerank_score is None
+    with pytest.raises(ReportError, match="schema version 3"):
+        AttributionReport.from_dict({**old, "schema_version": 3})
 
 
 def test_concept_contributions_plus_residual_equal_the_logits(attributor):
