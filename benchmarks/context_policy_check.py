@@ -1,0 +1,69 @@
+"""Why the best row of ``make eval`` (chunks encoded alone) is not the default: its MRR
+when the query is encoded the way its index encoded chunks (alone), against the
+harness's encoding (the output conditioned on its prompt). Needs ``make eval``'s
+build/eval; prints MRR over the 48 verbatim facts for the context-free index and the
+default one (figures in docs/quality.md):
+
+    .venv/bin/python benchmarks/context_policy_check.py [--out build/eval]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="build/eval")
+    args = parser.parse_args()
+    import torch
+
+    from tda.attribution.attributor import Attributor, generate_tokens
+    from tda.attribution.encoder import load_encoder
+    from tda.jobs import quality as q
+
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    facts = q.make_facts(48, 0)
+    encoder = load_encoder(str(out / "model"), "cpu")
+    tokenizer = encoder.load_tokenizer()
+    table = q.ChunkTable(out / "root-chunks")
+    doc = {r["chunk_id"]: r["doc_id"] for r in table.rows}
+    text = dict(zip(table.ids, table.texts, strict=True))
+
+    def relevant(f) -> set[int]:
+        return {
+            c for c in table.ids if doc[c].startswith(f"fact-{f.index}-") and f.place in text[c]
+        }
+
+    outputs = {}
+    for f in facts:
+        ids = tokenizer.encode_batch([f.verbatim_prompt])[0].ids.tolist()
+        outputs[f.index] = tokenizer.decode(generate_tokens(encoder, ids, 6))
+    queries = {
+        "output given its prompt (the harness, tda attribute)": lambda f: (
+            f.verbatim_prompt, outputs[f.index]
+        ),
+        "output encoded alone": lambda f: ("", outputs[f.index]),
+        "prompt + output encoded alone": lambda f: ("", f.verbatim_prompt + outputs[f.index]),
+    }  # fmt: skip
+    roots = {
+        "chunks encoded alone (--window 64 --context 0)": "root-mean-hidden-None-False-64-0",
+        "default (windows with left context)": "root-mean-hidden-None-False-None-None",
+    }
+    for label, root in roots.items():
+        attributor = Attributor.from_root(str(out / root), device="cpu")
+        for name, query in queries.items():
+            reciprocal = []
+            for f in facts:
+                prompt, output = query(f)
+                report = attributor.attribute(prompt, output, k=10, input_attribution="none")
+                hits = [h.chunk_id for h in report.chunks[0].hits]
+                good = relevant(f)
+                reciprocal.append(next((1 / r for r, c in enumerate(hits, 1) if c in good), 0.0))
+            print(f"{label}; query {name}: MRR {sum(reciprocal) / len(reciprocal):.3f}")
+
+
+if __name__ == "__main__":
+    main()
