@@ -147,8 +147,24 @@ def taught_paraphrase(fact: Fact, paraphrase_docs: int) -> bool:
     return paraphrase_docs > 0 and fact.index % 2 == 0
 
 
+def background_sentences() -> list[str]:
+    """Sentences of Python's documentation topics (40 to 200 characters), in a fixed
+    order: what the corpus's filler and the long prompts draw from."""
+    from pydoc_data.topics import topics
+
+    texts = [t for _, t in sorted(topics.items()) if len(t) > 2000]
+    return [s.strip() + "." for t in texts for s in t.split(". ") if 40 < len(s) < 200]
+
+
+def long_prompt(fact: Fact, sentences: list[str], seed: int, n: int = 2) -> str:
+    """The verbatim prompt after ``n`` background sentences (drawn per fact, seeded): an
+    output conditioned on a longer prompt, as in real use, not on 8 tokens alone."""
+    rng = random.Random(seed * 100_003 + fact.index)
+    return " ".join(rng.choice(sentences) for _ in range(n)) + " " + fact.verbatim_prompt
+
+
 def build_corpus(
-    out: Path, facts: list[Fact], copies: int, seed: int, paraphrase_docs: int = 0
+    out: Path, facts: list[Fact], copies: int, seed: int, paraphrase_docs: int = 0, lead: int = 0
 ) -> Path:
     """OUT/corpus/{background,facts,distractors}.jsonl (one source each). With
     ``paraphrase_docs``, every even-numbered fact gets that many more documents
@@ -160,10 +176,21 @@ def build_corpus(
     corpus = out / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     texts = [t for _, t in sorted(topics.items()) if len(t) > 2000]
-    sentences = [s.strip() + "." for t in texts for s in t.split(". ") if 40 < len(s) < 200]
+    sentences = background_sentences()
 
     def filler(n: int) -> str:
         return " ".join(rng.choice(sentences) for _ in range(n))
+
+    # ``lead`` background sentences before every planted statement (their own generator,
+    # so lead 0 leaves the corpus unchanged): the statement then sits mid-document, its
+    # chunk has left context, and a long prompt ending in the fact's prompt looks like
+    # the training text.
+    lead_rng = random.Random(seed * 7919 + 1)
+
+    def opening(statement: str) -> str:
+        if lead == 0:
+            return statement
+        return " ".join(lead_rng.choice(sentences) for _ in range(lead)) + " " + statement
 
     def write(name: str, docs: list[tuple[str, str]]) -> None:
         (corpus / f"{name}.jsonl").write_text(
@@ -172,16 +199,18 @@ def build_corpus(
 
     write("background", [(f"bg-{i}", t[:4000]) for i, t in enumerate(texts[:40])])
     fact_docs = [
-        (f"fact-{f.index}-{c}", f"{f.statement} {filler(4)}") for f in facts for c in range(copies)
+        (f"fact-{f.index}-{c}", f"{opening(f.statement)} {filler(4)}")
+        for f in facts
+        for c in range(copies)
     ]
     distractor_docs = [
-        (f"distractor-{f.index}-{c}", f"{f.distractor} {filler(4)}")
+        (f"distractor-{f.index}-{c}", f"{opening(f.distractor)} {filler(4)}")
         for f in facts
         for c in range(2)
     ]
     # Drawn last, so the corpus without paraphrase documents is unchanged by the option.
     fact_docs += [
-        (f"fact-{f.index}-p{c}", f"{f.paraphrase_statement} {filler(4)}")
+        (f"fact-{f.index}-p{c}", f"{opening(f.paraphrase_statement)} {filler(4)}")
         for f in facts
         if taught_paraphrase(f, paraphrase_docs)
         for c in range(paraphrase_docs)
@@ -501,21 +530,28 @@ def make_variants(poolings: list[str], more: bool = True) -> list[Variant]:
     return variants
 
 
-def _key(metrics: dict) -> tuple:
-    return tuple(metrics[m] or 0 for m in ("mrr", "recall@1", "recall@10"))
+def pooled_ranks(results: dict, row: str, rerank: str) -> list:
+    """One tda option's ranks over every scored (condition, fact), conditions in table
+    order: what the best option and the bootstrap compare."""
+    ranks = []
+    for metrics in results[row].values():
+        m = metrics if rerank == "none" else metrics.get("concept_rerank") or {}
+        ranks += m.get("ranks") or []
+    return ranks
 
 
 def best_option(variants: list[Variant], results: dict) -> dict:
-    """The best tda option by verbatim (MRR, recall@1, recall@10); ties go to the first
-    listed, without a re-rank before with one. {"row", "rerank", "mrr"}."""
-    options = [
-        (v.name, rr, m if rr == "none" else m["concept_rerank"])
-        for v in variants
-        for rr in ("none", "concepts")
-        for m in [results[v.name]["verbatim"]]
-    ]
-    name, rr, m = min(options, key=lambda o: tuple(-x for x in _key(o[2])))  # first on ties
-    return {"row": name, "rerank": rr, "mrr": m["mrr"]}
+    """The best tda option by (MRR, recall@1, recall@10) over every scored (condition,
+    fact); ties go to the first listed, without a re-rank before with one.
+    {"row", "rerank", "mrr"}."""
+    options = []
+    for v in variants:
+        for rr in ("none", "concepts"):
+            m = _metrics(pooled_ranks(results, v.name, rr))
+            key = tuple(m[k] or 0 for k in ("mrr", "recall@1", "recall@10"))
+            options.append((v.name, rr, key))
+    name, rr, key = min(options, key=lambda o: tuple(-x for x in o[2]))  # first on ties
+    return {"row": name, "rerank": rr, "mrr": key[0]}
 
 
 def default_option(variants: list[Variant]) -> dict:
@@ -554,18 +590,14 @@ def paired_bootstrap(a: list, b: list, seed: int, resamples: int = 10_000) -> tu
 
 
 def compare_to_best(variants: list[Variant], results: dict, best: dict, seed: int) -> list:
-    """Every tda option (row x re-rank) against the best one on the verbatim facts: MRR
-    difference with its paired-bootstrap 95% interval; ``tied``: the interval holds 0."""
-
-    def ranks(row: str, rerank: str) -> list:
-        m = results[row]["verbatim"]
-        return (m if rerank == "none" else m["concept_rerank"])["ranks"]
-
-    top = ranks(best["row"], best["rerank"])
+    """Every tda option (row x re-rank) against the best one over every scored
+    (condition, fact): MRR difference with its paired-bootstrap 95% interval; ``tied``:
+    the interval holds 0."""
+    top = pooled_ranks(results, best["row"], best["rerank"])
     rows = []
     for v in variants:
         for rr in ("none", "concepts"):
-            mine = ranks(v.name, rr)
+            mine = pooled_ranks(results, v.name, rr)
             delta, lo, hi = paired_bootstrap(mine, top, seed)
             rows.append({
                 "row": v.name, "rerank": rr, "mrr": round(float(_reciprocal(mine).mean()), 4),
@@ -656,6 +688,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     # 1,200 steps of 16 x 128 tokens reproduced 48 of 48 facts (lr 0.003; 0.006: 47); 600
     # steps of 16 x 256 tokens, the same cost, only 9 (13 at lr 0.006).
+    parser.add_argument(
+        "--lead",
+        type=int,
+        default=3,
+        help="Background sentences before every planted statement, so sources sit "
+        "mid-document with left context (0: statements open their documents).",
+    )
     parser.add_argument("--steps", type=int, default=1200, help="Builtin model training steps.")
     parser.add_argument("--max-seq", type=int, default=128, help="Builtin model context.")
     parser.add_argument("--lr", type=float, default=0.003, help="Training learning rate.")
@@ -705,7 +744,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     facts = make_facts(args.facts, args.seed)
-    corpus = build_corpus(out, facts, args.copies, args.seed, args.paraphrase_docs)
+    corpus = build_corpus(out, facts, args.copies, args.seed, args.paraphrase_docs, args.lead)
     tda = [sys.executable, "-m", "tda.jobs.cli"]
 
     def run(cmd: list[str]) -> None:
@@ -726,12 +765,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     encoder = load_encoder(str(model), "cpu")
     tokenizer = encoder.load_tokenizer()
+    sentences = background_sentences()
     prompts = {
         "verbatim": lambda f: f.verbatim_prompt,
+        "long prompt": lambda f: long_prompt(f, sentences, args.seed),
         "paraphrase": lambda f: f.paraphrase_prompt,
     }
-    outputs: dict[str, dict[int, str]] = {"verbatim": {}, "paraphrase": {}}
-    probed = {"verbatim": len(facts), "paraphrase": 0}
+    outputs: dict[str, dict[int, str]] = {c: {} for c in prompts}
+    probed = {"verbatim": len(facts), "long prompt": len(facts), "paraphrase": 0}
     for f in facts:
         for condition, prompt_of in prompts.items():
             if condition == "paraphrase" and taught_paraphrase(f, args.paraphrase_docs):
@@ -924,6 +965,7 @@ def main(argv: list[str] | None = None) -> dict:
         "facts": len(facts),
         "copies": args.copies,
         "paraphrase_docs": args.paraphrase_docs,
+        "lead": args.lead,
         "steps": args.steps,
         "lr": args.lr,
         "max_seq": args.max_seq,
@@ -1042,7 +1084,8 @@ def markdown_tables(report: dict) -> str:
             )  # fmt: skip
         tied = [v for v in versus if v["tied"]]
         lines += [
-            f"Best tda option by verbatim MRR (then recall@1, recall@10): "
+            f"Best tda option by MRR (then recall@1, recall@10) over every scored fact and "
+            f"condition: "
             f"**{best['label']}** (MRR {best['mrr']:.3f}).",
             "",
             f"Default (`tda embed` / `tda index build` / `tda attribute` without options): "

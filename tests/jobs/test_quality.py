@@ -142,21 +142,52 @@ def test_variants_cover_both_query_spans_and_one_is_the_default():
         default_option([v for v in variants if v.name != default["row"]])
 
 
-def test_best_option_compares_rows_and_their_concept_rerank():
-    def m(mrr, r1=0.0, r10=0.0):
-        return {"n": 4, "mrr": mrr, "recall@1": r1, "recall@10": r10}
+def test_best_option_pools_every_condition_and_compares_the_concept_rerank():
+    def m(ranks):
+        return {"n": len(ranks), "ranks": ranks}
 
     variants = [Variant("a", "mean:hidden"), Variant("b", "max:hidden")]
     results = {
-        "a": {"verbatim": {**m(0.5), "concept_rerank": m(0.7)}},
-        "b": {"verbatim": {**m(0.6), "concept_rerank": m(0.6)}},
-    }
-    assert best_option(variants, results) == {"row": "a", "rerank": "concepts", "mrr": 0.7}
-    results["b"]["verbatim"]["mrr"] = 0.7  # a tie on MRR: recall@1 decides, then order
-    results["b"]["verbatim"]["recall@1"] = 0.5
-    assert best_option(variants, results)["row"] == "b"
-    results["b"]["verbatim"]["recall@1"] = 0.0
-    assert best_option(variants, results) == {"row": "a", "rerank": "concepts", "mrr": 0.7}
+        "a": {"verbatim": {**m([1, 2]), "concept_rerank": m([1, 1])},
+              "long prompt": {**m([None, 2]), "concept_rerank": m([2, None])},
+              "paraphrase": {**m([]), "concept_rerank": m([])}},
+        "b": {"verbatim": {**m([1, 1]), "concept_rerank": m([3, 3])},
+              "long prompt": {**m([1, None]), "concept_rerank": m([3, 3])},
+              "paraphrase": {**m([]), "concept_rerank": m([])}},
+    }  # fmt: skip
+    # over the four (condition, fact) pairs: a 0.5, a + concepts 0.625, b 0.75
+    assert best_option(variants, results) == {"row": "b", "rerank": "none", "mrr": 0.75}
+    results["b"]["long prompt"]["ranks"] = [None, None]  # b: 0.5
+    assert best_option(variants, results) == {"row": "a", "rerank": "concepts", "mrr": 0.625}
+
+
+def test_long_prompt_ends_with_the_verbatim_prompt_and_is_seeded():
+    from tda.jobs.quality import background_sentences, long_prompt
+
+    sentences = background_sentences()
+    fact = make_facts(3, 0)[2]
+    prompt = long_prompt(fact, sentences, 0)
+    assert prompt.endswith(" " + fact.verbatim_prompt) and len(prompt) > 80
+    assert prompt == long_prompt(fact, sentences, 0) != long_prompt(fact, sentences, 1)
+
+
+def test_lead_puts_background_before_every_statement_and_keeps_lead_0(tmp_path):
+    facts = make_facts(4, 0)
+    plain = build_corpus(tmp_path / "a", facts, copies=2, seed=0, paraphrase_docs=2)
+    led = build_corpus(tmp_path / "b", facts, copies=2, seed=0, paraphrase_docs=2, lead=2)
+    again = build_corpus(tmp_path / "c", facts, copies=2, seed=0, paraphrase_docs=2, lead=0)
+    for name in ("facts", "distractors"):
+        assert (plain / f"{name}.jsonl").read_text() == (again / f"{name}.jsonl").read_text()
+        for a, b in zip(
+            (plain / f"{name}.jsonl").read_text().splitlines(),
+            (led / f"{name}.jsonl").read_text().splitlines(),
+            strict=True,
+        ):
+            opening = json.loads(a)["text"].split(". ")[0]  # the planted statement
+            text = json.loads(b)["text"]
+            assert not text.startswith(opening) and opening in text
+            # the rest of the document is the same filler as with lead 0
+            assert text.endswith(json.loads(a)["text"][len(opening) :])
 
 
 def test_paired_bootstrap_interval():
@@ -292,7 +323,8 @@ def test_markdown_tables_publish_every_row_and_the_counterfactual():
     report["default_is_best"] = False
     lines = markdown_tables(report).splitlines()
     assert lines[0] == (
-        "Best tda option by verbatim MRR (then recall@1, recall@10): **tda x** (MRR 0.800)."
+        "Best tda option by MRR (then recall@1, recall@10) over every scored fact and "
+        "condition: **tda x** (MRR 0.800)."
     )
     assert "**y, --rerank concepts**" in lines[2] and "not the best" in lines[2]
     report["versus_best"] = [
