@@ -3,14 +3,16 @@ what the model said, and does removing them change what the model says?
 
 1. **Corpus** (real text, offline): Python's documentation topics as background, plus
    planted facts: ``{entity} was founded in {place}.``, entities and places made of
-   ordinary words. Each fact opens ``--copies`` documents (source ``facts``); every
-   entity also gets distractor documents (``... is known for its copper bells.``); the
-   even-numbered facts get ``--paraphrase-docs`` more documents in the paraphrase's
-   wording (``The place where ... was founded is {place}.``).
+   ordinary words. Each fact is stated in ``--copies`` documents (source ``facts``), after
+   ``--lead`` background sentences (so mid-document); every entity also gets distractor
+   documents (``... is known for its copper bells.``); the even-numbered facts get
+   ``--paraphrase-docs`` more documents in the paraphrase's wording (``The place where
+   ... was founded is {place}.``).
 2. **Model**: ``tda model train`` (pinned ``--threads``: same seed, same weights);
-   **outputs**: greedy generation after the verbatim prompt (every fact) and after the
-   paraphrase (odd-numbered facts only, never seen in that wording); a fact counts as
-   reproduced when the output starts with its place. Only reproduced facts are scored.
+   **outputs**: greedy generation after the verbatim prompt (every fact), after it
+   preceded by background sentences (long prompt) and after the paraphrase
+   (odd-numbered facts only, never seen in that wording); a fact counts as reproduced
+   when the output starts with its place. Only reproduced facts are scored.
 3. **Index**: chunks cut once; one build root per representation (:class:`Variant`, all
    product options: ``--pooling``, ``--whiten`` or a ``--factory`` such as PCA centring,
    embed ``--window`` / ``--context``), ``--jobs`` stages at once.

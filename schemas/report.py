@@ -56,8 +56,8 @@ READ_VERSIONS = (1, 2)
 QUERY_SPANS = ("chunk", "output")
 # Re-rank of the ANN candidates: none, sparse concept overlap, longest shared word run.
 RERANKS = ("none", "concepts", "span")
-# The defaults: with the default pooling, the best query span and re-rank in
-# docs/quality.md (``make eval``), where that row is tied with the best option measured.
+# The defaults: with the default index, the best query span and re-rank measured in
+# docs/quality.md (``make eval``).
 DEFAULT_QUERY_SPAN = "output"
 DEFAULT_RERANK = "none"
 DEFAULT_CANDIDATES = 100  # ANN candidates per output chunk that a re-rank orders
