@@ -19,7 +19,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from tda.attribution.attributor import Attributor, generate_tokens
+    from tda.attribution.attributor import Attributor
     from tda.attribution.encoder import load_encoder
     from tda.jobs import quality as q
 
@@ -29,19 +29,11 @@ def main() -> None:
     encoder = load_encoder(str(out / "model"), "cpu")
     tokenizer = encoder.load_tokenizer()
     table = q.ChunkTable(out / "root-chunks")
-    doc = {r["chunk_id"]: r["doc_id"] for r in table.rows}
-    text = dict(zip(table.ids, table.texts, strict=True))
-
-    def relevant(f) -> set[int]:
-        return {
-            c for c in table.ids if doc[c].startswith(f"fact-{f.index}-") and f.place in text[c]
-        }
-
+    relevant = table.relevant
     outputs = {}
     for f in facts:
-        ids = tokenizer.encode_batch([f.verbatim_prompt])[0].ids.tolist()
-        output = tokenizer.decode(generate_tokens(encoder, ids, 6))
-        if output.strip().startswith(f.place):  # scored only when reproduced, as in the table
+        output = q.reproduce(encoder, tokenizer, f, f.verbatim_prompt)
+        if output is not None:  # scored only when reproduced, as in the table
             outputs[f.index] = output
     facts = [f for f in facts if f.index in outputs]
     queries = {

@@ -25,7 +25,6 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from tda.attribution.attributor import generate_tokens
     from tda.attribution.encoder import load_encoder
     from tda.jobs import quality as q
 
@@ -35,20 +34,13 @@ def main() -> None:
     tokenizer = encoder.load_tokenizer()
     outputs = {}
     for f in q.make_facts(48, 0):
-        prompt_ids = tokenizer.encode_batch([f.verbatim_prompt])[0].ids.tolist()
-        output = tokenizer.decode(generate_tokens(encoder, prompt_ids, 6))
-        if output.strip().startswith(f.place) and len(outputs) < 6:
+        output = q.reproduce(encoder, tokenizer, f, f.verbatim_prompt)
+        if output is not None and len(outputs) < 6:
             outputs[f.index] = output
     facts = [f for f in q.make_facts(48, 0) if f.index in outputs]
     table = q.ChunkTable(out / "root-chunks")
-    doc = {r["chunk_id"]: r["doc_id"] for r in table.rows}
     text = dict(zip(table.ids, table.texts, strict=True))
-
-    def relevant(f) -> set[int]:
-        return {
-            c for c in table.ids if doc[c].startswith(f"fact-{f.index}-") and f.place in text[c]
-        }
-
+    relevant = table.relevant
     keep = set().union(*[relevant(f) for f in facts]) | set(random.Random(0).sample(table.ids, 150))
     ids = [c for c in table.ids if c in keep]
     subset = Subset(ids, [text[c] for c in ids])

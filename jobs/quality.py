@@ -246,6 +246,24 @@ class ChunkTable:
         self.texts = [r["text"] or "" for r in rows]
         self.position = {cid: i for i, cid in enumerate(self.ids)}
 
+    def relevant(self, fact: Fact) -> set[int]:
+        """The planted sources of ``fact``: chunks of its own documents that contain its
+        place."""
+        return {
+            r["chunk_id"] for r, text in zip(self.rows, self.texts, strict=True)
+            if r["doc_id"].startswith(f"fact-{fact.index}-") and fact.place in text
+        }  # fmt: skip
+
+
+def reproduce(encoder, tokenizer, fact: Fact, prompt: str, tokens: int = 6) -> str | None:
+    """Greedy ``tokens`` after ``prompt``: the output text when it starts with ``fact``'s
+    place (the fact is reproduced and gets scored), else None."""
+    from tda.attribution.attributor import generate_tokens
+
+    ids = tokenizer.encode_batch([prompt])[0].ids.tolist()
+    text = tokenizer.decode(generate_tokens(encoder, ids, tokens))
+    return text if text.strip().startswith(fact.place) else None
+
 
 def _words(text: str) -> list[str]:
     from tda.attribution.rerank import words
@@ -762,7 +780,7 @@ def main(argv: list[str] | None = None) -> dict:
     train(corpus, model)
     timings["train"] = round(time.time() - t, 1)
 
-    from tda.attribution.attributor import Attributor, generate_tokens
+    from tda.attribution.attributor import Attributor
     from tda.attribution.encoder import load_encoder
 
     encoder = load_encoder(str(model), "cpu")
@@ -780,9 +798,8 @@ def main(argv: list[str] | None = None) -> dict:
             if condition == "paraphrase" and taught_paraphrase(f, args.paraphrase_docs):
                 continue  # seen in this wording: not a paraphrase
             probed[condition] += condition == "paraphrase"
-            ids = tokenizer.encode_batch([prompt_of(f)])[0].ids.tolist()
-            text = tokenizer.decode(generate_tokens(encoder, ids, 6))
-            if text.strip().startswith(f.place):
+            text = reproduce(encoder, tokenizer, f, prompt_of(f))
+            if text is not None:
                 outputs[condition][f.index] = text
     reproduced = {c: len(v) for c, v in outputs.items()}
     print(f"facts reproduced: {reproduced} of {probed}", flush=True)
@@ -828,11 +845,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = ChunkTable(base)
     source_of = {r["chunk_id"]: (r["source"], r["doc_id"]) for r in table.rows}
 
-    def relevant(f: Fact) -> set[int]:
-        return {
-            cid for cid, text in zip(table.ids, table.texts, strict=True)
-            if source_of[cid][1].startswith(f"fact-{f.index}-") and f.place in text
-        }  # fmt: skip
+    relevant = table.relevant
 
     def distractors(f: Fact) -> set[int]:
         return {

@@ -246,6 +246,22 @@ def test_chunk_table_reads_spans_and_file_index(tmp_path):
     assert [r["file_index"] for r in table.rows] == [2, 2] and table.rows[1]["char_end"] == 9
 
 
+def test_chunk_table_relevant_is_the_facts_own_chunks_holding_its_place(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fact = make_facts(3, 0)[1]
+    (tmp_path / "chunks").mkdir()
+    docs = [f"fact-{fact.index}-0", f"fact-{fact.index}-0", f"fact-{fact.index}-p1",
+            f"distractor-{fact.index}-0", f"fact-{fact.index + 10}-0"]  # fmt: skip
+    texts = [f"in {fact.place}.", "later filler", f"is {fact.place}.", fact.place, fact.place]
+    z = [0] * 5
+    rows = {"chunk_id": [1, 2, 3, 4, 5], "source": ["s"] * 5, "doc_id": docs,
+            "record_index": z, "char_start": z, "char_end": z, "text": texts}  # fmt: skip
+    pq.write_table(pa.table(rows), tmp_path / "chunks" / "part-000000.parquet")
+    assert ChunkTable(tmp_path).relevant(fact) == {1, 3}
+
+
 def test_answer_log_prob_is_the_answer_tokens_log_probability(builtin_dir):
     import torch
 
