@@ -10,15 +10,24 @@ Algorithm (one output):
 
 1. Tokenize prompt and output with the encoder's tokenizer (or take token ids, or
    generate ``generate`` tokens after the prompt: greedy at temperature 0, else sampled
-   with ``seed``). If prompt + output exceed the index's window, the prompt is cut on the
-   left (recorded); an output longer than the window is refused.
-2. ONE forward pass over prompt + output (input embeddings, so gradients reach them),
-   exactly as the index saw its training chunks: same encoder, same pooling code
-   (:func:`~tda.attribution.encoder.pool_chunks`), left context from the same window.
+   with ``seed``). If prompt + output exceed the model's context limit, the prompt is cut
+   on the left (recorded); an output longer than that limit is refused.
+2. ONE forward pass over prompt + output (input embeddings, so gradients reach them): the
+   output conditioned on its whole prompt, as the model wrote it. Logits, concept splits
+   and prompt-token scores come from this pass.
 3. The output is split into chunks of the index's ``chunk_size`` (``chunk_size`` to
    override), starting at the output's first token; for encoders with attention blocks
    (Steerling: 64) the boundaries follow the forward pass's block grid, as at index time.
-4. Per chunk: its pooled vector searches the index (all chunks in one search); hits get
+4. Each chunk's search vector is pooled (same encoder, same pooling code:
+   :func:`~tda.attribution.encoder.pool_chunks`) from at most the index's window of
+   tokens ending at the chunk's end, so it never sees more context than an indexed chunk's
+   window holds: with the default index (each chunk encoded alone, ``--window`` = chunk
+   size) a full output chunk is encoded alone, exactly as a training chunk, and a short
+   output keeps the prompt tokens that fit before it. Chunks whose window is the forward
+   pass's start reuse its activations; the others run through
+   :func:`~tda.attribution.encoder.encode_documents`, the embed stage's code path, in one
+   batched no-grad pass.
+5. Per chunk: its pooled vector searches the index (all chunks in one search); hits get
    provenance, text and the known concepts they share with the chunk (from the
    embeddings table, by id); the chunk's token logits split exactly into concept
    contributions + residual (:func:`~tda.attribution.encoder.logit_split`); prompt tokens
@@ -51,6 +60,7 @@ from tda.schemas import (
     AttributionSettings,
     ConceptContribution,
     ConfigError,
+    ContextPolicy,
     LogitTotals,
     OutputChunk,
     SharedConcept,
@@ -59,7 +69,15 @@ from tda.schemas import (
     TrainingHit,
 )
 
-from .encoder import ConceptActivations, ConceptEncoder, load_encoder, logit_split
+from .encoder import (
+    ConceptActivations,
+    ConceptEncoder,
+    DocumentTokens,
+    PooledChunks,
+    encode_documents,
+    load_encoder,
+    logit_split,
+)
 from .encoder import pool_chunks as _pool_chunks
 from .index_reader import IndexReader, IndexReadError
 from .rerank import concept_overlap, longest_shared_run, rerank_order, words
@@ -227,7 +245,7 @@ class Attributor:
         chunk_size = chunk_size or self.manifest.chunking.chunk_size
         if chunk_size < 1:
             raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")
-        window = self.manifest.context.window
+        window = self.encoder.info.max_window  # the forward pass: the model's context limit
         prompt_ids = self._ids(prompt, "prompt")
         generated_ms = 0.0
         gen_settings = None
@@ -261,13 +279,8 @@ class Attributor:
                 [_chunk_log_prob(acts.logits, ids_t, s, e) for s, e in spans] if want_grad else []
             )
         frozen = _detached(acts)
-        starts = np.array(query_starts)
-        ends = np.array([e for _, e in spans])
         with torch.no_grad():
-            pooled = _pool_chunks(
-                frozen, np.zeros(len(spans), dtype=np.int64), starts, ends,
-                self.manifest.pooling, enc.info.n_known,
-            )  # fmt: skip
+            pooled = self._search_vectors(seq, frozen, spans, query_starts)
             targets = torch.roll(ids_t, -1, dims=1)  # position t predicts token t + 1
             split = logit_split(enc, frozen, targets)
             log_probs = _token_log_probs(frozen.logits, ids_t)  # (1, T)
@@ -335,7 +348,7 @@ class Attributor:
         if seq.truncated:
             warnings.append(
                 f"the prompt was cut to its last {seq.prompt_len} tokens ({seq.truncated} "
-                f"dropped) to fit the index's window of {window}"
+                f"dropped) to fit the model's context of {window}"
             )
         if seq.prompt_len == 0 and spans and spans[0][0] == 0:
             warnings.append(
@@ -359,7 +372,7 @@ class Attributor:
             model=enc.info.spec,
             forced=self.forced,
             pooling=self.manifest.pooling.name,
-            window=window,
+            window=self.manifest.context.window,
             generate=gen_settings,
             query_span=query_span,
             rerank=rerank,
@@ -431,7 +444,7 @@ class Attributor:
     def _sequence(self, prompt, prompt_ids, output, output_ids, window) -> _Sequence:
         if len(output_ids) > window:
             raise ConfigError(
-                f"the output is {len(output_ids)} tokens; the index's window holds {window} "
+                f"the output is {len(output_ids)} tokens; the model's context holds {window} "
                 f"(attribute it in parts)"
             )
         keep = min(len(prompt_ids), window - len(output_ids))
@@ -472,6 +485,57 @@ class Attributor:
         if self.encoder.info.block_align > 1:
             return [(s // chunk_size) * chunk_size for s, _ in spans]
         return [max(0, e - chunk_size) for _, e in spans]
+
+    def _query_windows(self, spans, query_starts) -> list[int]:
+        """Per output chunk [s, e): where its search vector's window starts, so that it
+        holds at most the index's window of tokens ending at ``e`` (on a block grid: ending
+        at the block holding ``e``, so the window starts on the grid as indexed windows
+        do). 0 for chunks the forward pass's own start serves."""
+        W = self.manifest.context.window
+        align = max(1, self.encoder.info.block_align)
+        out = []
+        for (_, e), q in zip(spans, query_starts, strict=True):
+            start = max(0, -(-e // align) * align - W)
+            out.append(min(start, q))  # the pooled span stays whole (q >= e - chunk_size)
+        return out
+
+    def _search_vectors(
+        self, seq: _Sequence, acts: ConceptActivations, spans, query_starts
+    ) -> PooledChunks:
+        """Per output chunk, its pooled search vector (n, D) and top known concepts,
+        pooled over [query start, end) within its query window (:meth:`_query_windows`):
+        from the forward pass's activations where the window starts at 0, else from one
+        batched pass over the windows through the embed stage's code path."""
+        n = len(spans)
+        starts = np.array(query_starts, dtype=np.int64)
+        ends = np.array([e for _, e in spans], dtype=np.int64)
+        pooled = _pool_chunks(
+            acts, np.zeros(n, dtype=np.int64), starts, ends,
+            self.manifest.pooling, self.encoder.info.n_known,
+        )  # fmt: skip
+        window_starts = self._query_windows(spans, query_starts)
+        moved = [c for c in range(n) if window_starts[c] > 0]
+        if not moved:
+            return pooled
+        docs = [
+            DocumentTokens(
+                ids=seq.ids[window_starts[c] : ends[c]],
+                spans=np.array([[starts[c] - window_starts[c], ends[c] - window_starts[c]]]),
+            )
+            for c in moved
+        ]
+        m = self.manifest.context
+        # one window per document (a --chunk-size override may exceed the index's window)
+        longest = -(-max(len(d.ids) for d in docs) // m.align) * m.align
+        policy = ContextPolicy(window=max(m.window, longest), context=0, align=m.align)
+        windowed, _ = encode_documents(
+            self.encoder, docs, self.manifest.pooling, policy, batch_tokens=policy.window * 64
+        )
+        for j, c in enumerate(moved):
+            pooled.vectors[c] = windowed.vectors[j]
+            pooled.concept_ids[c] = windowed.concept_ids[j]
+            pooled.concept_weights[c] = windowed.concept_weights[j]
+        return pooled
 
     def _rerank(self, rerank: str, ids: np.ndarray, out_concepts, query_text: str, k: int):
         """ANN candidate ids (n,) -> (positions of the k kept, in final order; their

@@ -138,8 +138,8 @@ def plan_embed_run(config: EmbedConfig, encoder: ConceptEncoder | None = None) -
             f"the model has {info.n_known} known concepts; the embeddings table stores "
             f"concept ids as uint16 (at most {MAX_CONCEPT_ID + 1})"
         )
-    context = encoder.context_policy(config.window, config.context)
     policy = chunks.chunking
+    context = encoder.context_policy(config.window, config.context, policy.chunk_size)
     if policy.chunk_size > context.window:
         raise ConfigError(
             f"--window {context.window} is shorter than the chunks ({policy.chunk_size} tokens)"

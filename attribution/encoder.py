@@ -58,8 +58,8 @@ __all__ = [
     "resolve_device",
 ]
 
-# Windows default to the model's context limit, capped here: attention cost grows with the
-# window, and 1024 tokens of left context is already far more than a chunk needs.
+# Windows given only --context default to the model's context limit, capped here: attention
+# cost grows with the window, and 1024 tokens of left context is far more than a chunk needs.
 MAX_DEFAULT_WINDOW = 1024
 
 
@@ -171,8 +171,10 @@ class ConceptEncoder(ABC):
         """D of the pooled dense vector."""
         return self.info.n_known if pooling.method == "weights" else self.info.hidden_size
 
-    def context_policy(self, window: int | None = None, context: int | None = None):
-        return default_context_policy(self.info, window, context)
+    def context_policy(
+        self, window: int | None = None, context: int | None = None, chunk_size: int | None = None
+    ):
+        return default_context_policy(self.info, window, context, chunk_size)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -187,16 +189,30 @@ def resolve_device(device: str) -> torch.device:
 
 
 def default_context_policy(
-    info: EncoderInfo, window: int | None = None, context: int | None = None
+    info: EncoderInfo,
+    window: int | None = None,
+    context: int | None = None,
+    chunk_size: int | None = None,
 ) -> ContextPolicy:
     """The encoder's limits + the user's --window/--context -> a validated policy.
 
-    Defaults: window = the model's limit capped at 1024, rounded down to the block
-    alignment; context = a quarter of the window, rounded down likewise.
+    Defaults, with neither given and the chunks' ``chunk_size`` known: each chunk encoded
+    alone (window = the chunk size rounded up to the block alignment, context 0), the
+    representation docs/quality.md measured best. Otherwise: window = the model's limit
+    capped at 1024, rounded down to the block alignment; context = a quarter of the
+    window, rounded down likewise.
     """
     from tda.schemas import ConfigError
 
     align = info.block_align
+    if window is None and context is None and chunk_size:
+        window = -(-chunk_size // align) * align
+        if window > info.max_window:
+            raise ConfigError(
+                f"the chunks ({chunk_size} tokens) exceed the model's context limit of "
+                f"{info.max_window} tokens; re-chunk with a smaller --chunk-size"
+            )
+        return ContextPolicy(window=window, context=0, align=align)
     if window is None:
         window = min(info.max_window, MAX_DEFAULT_WINDOW) // align * align
     elif window > info.max_window:

@@ -400,10 +400,10 @@ def read_index_manifest(root_url: str) -> IndexManifest:
 
 
 def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=None) -> np.ndarray:
-    """Encode a query text with the index's own encoder (``encoder`` if already loaded),
-    pooling and context policy, as one chunk: (D,) float32, unit length. Refuses an
+    """Encode a query text with the index's own encoder (``encoder`` if already loaded)
+    and pooling, as one chunk in one window (the index's, or the text's length if longer): (D,) float32, unit length. Refuses an
     encoder whose weights differ."""
-    from tda.schemas import ConfigError
+    from tda.schemas import ConfigError, ContextPolicy
 
     from .encoder import DocumentTokens, encode_documents, load_encoder
 
@@ -417,14 +417,16 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=N
     (enc,) = encoder.load_tokenizer().encode_batch([text])
     if enc.n_tokens == 0:
         raise ConfigError("--text has no tokens")
-    if enc.n_tokens > m.context.window:
-        raise ConfigError(
-            f"--text is {enc.n_tokens} tokens; the index's window holds {m.context.window}"
-        )
+    limit = encoder.info.max_window
+    if enc.n_tokens > limit:
+        raise ConfigError(f"--text is {enc.n_tokens} tokens; the model's context holds {limit}")
+    # One forward pass over the whole text, pooled as one chunk: a text longer than the
+    # index's window (one chunk's, by default) gets a window of its own length.
+    align = m.context.align
+    window = max(m.context.window, -(-enc.n_tokens // align) * align)
+    policy = ContextPolicy(window=window, context=0, align=align)
     doc = DocumentTokens(ids=enc.ids, spans=np.array([[0, enc.n_tokens]]))
-    pooled, _ = encode_documents(
-        encoder, [doc], m.pooling, m.context, batch_tokens=m.context.window
-    )
+    pooled, _ = encode_documents(encoder, [doc], m.pooling, policy, batch_tokens=window)
     return pooled.vectors[0]
 
 

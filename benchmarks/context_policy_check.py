@@ -1,8 +1,9 @@
-"""Why the best row of ``make eval`` (chunks encoded alone) is not the default: its MRR
-when the query is encoded the way its index encoded chunks (alone), against the
-harness's encoding (the output conditioned on its prompt). Needs ``make eval``'s
-build/eval; prints MRR over the facts the model reproduces after their verbatim prompt,
-for the context-free index and the default one (figures in docs/quality.md):
+"""How much the query's context matters: MRR over the facts the model reproduces after
+their verbatim prompt, when each output is searched as ``tda attribute`` does (the output
+conditioned on the prompt tokens that fit the index's window), encoded alone, or as
+prompt + output with no prompt, on the default index (each chunk encoded alone) and on
+windows with left context. Needs ``make eval``'s build/eval (figures in
+docs/quality.md):
 
     .venv/bin/python benchmarks/context_policy_check.py [--out build/eval]
 """
@@ -37,15 +38,15 @@ def main() -> None:
             outputs[f.index] = output
     facts = [f for f in facts if f.index in outputs]
     queries = {
-        "output given its prompt (the harness, tda attribute)": lambda f: (
+        "output given its prompt (tda attribute, the table)": lambda f: (
             f.verbatim_prompt, outputs[f.index]
         ),
         "output encoded alone": lambda f: ("", outputs[f.index]),
         "prompt + output encoded alone": lambda f: ("", f.verbatim_prompt + outputs[f.index]),
     }  # fmt: skip
     roots = {
-        "chunks encoded alone (--window 64 --context 0)": "root-mean-hidden-None-False-64-0",
-        "default (windows with left context)": "root-mean-hidden-None-False-None-None",
+        "default (each chunk encoded alone)": "root-mean-hidden-None-False-None-None",
+        "left context (--window 128 --context 32)": "root-mean-hidden-None-False-128-32",
     }
     for label, root in roots.items():
         attributor = Attributor.from_root(str(out / root), device="cpu")

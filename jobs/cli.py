@@ -349,13 +349,15 @@ def embed_options(func):
             "--window",
             type=int,
             default=None,
-            help="Tokens per forward pass [default: the model's context limit, at most 1024].",
+            help="Tokens per forward pass [default: the chunk size, so each chunk is encoded "
+            "alone; with only --context: the model's context limit, at most 1024].",
         ),
         click.option(
             "--context",
             type=int,
             default=None,
-            help="Left-context tokens for chunks at a window start [default: a quarter window].",
+            help="Left-context tokens for chunks at a window start [default: 0 without "
+            "--window, else a quarter window].",
         ),
         click.option(
             "--batch-tokens",

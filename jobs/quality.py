@@ -528,10 +528,14 @@ class Variant:
         return "".join(ch if ch.isalnum() else "-" for ch in "-".join(map(str, index)))
 
 
-def make_variants(poolings: list[str], more: bool = True) -> list[Variant]:
-    """The tda rows: every pooling with both query spans; with ``more``, for
-    ``mean:hidden`` and ``mean:concepts`` also centred (PCA) and whitened (PCAW) indexes
-    with both query spans, and ``mean:hidden`` with each chunk encoded alone."""
+def make_variants(
+    poolings: list[str], more: bool = True, left_context: tuple[int, int] = (128, 32)
+) -> list[Variant]:
+    """The tda rows: every pooling with both query spans, on the default index (each
+    chunk encoded alone); with ``more``, for ``mean:hidden`` and ``mean:concepts`` also
+    centred (PCA) and whitened (PCAW) indexes with both query spans, and ``mean:hidden``
+    on windows with left context (``left_context`` = ``--window`` / ``--context``; the
+    defaults are the embed stage's old default for a 128-token model)."""
     variants = []
     indexes = [("", None, False)]
     if more:
@@ -544,9 +548,15 @@ def make_variants(poolings: list[str], more: bool = True) -> list[Variant]:
                 variants.append(Variant(f"tda {p}{label}, query span {span}", p, factory,
                                         query_span=span, whiten=whiten))  # fmt: skip
     if more and "mean:hidden" in poolings:
+        window, context = left_context
         for span in QUERY_SPANS:
-            name = f"tda mean:hidden no context, query span {span}"
-            variants.append(Variant(name, "mean:hidden", window=64, context=0, query_span=span))
+            name = (
+                f"tda mean:hidden left context (--window {window} --context {context}), "
+                f"query span {span}"
+            )
+            variants.append(
+                Variant(name, "mean:hidden", window=window, context=context, query_span=span)
+            )
     return variants
 
 
@@ -727,7 +737,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--no-variants",
         action="store_true",
-        help="Only the poolings: no centred / whitened / no-context variants.",
+        help="Only the poolings: no centred / whitened / left-context variants.",
     )
     parser.add_argument("--candidates", type=int, default=100, help="tda hits re-ranked.")
     parser.add_argument(
@@ -809,7 +819,9 @@ def main(argv: list[str] | None = None) -> dict:
     base = out / "root-chunks"
     run([*tda, "chunk", str(corpus), "--out", str(base), "--tokenizer", str(model),
          "--overwrite"])  # fmt: skip
-    variants = make_variants(poolings, not args.no_variants)
+    variants = make_variants(
+        poolings, not args.no_variants, (args.max_seq, args.max_seq // 4)
+    )
     roots = {v.name: out / f"root-{v.slug}" for v in variants}
     first: dict[Path, Variant] = {}  # root -> the variant that builds it
     for v in variants:

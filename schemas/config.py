@@ -235,8 +235,10 @@ class EmbedConfig:
 
     root: str  # build root holding chunks/; the stage writes root/embeddings
     model: str  # model SPEC: builtin:DIR, DIR, steerling:ID_OR_PATH
-    window: int | None = None  # None: the model's context limit, capped at 1024
-    context: int | None = None  # None: a quarter of the window
+    # Both None: each chunk encoded alone (window = chunk size, context 0), measured best in
+    # docs/quality.md. Window None, context given: the model's limit capped at 1024.
+    window: int | None = None
+    context: int | None = None  # None: 0 without a window, else a quarter of the window
     # 16384 tokens per forward pass (padding included): ~16 MB of activations per layer
     # for a 256-wide model on CPU; GPU workers raise it.
     batch_tokens: int = 16384

@@ -62,7 +62,35 @@ def _second_chunks(root: Path, n: int) -> list[dict]:
     return rows[:: max(1, len(rows) // n)][:n]
 
 
-def test_verbatim_passage_finds_its_training_chunk(root, attributor, docs_jsonl):
+@pytest.fixture(scope="module")
+def left_root(tmp_path_factory, root, builtin_dir) -> Path:
+    """The same chunks embedded in windows with left context (--window 128 --context 32)."""
+    import shutil
+
+    left = tmp_path_factory.mktemp("attr-left") / "root"
+    shutil.copytree(root / "chunks", left / "chunks")
+    embed_root(
+        EmbedConfig(root=str(left), model=builtin_dir, window=128, context=32,
+                    pooling=Pooling.parse("max:hidden"))
+    )  # fmt: skip
+    run_index(IndexConfig(root=str(left), shards=2))
+    return left
+
+
+def test_the_default_index_encodes_each_chunk_alone(attributor, left_root):
+    assert (attributor.manifest.context.window, attributor.manifest.context.context) == (64, 0)
+    left = Attributor.from_root(str(left_root), device="cpu")
+    assert (left.manifest.context.window, left.manifest.context.context) == (128, 32)
+
+
+@pytest.mark.parametrize("index", ["default", "left context"])
+def test_verbatim_passage_finds_its_training_chunk(root, left_root, docs_jsonl, index):
+    """prompt = the document before a chunk, output = the chunk: the search vector is the
+    stored vector (score 1) under either context policy: encoded alone (default), or after
+    the document's first chunk, which the prompt reproduces (left context)."""
+    attributor = Attributor.from_root(
+        str(root if index == "default" else left_root), device="cpu"
+    )
     texts = _doc_texts(docs_jsonl)
     tokenizer = attributor.tokenizer
     found_ids, found_text = 0, 0
@@ -89,38 +117,65 @@ def test_verbatim_passage_finds_its_training_chunk(root, attributor, docs_jsonl)
     assert found_text >= len(cases) - 1  # the text's own tokenization may differ at the edge
 
 
-def test_an_index_of_chunks_encoded_alone_limits_attribution_to_one_chunk(
-    root, attributor, docs_jsonl, tmp_path
-):
-    """Why the embed stage keeps windows with left context by default, although
-    docs/quality.md's 8-token prompts rank slightly better on chunks encoded alone: the
-    attributor encodes prompt + output under the index's context policy, so with a
-    one-chunk window (--window 64 --context 0) it finds the chunk only by dropping the
-    prompt, and it cannot attribute an output longer than one chunk."""
-    import shutil
+def _long_rows(root: Path) -> list[dict]:
+    """Second chunks whose document has a full third chunk: 128 output tokens after a
+    one-chunk prompt."""
+    rows = {(c["doc_id"], c["chunk_index"]): c for c in _chunks(root)}
+    return [
+        r for r in _second_chunks(root, 10**6)
+        if rows.get((r["doc_id"], 2), {}).get("n_tokens") == 64
+    ]  # fmt: skip
 
-    alone = tmp_path / "alone"
-    shutil.copytree(root / "chunks", alone / "chunks")
-    embed_root(
-        EmbedConfig(root=str(alone), model=attributor.encoder.info.spec, window=64, context=0,
-                    pooling=Pooling.parse("max:hidden"))
-    )  # fmt: skip
-    run_index(IndexConfig(root=str(alone), shards=2))
-    context_free = Attributor.from_root(str(alone), device="cpu")
-    row = _second_chunks(root, 1)[0]
+
+def test_chunks_encoded_alone_still_attribute_long_outputs_with_the_whole_prompt(
+    root, attributor, docs_jsonl
+):
+    """With the default index (each chunk encoded alone, a 64-token window) the forward
+    pass still runs over the whole prompt + output: nothing is cut, every prompt token is
+    scored, a two-chunk output is attributed, and each full output chunk is encoded alone,
+    exactly as indexed (its own training chunk at score 1)."""
+    row = _long_rows(root)[0]
+    third = next(
+        c for c in _chunks(root) if c["doc_id"] == row["doc_id"] and c["chunk_index"] == 2
+    )
     ids = _doc_ids(attributor, docs_jsonl, row)
-    prompt, output = ids[: row["token_start"]], ids[row["token_start"] : row["token_end"]]
-    with_context = attributor.attribute(prompt, output, k=3)
-    alone_report = context_free.attribute(prompt, output, k=3)
-    assert alone_report.chunks[0].hits[0].chunk_id == row["chunk_id"]  # found ...
-    assert alone_report.prompt_token_count == 0  # ... with the whole prompt cut away
-    assert alone_report.prompt_truncated == len(prompt) and "cut" in alone_report.warnings[0]
-    assert with_context.prompt_token_count == len(prompt) > 0
-    assert len(with_context.chunks[0].prompt_tokens) == len(prompt)
-    longer = ids[row["token_start"] : row["token_start"] + 128]
-    assert len(attributor.attribute(prompt, longer, k=3).chunks) == 2
-    with pytest.raises(ConfigError, match="window holds 64"):
-        context_free.attribute(prompt, longer, k=3)
+    prompt, output = ids[: row["token_start"]], ids[row["token_start"] : third["token_end"]]
+    assert len(prompt) == 64 and len(output) == 128
+    report = attributor.attribute(prompt, output, k=3)
+    assert report.prompt_token_count == len(prompt) and report.prompt_truncated == 0
+    assert not report.warnings
+    assert [(c.token_start, c.token_end) for c in report.chunks] == [(0, 64), (64, 128)]
+    for chunk, want in zip(report.chunks, (row, third), strict=True):
+        assert chunk.hits[0].chunk_id == want["chunk_id"]
+        assert chunk.hits[0].score == pytest.approx(1.0, abs=5e-3)
+        assert len(chunk.prompt_tokens) == len(prompt)
+    # the second chunk's log-probability is conditioned on the prompt and the first chunk
+    alone = attributor.attribute(output[:64], output[64:], k=3, input_attribution="none")
+    assert alone.chunks[0].totals.log_prob != pytest.approx(
+        report.chunks[1].totals.log_prob, abs=1e-3
+    )
+
+
+def test_a_short_output_searches_with_the_prompt_tokens_that_fit_the_index_window(
+    root, attributor, docs_jsonl
+):
+    """A 10-token output after a 182-token prompt: its search vector sees the last 54 prompt
+    tokens (64-token index window), so the prompt's first 128 tokens change the logits and
+    prompt scores but not the hits; cutting them leaves the hits as they were."""
+    row = _long_rows(root)[0]
+    ids = _doc_ids(attributor, docs_jsonl, row)
+    cut = row["token_end"] + 54
+    prompt, output = ids[:cut], ids[cut : cut + 10]
+    full = attributor.attribute(prompt, output, k=5)
+    short = attributor.attribute(prompt[-54:], output, k=5)
+    assert full.prompt_token_count == len(prompt) == 182
+    assert len(full.chunks[0].prompt_tokens) == 182
+    assert [h.chunk_id for h in full.chunks[0].hits] == [h.chunk_id for h in short.chunks[0].hits]
+    for a, b in zip(full.chunks[0].hits, short.chunks[0].hits, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+    assert full.chunks[0].totals.log_prob != pytest.approx(
+        short.chunks[0].totals.log_prob, abs=1e-3
+    )
 
 
 def test_report_fields_and_json_round_trip(root, attributor, docs_jsonl):
@@ -263,13 +318,13 @@ def test_generation_is_deterministic_and_attributed(attributor):
     assert report.chunks and report.chunks[0].hits
 
 
-def test_long_prompt_is_cut_on_the_left(attributor):
-    window = attributor.manifest.context.window
-    prompt = " ".join(["word"] * (window * 2))
+def test_long_prompt_is_cut_on_the_left_to_the_models_context(attributor):
+    limit = attributor.encoder.info.max_window
+    prompt = " ".join(["word"] * (limit * 2))
     report = attributor.attribute(prompt, " and more words follow here.", input_attribution="none")
     assert report.prompt_truncated > 0
-    assert report.prompt_token_count + report.output_token_count == window
-    assert any("cut" in w for w in report.warnings)
+    assert report.prompt_token_count + report.output_token_count == limit
+    assert any("cut" in w and "model's context" in w for w in report.warnings)
 
 
 def test_query_span_chunk_pools_an_index_sized_window(root, attributor, docs_jsonl):
@@ -328,9 +383,11 @@ def test_rerank_concepts_orders_the_candidates_by_concept_overlap(root, attribut
     assert plain.settings.candidates is None
 
 
-def test_rerank_span_puts_the_verbatim_source_first(root, attributor):
+def test_rerank_span_puts_the_verbatim_source_first(root, left_root):
     from tda.attribution.rerank import longest_shared_run, words
 
+    # windows with left context: the chunk's text alone is not the vector the index holds
+    attributor = Attributor.from_root(str(left_root), device="cpu")
     row = _second_chunks(root, 3)[2]
     plain = attributor.attribute("", row["text"], k=3, input_attribution="none")
     assert plain.chunks[0].hits[0].chunk_id != row["chunk_id"]  # the vectors miss it here
@@ -355,7 +412,7 @@ def test_rerank_span_puts_the_verbatim_source_first(root, attributor):
         (dict(output="x", ig_steps=0), "--ig-steps"),
         (dict(output=""), "no tokens"),
         (dict(output=[10**9]), "outside the model's vocabulary"),
-        (dict(output="word " * 5000), "window holds"),
+        (dict(output="word " * 5000), "model's context holds"),
         (dict(output="x", query_span="prompt"), "--query-span must be"),
         (dict(output="x", rerank="bm25"), "--rerank must be"),
         (dict(output="x", rerank="concepts", k=10, candidates=5), "at least -k"),

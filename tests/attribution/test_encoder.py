@@ -17,13 +17,14 @@ from tda.attribution.encoder import (
     DocumentTokens,
     EncoderError,
     batch_windows,
+    default_context_policy,
     encode_documents,
     load_encoder,
     logit_split,
     plan_windows,
     pool_chunks,
 )
-from tda.schemas import ConfigError, ContextPolicy, Pooling
+from tda.schemas import ConfigError, ContextPolicy, EncoderInfo, Pooling
 
 
 def _spans(n_tokens: int, size: int, step: int) -> np.ndarray:
@@ -86,6 +87,27 @@ def test_plan_windows_context_and_errors():
         ContextPolicy(window=100, context=0, align=64)
     with pytest.raises(ConfigError):
         ContextPolicy(window=128, context=128, align=64)
+
+
+def _info(max_window: int, align: int) -> EncoderInfo:
+    return EncoderInfo(
+        name="t", spec="t", fingerprint="sha256:0", tokenizer_fingerprint="sha256:0",
+        hidden_size=8, n_known=4, n_unknown=4, max_window=max_window, block_align=align,
+    )  # fmt: skip
+
+
+def test_default_context_policy_encodes_each_chunk_alone():
+    builtin, steerling = _info(256, 1), _info(4096, 64)
+    # neither --window nor --context: one chunk per window, no left context
+    assert default_context_policy(builtin, chunk_size=64) == ContextPolicy(64, 0, 1)
+    assert default_context_policy(builtin, chunk_size=50) == ContextPolicy(50, 0, 1)
+    assert default_context_policy(steerling, chunk_size=64) == ContextPolicy(64, 0, 64)
+    # --window alone: a quarter of left context; --context alone: the model's limit <= 1024
+    assert default_context_policy(builtin, 128, chunk_size=64) == ContextPolicy(128, 32, 1)
+    assert default_context_policy(steerling, None, 128, 64) == ContextPolicy(1024, 128, 64)
+    assert default_context_policy(builtin, None, 0, 64) == ContextPolicy(256, 0, 1)
+    with pytest.raises(ConfigError, match="exceed the model's context limit"):
+        default_context_policy(builtin, chunk_size=512)
 
 
 @given(
