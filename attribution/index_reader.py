@@ -401,8 +401,8 @@ def read_index_manifest(root_url: str) -> IndexManifest:
 
 def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=None) -> np.ndarray:
     """Encode a query text with the index's own encoder (``encoder`` if already loaded)
-    and pooling, as one chunk in one window (the index's, or the text's length if longer): (D,) float32, unit length. Refuses an
-    encoder whose weights differ."""
+    and pooling, as one chunk in one window (the index's, or the text's length if longer):
+    (D,) float32, unit length. Refuses an encoder whose weights differ."""
     from tda.schemas import ConfigError, ContextPolicy
 
     from .encoder import DocumentTokens, encode_documents, load_encoder
