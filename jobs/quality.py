@@ -819,9 +819,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = out / "root-chunks"
     run([*tda, "chunk", str(corpus), "--out", str(base), "--tokenizer", str(model),
          "--overwrite"])  # fmt: skip
-    variants = make_variants(
-        poolings, not args.no_variants, (args.max_seq, args.max_seq // 4)
-    )
+    variants = make_variants(poolings, not args.no_variants, (args.max_seq, args.max_seq // 4))
     roots = {v.name: out / f"root-{v.slug}" for v in variants}
     first: dict[Path, Variant] = {}  # root -> the variant that builds it
     for v in variants:

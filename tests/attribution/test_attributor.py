@@ -88,9 +88,7 @@ def test_verbatim_passage_finds_its_training_chunk(root, left_root, docs_jsonl, 
     """prompt = the document before a chunk, output = the chunk: the search vector is the
     stored vector (score 1) under either context policy: encoded alone (default), or after
     the document's first chunk, which the prompt reproduces (left context)."""
-    attributor = Attributor.from_root(
-        str(root if index == "default" else left_root), device="cpu"
-    )
+    attributor = Attributor.from_root(str(root if index == "default" else left_root), device="cpu")
     texts = _doc_texts(docs_jsonl)
     tokenizer = attributor.tokenizer
     found_ids, found_text = 0, 0
@@ -135,9 +133,7 @@ def test_chunks_encoded_alone_still_attribute_long_outputs_with_the_whole_prompt
     scored, a two-chunk output is attributed, and each full output chunk is encoded alone,
     exactly as indexed (its own training chunk at score 1)."""
     row = _long_rows(root)[0]
-    third = next(
-        c for c in _chunks(root) if c["doc_id"] == row["doc_id"] and c["chunk_index"] == 2
-    )
+    third = next(c for c in _chunks(root) if c["doc_id"] == row["doc_id"] and c["chunk_index"] == 2)
     ids = _doc_ids(attributor, docs_jsonl, row)
     prompt, output = ids[: row["token_start"]], ids[row["token_start"] : third["token_end"]]
     assert len(prompt) == 64 and len(output) == 128

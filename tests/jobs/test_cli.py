@@ -252,7 +252,7 @@ def test_model_train_chunk_embed_end_to_end(docs_jsonl, tmp_path):
     summary = json.loads(result.output)
     assert summary["totals"]["chunks"] == summary["counters"]["chunks_embedded"] == n_chunks
     assert summary["pooling"] == "max:known" and summary["encoder"] == "builtin"
-    assert summary["context"] == {"window": 128, "context": 32}
+    assert summary["context"] == {"window": 64, "context": 0}  # each chunk alone
     assert 0 <= summary["padding_share"] < 0.5
     # human output, rerun over the same root
     result = CliRunner().invoke(main, [*args, "--overwrite"])

@@ -140,7 +140,7 @@ def _body(**fields) -> dict:
          "input_attribution"),
         ("post", ATTR, _body(prompt="a", output="b", extra=1), 422, "extra"),
         ("post", ATTR, _body(prompt="a", output=""), 400, "no tokens"),
-        ("post", ATTR, _body(prompt="a", output="word " * 3000), 400, "window"),
+        ("post", ATTR, _body(prompt="a", output="word " * 3000), 400, "context holds"),
         ("get", "/api/chunks/123456789", {}, 404, "not in this index"),
         ("get", "/api/chunks/-5", {}, 404, "not in this index"),
         ("get", "/api/chunks/abc", {}, 422, "chunk_id"),
