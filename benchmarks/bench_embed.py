@@ -1,6 +1,7 @@
 """Embed-stage throughput against a bare loop of the same model's forward passes.
 
     .venv/bin/python benchmarks/bench_embed.py [--out build/bench-embed] [--repeat 2]
+        [--window N --context N]   # default: the stage's (each chunk encoded alone)
 
 Corpus: the demo corpus (real text, fetched from the npm registry; see jobs/demo.py),
 chunked with a builtin model's tokenizer. Model: a builtin model of the default
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "build" / "bench-embed"))
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--window", type=int, default=None, help="[default: the stage's]")
+    parser.add_argument("--context", type=int, default=None, help="[default: the stage's]")
     args = parser.parse_args()
 
     import numpy as np
@@ -85,8 +88,9 @@ def main() -> None:
         ChunkConfig(inputs=(str(corpus),), out=str(root), tokenizer=str(model_dir), overwrite=True)
     )
     config = EmbedConfig(
-        root=str(root), model=str(model_dir), batch_tokens=args.batch_tokens, overwrite=True
-    )
+        root=str(root), model=str(model_dir), batch_tokens=args.batch_tokens, overwrite=True,
+        window=args.window, context=args.context,
+    )  # fmt: skip
     encoder = load_encoder(config.model, "cpu")
 
     # The baseline's inputs: exactly the stage's windows and batches, prepared untimed.

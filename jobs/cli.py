@@ -441,7 +441,7 @@ def embed(ctx: click.Context, root, model, resume, overwrite, as_json, **kw) -> 
     """Embed every chunk of ROOT into the model's concept space.
 
     Reads ROOT/chunks/ (cut with the model's tokenizer), encodes each document in windows
-    of up to --window tokens (one forward pass each) and writes ROOT/embeddings/
+    of up to --window tokens (default: each chunk alone) and writes ROOT/embeddings/
     part-NNNNNN.parquet: chunk id, unit-length float16 vector, top-k concepts with weights;
     ROOT/embeddings/manifest.json last.
     """
@@ -892,8 +892,9 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
               rerank, candidates, device, as_json) -> None:  # fmt: skip
     """Attribute a model output to training chunks, concepts, prompt tokens and sources.
 
-    One forward pass over prompt + output with the index's encoder, context and pooling;
-    per output chunk: the top-k training chunks (provenance, text, shared concepts), the
+    One forward pass over prompt + output with the index's encoder; each output chunk
+    searches with the index's pooling over at most the index's window of tokens ending at
+    its end. Per output chunk: the top-k training chunks (provenance, text, shared concepts), the
     concepts behind its token logits (exact split + residual), prompt-token scores and
     the spread of its hits over sources.
     """

@@ -233,6 +233,12 @@ def show(root: Path, corpus: Path) -> None:
         show_embeddings(root, chunks, console)
 
 
+def _chunk_size(root: Path) -> int:
+    from tda.schemas import Manifest
+
+    return Manifest.from_json((root / "chunks" / "manifest.json").read_text()).chunking.chunk_size
+
+
 def show_embeddings(root: Path, chunks, console) -> None:
     """Embeddings: unit length, concepts per source, nearest neighbours of sample chunks."""
     from collections import Counter
@@ -255,11 +261,16 @@ def show_embeddings(root: Path, chunks, console) -> None:
     norms = np.linalg.norm(vectors, axis=1)
     config = json.loads((Path(manifest.encoder.spec.split(":", 1)[-1]) / "config.json").read_text())
     names = [c["name"] for c in config["concepts"]]
+    policy = manifest.context
+    windows = (
+        f"each chunk encoded alone ({policy.window}-token windows)"
+        if policy.context == 0 and policy.window == _chunk_size(root)
+        else f"windows of {policy.window} tokens with {policy.context} of context"
+    )
     console.print(
         f"[green]embeddings:[/green] {table.num_rows:,} chunks, one {manifest.pooling.name} "
         f"vector each (D={manifest.dim}, norms {norms.min():.3f}..{norms.max():.3f}); encoder "
-        f"{manifest.encoder.name} {manifest.encoder.fingerprint[:19]}; windows of "
-        f"{manifest.context.window} tokens with {manifest.context.context} of context"
+        f"{manifest.encoder.name} {manifest.encoder.fingerprint[:19]}; {windows}"
     )
 
     sources = chunks["source"].to_pylist()
