@@ -1,6 +1,7 @@
 """Attribution latency against one forward pass of the same text.
 
     .venv/bin/python benchmarks/bench_attribute.py [--out build/bench-attribute] [--n 20]
+        [--window N --context N]   # the index's context policy (default: the embed stage's)
 
 Index: Python's own documentation topics (real text, ~0.5 MB, shipped with CPython) chunked,
 embedded and indexed with a builtin model of the default ``tda model train`` shape
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def build_index(out: Path) -> Path:
+def build_index(out: Path, window: int | None = None, context: int | None = None) -> Path:
     """The benchmark's index: documentation topics, default-shaped random builtin model."""
     import json as _json
     from pydoc_data.topics import topics
@@ -57,7 +58,7 @@ def build_index(out: Path) -> Path:
     model = _random_model(out / "model", corpus, 4096)
     root = out / "root"
     run_chunk(ChunkConfig(inputs=(str(corpus),), out=str(root), tokenizer=model))
-    run_embed(EmbedConfig(root=str(root), model=model))
+    run_embed(EmbedConfig(root=str(root), model=model, window=window, context=context))
     run_index(IndexConfig(root=str(root)))
     return root
 
@@ -66,6 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(REPO / "build" / "bench-attribute"))
     parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--window", type=int, default=None, help="[default: the embed stage's]")
+    parser.add_argument("--context", type=int, default=None, help="[default: the embed stage's]")
     args = parser.parse_args()
 
     from pydoc_data.topics import topics
@@ -75,7 +78,7 @@ def main() -> None:
     from tda.attribution.attributor import Attributor
 
     out = Path(args.out)
-    root = build_index(out)
+    root = build_index(out, args.window, args.context)
 
     attributor = Attributor.from_root(str(root), device="cpu")
     encoder = attributor.encoder
@@ -131,6 +134,10 @@ def main() -> None:
         "machine": machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "index_vectors": attributor.manifest.vectors,
         "factory": attributor.manifest.factory,
+        "context": {
+            "window": attributor.manifest.context.window,
+            "context": attributor.manifest.context.context,
+        },  # fmt: skip
         "pairs": len(pairs),
         "prompt_tokens": 64,
         "output_tokens": 128,
