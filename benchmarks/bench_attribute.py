@@ -137,7 +137,7 @@ def main() -> None:
         "context": {
             "window": attributor.manifest.context.window,
             "context": attributor.manifest.context.context,
-        },  # fmt: skip
+        },
         "pairs": len(pairs),
         "prompt_tokens": 64,
         "output_tokens": 128,
