@@ -156,6 +156,8 @@ class AttributionSettings:
     model: str  # the encoder spec used
     forced: bool  # --force: the encoder differs from the index's
     pooling: str
+    # the index's window: each search vector is pooled from at most this many tokens
+    # ending at its chunk's end (the forward pass itself spans the model's context)
     window: int
     generate: dict[str, Any] | None = None  # {"tokens", "temperature", "seed"} when generated
     query_span: str = "output"  # "chunk" | "output": what each search vector pools
