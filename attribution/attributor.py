@@ -24,9 +24,8 @@ Algorithm (one output):
    window holds: with the default index (each chunk encoded alone, ``--window`` = chunk
    size) a full output chunk is encoded alone, exactly as a training chunk, and a short
    output keeps the prompt tokens that fit before it. Chunks whose window is the forward
-   pass's start reuse its activations; the others run through
-   :func:`~tda.attribution.encoder.encode_documents`, the embed stage's code path, in one
-   batched no-grad pass.
+   pass's start reuse its activations; the others run through the embed stage's code path
+   (:func:`~tda.attribution.encoder.encode_whole`) in one batched no-grad pass.
 5. Per chunk: its pooled vector searches the index (all chunks in one search); hits get
    provenance, text and the known concepts they share with the chunk (from the
    embeddings table, by id); the chunk's token logits split exactly into concept
@@ -60,7 +59,6 @@ from tda.schemas import (
     AttributionSettings,
     ConceptContribution,
     ConfigError,
-    ContextPolicy,
     LogitTotals,
     OutputChunk,
     SharedConcept,
@@ -74,7 +72,7 @@ from .encoder import (
     ConceptEncoder,
     DocumentTokens,
     PooledChunks,
-    encode_documents,
+    encode_whole,
     load_encoder,
     logit_split,
 )
@@ -505,37 +503,41 @@ class Attributor:
         """Per output chunk, its pooled search vector (n, D) and top known concepts,
         pooled over [query start, end) within its query window (:meth:`_query_windows`):
         from the forward pass's activations where the window starts at 0, else from one
-        batched pass over the windows through the embed stage's code path."""
-        n = len(spans)
+        batched pass over the windows (:func:`~tda.attribution.encoder.encode_whole`)."""
         starts = np.array(query_starts, dtype=np.int64)
         ends = np.array([e for _, e in spans], dtype=np.int64)
-        pooled = _pool_chunks(
-            acts, np.zeros(n, dtype=np.int64), starts, ends,
-            self.manifest.pooling, self.encoder.info.n_known,
-        )  # fmt: skip
         window_starts = self._query_windows(spans, query_starts)
-        moved = [c for c in range(n) if window_starts[c] > 0]
-        if not moved:
-            return pooled
-        docs = [
-            DocumentTokens(
-                ids=seq.ids[window_starts[c] : ends[c]],
-                spans=np.array([[starts[c] - window_starts[c], ends[c] - window_starts[c]]]),
+        served = [c for c in range(len(spans)) if window_starts[c] == 0]
+        moved = [c for c in range(len(spans)) if window_starts[c] > 0]
+        parts = []  # (chunk positions, their PooledChunks)
+        if served:
+            parts.append((served, _pool_chunks(
+                acts, np.zeros(len(served), dtype=np.int64), starts[served], ends[served],
+                self.manifest.pooling, self.encoder.info.n_known,
+            )))  # fmt: skip
+        if moved:
+            docs = [
+                DocumentTokens(
+                    ids=seq.ids[window_starts[c] : ends[c]],
+                    spans=np.array([[starts[c] - window_starts[c], ends[c] - window_starts[c]]]),
+                )
+                for c in moved
+            ]
+            m = self.manifest.context
+            parts.append(
+                (moved, encode_whole(self.encoder, docs, self.manifest.pooling, m.window, m.align))
             )
-            for c in moved
-        ]
-        m = self.manifest.context
-        # one window per document (a --chunk-size override may exceed the index's window)
-        longest = -(-max(len(d.ids) for d in docs) // m.align) * m.align
-        policy = ContextPolicy(window=max(m.window, longest), context=0, align=m.align)
-        windowed, _ = encode_documents(
-            self.encoder, docs, self.manifest.pooling, policy, batch_tokens=policy.window * 64
-        )
-        for j, c in enumerate(moved):
-            pooled.vectors[c] = windowed.vectors[j]
-            pooled.concept_ids[c] = windowed.concept_ids[j]
-            pooled.concept_weights[c] = windowed.concept_weights[j]
-        return pooled
+        if len(parts) == 1:
+            return parts[0][1]
+        vectors = np.zeros((len(spans), self.manifest.dim), dtype=np.float32)
+        concept_ids: list = [None] * len(spans)
+        concept_weights: list = [None] * len(spans)
+        for positions, pooled in parts:
+            vectors[positions] = pooled.vectors
+            for j, c in enumerate(positions):
+                concept_ids[c] = pooled.concept_ids[j]
+                concept_weights[c] = pooled.concept_weights[j]
+        return PooledChunks(vectors, concept_ids, concept_weights)
 
     def _rerank(self, rerank: str, ids: np.ndarray, out_concepts, query_text: str, k: int):
         """ANN candidate ids (n,) -> (positions of the k kept, in final order; their

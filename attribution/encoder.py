@@ -50,6 +50,7 @@ __all__ = [
     "batch_windows",
     "default_context_policy",
     "encode_documents",
+    "encode_whole",
     "load_encoder",
     "logit_split",
     "model_tokenizer_spec",
@@ -564,6 +565,23 @@ def encode_documents(
         PooledChunks(vectors, concept_ids, concept_weights, zero_vectors),  # type: ignore[arg-type]
         stats,
     )
+
+
+def encode_whole(
+    encoder: ConceptEncoder,
+    docs: Sequence[DocumentTokens],
+    pooling: Pooling,
+    window: int,
+    align: int,
+) -> PooledChunks:
+    """Documents each encoded whole in ONE window of its own, no left context, all in one
+    batch where the encoder allows padding (queries: a search text, or output chunks'
+    search windows). ``window``: the index's window; a longer document gets a window of
+    its own length, rounded up to ``align``. Returns their chunks pooled, in order."""
+    longest = -(-max(len(d.ids) for d in docs) // align) * align
+    policy = ContextPolicy(window=max(window, longest), context=0, align=align)
+    pooled, _ = encode_documents(encoder, docs, pooling, policy, policy.window * len(docs))
+    return pooled
 
 
 # --------------------------------------------------------------------------------------

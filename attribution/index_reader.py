@@ -403,9 +403,9 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=N
     """Encode a query text with the index's own encoder (``encoder`` if already loaded)
     and pooling, as one chunk in one window (the index's, or the text's length if longer):
     (D,) float32, unit length. Refuses an encoder whose weights differ."""
-    from tda.schemas import ConfigError, ContextPolicy
+    from tda.schemas import ConfigError
 
-    from .encoder import DocumentTokens, encode_documents, load_encoder
+    from .encoder import DocumentTokens, encode_whole, load_encoder
 
     m = reader.manifest
     encoder = encoder or load_encoder(m.encoder.spec, device)
@@ -420,14 +420,8 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=N
     limit = encoder.info.max_window
     if enc.n_tokens > limit:
         raise ConfigError(f"--text is {enc.n_tokens} tokens; the model's context holds {limit}")
-    # One forward pass over the whole text, pooled as one chunk: a text longer than the
-    # index's window (one chunk's, by default) gets a window of its own length.
-    align = m.context.align
-    window = max(m.context.window, -(-enc.n_tokens // align) * align)
-    policy = ContextPolicy(window=window, context=0, align=align)
     doc = DocumentTokens(ids=enc.ids, spans=np.array([[0, enc.n_tokens]]))
-    pooled, _ = encode_documents(encoder, [doc], m.pooling, policy, batch_tokens=window)
-    return pooled.vectors[0]
+    return encode_whole(encoder, [doc], m.pooling, m.context.window, m.context.align).vectors[0]
 
 
 # --------------------------------------------------------------------------------------

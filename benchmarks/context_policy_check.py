@@ -31,11 +31,7 @@ def main() -> None:
     tokenizer = encoder.load_tokenizer()
     table = q.ChunkTable(out / "root-chunks")
     relevant = table.relevant
-    outputs = {}
-    for f in facts:
-        output = q.reproduce(encoder, tokenizer, f, f.verbatim_prompt)
-        if output is not None:  # scored only when reproduced, as in the table
-            outputs[f.index] = output
+    outputs = q.reproduced_verbatim(encoder, tokenizer, facts)  # scored as in the table
     facts = [f for f in facts if f.index in outputs]
     queries = {
         "output given its prompt (tda attribute, the table)": lambda f: (

@@ -32,11 +32,7 @@ def main() -> None:
     out = Path(args.out)
     encoder = load_encoder(str(out / "model"), "cpu")
     tokenizer = encoder.load_tokenizer()
-    outputs = {}
-    for f in q.make_facts(48, 0):
-        output = q.reproduce(encoder, tokenizer, f, f.verbatim_prompt)
-        if output is not None and len(outputs) < 6:
-            outputs[f.index] = output
+    outputs = q.reproduced_verbatim(encoder, tokenizer, q.make_facts(48, 0), limit=6)
     facts = [f for f in q.make_facts(48, 0) if f.index in outputs]
     table = q.ChunkTable(out / "root-chunks")
     text = dict(zip(table.ids, table.texts, strict=True))

@@ -265,6 +265,21 @@ def reproduce(encoder, tokenizer, fact: Fact, prompt: str, tokens: int = 6) -> s
     return text if text.strip().startswith(fact.place) else None
 
 
+def reproduced_verbatim(
+    encoder, tokenizer, facts: list[Fact], limit: int | None = None
+) -> dict[int, str]:
+    """fact index -> output, for the facts (the first ``limit`` of them) the model
+    reproduces after their verbatim prompt: the ones the table scores."""
+    outputs: dict[int, str] = {}
+    for f in facts:
+        if limit is not None and len(outputs) >= limit:
+            break
+        output = reproduce(encoder, tokenizer, f, f.verbatim_prompt)
+        if output is not None:
+            outputs[f.index] = output
+    return outputs
+
+
 def _words(text: str) -> list[str]:
     from tda.attribution.rerank import words
 
