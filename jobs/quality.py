@@ -48,6 +48,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tda.attribution.rerank import longest_shared_run, rerank_order
+from tda.attribution.rerank import words as _words
 from tda.schemas import QUERY_SPANS
 
 ADJECTIVES = ["amber", "silver", "crimson", "quiet", "northern", "hollow", "golden", "iron"]
@@ -280,12 +282,6 @@ def reproduced_verbatim(
     return outputs
 
 
-def _words(text: str) -> list[str]:
-    from tda.attribution.rerank import words
-
-    return words(text)
-
-
 class BM25Ranker:
     def __init__(self, table: ChunkTable) -> None:
         from rank_bm25 import BM25Okapi
@@ -321,8 +317,6 @@ class ExactSpanRanker:
     def longest(self, query: str, i: int) -> int:
         """Longest run of consecutive words of ``query`` found in chunk ``i`` (table order);
         the same measure as ``tda attribute --rerank span``."""
-        from tda.attribution.rerank import longest_shared_run
-
         return longest_shared_run(_words(query), self.words[i])
 
     def rank(self, query: str, k: int) -> list[int]:
@@ -330,7 +324,8 @@ class ExactSpanRanker:
         candidates = set()
         for j in range(len(q) - self.N + 1):
             candidates |= self.grams.get(tuple(q[j : j + self.N]), set())
-        scored = sorted(candidates, key=lambda i: (-self.longest(query, i), i))[:k]
+        # the query's words once, not once per candidate
+        scored = sorted(candidates, key=lambda i: (-longest_shared_run(q, self.words[i]), i))[:k]
         return [self.table.ids[i] for i in scored]
 
 
@@ -510,8 +505,6 @@ class RandomRanker:
 def rerank(chunk_ids: list[int], scores: list[float], k: int = 10) -> list[int]:
     """Candidates (in tda's order) and a score each -> the ``k`` best chunk ids (higher
     score first; ties keep tda's order, as ``tda attribute --rerank`` does)."""
-    from tda.attribution.rerank import rerank_order
-
     return [chunk_ids[i] for i in rerank_order(scores)[:k]]
 
 
