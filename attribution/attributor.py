@@ -19,17 +19,17 @@ Algorithm (one output):
    override), starting at the output's first token; for encoders with attention blocks
    (Steerling: 64) the boundaries follow the forward pass's block grid, as at index time.
 4. Each chunk's search vector is pooled (same encoder, same pooling code:
-   :func:`~tda.attribution.encoder.pool_chunks`) from at most the index's window of
+   :func:`~tda.attribution.encoders.pool_chunks`) from at most the index's window of
    tokens ending at the chunk's end, so it never sees more context than an indexed chunk's
    window holds: with the default index (each chunk encoded alone, ``--window`` = chunk
    size) a full output chunk is encoded alone, exactly as a training chunk, and a short
    output keeps the prompt tokens that fit before it. Chunks whose window is the forward
    pass's start reuse its activations; the others run through the embed stage's code path
-   (:func:`~tda.attribution.encoder.encode_whole`) in one batched no-grad pass.
+   (:func:`~tda.attribution.encoders.encode_whole`) in one batched no-grad pass.
 5. Per chunk: its pooled vector searches the index (all chunks in one search); hits get
    provenance, text and the known concepts they share with the chunk (from the
    embeddings table, by id); the chunk's token logits split exactly into concept
-   contributions + residual (:func:`~tda.attribution.encoder.logit_split`); prompt tokens
+   contributions + residual (:func:`~tda.attribution.encoders.logit_split`); prompt tokens
    are scored by gradient x input of the chunk's log-probability (one backward pass per
    chunk, reusing the forward's graph) or integrated gradients (``ig_steps`` points
    between a baseline and the prompt, batched).
@@ -49,6 +49,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tda import __version__
+from tda.attribution.encoders import (
+    ConceptActivations,
+    ConceptEncoder,
+    DocumentTokens,
+    PooledChunks,
+    encode_whole,
+    load_encoder,
+    logit_split,
+)
+from tda.attribution.encoders import pool_chunks as _pool_chunks
+from tda.attribution.index.reader import IndexReader, IndexReadError
+from tda.attribution.rerank import concept_overlap, longest_shared_run, rerank_order, words
 from tda.schemas import (
     DEFAULT_CANDIDATES,
     DEFAULT_QUERY_SPAN,
@@ -66,19 +78,6 @@ from tda.schemas import (
     TokenScore,
     TrainingHit,
 )
-
-from .encoder import (
-    ConceptActivations,
-    ConceptEncoder,
-    DocumentTokens,
-    PooledChunks,
-    encode_whole,
-    load_encoder,
-    logit_split,
-)
-from .encoder import pool_chunks as _pool_chunks
-from .index_reader import IndexReader, IndexReadError
-from .rerank import concept_overlap, longest_shared_run, rerank_order, words
 
 if TYPE_CHECKING:
     import torch
@@ -503,7 +502,7 @@ class Attributor:
         """Per output chunk, its pooled search vector (n, D) and top known concepts,
         pooled over [query start, end) within its query window (:meth:`_query_windows`):
         from the forward pass's activations where the window starts at 0, else from one
-        batched pass over the windows (:func:`~tda.attribution.encoder.encode_whole`)."""
+        batched pass over the windows (:func:`~tda.attribution.encoders.encode_whole`)."""
         starts = np.array(query_starts, dtype=np.int64)
         ends = np.array([e for _, e in spans], dtype=np.int64)
         window_starts = self._query_windows(spans, query_starts)

@@ -40,9 +40,9 @@ def main() -> None:
     from apache_beam.options.pipeline_options import PipelineOptions
     from tokenizers import Tokenizer
 
-    from tda.attribution.chunk_stage import BATCH_CHARS
-    from tda.attribution.corpus import Document, iter_documents, resolve_inputs
-    from tda.attribution.tokenizer import train_bpe_tokenizer
+    from tda.attribution.corpus.readers import Document, iter_documents, resolve_inputs
+    from tda.attribution.corpus.tokenizer import train_bpe_tokenizer
+    from tda.attribution.stages.chunk import BATCH_CHARS
     from tda.jobs.demo import build_corpus
     from tda.pipeline.chunk import run_chunk
     from tda.schemas import ChunkConfig, ReadOptions

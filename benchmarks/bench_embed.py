@@ -36,10 +36,10 @@ def _random_model(out: Path, corpus: Path, vocab: int) -> str:
     """A default-shaped builtin model directory with random weights (seeded)."""
     import torch
 
-    from tda.attribution.builtin import BuiltinConfig, ConceptLM, save_builtin
-    from tda.attribution.concepts import load_concept_set
-    from tda.attribution.corpus import Document, iter_documents, resolve_inputs
-    from tda.attribution.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from tda.attribution.corpus.readers import Document, iter_documents, resolve_inputs
+    from tda.attribution.corpus.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from tda.attribution.encoders.builtin.concepts import load_concept_set
+    from tda.attribution.encoders.builtin.model import BuiltinConfig, ConceptLM, save_builtin
     from tda.schemas import ReadOptions
 
     texts = [
@@ -70,9 +70,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from tda.attribution.embed_stage import iter_chunk_documents, plan_embed_run
-    from tda.attribution.encoder import batch_windows, load_encoder, plan_windows
-    from tda.attribution.fsutil import filesystem
+    from tda.attribution.encoders import batch_windows, load_encoder, plan_windows
+    from tda.attribution.io.fs import filesystem
+    from tda.attribution.stages.embed import iter_chunk_documents, plan_embed_run
     from tda.jobs.demo import build_corpus
     from tda.pipeline.chunk import run_chunk
     from tda.pipeline.embed import run_embed

@@ -20,7 +20,7 @@ CHILD = """
 import json, sys, threading, time
 root, model, mode = sys.argv[1:4]
 if mode == "bound":
-    from tda.attribution.fsutil import bound_heap
+    from tda.attribution.io.fs import bound_heap
     bound_heap()
 def status(key):
     with open("/proc/self/status") as f:

@@ -47,8 +47,8 @@ def main() -> None:
     import faiss
     import numpy as np
 
-    from tda.attribution.index_build import fill_shards, iter_embedding_file, plan_index_run
-    from tda.attribution.index_reader import IndexReader
+    from tda.attribution.index.build import fill_shards, iter_embedding_file, plan_index_run
+    from tda.attribution.index.reader import IndexReader
     from tda.pipeline.index import run_index
     from tda.schemas import IndexConfig
     from tests.attribution.test_index import synthetic_root

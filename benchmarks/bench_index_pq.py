@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
-    from tda.attribution.index_build import choose_factory
-    from tda.attribution.index_reader import IndexReader, read_index_manifest
+    from tda.attribution.index.build import choose_factory
+    from tda.attribution.index.reader import IndexReader, read_index_manifest
     from tda.pipeline.index import run_index
     from tda.schemas import IndexConfig
 

@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, sys, time
 stage, corpus, root, model = sys.argv[1:5]
-if sys.argv[6] == "bound":  # what GPU embed workers do (tda.attribution.fsutil.bound_heap)
-    from tda.attribution.fsutil import bound_heap
+if sys.argv[6] == "bound":  # what GPU embed workers do (tda.attribution.io.fs.bound_heap)
+    from tda.attribution.io.fs import bound_heap
     bound_heap()
 started = time.time()
 if stage == "chunk":
@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     from pydoc_data.topics import topics
 
-    from tda.attribution.builtin_train import TrainConfig, train_builtin
+    from tda.attribution.encoders.builtin.train import TrainConfig, train_builtin
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ def main() -> None:
     import torch
 
     from tda.attribution.attributor import Attributor
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
     from tda.jobs import quality as q
 
     torch.set_num_threads(2)

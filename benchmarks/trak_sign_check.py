@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
     from tda.jobs import quality as q
 
     torch.set_num_threads(2)

@@ -11,7 +11,7 @@ import sys
 import click
 
 from tda import __version__
-from tda.attribution.sizes import parse_size
+from tda.attribution.io.sizes import parse_size
 from tda.schemas import (
     DEFAULT_CANDIDATES,
     DEFAULT_QUERY_SPAN,
@@ -31,11 +31,11 @@ from .beam_args import BeamCommand, quiet_beam_import
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: shown as one line, exit status 1 (imported late
     so ``tda --help`` stays fast)."""
-    from tda.attribution.concepts import ConceptSetError
-    from tda.attribution.corpus import InputError
-    from tda.attribution.encoder import EncoderError
-    from tda.attribution.parts import StageError
-    from tda.attribution.tokenizer import TokenizerError
+    from tda.attribution.corpus.readers import InputError
+    from tda.attribution.corpus.tokenizer import TokenizerError
+    from tda.attribution.encoders import EncoderError
+    from tda.attribution.encoders.builtin.concepts import ConceptSetError
+    from tda.attribution.io.parts import StageError
     from tda.schemas import ChunkIdOverflowError, ConfigError, ManifestError
 
     return (
@@ -314,8 +314,8 @@ def tokenizer_train(inputs, out, vocab_size, max_docs, **kw) -> None:
     Reads documents the way `tda chunk` does (unusable records are skipped and counted).
     """
     try:
-        from tda.attribution.corpus import Document, iter_documents, resolve_inputs
-        from tda.attribution.tokenizer import load_tokenizer, train_bpe_tokenizer
+        from tda.attribution.corpus.readers import Document, iter_documents, resolve_inputs
+        from tda.attribution.corpus.tokenizer import load_tokenizer, train_bpe_tokenizer
 
         read = _read_options(kw)
         files = resolve_inputs(inputs, read.format)
@@ -604,7 +604,7 @@ def build(ctx, inputs, model, out, tokenizer, resume, overwrite, as_json, **kw) 
     finished, read from the stages' completion markers) goes to stderr.
     """
     try:
-        from tda.attribution.encoder import model_tokenizer_spec
+        from tda.attribution.encoders import model_tokenizer_spec
 
         tokenizer = tokenizer or model_tokenizer_spec(model)
         chunk_config = _chunk_config(inputs, out, tokenizer, resume, overwrite, kw)
@@ -725,7 +725,7 @@ def _print_index(m, root: str, as_json: bool, counters: dict | None = None) -> N
 def index_info(root, as_json) -> None:
     """Summarise ROOT/index/manifest.json."""
     try:
-        from tda.attribution.index_reader import read_index_manifest
+        from tda.attribution.index.reader import read_index_manifest
 
         manifest = read_index_manifest(root)
     except _user_errors() as exc:
@@ -739,7 +739,7 @@ def index_verify(root) -> None:
     """Check every index file's size and sha256 against the manifest (exit 1 on any
     mismatch)."""
     try:
-        from tda.attribution.index_reader import verify_index
+        from tda.attribution.index.reader import verify_index
 
         problems = verify_index(root)
     except _user_errors() as exc:
@@ -757,7 +757,7 @@ def index_merge(root) -> None:
     """Write ROOT/index/merged/: all shards in one on-disk index (faiss
     OnDiskInvertedLists) that returns the same results as the shards."""
     try:
-        from tda.attribution.index_reader import merge_index
+        from tda.attribution.index.reader import merge_index
 
         record = merge_index(root)
     except _user_errors() as exc:
@@ -789,7 +789,7 @@ def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
     if k < 1:
         raise click.UsageError("-k must be positive")
     try:
-        from tda.attribution.index_reader import IndexReader, encode_query
+        from tda.attribution.index.reader import IndexReader, encode_query
 
         reader = IndexReader.open(root, merged=merged)
         query = reader.vector(chunk_id) if text is None else encode_query(reader, text, device)
@@ -1026,7 +1026,7 @@ def prune() -> None:
 def prune_list(scan_dir, level, min_share, min_score, out, as_csv) -> None:
     """Turn a scan into a prune list: ids plus the reason for each."""
     try:
-        from tda.attribution.prune import make_prune_list
+        from tda.attribution.curation.prune import make_prune_list
 
         table = make_prune_list(scan_dir, out, level, min_share, min_score, as_csv)
     except _user_errors() as exc:
@@ -1174,7 +1174,7 @@ def model_train(
     model SPEC for `tda embed --model` and a tokenizer SPEC for `tda chunk --tokenizer`.
     """
     try:
-        from tda.attribution.builtin_train import TrainConfig
+        from tda.attribution.encoders.builtin.train import TrainConfig
 
         config = TrainConfig(
             inputs=tuple(inputs),
@@ -1217,7 +1217,7 @@ def _train_with_progress(config, quiet: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tda.attribution.builtin_train import train_builtin
+    from tda.attribution.encoders.builtin.train import train_builtin
 
     console = Console(stderr=True, quiet=quiet)
     with Progress(
@@ -1244,7 +1244,7 @@ def model_info(spec, as_json) -> None:
     from dataclasses import asdict
 
     try:
-        from tda.attribution.encoder import load_encoder
+        from tda.attribution.encoders import load_encoder
 
         encoder = load_encoder(spec, device="cpu")
     except _user_errors() as exc:

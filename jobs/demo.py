@@ -139,7 +139,7 @@ def show(root: Path, corpus: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from tda.attribution.corpus import Document, iter_documents
+    from tda.attribution.corpus.readers import Document, iter_documents
     from tda.schemas import DEFAULT_CODEC, Manifest
 
     console = Console(width=None if sys.stdout.isatty() else 110)
@@ -317,7 +317,7 @@ def show_index(root: Path, chunks, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from tda.attribution.index_reader import IndexReader
+    from tda.attribution.index.reader import IndexReader
 
     reader = IndexReader.open(str(root))
     m = reader.manifest

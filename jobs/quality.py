@@ -700,7 +700,7 @@ def write_prune_list(path: Path, table: ChunkTable, chunk_ids: set[int], reason:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tda.attribution.prune import PRUNE_SCHEMA
+    from tda.attribution.curation.prune import PRUNE_SCHEMA
 
     rows = [
         {"level": "chunk", "source": r["source"], "file_index": r["file_index"],
@@ -799,7 +799,7 @@ def main(argv: list[str] | None = None) -> dict:
     timings["train"] = round(time.time() - t, 1)
 
     from tda.attribution.attributor import Attributor
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
 
     encoder = load_encoder(str(model), "cpu")
     tokenizer = encoder.load_tokenizer()
@@ -1029,7 +1029,7 @@ def run_counterfactual(
     change in each reproduced fact's answer log-probability after its verbatim prompt,
     averaged. "nothing" is the original model itself (training is deterministic: same
     corpus, seed, steps and threads, same weights)."""
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
 
     k = args.counterfactual_k
     reproduced = sorted(verbatim)

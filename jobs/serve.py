@@ -68,7 +68,7 @@ def create_app(
 
     from tda import __version__
     from tda.attribution.attributor import Attributor
-    from tda.attribution.index_reader import ChunkRecord, IndexReadError
+    from tda.attribution.index.reader import ChunkRecord, IndexReadError
     from tda.schemas import AttributionReport
 
     from .cli import _user_errors
@@ -231,7 +231,7 @@ def create_app(
         text: str = Query(min_length=1, max_length=limits.search_chars),
         k: int = Query(default=10, ge=1, le=limits.k),
     ):
-        from tda.attribution.index_reader import encode_query
+        from tda.attribution.index.reader import encode_query
 
         try:
             with lock:

@@ -1,4 +1,4 @@
-"""The chunk stage on Beam: a thin distribution of :mod:`tda.attribution.chunk_stage`.
+"""The chunk stage on Beam: a thin distribution of :mod:`tda.attribution.stages.chunk`.
 
 ::
 
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.chunk_stage import (
+from tda.attribution.corpus.tokenizer import TokenizerError, load_tokenizer
+from tda.attribution.stages.chunk import (
     ChunkPlan,
     finish_chunk_run,
     plan_chunk_run,
     process_file,
     read_completion,
 )
-from tda.attribution.tokenizer import TokenizerError, load_tokenizer
 from tda.schemas import ChunkConfig, FileCounts, InputFile, Manifest
 
 from .common import Stage, StageCounters, run_stage

@@ -1,4 +1,4 @@
-"""The embed stage on Beam: a thin distribution of :mod:`tda.attribution.embed_stage`.
+"""The embed stage on Beam: a thin distribution of :mod:`tda.attribution.stages.embed`.
 
 ::
 
@@ -22,14 +22,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
-from tda.attribution.embed_stage import (
+from tda.attribution.encoders import ConceptEncoder, load_encoder
+from tda.attribution.stages.embed import (
     EmbedPlan,
     finish_embed_run,
     plan_embed_run,
     process_file,
     read_embed_completion,
 )
-from tda.attribution.encoder import ConceptEncoder, load_encoder
 from tda.schemas import EmbedConfig, EmbedCounts, EmbedManifest
 
 from .common import Stage, StageCounters, run_stage

@@ -1,4 +1,4 @@
-"""The index stage on Beam: a thin distribution of :mod:`tda.attribution.index_build`.
+"""The index stage on Beam: a thin distribution of :mod:`tda.attribution.index.build`.
 
 ::
 
@@ -7,7 +7,7 @@
 The driver trains the shared quantizer before the pipeline runs (one deterministic
 sample) and writes the manifest after it finishes; each shard is filled in memory by one
 worker from a group of embedding files and written once. A worker fills a group of
-shards at once, one thread each (:func:`~tda.attribution.index_build.fill_shards`); the
+shards at once, one thread each (:func:`~tda.attribution.index.build.fill_shards`); the
 group size is :meth:`IndexPlan.fill_threads` (``--threads``, else the driver's cores).
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.index_build import (
+from tda.attribution.index.build import (
     IndexPlan,
     fill_shards,
     finish_index_run,

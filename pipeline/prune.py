@@ -1,4 +1,4 @@
-"""``tda prune apply`` on Beam: a thin distribution of :mod:`tda.attribution.prune`.
+"""``tda prune apply`` on Beam: a thin distribution of :mod:`tda.attribution.curation.prune`.
 
 ::
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.prune import (
+from tda.attribution.curation.prune import (
     PrunePlan,
     finish_prune,
     plan_prune,

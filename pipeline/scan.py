@@ -1,4 +1,4 @@
-"""The concept scan on Beam: a thin distribution of :mod:`tda.attribution.scan`.
+"""The concept scan on Beam: a thin distribution of :mod:`tda.attribution.curation.scan`.
 
 ::
 
@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.scan import ScanPlan, finish_scan, plan_scan, scan_concept_file, scan_exemplars
+from tda.attribution.curation.scan import (
+    ScanPlan,
+    finish_scan,
+    plan_scan,
+    scan_concept_file,
+    scan_exemplars,
+)
 
 from .common import StageCounters, fan_out, run_transform
 

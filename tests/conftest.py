@@ -43,7 +43,7 @@ def real_docs() -> list[tuple[str, str]]:
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory, real_docs) -> str:
     """A byte-level BPE tokenizer (vocab 1000) trained on real_docs: DIR/tokenizer.json."""
-    from tda.attribution.tokenizer import train_bpe_tokenizer
+    from tda.attribution.corpus.tokenizer import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     train_bpe_tokenizer(iter([t for _, t in real_docs] * 2), 1000, str(out))
@@ -190,7 +190,7 @@ def docs_jsonl(tmp_path_factory, real_docs) -> Path:
 @pytest.fixture(scope="session")
 def builtin_dir(tmp_path_factory, docs_jsonl) -> str:
     """A builtin model directory trained for 40 steps on real_docs (a few seconds)."""
-    from tda.attribution.builtin_train import TrainConfig, train_builtin
+    from tda.attribution.encoders.builtin.train import TrainConfig, train_builtin
 
     out = str(tmp_path_factory.mktemp("builtin") / "model")
     train_builtin(TrainConfig(inputs=(str(docs_jsonl),), out=out, steps=40, **TINY_TRAIN))
@@ -331,7 +331,7 @@ def planted_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def planted_root(tmp_path_factory, planted_corpus) -> Path:
-    from tda.attribution.builtin_train import TrainConfig, train_builtin
+    from tda.attribution.encoders.builtin.train import TrainConfig, train_builtin
     from tda.pipeline.chunk import run_chunk
     from tda.pipeline.embed import run_embed
     from tda.pipeline.index import run_index

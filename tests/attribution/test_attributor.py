@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tda.attribution.attributor import Attributor, generate_tokens
-from tda.attribution.index_reader import IndexReadError
+from tda.attribution.index.reader import IndexReadError
 from tda.pipeline.index import run_index
 from tda.schemas import (
     AttributionReport,
@@ -255,7 +255,7 @@ def test_gradient_x_input_agrees_with_finite_differences(attributor, builtin_dir
     """score_p = grad_p . e_p is the derivative of the chunk's log-probability along
     e_p: (L(E + eps e_p) - L(E - eps e_p)) / 2 eps (model in float64 so the difference
     quotient is not float32 noise)."""
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
 
     enc = load_encoder(builtin_dir, "cpu")
     enc.model.double()
@@ -423,9 +423,9 @@ def test_bad_requests_are_one_line_errors(attributor, kwargs, message):
 def test_another_encoder_is_refused_unless_forced(root, tmp_path, builtin_dir):
     """Same shape, other weights: refused, or attributed with --force (recorded); another
     shape is refused even with --force."""
-    from tda.attribution.builtin import save_builtin
-    from tda.attribution.concepts import load_concept_set
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
+    from tda.attribution.encoders.builtin.concepts import load_concept_set
+    from tda.attribution.encoders.builtin.model import save_builtin
 
     base = load_encoder(builtin_dir, "cpu")
     with torch.no_grad():

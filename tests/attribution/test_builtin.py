@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tda.attribution.builtin_train import TrainConfig, auroc, train_builtin
-from tda.attribution.concepts import ConceptSetError, load_concept_set
-from tda.attribution.encoder import EncoderError, load_encoder
+from tda.attribution.encoders import EncoderError, load_encoder
+from tda.attribution.encoders.builtin.concepts import ConceptSetError, load_concept_set
+from tda.attribution.encoders.builtin.train import TrainConfig, auroc, train_builtin
 from tda.schemas import ConfigError
 from tests.conftest import TINY_TRAIN
 

@@ -8,13 +8,13 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from tda.attribution.chunk_stage import (
+from tda.attribution.corpus.tokenizer import load_tokenizer
+from tda.attribution.stages.chunk import (
     ChunkRunError,
     finish_chunk_run,
     plan_chunk_run,
     process_file,
 )
-from tda.attribution.tokenizer import load_tokenizer
 from tda.schemas import DEFAULT_CODEC, ChunkingPolicy, Manifest
 from tests.conftest import chunk_config
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tda.attribution.chunking import char_boundaries, chunk_documents, chunk_windows
-from tda.attribution.corpus import Document
-from tda.attribution.tokenizer import Encoded, load_tokenizer
+from tda.attribution.corpus.chunking import char_boundaries, chunk_documents, chunk_windows
+from tda.attribution.corpus.readers import Document
+from tda.attribution.corpus.tokenizer import Encoded, load_tokenizer
 from tda.schemas import (
     CHUNK_SCHEMA,
     DEFAULT_CODEC,

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tda.attribution.corpus import (
+from tda.attribution.corpus.readers import (
     Document,
     InputError,
     detect_format,

@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tda.attribution.chunk_stage import finish_chunk_run, plan_chunk_run, process_file
-from tda.attribution.embed_stage import (
+from tda.attribution.encoders import load_encoder
+from tda.attribution.stages.chunk import finish_chunk_run, plan_chunk_run, process_file
+from tda.attribution.stages.embed import (
     EmbedRunError,
     finish_embed_run,
     plan_embed_run,
 )
-from tda.attribution.embed_stage import process_file as embed_file
-from tda.attribution.encoder import load_encoder
+from tda.attribution.stages.embed import process_file as embed_file
 from tda.schemas import (
     ChunkConfig,
     ChunkingPolicy,
@@ -36,7 +36,7 @@ def chunk_root(root, inputs, tokenizer: str, **policy) -> None:
         overwrite=True,
     )
     plan = plan_chunk_run(config)
-    from tda.attribution.tokenizer import load_tokenizer
+    from tda.attribution.corpus.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
     for f in plan.inputs:

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tda.attribution.encoder import (
+from tda.attribution.encoders import (
     ConceptActivations,
     DocumentTokens,
     EncoderError,

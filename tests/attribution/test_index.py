@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tda.attribution.index_build import IndexRunError, choose_factory, plan_index_run, whitened
-from tda.attribution.index_reader import IndexReader, IndexReadError, merge_topk, verify_index
-from tda.attribution.parts import parquet_write_options
+from tda.attribution.index.build import IndexRunError, choose_factory, plan_index_run, whitened
+from tda.attribution.index.reader import IndexReader, IndexReadError, merge_topk, verify_index
+from tda.attribution.io.parts import parquet_write_options
 from tda.pipeline.index import run_index
 from tda.schemas import (
     CHUNK_SCHEMA,
@@ -317,7 +317,7 @@ def test_lookup_decodes_ids_to_rows(tmp_path):
 
 @pytest.mark.parametrize("factory", ["IVF64,SQfp16", "IDMap2,Flat"])
 def test_merged_on_disk_variant_returns_what_the_shards_return(tmp_path, factory):
-    from tda.attribution.index_reader import merge_index
+    from tda.attribution.index.reader import merge_index
 
     synthetic_root(tmp_path, clustered(8_000, 24), files=4)
     run_index(IndexConfig(root=str(tmp_path), factory=factory, shards=4, nprobe=8))

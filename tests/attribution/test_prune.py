@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tda.attribution.index_reader import IndexReader, verify_index
-from tda.attribution.prune import PruneError, make_prune_list, read_prune_list
-from tda.attribution.scan import ScanError
+from tda.attribution.curation.prune import PruneError, make_prune_list, read_prune_list
+from tda.attribution.curation.scan import ScanError
+from tda.attribution.index.reader import IndexReader, verify_index
 from tda.pipeline.prune import run_prune
 from tda.pipeline.scan import run_scan
 

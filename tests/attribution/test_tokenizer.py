@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, processors
 
-from tda.attribution.tokenizer import (
+from tda.attribution.corpus.tokenizer import (
     Encoded,
     HFTokenizer,
     TiktokenTokenizer,

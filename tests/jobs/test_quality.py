@@ -222,7 +222,7 @@ def test_compare_to_best_marks_ties():
 
 
 def test_prune_list_for_counterfactual_reads_back_as_chunk_level(tmp_path):
-    from tda.attribution.prune import read_prune_list
+    from tda.attribution.curation.prune import read_prune_list
 
     table = _Table(TEXTS)
     write_prune_list(tmp_path / "prune.parquet", table, {100, 103}, "oracle")
@@ -265,7 +265,7 @@ def test_chunk_table_relevant_is_the_facts_own_chunks_holding_its_place(tmp_path
 def test_answer_log_prob_is_the_answer_tokens_log_probability(builtin_dir):
     import torch
 
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
 
     encoder = load_encoder(builtin_dir, "cpu")
     tokenizer = encoder.load_tokenizer()
@@ -288,7 +288,7 @@ def test_metrics():
 
 
 def test_grad_cos_finds_the_chunk_whose_gradient_it_is(builtin_dir):
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
 
     encoder = load_encoder(builtin_dir, "cpu")
     table = _Table(TEXTS)
@@ -302,7 +302,7 @@ def test_grad_cos_finds_the_chunk_whose_gradient_it_is(builtin_dir):
 
 def test_trak_finds_the_chunk_whose_gradient_it_is(builtin_dir):
     pytest.importorskip("dattri", reason="dattri is not installed (the TRAK baseline is optional)")
-    from tda.attribution.encoder import load_encoder
+    from tda.attribution.encoders import load_encoder
     from tda.jobs.quality import TRAKRanker
 
     encoder = load_encoder(builtin_dir, "cpu")

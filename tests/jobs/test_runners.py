@@ -209,5 +209,5 @@ def test_dataflow_setup_file_stages_an_sdist_with_the_whole_package(tmp_path):
     with tarfile.open(files["workflow.tar.gz"]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     needed = {"pipeline/build.py", "jobs/configs/dataflow.yaml", "jobs/static/index.html",
-              "attribution/data/concepts_default.yaml", "setup.cfg"}  # fmt: skip
+              "attribution/encoders/builtin/data/concepts_default.yaml", "setup.cfg"}  # fmt: skip
     assert needed <= names, needed - names

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tda.attribution.chunk_stage import plan_chunk_run
+from tda.attribution.stages.chunk import plan_chunk_run
 from tda.pipeline.chunk import ChunkFileFn, run_chunk
 from tda.schemas import DEFAULT_CODEC
 from tests.conftest import chunk_config

@@ -11,9 +11,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tda.attribution.embed_stage import plan_embed_run, read_embed_completion
-from tda.attribution.encoder import load_encoder
-from tda.attribution.tokenizer import load_tokenizer
+from tda.attribution.corpus.tokenizer import load_tokenizer
+from tda.attribution.encoders import load_encoder
+from tda.attribution.stages.embed import plan_embed_run, read_embed_completion
 from tda.pipeline.embed import EmbedCorpus, run_embed
 from tda.schemas import EmbedConfig, EmbedCounts, vectors_from_arrow
 from tests.attribution.test_embed_stage import chunk_root

@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tda.attribution.scan import finish_scan, plan_scan
+from tda.attribution.curation.scan import finish_scan, plan_scan
 from tda.pipeline.scan import ScanEmbeddings, run_scan
 from tests.pipeline.test_embed_pipeline import MULTI_PROCESS
 

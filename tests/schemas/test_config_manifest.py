@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tda.attribution.sizes import format_size, parse_size
+from tda.attribution.io.sizes import format_size, parse_size
 from tda.schemas import (
     CHUNK_SCHEMA,
     DEADLETTER_SCHEMA,

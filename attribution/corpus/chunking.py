@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from tda.attribution.corpus.readers import Document
+from tda.attribution.corpus.tokenizer import Encoded
 from tda.schemas import CHUNK_SCHEMA, ChunkIdCodec, ChunkingPolicy
-
-from .corpus import Document
-from .tokenizer import Encoded
 
 __all__ = ["ChunkedBatch", "char_boundaries", "chunk_documents", "chunk_windows"]
 

@@ -23,6 +23,17 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from tda import __version__
+from tda.attribution.corpus.chunking import chunk_documents
+from tda.attribution.corpus.readers import Document, iter_documents, resolve_inputs
+from tda.attribution.corpus.tokenizer import TextTokenizer, load_tokenizer
+from tda.attribution.io.fs import atomic_write_text, filesystem, read_json
+from tda.attribution.io.parts import (
+    PartWriter,
+    StageError,
+    check_resumable,
+    nonempty,
+    remove_temp_files,
+)
 from tda.schemas import (
     CHUNK_SCHEMA,
     DEADLETTER_SCHEMA,
@@ -35,12 +46,6 @@ from tda.schemas import (
     TokenizerInfo,
 )
 from tda.schemas.layout import BuildRoot
-
-from .chunking import chunk_documents
-from .corpus import Document, iter_documents, resolve_inputs
-from .fsutil import atomic_write_text, filesystem, read_json
-from .parts import PartWriter, StageError, check_resumable, nonempty, remove_temp_files
-from .tokenizer import TextTokenizer, load_tokenizer
 
 __all__ = [
     "ChunkPlan",

@@ -22,11 +22,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from tda.attribution.io.fs import is_local, open_parquet, sha256_file
+from tda.attribution.io.parts import ROW_GROUP_ROWS, StageError, read_manifest
+from tda.attribution.stages.chunk import build_root
 from tda.schemas import EncoderInfo, IndexManifest, float16_values, vectors_from_arrow
-
-from .chunk_stage import build_root
-from .fsutil import is_local, open_parquet, sha256_file
-from .parts import ROW_GROUP_ROWS, StageError, read_manifest
 
 __all__ = [
     "ChunkLookup",
@@ -403,9 +402,8 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=N
     """Encode a query text with the index's own encoder (``encoder`` if already loaded)
     and pooling, as one chunk in one window (the index's, or the text's length if longer):
     (D,) float32, unit length. Refuses an encoder whose weights differ."""
+    from tda.attribution.encoders import DocumentTokens, encode_whole, load_encoder
     from tda.schemas import ConfigError
-
-    from .encoder import DocumentTokens, encode_whole, load_encoder
 
     m = reader.manifest
     encoder = encoder or load_encoder(m.encoder.spec, device)

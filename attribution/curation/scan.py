@@ -38,11 +38,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tda import __version__
+from tda.attribution.io.fs import (
+    atomic_open,
+    atomic_write_text,
+    filesystem,
+    open_parquet,
+    read_json,
+)
+from tda.attribution.io.parts import StageError, nonempty, read_manifest
+from tda.attribution.stages.chunk import build_root
 from tda.schemas import float16_values
-
-from .chunk_stage import build_root
-from .fsutil import atomic_open, atomic_write_text, filesystem, open_parquet, read_json
-from .parts import StageError, nonempty, read_manifest
 
 __all__ = [
     "BY_DOCUMENT_SCHEMA",
@@ -337,8 +342,8 @@ def scan_exemplars(plan: ScanPlan, device: str = "auto") -> int:
     """Encode every exemplar with the index's encoder, search top ``top`` each, keep hits
     with score >= ``min_score``; a chunk hit by several exemplars keeps its best score.
     Writes the parts of every input file; returns the number of chunks hit."""
-    from .encoder import DocumentTokens, encode_documents, load_encoder
-    from .index_reader import IndexReader
+    from tda.attribution.encoders import DocumentTokens, encode_documents, load_encoder
+    from tda.attribution.index.reader import IndexReader
 
     texts = read_exemplars(plan.like)
     reader = IndexReader.open(plan.root)

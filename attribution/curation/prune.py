@@ -35,10 +35,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tda import __version__
-
-from .chunk_stage import build_root
-from .fsutil import atomic_open, atomic_write_text, filesystem, open_parquet
-from .parts import PartWriter, StageError, nonempty, read_manifest
+from tda.attribution.io.fs import atomic_open, atomic_write_text, filesystem, open_parquet
+from tda.attribution.io.parts import PartWriter, StageError, nonempty, read_manifest
+from tda.attribution.stages.chunk import build_root
 
 __all__ = [
     "LEVELS",
@@ -293,7 +292,7 @@ def plan_prune(
     reason: str,
     overwrite: bool = False,
 ) -> PrunePlan:
-    from .corpus import resolve_inputs
+    from tda.attribution.corpus.readers import resolve_inputs
 
     if not reason or not reason.strip():
         raise PruneError("--reason is required: the audit log records why data was removed")
@@ -386,7 +385,7 @@ def _rewrite_corpus(plan: PrunePlan, file_index: int, drop: set[int], cuts: dict
     out, written path or None)."""
     import fsspec
 
-    from .corpus import compression_of
+    from tda.attribution.corpus.readers import compression_of
 
     url, fmt = plan.inputs[file_index]
     rel = _relative(url, [u for u, _ in plan.inputs.values()])
@@ -607,9 +606,8 @@ def finish_prune(
 ) -> dict:
     """NEW_ROOT's manifests, index (affected shards refilled, others copied) and audit
     log; -> the audit entry."""
+    from tda.attribution.index.build import IndexPlan, fill_shards, finish_index_run
     from tda.schemas import IndexConfig
-
-    from .index_build import IndexPlan, fill_shards, finish_index_run
 
     fs, broot = build_root(plan.root)
     nfs, nroot = build_root(plan.out)

@@ -26,6 +26,23 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tda import __version__
+from tda.attribution.io.fs import (
+    atomic_open,
+    atomic_write_text,
+    open_parquet,
+    read_json,
+    sha256_file,
+    write_hashed,
+)
+from tda.attribution.io.parts import (
+    ROW_GROUP_ROWS,
+    StageError,
+    check_resumable,
+    nonempty,
+    read_manifest,
+    remove_temp_files,
+)
+from tda.attribution.stages.chunk import build_root
 from tda.schemas import (
     EmbedManifest,
     IndexConfig,
@@ -34,24 +51,6 @@ from tda.schemas import (
     Manifest,
     ShardInfo,
     vectors_from_arrow,
-)
-
-from .chunk_stage import build_root
-from .fsutil import (
-    atomic_open,
-    atomic_write_text,
-    open_parquet,
-    read_json,
-    sha256_file,
-    write_hashed,
-)
-from .parts import (
-    ROW_GROUP_ROWS,
-    StageError,
-    check_resumable,
-    nonempty,
-    read_manifest,
-    remove_temp_files,
 )
 
 __all__ = [

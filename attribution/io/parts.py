@@ -9,7 +9,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fsutil import AtomicFile
+from tda.attribution.io.fs import AtomicFile
 
 __all__ = [
     "ROW_GROUP_ROWS",

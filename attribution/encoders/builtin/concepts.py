@@ -187,7 +187,7 @@ def load_concept_set(spec: str = DEFAULT_CONCEPTS) -> ConceptSet:
     """``default`` (the packaged set) or a path / fsspec URL of a YAML concept set."""
     if spec == DEFAULT_CONCEPTS:
         text = (
-            resources.files("tda.attribution")
+            resources.files("tda.attribution.encoders.builtin")
             .joinpath("data/concepts_default.yaml")
             .read_text(encoding="utf-8")
         )

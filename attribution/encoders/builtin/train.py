@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from tda import __version__
+from tda.attribution.corpus.readers import iter_documents, resolve_inputs
+from tda.attribution.encoders.builtin.concepts import DEFAULT_CONCEPTS, ConceptSet, load_concept_set
 from tda.schemas import ConfigError, DeadLetter, ReadOptions
-
-from .concepts import DEFAULT_CONCEPTS, ConceptSet, load_concept_set
-from .corpus import iter_documents, resolve_inputs
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "auroc", "train_builtin"]
 
@@ -113,7 +112,7 @@ class _Corpus:
 
 
 def _read_corpus(cfg: TrainConfig, concept_set: ConceptSet, log) -> tuple[_Corpus, bytes, object]:
-    from .tokenizer import HFTokenizer, train_bpe_tokenizer
+    from tda.attribution.corpus.tokenizer import HFTokenizer, train_bpe_tokenizer
 
     texts: list[str] = []
     dead: dict[str, int] = {}
@@ -223,7 +222,7 @@ def train_builtin(
     """Train and save a builtin model directory at ``cfg.out`` (see the module docstring)."""
     import torch
 
-    from .builtin import BuiltinConfig
+    from tda.attribution.encoders.builtin.model import BuiltinConfig
 
     concept_set = load_concept_set(cfg.concepts)
     corpus, tokenizer_json, tokenizer = _read_corpus(cfg, concept_set, log)
@@ -256,7 +255,7 @@ def train_builtin(
 def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tokens, progress):
     import torch
 
-    from .builtin import ConceptLM, save_builtin
+    from tda.attribution.encoders.builtin.model import ConceptLM, save_builtin
 
     model = ConceptLM(model_cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]

@@ -10,7 +10,7 @@
    row order, regroup the chunks into their documents (a document's text is its chunks'
    texts put back at their character offsets), re-tokenize each document and check that
    the tokens and offsets are the ones the chunk stage recorded, encode the documents
-   (:func:`~tda.attribution.encoder.encode_documents`: windows, token-budget batches,
+   (:func:`~tda.attribution.encoders.encode_documents`: windows, token-budget batches,
    one forward pass per batch, pooling), write ``embeddings/part-N.parquet`` (one row per
    chunk, same order) atomically, then ``embeddings/_completions/N.json``.
 3. :func:`finish_embed_run` (driver): gather the markers into ``embeddings/manifest.json``,
@@ -28,6 +28,17 @@ import numpy as np
 import pyarrow as pa
 
 from tda import __version__
+from tda.attribution.encoders import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
+from tda.attribution.io.fs import atomic_write_text, bound_heap, open_parquet, read_json
+from tda.attribution.io.parts import (
+    PartWriter,
+    StageError,
+    check_resumable,
+    nonempty,
+    read_manifest,
+    remove_temp_files,
+)
+from tda.attribution.stages.chunk import build_root
 from tda.schemas import (
     MAX_CONCEPT_ID,
     ConfigError,
@@ -39,18 +50,6 @@ from tda.schemas import (
     Manifest,
     embedding_schema,
     vectors_to_arrow,
-)
-
-from .chunk_stage import build_root
-from .encoder import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
-from .fsutil import atomic_write_text, bound_heap, open_parquet, read_json
-from .parts import (
-    PartWriter,
-    StageError,
-    check_resumable,
-    nonempty,
-    read_manifest,
-    remove_temp_files,
 )
 
 __all__ = [

@@ -1,5 +1,5 @@
 """steerling: Guide Labs' Steerling (``steerling:guidelabs/steerling-8b`` or a local path)
-behind the :class:`~tda.attribution.encoder.ConceptEncoder` interface.
+behind the :class:`~tda.attribution.encoders.ConceptEncoder` interface.
 
 Mapping of ``InterpretableCausalDiffusionLM`` onto :class:`ConceptActivations`
 (facts in DESIGN.md): hidden = the transformer's final hidden state; known_features =
@@ -30,9 +30,13 @@ import os
 
 import torch
 
+from tda.attribution.encoders import (
+    ConceptActivations,
+    ConceptEncoder,
+    EncoderError,
+    resolve_device,
+)
 from tda.schemas import EncoderInfo
-
-from .encoder import ConceptActivations, ConceptEncoder, EncoderError, resolve_device
 
 __all__ = ["CPU_MAX_PARAMS", "SteerlingEncoder", "load_steerling"]
 
@@ -187,7 +191,7 @@ def _tokenizer(directory: str, spec: str):
     """The model's tokenizer: a ``tokenizer.json`` shipped in the directory (test models)
     or Steerling's own, tiktoken cl100k_base (chunk with ``--tokenizer
     tiktoken:cl100k_base``)."""
-    from .tokenizer import HFTokenizer, load_tokenizer
+    from tda.attribution.corpus.tokenizer import HFTokenizer, load_tokenizer
 
     path = os.path.join(directory, "tokenizer.json")
     if os.path.exists(path):

@@ -13,8 +13,8 @@ Shape of the computation, per token (shapes for a batch of B windows of T tokens
 
 so every logit splits exactly into per-concept contributions w_i * (E_known[i] . E_tok[y])
 plus the unknown concepts' and the residual's (Steerling's ``epsilon``). The known head is
-supervised by concept taggers (:mod:`tda.attribution.concepts`); the unknown head learns
-to reconstruct what the known concepts leave out of h.
+supervised by concept taggers (:mod:`tda.attribution.encoders.builtin.concepts`); the
+unknown head learns to reconstruct what the known concepts leave out of h.
 
 A model directory holds ``model.safetensors`` (weights; fingerprint = its sha256),
 ``config.json`` (kind ``tda.builtin``: architecture, concept names, tokenizer
@@ -33,12 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tda.attribution.encoders import (
+    ConceptActivations,
+    ConceptEncoder,
+    EncoderError,
+    resolve_device,
+)
 from tda.schemas import ConfigError, EncoderInfo
 
-from .encoder import ConceptActivations, ConceptEncoder, EncoderError, resolve_device
-
 if TYPE_CHECKING:
-    from .tokenizer import TextTokenizer
+    from tda.attribution.corpus.tokenizer import TextTokenizer
 
 __all__ = [
     "BUILTIN_KIND",
@@ -211,7 +215,7 @@ class BuiltinEncoder(ConceptEncoder):
         return self.model.tok_emb.weight[token_ids]
 
     def load_tokenizer(self) -> TextTokenizer:
-        from .tokenizer import HFTokenizer
+        from tda.attribution.corpus.tokenizer import HFTokenizer
 
         return HFTokenizer(self._tokenizer_json, self.info.spec, self.info.spec)
 
@@ -274,7 +278,7 @@ def load_builtin(spec: str, location: str, device: str = "auto") -> BuiltinEncod
     import fsspec
     from safetensors.torch import load
 
-    from .tokenizer import HFTokenizer
+    from tda.attribution.corpus.tokenizer import HFTokenizer
 
     fs, path = fsspec.core.url_to_fs(location)
     path = path.rstrip("/")
