@@ -47,8 +47,9 @@ def main() -> None:
     import faiss
     import numpy as np
 
-    from tda.attribution.index.build import fill_shards, iter_embedding_file, plan_index_run
+    from tda.attribution.index.build import iter_embedding_file
     from tda.attribution.index.reader import IndexReader
+    from tda.attribution.stages.index import fill_shards, plan_index_run
     from tda.pipeline.index import run_index
     from tda.schemas import IndexConfig
     from tests.attribution.test_index import synthetic_root

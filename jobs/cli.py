@@ -757,7 +757,7 @@ def index_merge(root) -> None:
     """Write ROOT/index/merged/: all shards in one on-disk index (faiss
     OnDiskInvertedLists) that returns the same results as the shards."""
     try:
-        from tda.attribution.index.reader import merge_index
+        from tda.attribution.index.merge import merge_index
 
         record = merge_index(root)
     except _user_errors() as exc:
@@ -789,7 +789,8 @@ def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
     if k < 1:
         raise click.UsageError("-k must be positive")
     try:
-        from tda.attribution.index.reader import IndexReader, encode_query
+        from tda.attribution.index.reader import IndexReader
+        from tda.attribution.query import encode_query
 
         reader = IndexReader.open(root, merged=merged)
         query = reader.vector(chunk_id) if text is None else encode_query(reader, text, device)

@@ -231,7 +231,7 @@ def create_app(
         text: str = Query(min_length=1, max_length=limits.search_chars),
         k: int = Query(default=10, ge=1, le=limits.k),
     ):
-        from tda.attribution.index.reader import encode_query
+        from tda.attribution.query import encode_query
 
         try:
             with lock:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.stages.chunk import build_root
+from tda.attribution.io.fs import build_root
 from tda.schemas import ChunkConfig, ConfigError, EmbedConfig, IndexConfig
 
 from .chunk import STAGE as CHUNK_STAGE

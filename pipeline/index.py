@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.index.build import (
+from tda.attribution.stages.index import (
     IndexPlan,
     fill_shards,
     finish_index_run,

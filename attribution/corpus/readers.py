@@ -26,12 +26,15 @@ from tda.schemas import DeadLetter, DeadLetterReason, InputFile, ReadOptions
 from tda.schemas.records import RAW_COPY_CHARS
 
 __all__ = [
+    "MISSING",
     "Document",
     "InputError",
     "detect_format",
     "file_stem",
+    "get_field",
     "iter_documents",
     "resolve_inputs",
+    "set_field",
 ]
 
 # Read size. An I/O or decompression error loses at most the records of the failing block.
@@ -46,7 +49,7 @@ FORMAT_SUFFIXES = {
     ".text": "text",
     ".md": "text",
 }
-_MISSING = object()
+MISSING = object()
 
 
 class InputError(ValueError):
@@ -238,16 +241,29 @@ def _iter_lines(f, max_bytes: int, errors) -> Iterator[tuple[bytes, bool, int]]:
             yield line, len(line) > max_bytes, len(line)
 
 
-def _get_field(obj: dict, path: str) -> Any:
-    """A key, or a dotted path into nested objects ("meta.source"); _MISSING if absent."""
+def get_field(obj: dict, path: str) -> Any:
+    """A record's field as every stage reads it: the literal key when the record has one
+    (``"body.text"``), else a dotted path into nested objects (``"meta.source"``);
+    ``MISSING`` if absent. The prune stage edits the field this function finds."""
     if path in obj:
         return obj[path]
     value: Any = obj
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
-            return _MISSING
+            return MISSING
         value = value[part]
     return value
+
+
+def set_field(obj: dict, path: str, value: Any) -> None:
+    """Replace the field :func:`get_field` finds (it must exist) with ``value``."""
+    if path in obj:
+        obj[path] = value
+        return
+    keys = path.split(".")
+    for key in keys[:-1]:
+        obj = obj[key]
+    obj[keys[-1]] = value
 
 
 class _Reader:
@@ -271,7 +287,7 @@ class _Reader:
         )
 
     def doc_id(self, value: Any, index: int) -> str:
-        if value is _MISSING or value is None:
+        if value is MISSING or value is None:
             return f"{self.name}#{index}"
         if isinstance(value, str):
             return value
@@ -283,7 +299,7 @@ class _Reader:
         """Validate one record's fields -> Document or DeadLetter."""
         R = DeadLetterReason
         field = self.read.text_field
-        if text is _MISSING or text is None:
+        if text is MISSING or text is None:
             return self.dead(index, R.MISSING_TEXT, f"no {field!r} field", raw, size)
         if isinstance(text, bytes):
             try:
@@ -353,11 +369,11 @@ class _Reader:
                 kind = type(obj).__name__
                 yield self.dead(index, R.NOT_AN_OBJECT, f"JSON {kind}, not an object", line, size)
                 continue
-            source = _get_field(obj, read.source_field) if read.source_field else None
+            source = get_field(obj, read.source_field) if read.source_field else None
             yield self.record(
                 index,
-                _get_field(obj, read.text_field),
-                _get_field(obj, read.id_field),
+                get_field(obj, read.text_field),
+                get_field(obj, read.id_field),
                 source,
                 line,
                 size,
@@ -379,7 +395,7 @@ class _Reader:
             except UnicodeDecodeError as exc:
                 yield self.dead(index, R.INVALID_UTF8, f"line is not UTF-8: {exc}", line, size)
                 continue
-            yield self.record(index, text, _MISSING, None, line, size)
+            yield self.record(index, text, MISSING, None, line, size)
 
     def text_file(self, f, errors) -> Iterator[Document | DeadLetter]:
         R = DeadLetterReason
@@ -397,7 +413,7 @@ class _Reader:
         except UnicodeDecodeError as exc:
             yield self.dead(0, R.INVALID_UTF8, f"file is not UTF-8: {exc}", data, len(data))
             return
-        yield self.record(0, text, _MISSING, None, data, len(data))
+        yield self.record(0, text, MISSING, None, data, len(data))
 
     def parquet(self, f, errors) -> Iterator[Document | DeadLetter]:
         import pyarrow.parquet as pq
@@ -416,7 +432,7 @@ class _Reader:
         batches = pf.iter_batches(batch_size=1024, columns=wanted) if wanted else None
         if batches is None:  # none of the fields exists: every row lacks its text
             for index in range(pf.metadata.num_rows):
-                yield self.record(index, _MISSING, _MISSING, None, "", -1)
+                yield self.record(index, MISSING, MISSING, None, "", -1)
             return
         index = 0
         while True:
@@ -427,11 +443,11 @@ class _Reader:
             except errors as exc:
                 raise _ReadFailure(f"{type(exc).__name__}: {exc}") from exc
             for row in batch.to_pylist():
-                source = _get_field(row, read.source_field) if read.source_field else None
+                source = get_field(row, read.source_field) if read.source_field else None
                 yield self.record(
                     index,
-                    _get_field(row, read.text_field),
-                    _get_field(row, read.id_field),
+                    get_field(row, read.text_field),
+                    get_field(row, read.id_field),
                     source,
                     _LazyRow(row),
                     -1,

@@ -35,9 +35,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tda import __version__
-from tda.attribution.io.fs import atomic_open, atomic_write_text, filesystem, open_parquet
+from tda.attribution.corpus.readers import get_field, set_field
+from tda.attribution.io.fs import (
+    atomic_open,
+    atomic_write_text,
+    build_root,
+    filesystem,
+    open_parquet,
+)
 from tda.attribution.io.parts import PartWriter, StageError, nonempty, read_manifest
-from tda.attribution.stages.chunk import build_root
 
 __all__ = [
     "LEVELS",
@@ -367,19 +373,6 @@ def _cut_spans(text: str, spans: list[tuple[int, int]]) -> str:
     return "".join(out)
 
 
-def _set_field(obj: dict, path: str, value) -> None:
-    keys = path.split(".")
-    for key in keys[:-1]:
-        obj = obj[key]
-    obj[keys[-1]] = value
-
-
-def _get_field(obj: dict, path: str):
-    for key in path.split("."):
-        obj = obj[key]
-    return obj
-
-
 def _rewrite_corpus(plan: PrunePlan, file_index: int, drop: set[int], cuts: dict[int, list]):
     """Write the pruned copy of one input file in its own format; -> (records in, records
     out, written path or None)."""
@@ -438,10 +431,10 @@ def _rewrite_corpus(plan: PrunePlan, file_index: int, drop: set[int], cuts: dict
                     line = _cut_spans(line.decode("utf-8"), cuts[record]).encode("utf-8")
                 else:
                     obj = json.loads(line)
-                    _set_field(
+                    set_field(
                         obj,
                         plan.text_field,
-                        _cut_spans(_get_field(obj, plan.text_field), cuts[record]),
+                        _cut_spans(get_field(obj, plan.text_field), cuts[record]),
                     )
                     line = json.dumps(obj, ensure_ascii=False).encode("utf-8")
             kept.append(line)
@@ -606,7 +599,7 @@ def finish_prune(
 ) -> dict:
     """NEW_ROOT's manifests, index (affected shards refilled, others copied) and audit
     log; -> the audit entry."""
-    from tda.attribution.index.build import IndexPlan, fill_shards, finish_index_run
+    from tda.attribution.stages.index import IndexPlan, fill_shards, finish_index_run
     from tda.schemas import IndexConfig
 
     fs, broot = build_root(plan.root)

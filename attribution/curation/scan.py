@@ -41,12 +41,12 @@ from tda import __version__
 from tda.attribution.io.fs import (
     atomic_open,
     atomic_write_text,
+    build_root,
     filesystem,
     open_parquet,
     read_json,
 )
 from tda.attribution.io.parts import StageError, nonempty, read_manifest
-from tda.attribution.stages.chunk import build_root
 from tda.schemas import float16_values
 
 __all__ = [

@@ -22,9 +22,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from tda.attribution.io.fs import is_local, open_parquet, sha256_file
+from tda.attribution.io.fs import build_root, is_local, open_parquet, sha256_file
 from tda.attribution.io.parts import ROW_GROUP_ROWS, StageError, read_manifest
-from tda.attribution.stages.chunk import build_root
 from tda.schemas import EncoderInfo, IndexManifest, float16_values, vectors_from_arrow
 
 __all__ = [
@@ -33,8 +32,6 @@ __all__ = [
     "IndexReadError",
     "IndexReader",
     "SearchHit",
-    "encode_query",
-    "merge_index",
     "merge_topk",
     "read_index_manifest",
     "verify_index",
@@ -275,35 +272,33 @@ class IndexReader:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest.dim:
             raise IndexReadError(f"queries must be (q, {self.manifest.dim}), got {queries.shape}")
-        if nprobe is not None:
-            for index in self._shards:
-                _set_nprobe(index, nprobe)
-        try:
-            results = self._search_shards(queries, k)
-        finally:
-            if nprobe is not None:
-                for index in self._shards:
-                    _set_nprobe(index, self.manifest.nprobe)
+        results = self._search_shards(queries, k, nprobe or self.manifest.nprobe)
         scores = np.stack([r[0] for r in results])
         ids = np.stack([r[1] for r in results])
         return merge_topk(scores, ids, k, self.manifest.metric)
 
-    def _search_shards(self, queries: np.ndarray, k: int) -> list:
-        """Per shard (D, I). IVF shards share one trained quantizer, so the coarse
+    def _search_shards(self, queries: np.ndarray, k: int, nprobe: int) -> list:
+        """Per shard (D, I). ``nprobe`` travels with the call as FAISS search parameters:
+        the shard objects are shared by every thread of ``tda serve`` and are never
+        mutated by a search. IVF shards share one trained quantizer, so the coarse
         assignment (the nprobe nearest centroids) is computed once for all of them and
         each shard scans only its lists (``search_preassigned``); anything else (flat,
         OPQ pre-transforms) is searched whole."""
         import faiss
 
         shards = self._shards
+        params = _search_params(shards[0], nprobe)
         if len(shards) == 1:  # no thread hand-off (~3 ms) for one shard
-            return [shards[0].search(queries, k)]
+            return [shards[0].search(queries, k, params=params)]
         if not all(isinstance(i, faiss.IndexIVF) for i in shards):
-            return list(self._pool.map(lambda index: index.search(queries, k), shards))
-        coarse_d, coarse_i = shards[0].quantizer.search(queries, shards[0].nprobe)
+            return list(
+                self._pool.map(lambda index: index.search(queries, k, params=params), shards)
+            )
+        coarse_d, coarse_i = shards[0].quantizer.search(queries, nprobe)
         return list(
             self._pool.map(
-                lambda ivf: ivf.search_preassigned(queries, k, coarse_i, coarse_d), shards
+                lambda ivf: _search_preassigned(ivf, queries, k, coarse_i, coarse_d, params),
+                shards,
             )
         )
 
@@ -377,6 +372,37 @@ def _set_nprobe(index, nprobe: int) -> None:
         faiss.extract_index_ivf(index).nprobe = nprobe
 
 
+def _search_params(index, nprobe: int):
+    """Per-call FAISS search parameters for ``index``: ``nprobe`` for an IVF index (None for
+    one with nothing to probe, e.g. flat)."""
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    return faiss.SearchParametersIVF(nprobe=int(nprobe))
+
+
+def _search_preassigned(ivf, queries, k: int, coarse_i, coarse_d, params):
+    """``ivf.search_preassigned`` with per-call parameters: FAISS's Python wrapper refuses
+    ``params`` and checks the coarse width against the shared ``ivf.nprobe``, so call the
+    C++ method, which reads nprobe from ``params``. queries (q, D) float32, coarse_i /
+    coarse_d (q, nprobe) -> (scores (q, k), ids (q, k))."""
+    import faiss
+
+    n = queries.shape[0]
+    scores = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    coarse_i = np.ascontiguousarray(coarse_i, dtype=np.int64)
+    coarse_d = np.ascontiguousarray(coarse_d, dtype=np.float32)
+    ivf.search_preassigned_c(
+        n, faiss.swig_ptr(queries), k, faiss.swig_ptr(coarse_i), faiss.swig_ptr(coarse_d),
+        faiss.swig_ptr(scores), faiss.swig_ptr(ids), False, params,
+    )  # fmt: skip
+    return scores, ids
+
+
 def _cached(fs, remote: str, entry, cache_dir: str | None) -> str:
     """A local copy of a remote index file, named by its sha256 (fetched once)."""
     cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "tda", "index")
@@ -398,94 +424,10 @@ def read_index_manifest(root_url: str) -> IndexManifest:
     return _read_manifest(fs, root)[0]
 
 
-def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=None) -> np.ndarray:
-    """Encode a query text with the index's own encoder (``encoder`` if already loaded)
-    and pooling, as one chunk in one window (the index's, or the text's length if longer):
-    (D,) float32, unit length. Refuses an encoder whose weights differ."""
-    from tda.attribution.encoders import DocumentTokens, encode_whole, load_encoder
-    from tda.schemas import ConfigError
-
-    m = reader.manifest
-    encoder = encoder or load_encoder(m.encoder.spec, device)
-    if encoder.info.fingerprint != m.encoder.fingerprint:
-        raise IndexReadError(
-            f"the model at {m.encoder.spec} is not the one the index was built with "
-            f"({encoder.info.fingerprint[:19]} != {m.encoder.fingerprint[:19]})"
-        )
-    (enc,) = encoder.load_tokenizer().encode_batch([text])
-    if enc.n_tokens == 0:
-        raise ConfigError("--text has no tokens")
-    limit = encoder.info.max_window
-    if enc.n_tokens > limit:
-        raise ConfigError(f"--text is {enc.n_tokens} tokens; the model's context holds {limit}")
-    doc = DocumentTokens(ids=enc.ids, spans=np.array([[0, enc.n_tokens]]))
-    return encode_whole(encoder, [doc], m.pooling, m.context.window, m.context.align).vectors[0]
-
-
 # --------------------------------------------------------------------------------------
 # The merged on-disk variant
 
 MERGED_DIR = "merged"
-
-
-def merge_index(root_url: str) -> dict:
-    """Write ``index/merged/``: every shard merged into one index whose inverted lists live
-    in ``merged.ivfdata`` (faiss OnDiskInvertedLists; a flat index is concatenated into
-    ``merged.faiss``), then ``merged/manifest.json`` naming the parent manifest, last.
-    Searches over it return what the shards return. Local roots only."""
-    import json
-    import shutil
-    import uuid
-
-    import faiss
-    from faiss.contrib.ondisk import merge_ondisk
-
-    fs, root = build_root(root_url)
-    if not is_local(fs):
-        raise IndexReadError("tda index merge writes next to the shards: give a local ROOT")
-    reader = IndexReader.open(root_url)  # sizes and sha256 of every shard checked
-    m = reader.manifest
-    final = f"{root.index_dir}/{MERGED_DIR}"
-    tmp = f"{root.index_dir}/_tmp-merged-{uuid.uuid4().hex}"
-    os.makedirs(tmp)
-    try:
-        shard_paths = [f"{root.index_dir}/{s.path}" for s in m.shards]
-        with open(f"{root.index_dir}/trained.faiss", "rb") as f:
-            trained = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
-        files = ["merged.faiss"]
-        try:
-            faiss.extract_index_ivf(trained)
-            is_ivf = True
-        except RuntimeError:
-            is_ivf = False
-        if is_ivf:
-            merge_ondisk(trained, shard_paths, f"{tmp}/merged.ivfdata")
-            files.append("merged.ivfdata")
-            merged = trained
-        else:
-            merged = trained
-            for path in shard_paths:
-                merged.merge_from(faiss.read_index(path), 0)
-        faiss.write_index(merged, f"{tmp}/merged.faiss")
-        if merged.ntotal != m.vectors:
-            raise IndexReadError(f"merged {merged.ntotal} vectors, the manifest says {m.vectors}")
-        entries = [
-            {
-                "path": name,
-                "sha256": _sha256(f"{tmp}/{name}"),
-                "size": os.path.getsize(f"{tmp}/{name}"),
-            }
-            for name in files
-        ]
-        record = {"parent_manifest_id": reader.manifest_id, "vectors": m.vectors, "files": entries}
-        with open(f"{tmp}/manifest.json", "w") as f:
-            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return record
 
 
 def _open_merged(root_url: str, manifest_id: str, verify: bool):

@@ -9,12 +9,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from tda.schemas.layout import BuildRoot
+
 __all__ = [
     "AtomicFile",
     "HashingWriter",
     "atomic_open",
     "atomic_write_text",
     "bound_heap",
+    "build_root",
     "filesystem",
     "is_local",
     "open_parquet",
@@ -22,6 +25,12 @@ __all__ = [
     "sha256_file",
     "write_hashed",
 ]
+
+
+def build_root(url: str) -> tuple[object, BuildRoot]:
+    """ROOT URL -> (fsspec filesystem, BuildRoot of paths inside that filesystem)."""
+    fs, path = filesystem(url)
+    return fs, BuildRoot(path)
 
 
 def filesystem(url: str):

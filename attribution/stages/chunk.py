@@ -26,7 +26,7 @@ from tda import __version__
 from tda.attribution.corpus.chunking import chunk_documents
 from tda.attribution.corpus.readers import Document, iter_documents, resolve_inputs
 from tda.attribution.corpus.tokenizer import TextTokenizer, load_tokenizer
-from tda.attribution.io.fs import atomic_write_text, filesystem, read_json
+from tda.attribution.io.fs import atomic_write_text, build_root, filesystem, read_json
 from tda.attribution.io.parts import (
     PartWriter,
     StageError,
@@ -87,12 +87,6 @@ class ChunkPlan:
             "inputs": [asdict(i) for i in self.inputs],
         }
         return json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def build_root(url: str) -> tuple[object, BuildRoot]:
-    """ROOT URL -> (fsspec filesystem, BuildRoot of paths inside that filesystem)."""
-    fs, path = filesystem(url)
-    return fs, BuildRoot(path)
 
 
 def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) -> ChunkPlan:

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from tda import __version__
 from tda.attribution.encoders import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
-from tda.attribution.io.fs import atomic_write_text, bound_heap, open_parquet, read_json
+from tda.attribution.io.fs import atomic_write_text, bound_heap, build_root, open_parquet, read_json
 from tda.attribution.io.parts import (
     PartWriter,
     StageError,
@@ -38,7 +38,6 @@ from tda.attribution.io.parts import (
     read_manifest,
     remove_temp_files,
 )
-from tda.attribution.stages.chunk import build_root
 from tda.schemas import (
     MAX_CONCEPT_ID,
     ConfigError,

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tda.attribution.index.build import IndexRunError, choose_factory, plan_index_run, whitened
+from tda.attribution.index.build import IndexRunError, choose_factory, whitened
 from tda.attribution.index.reader import IndexReader, IndexReadError, merge_topk, verify_index
 from tda.attribution.io.parts import parquet_write_options
+from tda.attribution.stages.index import plan_index_run
 from tda.pipeline.index import run_index
 from tda.schemas import (
     CHUNK_SCHEMA,
@@ -317,7 +318,7 @@ def test_lookup_decodes_ids_to_rows(tmp_path):
 
 @pytest.mark.parametrize("factory", ["IVF64,SQfp16", "IDMap2,Flat"])
 def test_merged_on_disk_variant_returns_what_the_shards_return(tmp_path, factory):
-    from tda.attribution.index.reader import merge_index
+    from tda.attribution.index.merge import merge_index
 
     synthetic_root(tmp_path, clustered(8_000, 24), files=4)
     run_index(IndexConfig(root=str(tmp_path), factory=factory, shards=4, nprobe=8))
@@ -372,3 +373,34 @@ def test_index_older_than_its_embeddings_is_refused(tmp_path):
     )
     with pytest.raises(IndexReadError, match="other embeddings"):
         IndexReader.open(str(tmp_path))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_search_nprobe_is_per_call_and_thread_safe(tmp_path, shards):
+    """``tda serve`` searches from several threads at once: a search with its own nprobe
+    must not change what a concurrent default search returns (the shared index objects
+    are never mutated; each call passes its own search parameters)."""
+    import threading
+
+    vectors = clustered(6_000, 32, seed=3, centers=64)
+    synthetic_root(tmp_path, vectors, files=3)
+    run_index(IndexConfig(root=str(tmp_path), factory="IVF64,Flat", shards=shards, nprobe=16))
+    reader = IndexReader.open(str(tmp_path))
+    queries = vectors[::60] + 0.05
+    expected = reader.search(queries, 10)
+    narrow = reader.search(queries, 10, nprobe=1)
+    assert not np.array_equal(expected[1], narrow[1])  # nprobe matters on this data
+    stop = threading.Event()
+
+    def narrow_searches():
+        while not stop.is_set():
+            np.testing.assert_array_equal(reader.search(queries, 10, nprobe=1)[1], narrow[1])
+
+    thread = threading.Thread(target=narrow_searches)
+    thread.start()
+    try:
+        for _ in range(150):
+            np.testing.assert_array_equal(reader.search(queries, 10)[1], expected[1])
+    finally:
+        stop.set()
+        thread.join()

@@ -239,3 +239,41 @@ def test_prune_refusals(built, corpus, concept_scan, tmp_path):
         run_prune(str(built), str(tmp_path / "bad.csv"), *args[1:], "x")
     with pytest.raises(PruneError, match="is not a finished scan"):
         make_prune_list(str(tmp_path), str(tmp_path / "x.parquet"))
+
+
+def test_chunk_prune_reads_the_text_field_as_the_corpus_reader_does(builtin_dir, tmp_path):
+    """A JSONL key that itself contains a dot ("body.text") is taken literally by the reader
+    (it tries the literal key before a nested path); a chunk-level prune must edit that same
+    field, not fail looking for {"body": {"text": ...}}."""
+    from tda.pipeline.chunk import run_chunk
+    from tda.pipeline.embed import run_embed
+    from tda.pipeline.index import run_index
+    from tda.schemas import ChunkConfig, EmbedConfig, IndexConfig, ReadOptions
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [" ".join(f"word{i}x{j}" for j in range(120)) for i in range(3)]
+    (corpus / "dotted.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "body.text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    root = tmp_path / "root"
+    run_chunk(ChunkConfig(inputs=(str(corpus),), out=str(root), tokenizer=builtin_dir,
+                          read=ReadOptions(text_field="body.text")))  # fmt: skip
+    run_embed(EmbedConfig(root=str(root), model=builtin_dir))
+    run_index(IndexConfig(root=str(root)))
+    chunk = pq.read_table(root / "chunks" / "part-000000.parquet").to_pylist()[0]
+    (tmp_path / "list.csv").write_text(
+        "level,source,file_index,record_index,doc_id,chunk_id,char_start,char_end,score,"
+        f"share,reason\nchunk,{chunk['source']},0,{chunk['record_index']},{chunk['doc_id']},"
+        f"{chunk['chunk_id']},{chunk['char_start']},{chunk['char_end']},,,test\n"
+    )
+    run_prune(str(root), str(tmp_path / "list.csv"), [str(corpus)], str(tmp_path / "pruned"),
+              str(tmp_path / "new"), "test")  # fmt: skip
+    pruned = _records(tmp_path / "pruned" / "dotted.jsonl")
+    first = texts[chunk["record_index"]]
+    assert pruned[chunk["record_index"]]["body.text"] == (
+        first[: chunk["char_start"]] + first[chunk["char_end"] :]
+    )
+    assert [r["body.text"] for i, r in enumerate(pruned) if i != chunk["record_index"]] == [
+        t for i, t in enumerate(texts) if i != chunk["record_index"]
+    ]

@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tda.attribution.index.build import plan_index_run
+from tda.attribution.stages.index import plan_index_run
 from tda.pipeline.index import BuildIndex, run_index
 from tda.schemas import IndexConfig
 from tests.attribution.test_index import clustered, synthetic_root
