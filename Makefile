@@ -25,11 +25,11 @@ $(VENV)/.installed: setup.cfg setup.py
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python $(STEERLING)
 	touch $@
 
-test: install ## Run the whole test suite (CPU; GPU/network tests skip themselves)
-	$(BIN)/python -m pytest -q
+test: install ## Run the whole test suite (CPU; GPU/network tests skip themselves; slowest 15 listed)
+	$(BIN)/python -m pytest -q --durations=15
 
-test-fast: install ## Run the tests not marked slow
-	$(BIN)/python -m pytest -q -m 'not slow'
+test-fast: install ## Run the tests not marked slow (slowest 15 listed)
+	$(BIN)/python -m pytest -q -m 'not slow' --durations=15
 
 demo: install ## Run the main job end to end on the embedded default and show the result
 	$(BIN)/python -m tda.jobs.demo --out $(DEMO_DIR)

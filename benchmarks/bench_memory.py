@@ -108,7 +108,8 @@ def main() -> None:
     args = parser.parse_args()
     from pydoc_data.topics import topics
 
-    from tda.attribution.encoders.builtin.train import TrainConfig, train_builtin
+    from tda.attribution.encoders.builtin.train import train_builtin
+    from tda.schemas import TrainConfig
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

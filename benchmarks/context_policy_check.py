@@ -22,16 +22,18 @@ def main() -> None:
 
     from tda.attribution.attributor import Attributor
     from tda.attribution.encoders import load_encoder
-    from tda.jobs import quality as q
+    from tda.jobs.quality.chunks import ChunkTable
+    from tda.jobs.quality.facts import make_facts
+    from tda.jobs.quality.outputs import reproduced_verbatim
 
     torch.set_num_threads(2)
     out = Path(args.out)
-    facts = q.make_facts(48, 0)
+    facts = make_facts(48, 0)
     encoder = load_encoder(str(out / "model"), "cpu")
     tokenizer = encoder.load_tokenizer()
-    table = q.ChunkTable(out / "root-chunks")
+    table = ChunkTable(out / "root-chunks")
     relevant = table.relevant
-    outputs = q.reproduced_verbatim(encoder, tokenizer, facts)  # scored as in the table
+    outputs = reproduced_verbatim(encoder, tokenizer, facts)  # scored as in the table
     facts = [f for f in facts if f.index in outputs]
     queries = {
         "output given its prompt (tda attribute, the table)": lambda f: (

@@ -26,22 +26,25 @@ def main() -> None:
     import torch
 
     from tda.attribution.encoders import load_encoder
-    from tda.jobs import quality as q
+    from tda.jobs.quality.chunks import ChunkTable
+    from tda.jobs.quality.facts import make_facts
+    from tda.jobs.quality.gradients import GradCosRanker, TRAKRanker
+    from tda.jobs.quality.outputs import reproduced_verbatim
 
     torch.set_num_threads(2)
     out = Path(args.out)
     encoder = load_encoder(str(out / "model"), "cpu")
     tokenizer = encoder.load_tokenizer()
-    outputs = q.reproduced_verbatim(encoder, tokenizer, q.make_facts(48, 0), limit=6)
-    facts = [f for f in q.make_facts(48, 0) if f.index in outputs]
-    table = q.ChunkTable(out / "root-chunks")
+    outputs = reproduced_verbatim(encoder, tokenizer, make_facts(48, 0), limit=6)
+    facts = [f for f in make_facts(48, 0) if f.index in outputs]
+    table = ChunkTable(out / "root-chunks")
     text = dict(zip(table.ids, table.texts, strict=True))
     relevant = table.relevant
     keep = set().union(*[relevant(f) for f in facts]) | set(random.Random(0).sample(table.ids, 150))
     ids = [c for c in table.ids if c in keep]
     subset = Subset(ids, [text[c] for c in ids])
-    trak = q.TRAKRanker(subset, encoder, 0, proj_dim=512)
-    gradcos = q.GradCosRanker(subset, encoder, 0)
+    trak = TRAKRanker(subset, encoder, 0, proj_dim=512)
+    gradcos = GradCosRanker(subset, encoder, 0)
     for f in facts:
         output = outputs[f.index]
         p, o = trak._encode(f.verbatim_prompt), trak._encode(output)

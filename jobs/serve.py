@@ -7,7 +7,9 @@
 
 Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 
-* ``POST /api/attribute`` {prompt, output | generate, k, input_attribution, ...} -> the
+* ``POST /api/attribute`` {prompt, output | generate, k, input_attribution, ...}: the
+  fields of :class:`~tda.schemas.AttributionRequest` (its defaults, choices, minimums and
+  descriptions; text only, within :class:`Limits`) -> the
   :class:`~tda.schemas.AttributionReport` (the same JSON ``tda attribute --json`` prints);
 * ``GET /api/search?text=...&k=...`` -> the nearest training chunks to a text;
 * ``GET /api/chunks/{chunk_id}`` -> a chunk's provenance and text with its neighbours in
@@ -24,13 +26,16 @@ one forward at a time, no interleaved autograd state. Bad input gets a 4xx JSON 
 # defined inside create_app from real annotations.
 
 import threading
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
-from tda.schemas import DEFAULT_CANDIDATES, DEFAULT_QUERY_SPAN, DEFAULT_RERANK, QUERY_SPANS, RERANKS
+from tda.schemas import AttributionRequest
+from tda.schemas.wire import is_inline
 
-__all__ = ["LIMITS", "Limits", "create_app"]
+__all__ = ["LIMITS", "Limits", "create_app", "json_model", "request_model"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -50,6 +55,111 @@ class Limits:
 
 LIMITS = Limits()
 
+# Bounds of a request body that the Limits do not name (not shown by GET /api/index).
+_FIXED_BOUNDS = {
+    "temperature": {"le": 10.0},
+    "nprobe": {"ge": 1},
+    "top_concepts": {"le": 1000},
+    "chunk_size": {"le": 4096},
+    "candidates": {"ge": 1},
+}
+
+
+def request_model(limits: Limits = LIMITS):
+    """The ``POST /api/attribute`` body as a pydantic model derived from
+    :class:`~tda.schemas.AttributionRequest`: its fields, defaults, ``choices`` (as
+    literals), ``min`` (as ``ge``) and ``doc`` (as descriptions); prompt and output as text
+    only; this server's ``limits`` on top; exactly one of output or generate. Everything
+    else the request checks is checked when it is built (a 400, as the attributor's
+    errors)."""
+    from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+    class Body(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        @model_validator(mode="after")
+        def _one_output(self):
+            if (self.output is None) == (self.generate is None):
+                raise ValueError("give exactly one of 'output' or 'generate'")
+            return self
+
+    bounds = {
+        **_FIXED_BOUNDS,
+        "prompt": {"max_length": limits.prompt_chars},
+        "output": {"max_length": limits.output_chars},
+        "generate": {"le": limits.generate_tokens},
+        "k": {"le": limits.k},
+        "ig_steps": {"le": limits.ig_steps},
+        "candidates": {**_FIXED_BOUNDS["candidates"], "le": limits.candidates},
+    }
+    hints = typing.get_type_hints(AttributionRequest)
+    spec = {}
+    for f in fields(AttributionRequest):
+        meta = f.metadata
+        kind = Literal[meta["choices"]] if "choices" in meta else _text_only(hints[f.name])
+        checks = {"ge": meta["min"]} if "min" in meta else {}
+        default = ... if f.default is MISSING else f.default
+        spec[f.name] = (
+            kind,
+            Field(default=default, description=meta.get("doc"), **checks, **bounds.get(f.name, {})),
+        )
+    return create_model("AttributeRequest", __base__=Body, **spec)
+
+
+def _text_only(kind):
+    """A request field's type without its token-id form: ``str | tuple[int, ...]`` -> str."""
+    if typing.get_origin(kind) not in (typing.Union, types.UnionType):
+        return kind
+    kept = [a for a in typing.get_args(kind) if typing.get_origin(a) is not tuple]
+    return typing.Union[tuple(kept)] if len(kept) > 1 else kept[0]  # noqa: UP007
+
+
+def json_model(record: type, models: dict | None = None):
+    """A pydantic model of a schemas record's JSON form (``to_dict``), named as the record:
+    its fields in order, an inlined field's record's fields in its place
+    (:func:`~tda.schemas.wire.inline`: a training hit's chunk), nested records likewise;
+    the OpenAPI description of what the server sends. ``models``: built so far."""
+    from pydantic import Field, create_model
+
+    models = {} if models is None else models
+    if record not in models:
+        hints = typing.get_type_hints(record)
+        spec = {}
+        for f in fields(record):
+            if is_inline(f):
+                inner = hints[f.name]
+                inner_hints = typing.get_type_hints(inner)
+                for g in fields(inner):
+                    spec[g.name] = (_json_type(inner_hints[g.name], models), _field(g, Field))
+            else:
+                spec[f.name] = (_json_type(hints[f.name], models), _field(f, Field))
+        doc = record.__doc__  # dataclass writes "Name(field: type, ...)" when there is none
+        doc = None if not doc or doc.startswith(f"{record.__name__}(") else doc
+        models[record] = create_model(record.__name__, __doc__=doc, **spec)
+    return models[record]
+
+
+def _json_type(kind, models: dict):
+    """An annotation with every record in it replaced by its :func:`json_model`."""
+    if isinstance(kind, type) and hasattr(kind, "__dataclass_fields__"):
+        return json_model(kind, models)
+    args = typing.get_args(kind)
+    if not args:
+        return kind
+    converted = tuple(a if a is Ellipsis else _json_type(a, models) for a in args)
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[converted]  # noqa: UP007
+    return origin[converted]
+
+
+def _field(f, Field):
+    if f.default is not MISSING:
+        return Field(default=f.default)
+    if f.default_factory is not MISSING:
+        return Field(default_factory=f.default_factory)
+    return Field()
+
 
 def create_app(
     root: str,
@@ -63,63 +173,28 @@ def create_app(
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
+    from pydantic import BaseModel
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from tda import __version__
     from tda.attribution.attributor import Attributor
-    from tda.attribution.index.reader import ChunkRecord, IndexReadError
-    from tda.schemas import AttributionReport
-
-    from .cli import _user_errors
+    from tda.attribution.index.reader import IndexReadError
+    from tda.schemas import AttributionReport, ChunkRecord, SearchHit
+    from tda.schemas.errors import UserError
 
     attributor = Attributor.from_root(root, model=model, device=device, force=force)
     reader = attributor.reader
     manifest = reader.manifest
     lock = threading.Lock()
 
-    class AttributeRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-        prompt: str = Field(
-            max_length=limits.prompt_chars, description="The prompt (may be empty)."
-        )
-        output: str | None = Field(
-            default=None, max_length=limits.output_chars, description="The output to attribute."
-        )
-        generate: int | None = Field(
-            default=None, ge=1, le=limits.generate_tokens,
-            description="Instead of output: tokens for the model to write after the prompt.",
-        )  # fmt: skip
-        temperature: float = Field(default=0.0, ge=0.0, le=10.0)
-        seed: int = 0
-        k: int = Field(default=10, ge=1, le=limits.k)
-        nprobe: int | None = Field(default=None, ge=1)
-        input_attribution: Literal["grad", "ig", "none"] = "grad"
-        ig_steps: int = Field(default=32, ge=1, le=limits.ig_steps)
-        ig_baseline: Literal["mask", "zero"] = "mask"
-        top_concepts: int = Field(default=10, ge=1, le=1000)
-        chunk_size: int | None = Field(default=None, ge=1, le=4096)
-        query_span: Literal[QUERY_SPANS] = DEFAULT_QUERY_SPAN
-        rerank: Literal[RERANKS] = DEFAULT_RERANK
-        candidates: int = Field(default=DEFAULT_CANDIDATES, ge=1, le=limits.candidates)
-
-        @model_validator(mode="after")
-        def _one_output(self):
-            if (self.output is None) == (self.generate is None):
-                raise ValueError("give exactly one of 'output' or 'generate'")
-            return self
-
+    AttributeRequest = request_model(limits)
+    Report = json_model(AttributionReport)  # the report's JSON: hits flat, as to_dict writes
     ChunkOut = ChunkRecord  # provenance + text, as the index reader returns it
-
-    class Hit(BaseModel):
-        score: float
-        chunk: ChunkOut
 
     class SearchResponse(BaseModel):
         index_manifest_id: str
         text: str
-        hits: list[Hit]
+        hits: list[SearchHit]
 
     class ChunkResponse(BaseModel):
         chunk: ChunkOut
@@ -182,7 +257,7 @@ def create_app(
             status_code=500, content={"error": f"internal error: {type(exc).__name__}"}
         )
 
-    user_errors = _user_errors()  # ConfigError, StageError (IndexReadError is one), ...
+    user_errors = UserError  # ConfigError, StageError (IndexReadError is one), ...
 
     @app.get("/health", response_model=Health)
     def health():
@@ -215,16 +290,15 @@ def create_app(
             "limits": limits.__dict__,
         }
 
-    @app.post("/api/attribute", response_model=AttributionReport, responses=errors)
-    def attribute(request: AttributeRequest):
-        args = request.model_dump()
-        prompt, output, generate = args.pop("prompt"), args.pop("output"), args.pop("generate")
+    @app.post("/api/attribute", response_model=Report, responses=errors)
+    def attribute(body: AttributeRequest):
         try:
+            request = AttributionRequest(**body.model_dump())
             with lock:
-                report = attributor.attribute(prompt, output, generate=generate, **args)
+                report = attributor.attribute(request)
         except user_errors as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
-        return report
+        return report.to_dict()
 
     @app.get("/api/search", response_model=SearchResponse, responses=errors)
     def search(
@@ -242,7 +316,7 @@ def create_app(
         return {
             "index_manifest_id": reader.manifest_id,
             "text": text,
-            "hits": [{"score": h.score, "chunk": h.chunk.__dict__} for h in hits],
+            "hits": hits,
         }
 
     @app.get("/api/chunks/{chunk_id}", response_model=ChunkResponse, responses=errors)

@@ -6,8 +6,8 @@
 
 Each stage is planned by the driver from the previous stage's manifest, so the stages run
 one after another; each runs through the same :func:`~tda.pipeline.common.run_stage` and
-:class:`~tda.pipeline.common.Stage` as its own command (``run_chunk``, ``run_embed``,
-``run_index``), which is why a build's files equal the three stage commands' files.
+stage transform as its own command (``run_chunk``, ``run_embed``, ``run_index``), which
+is why a build's files equal the three stage commands' files.
 ``resume`` continues every stage: finished files and shards are skipped, a finished
 stage is replayed from its markers and rewrites the same manifest.
 """
@@ -20,20 +20,17 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.io.fs import build_root
 from tda.schemas import ChunkConfig, ConfigError, EmbedConfig, IndexConfig
 
-from .chunk import STAGE as CHUNK_STAGE
-from .chunk import ChunkRunResult
+from .chunk import ChunkCorpus, ChunkRunResult
 from .common import build_pipeline, run_stage
-from .embed import STAGE as EMBED_STAGE
-from .embed import EmbedRunResult
-from .index import STAGE as INDEX_STAGE
-from .index import IndexRunResult
+from .embed import EmbedCorpus, EmbedRunResult
+from .index import BuildIndex, IndexRunResult
 
 __all__ = ["STAGES", "BuildProgress", "BuildResult", "run_build", "stage_pipeline"]
 
-STAGES = (CHUNK_STAGE, EMBED_STAGE, INDEX_STAGE)
+# The build's stages in order, each as its stage transform (runtime, labels, result).
+STAGES = (ChunkCorpus, EmbedCorpus, BuildIndex)
 
 
 class BuildProgress:
@@ -76,17 +73,18 @@ def run_build(
     """Run the three stages into one root (Beam ``options`` go to each pipeline)."""
     _check_one_root(chunk, embed, index)
     progress = progress or BuildProgress()
-    fs, root = build_root(chunk.out)
     results, seconds = {}, {}
     for stage, config in zip(STAGES, (chunk, embed, index), strict=True):
+        name = stage.runtime.name
         started = time.monotonic()
 
-        def planned(plan, stage=stage) -> None:
-            progress.start(stage.name, stage.units(plan), fs, stage.markers(root))
+        def planned(runtime, plan) -> None:
+            fs, markers = runtime.markers(plan)
+            progress.start(runtime.name, len(runtime.units(plan)), fs, markers)
 
-        results[stage.name] = run_stage(stage, config, options, on_planned=planned)
-        seconds[stage.name] = time.monotonic() - started
-        progress.done(stage.name, results[stage.name], seconds[stage.name])
+        results[name] = run_stage(stage, config, options, on_planned=planned)
+        seconds[name] = time.monotonic() - started
+        progress.done(name, results[name], seconds[name])
     return BuildResult(**results, seconds=seconds)
 
 
@@ -94,7 +92,10 @@ def stage_pipeline(stage: str, config, options: PipelineOptions, runner=None) ->
     """Plan one stage and return its pipeline without running it (to translate it to the
     portable pipeline proto, as a remote runner would). Planning writes the stage's run
     record into the root, exactly as a real run's driver does."""
-    spec = next((s for s in STAGES if s.name == stage), None)
+    spec = next((s for s in STAGES if s.runtime.name == stage), None)
     if spec is None:
-        raise ConfigError(f"unknown stage {stage!r}; one of {[s.name for s in STAGES]}")
-    return build_pipeline(spec.label, spec.transform(spec.plan(config)), options, runner=runner)
+        raise ConfigError(f"unknown stage {stage!r}; one of {[s.runtime.name for s in STAGES]}")
+    runtime = spec.runtime()
+    return build_pipeline(
+        spec.root_label, spec(runtime.plan(config), runtime), options, runner=runner
+    )

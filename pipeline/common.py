@@ -1,24 +1,48 @@
-"""Helpers every stage's pipeline shares: Beam counters by name, and reading them back."""
+"""The one Beam wrapper of every stage: a stage runtime's units fanned out over workers.
+
+::
+
+    <list label> (Create: the runtime's elements) -> Spread (Reshuffle) -> <step label>
+    (ParDo(UnitFn): each element through StageRuntime.run_element on whichever worker
+    gets it)
+
+:class:`StageTransform` is that transform for any
+:class:`~tda.attribution.stages.base.StageRuntime`; each stage's module subclasses it
+with its labels, its runtime and its result type, and the embed stage replaces the
+ParDo by Beam's ``RunInference``. :func:`run_stage` is the driver's side: plan, run the
+pipeline to the end, finish (manifest last), read back the counters.
+
+Counters: what a stage counts goes to the Beam namespace ``tda.<stage>``; the seconds
+its units spent reading, computing and writing go to ``tda.<stage>.ms`` as milliseconds
+(kept apart, so a command's counters stay what they were), and come back as a result's
+``timings``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from tda.attribution.stages.base import StageRuntime
+
 __all__ = [
-    "Stage",
+    "TIMINGS",
     "StageCounters",
+    "StageTransform",
+    "UnitFn",
     "beam_counters",
     "build_pipeline",
     "fan_out",
     "run_stage",
     "run_transform",
 ]
+
+TIMINGS = ".ms"  # a stage's timing counters: namespace tda.<stage>.ms, one per phase
 
 
 class StageCounters:
@@ -73,60 +97,100 @@ def run_transform(
     namespace: str,
     options: PipelineOptions | None,
     test_pipeline: beam.Pipeline | None,
-) -> dict[str, int]:
-    """Apply a stage's root transform, run the pipeline to the end, return its counters.
-    ``options`` are Beam pipeline options, passed through unchanged."""
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Apply a stage's root transform, run the pipeline to the end; -> (its counters in
+    ``namespace``, the seconds per phase counted in ``namespace + TIMINGS``). ``options``
+    are Beam pipeline options, passed through unchanged."""
     pipeline = build_pipeline(label, transform, options, test_pipeline)
     result = pipeline.run()
     result.wait_until_finish()
-    return beam_counters(result, namespace)
+    timings = beam_counters(result, namespace + TIMINGS)
+    return beam_counters(result, namespace), {k: v / 1000 for k, v in timings.items()}
 
 
-@dataclass(frozen=True)
-class Stage:
-    """How the driver runs one stage: plan (driver) -> transform (Beam) -> finish (driver).
+def fan_out(pbegin, items, step, label: str, list_label: str = "ListFiles"):
+    """PBegin -> ``step`` applied to each of ``items`` on whichever worker gets it:
+    ``list_label`` (Create) -> Spread (Reshuffle, so no worker inherits them all) ->
+    ``label`` (``step``: a PTransform, or a DoFn applied with ParDo)."""
+    if isinstance(step, beam.DoFn):
+        step = beam.ParDo(step)
+    return (
+        pbegin
+        | list_label >> beam.Create(list(items), reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | label >> step
+    )
 
-    units: plan -> how many work items (files or shards) the pipeline processes;
-    markers: BuildRoot -> the folder holding one completion marker per finished item;
-    result: the stage's result class, built from (manifest, counters).
+
+class UnitFn(beam.DoFn):
+    """An element of a stage's fan-out -> its output(s), through
+    :meth:`StageRuntime.run_element` (finished units skipped on ``--resume``, markers
+    written, counters and timings to Beam). ``setup`` runs the runtime's ``setup`` on the
+    worker (tokenizers and models are loaded there, never pickled from the driver)."""
+
+    def __init__(self, runtime: StageRuntime, plan: Any) -> None:
+        self._runtime = runtime
+        self._plan = plan
+        namespace = f"tda.{runtime.name}"
+        self._count = StageCounters(namespace)
+        self._timings = StageCounters(namespace + TIMINGS)
+
+    def setup(self) -> None:
+        self._runtime.setup(self._plan)
+
+    def process(self, element) -> Iterator[Any]:
+        yield from self._runtime.run_element(self._plan, element, self._count, self._timings)
+
+
+class StageTransform(beam.PTransform):
+    """PBegin -> PCollection of a stage's unit outputs: the runtime's elements fanned out
+    (:func:`fan_out`), each run by :class:`UnitFn`.
+
+    A stage subclasses it with: ``runtime`` (its StageRuntime class), ``root_label`` (the
+    label its pipeline applies it under), ``list_label`` / ``step_label`` (its two named
+    steps) and
+    ``result`` (its result type, built from (output of finish, counters, timings)).
     """
 
-    name: str
-    label: str
-    namespace: str
-    plan: Callable
-    transform: Callable
-    finish: Callable
-    units: Callable
-    markers: Callable
-    result: type
+    runtime: ClassVar[type[StageRuntime]] = StageRuntime
+    root_label: ClassVar[str] = "Stage"
+    list_label: ClassVar[str] = "ListFiles"
+    step_label: ClassVar[str] = "ProcessUnits"
+    result: ClassVar[Callable] = tuple
+
+    def __init__(self, plan: Any, runtime: StageRuntime | None = None) -> None:
+        super().__init__()
+        self._plan = plan
+        self._runtime = runtime or self.runtime()
+
+    def step(self) -> beam.PTransform:
+        """What runs one element on a worker (a ParDo of :class:`UnitFn`)."""
+        return beam.ParDo(UnitFn(self._runtime, self._plan))
+
+    def expand(self, pbegin):
+        elements = self._runtime.elements(self._plan)
+        return fan_out(pbegin, elements, self.step(), self.step_label, self.list_label)
 
 
 def run_stage(
-    stage: Stage,
+    transform: type[StageTransform],
     config,
     options: PipelineOptions | None = None,
     test_pipeline: beam.Pipeline | None = None,
     on_planned: Callable | None = None,
 ):
-    """Plan, run the stage's pipeline to the end, write its manifest; ``on_planned(plan)``
-    is called between planning and the pipeline. Returns ``stage.result``."""
-    plan = stage.plan(config)
+    """Plan (driver), run the stage's pipeline to the end, finish (driver: the manifest,
+    written last); ``on_planned(runtime, plan)`` is called between planning and the
+    pipeline. Returns ``transform.result(finished, counters, timings)``."""
+    runtime = transform.runtime()
+    plan = runtime.plan(config)
     if on_planned is not None:
-        on_planned(plan)
-    counters = run_transform(
-        stage.label, stage.transform(plan), stage.namespace, options, test_pipeline
+        on_planned(runtime, plan)
+    counters, timings = run_transform(
+        transform.root_label,
+        transform(plan, runtime),
+        f"tda.{runtime.name}",
+        options,
+        test_pipeline,
     )
-    return stage.result(manifest=stage.finish(plan), counters=counters)
-
-
-def fan_out(pbegin, items, fn: beam.DoFn, label: str, list_label: str = "ListFiles"):
-    """PBegin -> ``fn`` applied to each of ``items`` on whichever worker gets it:
-    ``list_label`` (Create) -> Spread (Reshuffle, so no worker inherits them all) ->
-    ``label`` (ParDo)."""
-    return (
-        pbegin
-        | list_label >> beam.Create(list(items), reshuffle=False)
-        | "Spread" >> beam.Reshuffle()
-        | label >> beam.ParDo(fn)
-    )
+    return transform.result(runtime.finish(plan), counters, timings)

@@ -1,124 +1,158 @@
-"""The embed stage on Beam: a thin distribution of :mod:`tda.attribution.stages.embed`.
+"""The embed stage on Beam: a thin distribution of :mod:`tda.attribution.stages.embed`
+through Beam's own ``RunInference``.
 
 ::
 
-    ListFiles (Create) -> Spread (Reshuffle) -> EmbedFiles (ParDo: one chunks file each)
+    ListFiles (Create) -> Spread (Reshuffle) -> EmbedFiles (RunInference: one chunks file
+    per inference call)
 
-Each input file's chunks are embedded by one worker into ``embeddings/part-N.parquet``, in
-row order, so the output is identical on every runner and any number of workers. The
-model is handled RunInference-style (:class:`EncoderHandler`: ``load_model`` /
-``run_inference``): loaded once per worker process through Beam's ``Shared`` handle and
-shared by every thread of that process (GPU workers run several DoFn threads), on CUDA in
-bf16 when a GPU is present. The driver plans before the pipeline runs and writes the
+An element is an input file's index; :class:`EmbedModelHandler` is a real Beam
+``ModelHandler``: ``load_model`` builds the encoder on the worker from its SPEC (never
+pickled from the driver) inside an :class:`EmbedStage`, ``run_inference`` embeds each
+file of a batch (one file per batch, ``batch_elements_kwargs``) and returns its
+``EmbedCounts``; finished files are skipped on ``--resume`` and every file writes
+``embeddings/part-N.parquet`` in row order, so the output is identical on every runner
+and any number of workers.
+
+Where the model lives: by default RunInference loads it once per worker process and
+every thread of that process shares it (GPU workers run several DoFn threads). A model
+of :data:`LARGE_MODEL_HIDDEN` dimensions or more (an 8B Steerling) is a ``large_model``:
+loaded once per host, in one process, whose threads embed the files every process of the
+host hands them (Beam's ``share_model_across_processes``; a file's counters and timings
+come back with its result). The driver plans before the pipeline runs and writes the
 manifest after it finishes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.utils.shared import Shared
 
-from tda.attribution.encoders import ConceptEncoder, load_encoder
-from tda.attribution.stages.embed import (
-    EmbedPlan,
-    finish_embed_run,
-    plan_embed_run,
-    process_file,
-    read_embed_completion,
-)
+from tda.attribution.stages.embed import EmbedPlan, EmbedStage
 from tda.schemas import EmbedConfig, EmbedCounts, EmbedManifest
 
-from .common import Stage, StageCounters, run_stage
+from .common import TIMINGS, StageCounters, StageTransform, run_stage
 
 __all__ = [
     "COUNTER_NAMESPACE",
-    "STAGE",
+    "LARGE_MODEL_HIDDEN",
     "EmbedCorpus",
-    "EmbedFileFn",
+    "EmbedModelHandler",
     "EmbedRunResult",
-    "EncoderHandler",
     "run_embed",
 ]
 
 COUNTER_NAMESPACE = "tda.embed"
-
-
-class _Loaded:
-    """Holder for the shared encoder (Shared needs a weak-referenceable object)."""
-
-    def __init__(self, encoder: ConceptEncoder) -> None:
-        self.encoder = encoder
-
-
-class EncoderHandler:
-    """Builds the encoder on the worker from its SPEC (never pickled from the driver) and
-    runs one chunks file through it."""
-
-    def __init__(self, plan: EmbedPlan) -> None:
-        self._plan = plan
-
-    def load_model(self) -> ConceptEncoder:
-        config = self._plan.config
-        return load_encoder(config.model, config.device, config.trust_remote_code)
-
-    def run_inference(self, file_index: int, encoder: ConceptEncoder, count) -> EmbedCounts:
-        return process_file(file_index, self._plan, encoder, count)
-
-
-class EmbedFileFn(beam.DoFn):
-    """file index -> EmbedCounts, writing that file's embeddings part."""
-
-    def __init__(self, plan: EmbedPlan) -> None:
-        self._plan = plan
-        self._handler = EncoderHandler(plan)
-        self._shared = Shared()
-        self._encoder: ConceptEncoder | None = None
-        self._counters = StageCounters(COUNTER_NAMESPACE)
-
-    def setup(self) -> None:
-        # One model per process: threads of this process acquire the same object.
-        tag = self._plan.encoder.fingerprint + self._plan.config.device
-        holder = self._shared.acquire(lambda: _Loaded(self._handler.load_model()), tag=tag)
-        self._holder = holder  # keep a strong reference while this DoFn lives
-        self._encoder = holder.encoder
-
-    def process(self, file_index: int) -> Iterator[EmbedCounts]:
-        if self._plan.config.resume:
-            done = read_embed_completion(self._plan.config, file_index)
-            if done is not None:
-                self._counters("files_skipped", 1)
-                yield done
-                return
-        yield self._handler.run_inference(file_index, self._encoder, self._counters)
-
-
-class EmbedCorpus(beam.PTransform):
-    """PBegin -> PCollection[EmbedCounts]: embed every file of the planned chunk run.
-
-    Composable: ``tda build`` can apply it after the chunk stage in one pipeline."""
-
-    def __init__(self, plan: EmbedPlan) -> None:
-        super().__init__()
-        self._plan = plan
-
-    def expand(self, pbegin):
-        files = [f.file_index for f in self._plan.chunks.files]
-        return (
-            pbegin
-            | "ListFiles" >> beam.Create(files, reshuffle=False)
-            | "Spread" >> beam.Reshuffle()
-            | "EmbedFiles" >> beam.ParDo(EmbedFileFn(self._plan))
-        )
+# Hidden size from which a model is loaded once per host (share_model_across_processes):
+# models this wide have billions of parameters (Steerling-8B: 4096), and one copy per
+# worker process would not fit a GPU's memory; the builtin models (128-512) load per
+# process, where threads share them without a round trip between processes.
+LARGE_MODEL_HIDDEN = 2048
 
 
 @dataclass(frozen=True)
 class EmbedRunResult:
     manifest: EmbedManifest
     counters: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, all files
+
+
+class EmbedModelHandler(ModelHandler[int, EmbedCounts, EmbedStage]):
+    """RunInference's model handler for the embed stage: example = an input file's index,
+    prediction = its ``EmbedCounts``, model = an :class:`EmbedStage` holding the loaded
+    encoder.
+
+    ``large_model``: share one model across the host's processes (None: when the
+    planned encoder is :data:`LARGE_MODEL_HIDDEN` wide or more); ``model_copies``: how
+    many shared copies a host loads (Beam's meaning; implies sharing).
+    """
+
+    def __init__(
+        self,
+        plan: EmbedPlan,
+        large_model: bool | None = None,
+        model_copies: int | None = None,
+    ) -> None:
+        super().__init__()
+        if large_model is None:
+            large_model = plan.encoder.hidden_size >= LARGE_MODEL_HIDDEN
+        self._large = large_model or model_copies is not None
+        self._copies = model_copies
+        self._plan = plan
+        self._count = StageCounters(COUNTER_NAMESPACE)
+        self._timings = StageCounters(COUNTER_NAMESPACE + TIMINGS)
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        """One file per inference call: a file is already thousands of windows, batched
+        by token budget inside the stage, and a marker per call keeps ``--resume``
+        file-grained."""
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def share_model_across_processes(self) -> bool:
+        return self._large
+
+    def model_copies(self) -> int:
+        return self._copies or 1
+
+    def model_tag(self) -> str:
+        """Names the loaded model for Beam's sharing: the same weights on the same
+        device are one model, whichever RunInference step or pipeline asks."""
+        return f"tda-embed-{self._plan.encoder.fingerprint}-{self._plan.config.device}"
+
+    def load_model(self) -> EmbedStage:
+        """The encoder from its SPEC, in an EmbedStage (weak-referenceable, as Beam's
+        ``Shared`` needs)."""
+        stage = EmbedStage()
+        stage.setup(self._plan)
+        return stage
+
+    def run_inference(
+        self,
+        batch: Sequence[int],
+        model: EmbedStage,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[EmbedCounts]:
+        """Embed each file of ``batch`` (skipped when finished and resuming); its
+        counters and timings, collected where the model runs (another process for a
+        large model), are replayed into this worker's Beam counters."""
+        out = []
+        for file_index in batch:
+            done = model.run_detached(self._plan, file_index)
+            out.append(done.replay(self._count, self._timings))
+        return out
+
+    def get_metrics_namespace(self) -> str:
+        return COUNTER_NAMESPACE + ".inference"  # Beam's own RunInference metrics
+
+
+class EmbedCorpus(StageTransform):
+    """PBegin -> PCollection[EmbedCounts]: embed every file of the planned chunk run.
+
+    ``large_model`` / ``model_copies``: see :class:`EmbedModelHandler`."""
+
+    runtime = EmbedStage
+    root_label = "EmbedCorpus"
+    list_label = "ListFiles"
+    step_label = "EmbedFiles"
+    result = EmbedRunResult
+
+    def __init__(
+        self,
+        plan: EmbedPlan,
+        runtime: EmbedStage | None = None,
+        large_model: bool | None = None,
+        model_copies: int | None = None,
+    ) -> None:
+        super().__init__(plan, runtime)
+        self._handler = EmbedModelHandler(plan, large_model, model_copies)
+
+    def step(self) -> beam.PTransform:
+        return RunInference(self._handler, model_identifier=self._handler.model_tag())
 
 
 def run_embed(
@@ -127,17 +161,4 @@ def run_embed(
     test_pipeline: beam.Pipeline | None = None,
 ) -> EmbedRunResult:
     """Plan, run the pipeline, write the manifest (Beam ``options`` pass through)."""
-    return run_stage(STAGE, config, options, test_pipeline)
-
-
-STAGE = Stage(
-    name="embed",
-    label="EmbedCorpus",
-    namespace=COUNTER_NAMESPACE,
-    plan=plan_embed_run,
-    transform=EmbedCorpus,
-    finish=finish_embed_run,
-    units=lambda plan: len(plan.chunks.files),
-    markers=lambda root: root.embed_completions_dir,
-    result=EmbedRunResult,
-)
+    return run_stage(EmbedCorpus, config, options, test_pipeline)

@@ -12,55 +12,36 @@ pruned chunks refilled) and appends the audit log.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.curation.prune import (
-    PrunePlan,
-    finish_prune,
-    plan_prune,
-    prune_file,
-    read_file_markers,
-    write_file_marker,
-)
+from tda.attribution.curation.prune import PruneStage
+from tda.schemas.curation import PruneConfig
 
-from .common import StageCounters, fan_out, run_transform
+from .common import StageTransform, run_stage
 
-__all__ = ["COUNTER_NAMESPACE", "PruneCorpus", "PruneFileFn", "PruneRunResult", "run_prune"]
+__all__ = ["COUNTER_NAMESPACE", "PruneCorpus", "PruneRunResult", "run_prune"]
 
 COUNTER_NAMESPACE = "tda.prune"
 
 
-class PruneFileFn(beam.DoFn):
-    def __init__(self, plan: PrunePlan) -> None:
-        self._plan = plan
-        self._count = StageCounters(COUNTER_NAMESPACE)
-
-    def process(self, file_index: int) -> Iterator[int]:
-        result = prune_file(self._plan, file_index)
-        write_file_marker(self._plan, result)
-        self._count("files", 1)
-        self._count("chunks_removed", result.chunks_removed)
-        self._count("documents_removed", result.documents_removed)
-        yield file_index
-
-
-class PruneCorpus(beam.PTransform):
-    def __init__(self, plan: PrunePlan) -> None:
-        super().__init__()
-        self._plan = plan
-
-    def expand(self, pbegin):
-        return fan_out(pbegin, self._plan.files, PruneFileFn(self._plan), "PruneFiles")
-
-
 @dataclass(frozen=True)
 class PruneRunResult:
-    audit: dict
+    audit: dict  # the audit entry appended to NEW_ROOT/audit.jsonl
     counters: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, all files
+
+
+class PruneCorpus(StageTransform):
+    """PBegin -> PCollection[FilePruned]: prune every input file of ROOT."""
+
+    runtime = PruneStage
+    root_label = "PruneCorpus"
+    list_label = "ListFiles"
+    step_label = "PruneFiles"
+    result = PruneRunResult
 
 
 def run_prune(
@@ -74,8 +55,10 @@ def run_prune(
     options: PipelineOptions | None = None,
     test_pipeline: beam.Pipeline | None = None,
 ) -> PruneRunResult:
-    plan = plan_prune(root, list_path, corpus, corpus_out, out, reason, overwrite)
-    counters = run_transform(
-        "PruneCorpus", PruneCorpus(plan), COUNTER_NAMESPACE, options, test_pipeline
-    )
-    return PruneRunResult(audit=finish_prune(plan, read_file_markers(plan)), counters=counters)
+    """Plan (driver), prune every input file (Beam), build NEW_ROOT's manifests and index
+    and append the audit log (driver)."""
+    config = PruneConfig(
+        root=root, list_path=list_path, corpus=tuple(corpus), corpus_out=corpus_out,
+        out=out, reason=reason, overwrite=overwrite,
+    )  # fmt: skip
+    return run_stage(PruneCorpus, config, options, test_pipeline)

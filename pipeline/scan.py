@@ -11,56 +11,41 @@ scans search the index from the driver (one batched search) and need no pipeline
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tda.attribution.curation.scan import (
-    ScanPlan,
-    finish_scan,
-    plan_scan,
-    scan_concept_file,
-    scan_exemplars,
-)
+from tda.attribution.curation.scan import ScanStage, scan_exemplars
+from tda.schemas.curation import ScanConfig, ScanSummary
 
-from .common import StageCounters, fan_out, run_transform
+from .common import StageTransform, run_stage
 
-__all__ = ["COUNTER_NAMESPACE", "ScanEmbeddings", "ScanFileFn", "ScanRunResult", "run_scan"]
+__all__ = ["COUNTER_NAMESPACE", "ScanEmbeddings", "ScanRunResult", "run_scan"]
 
 COUNTER_NAMESPACE = "tda.scan"
 
 
-class ScanFileFn(beam.DoFn):
-    """input file index -> its number of hits (parts written under OUT/_parts)."""
-
-    def __init__(self, plan: ScanPlan) -> None:
-        self._plan = plan
-        self._count = StageCounters(COUNTER_NAMESPACE)
-
-    def process(self, file_index: int) -> Iterator[int]:
-        hits = scan_concept_file(self._plan, file_index)
-        self._count("files", 1)
-        self._count("chunks_hit", hits)
-        yield hits
-
-
-class ScanEmbeddings(beam.PTransform):
-    """PBegin -> PCollection[int]: scan every embeddings file of the plan."""
-
-    def __init__(self, plan: ScanPlan) -> None:
-        super().__init__()
-        self._plan = plan
-
-    def expand(self, pbegin):
-        return fan_out(pbegin, self._plan.files, ScanFileFn(self._plan), "ScanFiles")
-
-
 @dataclass(frozen=True)
 class ScanRunResult:
-    summary: dict
+    scan: ScanSummary  # scan.json
     counters: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, all files
+
+    @property
+    def summary(self) -> dict:
+        """scan.json's JSON object (what ``tda scan --json`` prints)."""
+        return self.scan.to_dict()
+
+
+class ScanEmbeddings(StageTransform):
+    """PBegin -> PCollection[int]: scan every embeddings file of the plan (its hits)."""
+
+    runtime = ScanStage
+    root_label = "ScanEmbeddings"
+    list_label = "ListFiles"
+    step_label = "ScanFiles"
+    result = ScanRunResult
 
 
 def run_scan(
@@ -78,11 +63,13 @@ def run_scan(
 ) -> ScanRunResult:
     """Plan (driver), scan (Beam for concepts; one batched search for exemplars),
     aggregate (driver)."""
-    plan = plan_scan(root, out, concepts, like, min_weight, top, min_score, overwrite)
-    if plan.mode == "concept":
-        counters = run_transform(
-            "ScanEmbeddings", ScanEmbeddings(plan), COUNTER_NAMESPACE, options, test_pipeline
-        )
-    else:
-        counters = {"chunks_hit": scan_exemplars(plan, device)}
-    return ScanRunResult(summary=finish_scan(plan), counters=counters)
+    config = ScanConfig(
+        root=root, out=out, concepts=tuple(concepts), like=like, min_weight=min_weight,
+        top=top, min_score=min_score, overwrite=overwrite, device=device,
+    )  # fmt: skip
+    if not config.like:
+        return run_stage(ScanEmbeddings, config, options, test_pipeline)
+    stage = ScanStage()
+    plan = stage.plan(config)
+    counters = {"chunks_hit": scan_exemplars(plan, config.device)}
+    return ScanRunResult(stage.finish(plan), counters)

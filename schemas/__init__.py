@@ -1,4 +1,15 @@
-"""Contracts between stages: the chunk-id codec, row schemas, settings and manifests.
+"""Every contract of tda, as frozen dataclasses and Arrow schemas:
+
+* ``ids``: the chunk-id codec; ``layout``: the build root's paths;
+* ``records``: row schemas (chunks, dead letters, embeddings) and the chunk records the
+  index returns (:class:`ChunkRecord`, :class:`SearchHit`);
+* ``config``: each stage's settings and the model training settings (:class:`TrainConfig`);
+* ``manifest``: what each stage wrote, versioned (chunks, embeddings, index, merged index);
+* ``request`` / ``report``: one attribution asked for (:class:`AttributionRequest`) and
+  its answer (:class:`AttributionReport`);
+* ``curation``: scans and prune lists; ``errors``: :class:`UserError`, the base of every
+  error that is the user's to fix;
+* ``wire``: the one generic JSON form (``to_dict`` / ``from_dict``) they share.
 
 Imports nothing of tda's own beyond this package.
 """
@@ -12,7 +23,25 @@ from .config import (
     IndexConfig,
     Pooling,
     ReadOptions,
+    TrainConfig,
 )
+from .curation import (
+    BY_DOCUMENT_SCHEMA,
+    BY_SOURCE_SCHEMA,
+    HITS_SCHEMA,
+    PRUNE_LEVELS,
+    PRUNE_SCHEMA,
+    SCAN_KIND,
+    SCAN_TOTALS_SCHEMA,
+    SCAN_VERSION,
+    FilePruned,
+    PruneConfig,
+    ScanConfig,
+    ScanSettings,
+    ScanSummary,
+    SourceHits,
+)
+from .errors import UserError
 from .ids import DEFAULT_CODEC, ChunkIdCodec, ChunkIdOverflowError, ChunkLocation
 from .manifest import (
     EmbedCounts,
@@ -24,6 +53,7 @@ from .manifest import (
     InputFile,
     Manifest,
     ManifestError,
+    MergedIndexManifest,
     ShardInfo,
     TokenizerInfo,
 )
@@ -32,8 +62,10 @@ from .records import (
     DEADLETTER_SCHEMA,
     MAX_CONCEPT_ID,
     Chunk,
+    ChunkRecord,
     DeadLetter,
     DeadLetterReason,
+    SearchHit,
     embedding_schema,
     float16_values,
     part_name,
@@ -41,12 +73,7 @@ from .records import (
     vectors_to_arrow,
 )
 from .report import (
-    DEFAULT_CANDIDATES,
-    DEFAULT_QUERY_SPAN,
-    DEFAULT_RERANK,
-    QUERY_SPANS,
     REPORT_SCHEMA_VERSION,
-    RERANKS,
     AttributionReport,
     AttributionSettings,
     ConceptContribution,
@@ -58,25 +85,51 @@ from .report import (
     TokenScore,
     TrainingHit,
 )
+from .request import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_QUERY_SPAN,
+    DEFAULT_RERANK,
+    IG_BASELINES,
+    INPUT_ATTRIBUTIONS,
+    MAX_OUTPUT_CHARS,
+    MAX_OUTPUT_TOKENS,
+    QUERY_SPANS,
+    RERANKS,
+    AttributionRequest,
+)
 
 __all__ = [
+    "BY_DOCUMENT_SCHEMA",
+    "BY_SOURCE_SCHEMA",
     "CHUNK_SCHEMA",
     "DEADLETTER_SCHEMA",
     "DEFAULT_CANDIDATES",
     "DEFAULT_CODEC",
     "DEFAULT_QUERY_SPAN",
     "DEFAULT_RERANK",
+    "HITS_SCHEMA",
+    "IG_BASELINES",
+    "INPUT_ATTRIBUTIONS",
     "MAX_CONCEPT_ID",
+    "MAX_OUTPUT_CHARS",
+    "MAX_OUTPUT_TOKENS",
+    "PRUNE_LEVELS",
+    "PRUNE_SCHEMA",
     "QUERY_SPANS",
     "REPORT_SCHEMA_VERSION",
     "RERANKS",
+    "SCAN_KIND",
+    "SCAN_TOTALS_SCHEMA",
+    "SCAN_VERSION",
     "AttributionReport",
+    "AttributionRequest",
     "AttributionSettings",
     "Chunk",
     "ChunkConfig",
     "ChunkIdCodec",
     "ChunkIdOverflowError",
     "ChunkLocation",
+    "ChunkRecord",
     "ChunkingPolicy",
     "ConceptContribution",
     "ConfigError",
@@ -88,6 +141,7 @@ __all__ = [
     "EmbedManifest",
     "EncoderInfo",
     "FileCounts",
+    "FilePruned",
     "IndexConfig",
     "IndexFile",
     "IndexManifest",
@@ -95,16 +149,25 @@ __all__ = [
     "LogitTotals",
     "Manifest",
     "ManifestError",
+    "MergedIndexManifest",
     "OutputChunk",
     "Pooling",
+    "PruneConfig",
     "ReadOptions",
     "ReportError",
+    "ScanConfig",
+    "ScanSettings",
+    "ScanSummary",
+    "SearchHit",
     "ShardInfo",
     "SharedConcept",
+    "SourceHits",
     "Timings",
     "TokenScore",
     "TokenizerInfo",
+    "TrainConfig",
     "TrainingHit",
+    "UserError",
     "embedding_schema",
     "float16_values",
     "part_name",

@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import UserError
 from .ids import DEFAULT_CODEC, ChunkIdCodec
 
 __all__ = [
+    "DEFAULT_CONCEPTS",
     "DEVICES",
     "FORMATS",
     "POOL_FEATURES",
@@ -24,13 +26,14 @@ __all__ = [
     "IndexConfig",
     "Pooling",
     "ReadOptions",
+    "TrainConfig",
 ]
 
 FORMATS = ("auto", "jsonl", "parquet", "text")
 TEXT_UNITS = ("file", "line")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """Bad settings; the message is one line naming the fix."""
 
 
@@ -314,3 +317,46 @@ class IndexConfig:
             raise ConfigError("--factory must not be empty")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
+
+
+# The builtin model's own concept set (``tda model train --concepts``; a YAML path otherwise).
+DEFAULT_CONCEPTS = "default"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``tda model train`` settings (validated here and by the model's own config)."""
+
+    inputs: tuple[str, ...]
+    out: str
+    concepts: str = DEFAULT_CONCEPTS
+    read: ReadOptions = field(default_factory=ReadOptions)
+    # Sized to train in minutes on 2 CPU cores (~0.6 s a step at these defaults): the
+    # tied LM head (vocab x d_model) is as costly as the four transformer layers.
+    vocab_size: int = 4096
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    max_seq: int = 256
+    n_unknown: int = 512
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 50
+    concept_weight: float = 1.0
+    holdout: float = 0.05
+    # Enough text for minutes of CPU training; bounds memory for the token labels.
+    max_train_tokens: int = 8_000_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("give at least one INPUT path, URL or glob")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("--steps and --batch-size must be positive")
+        if not 0 <= self.holdout < 0.5:
+            raise ConfigError(f"--holdout must be in [0, 0.5), got {self.holdout}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.max_seq < 8:
+            raise ConfigError(f"--max-seq must be at least 8, got {self.max_seq}")

@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
+
 __all__ = ["DEFAULT_CODEC", "ChunkIdCodec", "ChunkIdOverflowError", "ChunkLocation"]
 
 
-class ChunkIdOverflowError(ValueError):
+class ChunkIdOverflowError(UserError):
     """A dataset / file index / ordinal does not fit the codec's bit width."""
 
 

@@ -12,17 +12,20 @@ Manifests hold no timestamps or host names: same inputs and settings, same bytes
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .config import ChunkingPolicy, ContextPolicy, Pooling, ReadOptions
+from .errors import UserError
 from .ids import ChunkIdCodec
 from .records import DeadLetterReason
+from .wire import JsonRecord, omitted_if_none, written_as
 
 __all__ = [
     "EMBED_MANIFEST_SCHEMA_VERSION",
     "INDEX_MANIFEST_SCHEMA_VERSION",
     "MANIFEST_SCHEMA_VERSION",
+    "MERGED_MANIFEST_SCHEMA_VERSION",
     "EmbedCounts",
     "EmbedManifest",
     "EncoderInfo",
@@ -32,6 +35,7 @@ __all__ = [
     "InputFile",
     "Manifest",
     "ManifestError",
+    "MergedIndexManifest",
     "ShardInfo",
     "TokenizerInfo",
 ]
@@ -40,10 +44,27 @@ MANIFEST_SCHEMA_VERSION = 1
 # 2: vectors stored as fixed_size_binary (D float16) instead of fixed_size_list<float16>
 EMBED_MANIFEST_SCHEMA_VERSION = 2
 INDEX_MANIFEST_SCHEMA_VERSION = 1
+# 1: the first versioned merged manifest; earlier ones (no schema_version) read as 1
+MERGED_MANIFEST_SCHEMA_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """A manifest that cannot be read: wrong kind, unknown version, missing fields."""
+
+
+class _ManifestJson(JsonRecord):
+    """A manifest's file: its JSON object (:func:`~tda.schemas.wire.record_dict`), keys
+    sorted, two-space indent, one trailing newline; same manifest, same bytes."""
+
+    __slots__ = ()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _total_as_null(file_index: int) -> int | None:
+    """A per-file count's file index as JSON: a total over files (-1) has null."""
+    return None if file_index < 0 else file_index
 
 
 @dataclass(frozen=True)
@@ -68,10 +89,10 @@ class TokenizerInfo:
 
 
 @dataclass(frozen=True)
-class FileCounts:
+class FileCounts(JsonRecord):
     """What one input file turned into. ``records == documents + sum(deadletters)``."""
 
-    file_index: int
+    file_index: int = field(metadata=written_as(_total_as_null))
     records: int = 0
     documents: int = 0
     chunks: int = 0
@@ -100,13 +121,6 @@ class FileCounts:
             deadletters={r.value: reasons[r.value] for r in DeadLetterReason if r.value in reasons},
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """As JSON; a total over files (file_index -1) has ``"file_index": null``."""
-        data = asdict(self)
-        if self.file_index < 0:
-            data["file_index"] = None
-        return data
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileCounts:
         return cls(
@@ -120,8 +134,10 @@ class FileCounts:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(_ManifestJson):
     """The chunk stage's record of a build root (``ROOT/chunks/manifest.json``)."""
+
+    JSON_DERIVED = ("totals",)
 
     tda_version: str
     id_codec: ChunkIdCodec
@@ -137,24 +153,6 @@ class Manifest:
     @property
     def totals(self) -> FileCounts:
         return FileCounts.total(self.files)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "schema_version": self.schema_version,
-            "tda_version": self.tda_version,
-            "id_codec": self.id_codec.to_dict(),
-            "dataset_id": self.dataset_id,
-            "tokenizer": asdict(self.tokenizer),
-            "read": asdict(self.read),
-            "chunking": asdict(self.chunking),
-            "inputs": [asdict(i) for i in self.inputs],
-            "files": [f.to_dict() for f in self.files],
-            "totals": self.totals.to_dict(),
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -217,10 +215,10 @@ class EncoderInfo:
 
 
 @dataclass(frozen=True)
-class EmbedCounts:
+class EmbedCounts(JsonRecord):
     """What the embed stage did with one input file's chunks."""
 
-    file_index: int
+    file_index: int = field(metadata=written_as(_total_as_null))
     chunks: int = 0  # rows written (== the file's chunks)
     tokens: int = 0  # chunk tokens pooled (sum of n_tokens)
     window_tokens: int = 0  # tokens run through the model (context included)
@@ -239,20 +237,16 @@ class EmbedCounts:
         names = [f.name for f in fields(EmbedCounts) if f.name != "file_index"]
         return EmbedCounts(-1, **{n: sum(getattr(c, n) for c in counts) for n in names})
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.file_index < 0:
-            data["file_index"] = None
-        return data
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbedCounts:
         return cls(**{f.name: int(data[f.name]) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
-class EmbedManifest:
+class EmbedManifest(_ManifestJson):
     """The embed stage's record (``ROOT/embeddings/manifest.json``, written last)."""
+
+    JSON_DERIVED = ("pooling_name", "totals")
 
     tda_version: str
     encoder: EncoderInfo
@@ -269,24 +263,10 @@ class EmbedManifest:
     def totals(self) -> EmbedCounts:
         return EmbedCounts.total(self.files)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "schema_version": self.schema_version,
-            "tda_version": self.tda_version,
-            "encoder": asdict(self.encoder),
-            "pooling": asdict(self.pooling),
-            "pooling_name": self.pooling.name,
-            "context": asdict(self.context),
-            "dim": self.dim,
-            "batch_tokens": self.batch_tokens,
-            "chunk_manifest_sha256": self.chunk_manifest_sha256,
-            "files": [f.to_dict() for f in self.files],
-            "totals": self.totals.to_dict(),
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    @property
+    def pooling_name(self) -> str:
+        """The pooling's short name (``mean:hidden``), written beside its settings."""
+        return self.pooling.name
 
     @classmethod
     def from_json(cls, text: str) -> EmbedManifest:
@@ -329,7 +309,7 @@ class ShardInfo:
 
 
 @dataclass(frozen=True)
-class IndexManifest:
+class IndexManifest(_ManifestJson):
     """The index stage's record (``ROOT/index/manifest.json``, written last: the commit
     point). Queries read everything they need from it: which encoder and tokenizer made
     the vectors, how chunks and windows were cut, the FAISS factory, metric, dimension and
@@ -355,40 +335,9 @@ class IndexManifest:
     chunk_manifest_sha256: str
     embed_manifest_sha256: str
     # set by `tda prune apply`: parent manifest id, prune list sha256, reason, counts
-    lineage: dict[str, Any] | None = None
+    lineage: dict[str, Any] | None = field(default=None, metadata=omitted_if_none())
     schema_version: int = INDEX_MANIFEST_SCHEMA_VERSION
     kind: str = "tda.index"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "kind": self.kind,
-            "schema_version": self.schema_version,
-            "tda_version": self.tda_version,
-            "encoder": asdict(self.encoder),
-            "tokenizer": asdict(self.tokenizer),
-            "chunking": asdict(self.chunking),
-            "context": asdict(self.context),
-            "pooling": asdict(self.pooling),
-            "id_codec": self.id_codec.to_dict(),
-            "dataset_id": self.dataset_id,
-            "factory": self.factory,
-            "metric": self.metric,
-            "dim": self.dim,
-            "nprobe": self.nprobe,
-            "train_vectors": self.train_vectors,
-            "vectors": self.vectors,
-            "shards": [asdict(s) for s in self.shards],
-            "files": [asdict(f) for f in self.files],
-            "inputs": [asdict(i) for i in self.inputs],
-            "chunk_manifest_sha256": self.chunk_manifest_sha256,
-            "embed_manifest_sha256": self.embed_manifest_sha256,
-        }
-        if self.lineage is not None:
-            data["lineage"] = self.lineage
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> IndexManifest:
@@ -421,4 +370,37 @@ class IndexManifest:
                 lineage=data.get("lineage"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class MergedIndexManifest(_ManifestJson):
+    """The merged on-disk variant's record (``ROOT/index/merged/manifest.json``, written
+    last by ``tda index merge``): the index manifest it was merged from, its vector count
+    and its files. Merged manifests written before it had a version read as version 1."""
+
+    parent_manifest_id: str  # sha256 of the index manifest.json the shards belong to
+    vectors: int
+    files: tuple[IndexFile, ...]  # merged.faiss (and merged.ivfdata for IVF), in merged/
+    schema_version: int = MERGED_MANIFEST_SCHEMA_VERSION
+
+    @classmethod
+    def from_json(cls, text: str) -> MergedIndexManifest:
+        data = _load_json(text)
+        version = data.get("schema_version", 1)
+        if version != MERGED_MANIFEST_SCHEMA_VERSION:
+            raise ManifestError(
+                f"merged index manifest schema version {version} is not supported by this "
+                f"tda (it reads version {MERGED_MANIFEST_SCHEMA_VERSION}); merge again"
+            )
+        try:
+            return cls(
+                parent_manifest_id=str(data["parent_manifest_id"]),
+                vectors=int(data["vectors"]),
+                files=tuple(
+                    IndexFile(path=str(f["path"]), sha256=str(f["sha256"]), size=int(f["size"]))
+                    for f in data["files"]
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc

@@ -8,6 +8,9 @@ Files:
   records of that file that could not be used (only written when there are any).
 * ``ROOT/embeddings/part-<file index>.parquet``: :func:`embedding_schema` rows, one per
   chunk of that file, in the same (ordinal) order as its chunks table.
+
+Read back by the index: :class:`ChunkRecord` (a chunk's provenance and text, as search
+results, the attribution report and ``tda serve`` carry it) and :class:`SearchHit`.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ __all__ = [
     "MAX_CONCEPT_ID",
     "RAW_COPY_CHARS",
     "Chunk",
+    "ChunkRecord",
     "DeadLetter",
     "DeadLetterReason",
+    "SearchHit",
     "embedding_schema",
     "float16_values",
     "part_name",
@@ -80,6 +85,30 @@ CHUNK_SCHEMA = pa.schema(
     ],
     metadata={b"tda.table": b"chunks", b"tda.table_version": b"1"},
 )
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A chunk as the index finds it by id: the provenance and text of its row in
+    ``chunks/part-N.parquet`` (no token positions) and the URL of its input file."""
+
+    chunk_id: int
+    source: str
+    doc_id: str
+    record_index: int
+    chunk_index: int
+    char_start: int  # offsets of the chunk in its document's text
+    char_end: int
+    text: str | None  # None when the run used --no-text
+    url: str  # the input file
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result: the similarity score and the chunk it found."""
+
+    score: float  # inner product of unit vectors (or L2 distance, by the index's metric)
+    chunk: ChunkRecord
 
 
 class DeadLetterReason(enum.StrEnum):
@@ -217,4 +246,5 @@ def vectors_from_arrow(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarr
 
 
 assert [f.name for f in fields(Chunk)] == CHUNK_SCHEMA.names
+assert {f.name for f in fields(ChunkRecord)} - {"url"} <= set(CHUNK_SCHEMA.names)
 assert [f.name for f in fields(DeadLetter)] == DEADLETTER_SCHEMA.names

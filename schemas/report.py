@@ -22,8 +22,19 @@ reads it back (schema version checked).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import UserError
+from .records import ChunkRecord
+from .request import (  # the request's choices, also importable from here as before
+    DEFAULT_CANDIDATES,
+    DEFAULT_QUERY_SPAN,
+    DEFAULT_RERANK,
+    QUERY_SPANS,
+    RERANKS,
+)
+from .wire import JsonRecord, inline, record_from_dict
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -50,20 +61,7 @@ REPORT_SCHEMA_VERSION = 2
 READ_VERSIONS = (1, 2)
 
 
-# What each output chunk's search vector pools: "chunk" = the index's chunk size in tokens
-# ending at the chunk's end (a short chunk borrows the tokens before it, prompt included,
-# so query and training vectors pool as many tokens); "output" = the chunk's own tokens.
-QUERY_SPANS = ("chunk", "output")
-# Re-rank of the ANN candidates: none, sparse concept overlap, longest shared word run.
-RERANKS = ("none", "concepts", "span")
-# The defaults: with the default index, the best query span and re-rank measured in
-# docs/quality.md (``make eval``).
-DEFAULT_QUERY_SPAN = "output"
-DEFAULT_RERANK = "none"
-DEFAULT_CANDIDATES = 100  # ANN candidates per output chunk that a re-rank orders
-
-
-class ReportError(ValueError):
+class ReportError(UserError):
     """A report file that cannot be read (wrong kind or version, missing fields)."""
 
 
@@ -77,22 +75,39 @@ class SharedConcept:
     training_weight: float  # pooled weight in the training chunk, [0, 1]
 
 
+class _FromChunk:
+    """A read-only attribute of a hit that is its chunk record's field of the same name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, hit: Any, owner: type | None = None) -> Any:
+        return self if hit is None else getattr(hit.chunk, self.name)
+
+
 @dataclass(frozen=True)
-class TrainingHit:
+class TrainingHit(JsonRecord):
+    """A training chunk found for an output chunk: its rank and score, the chunk record
+    (provenance and text) and the known concepts both share. Its JSON is one flat
+    object, the chunk record's keys beside rank and score (the report's layout)."""
+
     rank: int  # 1 = best
     score: float  # similarity of the chunk vectors (inner product of unit vectors)
-    chunk_id: int
-    source: str
-    doc_id: str
-    record_index: int
-    chunk_index: int
-    char_start: int  # offsets of the chunk in its document's text
-    char_end: int
-    url: str  # the input file
-    text: str | None
+    chunk: ChunkRecord = field(metadata=inline())
     shared_concepts: tuple[SharedConcept, ...] = ()
     # the re-rank's signal (concept overlap, or shared word-run length); None without one
     rerank_score: float | None = None
+
+    # the chunk record's fields, read through the hit: hit.doc_id is hit.chunk.doc_id
+    chunk_id = _FromChunk()
+    source = _FromChunk()
+    doc_id = _FromChunk()
+    record_index = _FromChunk()
+    chunk_index = _FromChunk()
+    char_start = _FromChunk()
+    char_end = _FromChunk()
+    url = _FromChunk()
+    text = _FromChunk()
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,7 @@ class Timings:
 
 
 @dataclass(frozen=True)
-class AttributionReport:
+class AttributionReport(JsonRecord):
     tda_version: str
     index_root: str
     index_manifest_id: str  # sha256 of the index's manifest.json
@@ -197,9 +212,6 @@ class AttributionReport:
     schema_version: int = REPORT_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, ensure_ascii=False)
 
@@ -212,40 +224,10 @@ class AttributionReport:
                 f"attribution report schema version {data.get('schema_version')} is not one "
                 f"of {', '.join(map(str, READ_VERSIONS))}"
             )
+        # an older version's report reads with the newer fields' defaults
+        data = {**data, "schema_version": REPORT_SCHEMA_VERSION}
         try:
-            chunks = tuple(
-                OutputChunk(
-                    **{
-                        **c,
-                        "totals": LogitTotals(**c["totals"]),
-                        "concepts": tuple(ConceptContribution(**x) for x in c["concepts"]),
-                        "hits": tuple(
-                            TrainingHit(
-                                **{
-                                    **h,
-                                    "shared_concepts": tuple(
-                                        SharedConcept(**s) for s in h["shared_concepts"]
-                                    ),
-                                }
-                            )
-                            for h in c["hits"]
-                        ),
-                        "prompt_tokens": tuple(TokenScore(**t) for t in c["prompt_tokens"]),
-                    }
-                )
-                for c in data["chunks"]
-            )
-            return cls(
-                **{
-                    **data,
-                    "settings": AttributionSettings(**data["settings"]),
-                    "chunks": chunks,
-                    "timings": Timings(**data["timings"]),
-                    "warnings": tuple(data.get("warnings", ())),
-                    # an older version's report reads with the newer fields' defaults
-                    "schema_version": REPORT_SCHEMA_VERSION,
-                }
-            )
+            return record_from_dict(cls, data)
         except (KeyError, TypeError) as exc:
             raise ReportError(f"attribution report is missing or has bad fields: {exc}") from None
 

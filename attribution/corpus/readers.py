@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from tda.schemas import DeadLetter, DeadLetterReason, InputFile, ReadOptions
+from tda.schemas.errors import UserError
 from tda.schemas.records import RAW_COPY_CHARS
 
 __all__ = [
@@ -52,7 +53,7 @@ FORMAT_SUFFIXES = {
 MISSING = object()
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Inputs that cannot be used at all (missing path, empty glob, unknown format)."""
 
 

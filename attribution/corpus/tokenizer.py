@@ -28,11 +28,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from tda.schemas import TokenizerInfo
+from tda.schemas.errors import UserError
 
 __all__ = ["Encoded", "TextTokenizer", "TokenizerError", "load_tokenizer", "train_bpe_tokenizer"]
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
     """The tokenizer SPEC cannot be loaded; the message is one line naming the fix."""
 
 

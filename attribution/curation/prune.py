@@ -1,11 +1,12 @@
 """Prune lists and pruned roots: from a scan to a corpus, chunks, embeddings and index
 without the pruned data, with an audit trail.
 
-* :func:`make_prune_list`: a scan directory -> ``prune.parquet`` (and CSV on request) at
-  one level (``chunk`` | ``document`` | ``source``), each row with its reason; a file
-  people can read, edit and pass on.
-* :func:`plan_prune` / :func:`prune_file` / :func:`finish_prune` (``tda prune apply``, a
-  Beam job over input files): for every input file of ROOT, the corpus file rewritten in
+* :func:`~.prune_list.make_prune_list` (:mod:`.prune_list`): a scan directory ->
+  ``prune.parquet`` (and CSV on request) at one level (``chunk`` | ``document`` |
+  ``source``), each row with its reason; a file people can read, edit and pass on.
+* :class:`PruneStage` (``tda prune apply``, a Beam job over input files on the shared
+  stage runtime; :func:`plan_prune` / :func:`prune_file` / :func:`finish_prune` are its
+  steps): for every input file of ROOT, the corpus file rewritten in
   its own format without the pruned documents (or, at chunk level, with the pruned
   chunks' character spans cut out of their documents), and NEW_ROOT's chunks and
   embeddings parts without the pruned rows; then NEW_ROOT's index: shards holding a
@@ -23,19 +24,16 @@ rows by chunk-id statistics when the ordinal row is gone).
 from __future__ import annotations
 
 import datetime as _dt
-import gzip
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tda import __version__
-from tda.attribution.corpus.readers import get_field, set_field
 from tda.attribution.io.fs import (
     atomic_open,
     atomic_write_text,
@@ -43,13 +41,20 @@ from tda.attribution.io.fs import (
     filesystem,
     open_parquet,
 )
-from tda.attribution.io.parts import PartWriter, StageError, nonempty, read_manifest
+from tda.attribution.io.parts import PartWriter, nonempty, read_manifest
+from tda.attribution.stages.base import Meter, StageRuntime
+from tda.schemas.curation import PRUNE_LEVELS, PRUNE_SCHEMA, FilePruned, PruneConfig
+
+from .prune_corpus import relative_path, rewrite_corpus_file
+from .prune_list import PruneError, make_prune_list, read_prune_list
 
 __all__ = [
     "LEVELS",
     "PRUNE_SCHEMA",
+    "FilePruned",
     "PruneError",
     "PrunePlan",
+    "PruneStage",
     "finish_prune",
     "make_prune_list",
     "plan_prune",
@@ -59,176 +64,14 @@ __all__ = [
     "write_file_marker",
 ]
 
-LEVELS = ("chunk", "document", "source")
-PRUNE_SCHEMA = pa.schema(
-    [
-        pa.field("level", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("file_index", pa.int32()),  # document / chunk level
-        pa.field("record_index", pa.int64()),
-        pa.field("doc_id", pa.string()),
-        pa.field("chunk_id", pa.int64()),  # chunk level
-        pa.field("char_start", pa.int64()),
-        pa.field("char_end", pa.int64()),
-        pa.field("score", pa.float32()),
-        pa.field("share", pa.float64()),
-        pa.field("reason", pa.string(), nullable=False),
-    ],
-    metadata={b"tda.table": b"prune_list", b"tda.table_version": b"1"},
-)
-
-
-class PruneError(StageError):
-    """A prune list or apply that cannot be used; one line naming the fix."""
-
-
-# --------------------------------------------------------------------------------------
-# Prune lists
-
-
-def make_prune_list(
-    scan_dir: str,
-    out: str,
-    level: str = "document",
-    min_share: float = 0.0,
-    min_score: float | None = None,
-    csv: bool = False,
-) -> pa.Table:
-    """Scan results -> the prune list at ``level``: chunks with score >= ``min_score``;
-    documents (or sources) whose share of chunks hit is >= ``min_share`` and whose max
-    score is >= ``min_score``. Written to ``out`` (Parquet; ``csv``: a CSV beside it)."""
-    if level not in LEVELS:
-        raise PruneError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
-    if not 0.0 <= min_share <= 1.0:
-        raise PruneError(f"--min-share must be in [0, 1], got {min_share}")
-    fs, base = filesystem(scan_dir)[0], scan_dir.rstrip("/")
-    if not fs.exists(f"{base}/scan.json"):
-        raise PruneError(f"{scan_dir} is not a finished scan (no scan.json); run `tda scan`")
-    with fs.open(f"{base}/scan.json", "rb") as f:
-        scan_bytes = f.read()
-    scan = json.loads(scan_bytes)
-    what = scan["settings"]["concepts"] or [f"exemplars {scan['settings']['like']}"]
-    what = ", ".join(what)
-    score_ok = (lambda s: True) if min_score is None else (lambda s: s >= min_score)
-    rows = []
-    if level == "chunk":
-        with open_parquet(fs, f"{base}/hits.parquet") as parquet:
-            hits = parquet.read().to_pylist()
-        for h in hits:
-            if score_ok(h["score"]):
-                rows.append(
-                    {
-                        **{k: h[k] for k in ("source", "file_index", "record_index", "doc_id")},
-                        "level": "chunk",
-                        "chunk_id": h["chunk_id"],
-                        "char_start": h["char_start"],
-                        "char_end": h["char_end"],
-                        "score": h["score"],
-                        "share": None,
-                        "reason": f"{h['matched']} scored {h['score']:.3f} ({what})",
-                    }
-                )
-    elif level == "document":
-        with open_parquet(fs, f"{base}/by_document.parquet") as parquet:
-            docs = parquet.read().to_pylist()
-        for d in docs:
-            if d["share"] >= min_share and score_ok(d["max_score"]):
-                rows.append(
-                    {
-                        **{k: d[k] for k in ("source", "file_index", "record_index", "doc_id")},
-                        "level": "document",
-                        "score": d["max_score"],
-                        "share": d["share"],
-                        "reason": (
-                            f"{d['chunks_hit']}/{d['chunks']} chunks ({d['share']:.0%}) hit by "
-                            f"{what}, max score {d['max_score']:.3f}"
-                        ),
-                    }
-                )
-    else:
-        with open_parquet(fs, f"{base}/by_source.parquet") as parquet:
-            sources = parquet.read().to_pylist()
-        for s in sources:
-            if s["chunks_hit"] and s["share"] >= min_share and score_ok(s["max_score"]):
-                rows.append(
-                    {
-                        "source": s["source"],
-                        "level": "source",
-                        "score": s["max_score"],
-                        "share": s["share"],
-                        "reason": (
-                            f"{s['chunks_hit']:,}/{s['chunks']:,} chunks ({s['share']:.1%}) of "
-                            f"the source hit by {what}, max score {s['max_score']:.3f}"
-                        ),
-                    }
-                )
-    metadata = {
-        **PRUNE_SCHEMA.metadata,
-        b"tda.scan_sha256": ("sha256:" + hashlib.sha256(scan_bytes).hexdigest()).encode(),
-        b"tda.criteria": json.dumps(
-            {"level": level, "min_share": min_share, "min_score": min_score}, sort_keys=True
-        ).encode(),
-    }
-    table = pa.Table.from_pylist(rows, schema=PRUNE_SCHEMA.with_metadata(metadata))
-    ofs = filesystem(out)[0]
-    with atomic_open(ofs, out) as f:
-        pq.write_table(table, f, compression="zstd")
-    if csv:
-        import pyarrow.csv as pacsv
-
-        csv_path = out[: -len(".parquet")] + ".csv" if out.endswith(".parquet") else out + ".csv"
-        with atomic_open(ofs, csv_path) as f:
-            pacsv.write_csv(table, f)
-    return table
-
-
-def read_prune_list(path: str) -> tuple[pa.Table, str, str]:
-    """A prune list (Parquet, or CSV edited by hand) -> (table, level, sha256 of the file)."""
-    fs = filesystem(path)[0]
-    try:
-        with fs.open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise PruneError(f"--list {path}: no such file") from None
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    try:
-        if path.endswith(".csv"):
-            import pyarrow.csv as pacsv
-
-            table = pacsv.read_csv(
-                pa.BufferReader(data),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={f.name: f.type for f in PRUNE_SCHEMA}, strings_can_be_null=True
-                ),
-            )
-        else:
-            table = pq.read_table(pa.BufferReader(data))
-        table = table.select(PRUNE_SCHEMA.names).cast(PRUNE_SCHEMA.remove_metadata())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PruneError(f"--list {path} is not a prune list ({first})") from None
-    levels = set(table["level"].to_pylist())
-    if not levels:
-        raise PruneError(f"--list {path} is empty: nothing to prune")
-    if len(levels) > 1 or not levels <= set(LEVELS):
-        raise PruneError(
-            f"--list {path}: one level per list ({', '.join(LEVELS)}), got {sorted(levels)}"
-        )
-    level = levels.pop()
-    need = {"chunk": "chunk_id", "document": "record_index", "source": "source"}[level]
-    if table[need].null_count:
-        raise PruneError(f"--list {path}: {level} rows need a {need} in every row")
-    if level != "source" and table["file_index"].null_count:
-        raise PruneError(f"--list {path}: {level} rows need a file_index in every row")
-    return table, level, digest
-
-
-# --------------------------------------------------------------------------------------
-# Apply
+LEVELS = PRUNE_LEVELS  # the levels of a prune list (tda.schemas.curation.PRUNE_LEVELS)
 
 
 @dataclass(frozen=True)
 class PrunePlan:
+    """What a prune apply will do, decided on the driver from ROOT's manifests and the
+    prune list before any file is touched."""
+
     root: str
     out: str  # NEW_ROOT
     corpus_out: str
@@ -246,34 +89,6 @@ class PrunePlan:
     parent_index_id: str
     parent_embed_sha256: str
     parent_chunk_sha256: str
-
-
-@dataclass(frozen=True)
-class FilePruned:
-    """What pruning did to one input file."""
-
-    file_index: int
-    records_in: int
-    records_out: int  # records written to the pruned corpus file
-    documents_removed: int
-    documents_edited: int  # chunk level: documents with spans cut out
-    chunks_removed: int
-    chunks_kept: int
-    tokens_removed: int
-    removed_ids: tuple[int, ...]
-    per_source: dict[str, dict[str, int]]  # source -> {"chunks": n, "documents": m}
-    corpus_file: str | None  # written file (None: every record pruned, text file dropped)
-
-
-def _relative(url: str, inputs: Sequence[str]) -> str:
-    """The path of ``url`` below the common folder of all inputs (kept in the pruned corpus)."""
-    import os
-
-    common = os.path.commonpath([u.split("://", 1)[-1] for u in inputs])
-    path = url.split("://", 1)[-1]
-    if len(inputs) == 1:
-        common = os.path.dirname(path)
-    return os.path.relpath(path, common)
 
 
 def _root_manifests(fs, broot) -> tuple[tuple, tuple, tuple]:
@@ -298,248 +113,165 @@ def plan_prune(
     reason: str,
     overwrite: bool = False,
 ) -> PrunePlan:
-    from tda.attribution.corpus.readers import resolve_inputs
-
-    if not reason or not reason.strip():
-        raise PruneError("--reason is required: the audit log records why data was removed")
-    fs, broot = build_root(root)
-    (chunks_m, chunk_sha), (_, embed_sha), (_, index_sha) = _root_manifests(fs, broot)
-    given = [f.url for f in resolve_inputs(list(corpus), chunks_m.read.format)]
-    expected = [f.url for f in chunks_m.inputs]
-    if given != expected:
-        missing = sorted(set(expected) - set(given))[:3]
-        extra = sorted(set(given) - set(expected))[:3]
-        raise PruneError(
-            f"--corpus must be the corpus ROOT was built from ({len(expected)} files); "
-            f"missing {missing or 'none'}, not in ROOT {extra or 'none'}"
-        )
-    table, level, digest = read_prune_list(list_path)
-    sources: set[str] = set()
-    documents: dict[int, set[int]] = {}
-    chunk_ids: dict[int, set[int]] = {}
-    known_files = {f.index for f in chunks_m.inputs}
-    for row in table.to_pylist():
-        if level == "source":
-            sources.add(row["source"])
-        elif row["file_index"] not in known_files:
-            raise PruneError(f"--list names input file {row['file_index']}, not in {root}")
-        elif level == "document":
-            documents.setdefault(row["file_index"], set()).add(int(row["record_index"]))
-        else:
-            loc = chunks_m.id_codec.decode(int(row["chunk_id"]))
-            if loc.file_index != row["file_index"]:
-                raise PruneError(
-                    f"--list: chunk id {row['chunk_id']} is not in file {row['file_index']}"
-                )
-            chunk_ids.setdefault(row["file_index"], set()).add(int(row["chunk_id"]))
-    for target in (out, corpus_out):
-        tfs, tpath = filesystem(target)
-        if tpath.rstrip("/") == filesystem(root)[1].rstrip("/"):
-            raise PruneError(f"{target} is ROOT itself; the old root is never modified")
-        if nonempty(tfs, tpath):
-            if not overwrite:
-                raise PruneError(f"{target} is not empty; pass --overwrite to replace it")
-            tfs.rm(tpath, recursive=True)
-    return PrunePlan(
-        root=root,
-        out=out.rstrip("/"),
-        corpus_out=corpus_out.rstrip("/"),
-        reason=reason.strip(),
-        level=level,
-        list_path=list_path,
-        list_sha256=digest,
-        sources=frozenset(sources),
-        documents={k: frozenset(v) for k, v in documents.items()},
-        chunks={k: frozenset(v) for k, v in chunk_ids.items()},
-        files=tuple(f.index for f in chunks_m.inputs),
-        inputs={f.index: (f.url, f.format) for f in chunks_m.inputs},
-        text_field=chunks_m.read.text_field,
-        text_unit=chunks_m.read.text_unit,
-        parent_index_id=index_sha,
-        parent_embed_sha256=embed_sha,
-        parent_chunk_sha256=chunk_sha,
-    )
+    """:meth:`PruneStage.plan` of a :class:`PruneConfig` of these arguments."""
+    config = PruneConfig(
+        root=root, list_path=list_path, corpus=tuple(corpus), corpus_out=corpus_out,
+        out=out, reason=reason, overwrite=overwrite,
+    )  # fmt: skip
+    return PruneStage().plan(config)
 
 
-def _cut_spans(text: str, spans: list[tuple[int, int]]) -> str:
-    """``text`` without the character spans (merged where they overlap)."""
-    out, pos = [], 0
-    for start, end in sorted(spans):
-        if end <= pos:
-            continue
-        out.append(text[pos : max(pos, start)])
-        pos = max(pos, end)
-    out.append(text[pos:])
-    return "".join(out)
+class PruneStage(StageRuntime[PrunePlan, int, FilePruned]):
+    """``tda prune apply``: one unit per input file of ROOT (its index), its result a
+    :class:`FilePruned` (its marker ``NEW_ROOT/_prune/N.json``, gathered and removed by
+    :meth:`finish`). Not resumed: planning empties NEW_ROOT."""
 
+    name = "prune"
+    done = "files"
+    error = PruneError
+    record = FilePruned
 
-def _rewrite_corpus(plan: PrunePlan, file_index: int, drop: set[int], cuts: dict[int, list]):
-    """Write the pruned copy of one input file in its own format; -> (records in, records
-    out, written path or None)."""
-    import fsspec
+    def plan(self, config: PruneConfig) -> PrunePlan:
+        """Check ROOT, the corpus it was built from and the prune list; empty NEW_ROOT
+        and the corpus copy's folder (with ``overwrite``). One-line errors before any
+        work."""
+        from tda.attribution.corpus.readers import resolve_inputs
 
-    from tda.attribution.corpus.readers import compression_of
-
-    url, fmt = plan.inputs[file_index]
-    rel = _relative(url, [u for u, _ in plan.inputs.values()])
-    target = f"{plan.corpus_out}/{rel}"
-    compression = compression_of(url)
-    ofs = filesystem(plan.corpus_out)[0]
-    if fmt == "parquet":
-        with fsspec.open(url, "rb") as f:
-            table = pq.read_table(f)
-        n_in = table.num_rows
-        keep = np.ones(n_in, dtype=bool)
-        keep[[r for r in drop if r < n_in]] = False
-        if cuts:
-            column = plan.text_field
-            if "." in column:
-                raise PruneError(
-                    "chunk-level pruning of nested Parquet text fields is not supported"
-                )
-            texts = table[column].to_pylist()
-            for record, spans in cuts.items():
-                texts[record] = _cut_spans(texts[record], spans)
-            table = table.set_column(
-                table.schema.get_field_index(column),
-                table.schema.field(column),
-                pa.array(texts, table[column].type),
+        root, list_path, corpus = config.root, config.list_path, config.corpus
+        corpus_out, out, reason = config.corpus_out, config.out, config.reason
+        if not reason or not reason.strip():
+            raise PruneError("--reason is required: the audit log records why data was removed")
+        fs, broot = build_root(root)
+        (chunks_m, chunk_sha), (_, embed_sha), (_, index_sha) = _root_manifests(fs, broot)
+        given = [f.url for f in resolve_inputs(list(corpus), chunks_m.read.format)]
+        expected = [f.url for f in chunks_m.inputs]
+        if given != expected:
+            missing = sorted(set(expected) - set(given))[:3]
+            extra = sorted(set(given) - set(expected))[:3]
+            raise PruneError(
+                f"--corpus must be the corpus ROOT was built from ({len(expected)} files); "
+                f"missing {missing or 'none'}, not in ROOT {extra or 'none'}"
             )
-        table = table.filter(pa.array(keep))
-        with atomic_open(ofs, target) as f:
-            pq.write_table(table, f, compression="zstd")
-        return n_in, table.num_rows, target
-    with fsspec.open(url, "rb", compression=compression) as f:
-        data = f.read()
-    if fmt == "text" and plan.text_unit == "file":
-        if 0 in drop:
-            return 1, 0, None
-        text = data.decode("utf-8")
-        if 0 in cuts:
-            text = _cut_spans(text, cuts[0])
-        payload, n_in, n_out = text.encode("utf-8"), 1, 1
-    else:
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        kept = []
-        for record, line in enumerate(lines):
-            if record in drop:
-                continue
-            if record in cuts:
-                if fmt == "text":
-                    line = _cut_spans(line.decode("utf-8"), cuts[record]).encode("utf-8")
-                else:
-                    obj = json.loads(line)
-                    set_field(
-                        obj,
-                        plan.text_field,
-                        _cut_spans(get_field(obj, plan.text_field), cuts[record]),
+        table, level, digest = read_prune_list(list_path)
+        sources: set[str] = set()
+        documents: dict[int, set[int]] = {}
+        chunk_ids: dict[int, set[int]] = {}
+        known_files = {f.index for f in chunks_m.inputs}
+        for row in table.to_pylist():
+            if level == "source":
+                sources.add(row["source"])
+            elif row["file_index"] not in known_files:
+                raise PruneError(f"--list names input file {row['file_index']}, not in {root}")
+            elif level == "document":
+                documents.setdefault(row["file_index"], set()).add(int(row["record_index"]))
+            else:
+                loc = chunks_m.id_codec.decode(int(row["chunk_id"]))
+                if loc.file_index != row["file_index"]:
+                    raise PruneError(
+                        f"--list: chunk id {row['chunk_id']} is not in file {row['file_index']}"
                     )
-                    line = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            kept.append(line)
-        payload = b"".join(line + b"\n" for line in kept)
-        n_in, n_out = len(lines), len(kept)
-    with atomic_open(ofs, target) as f:
-        f.write(_compress(payload, compression))
-    return n_in, n_out, target
+                chunk_ids.setdefault(row["file_index"], set()).add(int(row["chunk_id"]))
+        for target in (out, corpus_out):
+            tfs, tpath = filesystem(target)
+            if tpath.rstrip("/") == filesystem(root)[1].rstrip("/"):
+                raise PruneError(f"{target} is ROOT itself; the old root is never modified")
+            if nonempty(tfs, tpath):
+                if not config.overwrite:
+                    raise PruneError(f"{target} is not empty; pass --overwrite to replace it")
+                tfs.rm(tpath, recursive=True)
+        return PrunePlan(
+            root=root,
+            out=out.rstrip("/"),
+            corpus_out=corpus_out.rstrip("/"),
+            reason=reason.strip(),
+            level=level,
+            list_path=list_path,
+            list_sha256=digest,
+            sources=frozenset(sources),
+            documents={k: frozenset(v) for k, v in documents.items()},
+            chunks={k: frozenset(v) for k, v in chunk_ids.items()},
+            files=tuple(f.index for f in chunks_m.inputs),
+            inputs={f.index: (f.url, f.format) for f in chunks_m.inputs},
+            text_field=chunks_m.read.text_field,
+            text_unit=chunks_m.read.text_unit,
+            parent_index_id=index_sha,
+            parent_embed_sha256=embed_sha,
+            parent_chunk_sha256=chunk_sha,
+        )
 
+    def units(self, plan: PrunePlan) -> list[int]:
+        return list(plan.files)
 
-def _compress(payload: bytes, compression: str | None) -> bytes:
-    """The input's own compression; deterministic bytes (gzip without a timestamp)."""
-    if compression == "gzip":
-        return gzip.compress(payload, mtime=0)
-    if compression == "zstd":
-        import zstandard
+    def markers(self, plan: PrunePlan):
+        nfs, nroot = build_root(plan.out)
+        return nfs, f"{nroot.root}/_prune"
 
-        return zstandard.ZstdCompressor().compress(payload)
-    if compression == "bz2":
-        import bz2
+    def marker(self, plan: PrunePlan, unit: int) -> str:
+        return f"{build_root(plan.out)[1].root}/_prune/{unit:06d}.json"
 
-        return bz2.compress(payload)
-    if compression == "xz":
-        import lzma
+    def process(self, plan: PrunePlan, unit: int, meter: Meter) -> FilePruned:
+        """Rewrite one input file's corpus file and write NEW_ROOT's chunks, embeddings
+        and dead-letter parts without the pruned rows. Counts chunks_removed and
+        documents_removed."""
+        result = _prune_file(plan, unit, meter)
+        meter("chunks_removed", result.chunks_removed)
+        meter("documents_removed", result.documents_removed)
+        return result
 
-        return lzma.compress(payload)
-    return payload
+    def finish(self, plan: PrunePlan) -> dict:
+        """NEW_ROOT's manifests, index and audit log from the files' markers; -> the
+        audit entry (:func:`finish_prune`)."""
+        return finish_prune(plan, read_file_markers(plan))
 
 
 def prune_file(plan: PrunePlan, file_index: int) -> FilePruned:
     """One input file: rewrite its corpus file and write NEW_ROOT's chunks, embeddings
-    and dead-letter parts without the pruned rows."""
+    and dead-letter parts without the pruned rows (:meth:`PruneStage.process`; its
+    marker is :func:`write_file_marker`'s)."""
+    return _prune_file(plan, file_index, Meter())
+
+
+def _prune_file(plan: PrunePlan, file_index: int, meter: Meter) -> FilePruned:
+    """The prune of one input file (see :meth:`PruneStage.process`)."""
     fs, broot = build_root(plan.root)
     nfs, nroot = build_root(plan.out)
-    with open_parquet(fs, broot.chunk_part(file_index)) as parquet:
-        chunks = parquet.read()
-    with open_parquet(fs, broot.embed_part(file_index)) as parquet:
-        embeds = parquet.read()
+    with meter.phase("read"):
+        with open_parquet(fs, broot.chunk_part(file_index)) as parquet:
+            chunks = parquet.read()
+        with open_parquet(fs, broot.embed_part(file_index)) as parquet:
+            embeds = parquet.read()
     if not chunks["chunk_id"].equals(embeds["chunk_id"]):
         raise PruneError(
             f"chunks and embeddings of input file {file_index} disagree in {plan.root}"
         )
-    records = chunks["record_index"].to_numpy()
-    if plan.level == "source":
-        remove = pc.is_in(chunks["source"], pa.array(sorted(plan.sources))).to_numpy(
-            zero_copy_only=False
+    with meter.phase("compute"):
+        remove = _pruned_rows(plan, file_index, chunks)
+        removed = chunks.filter(pa.array(remove))
+        per_source = _per_source(plan, removed)
+        drop, cuts = _corpus_edits(plan, removed)
+        tokens = _tokens_removed(plan, removed)
+    with meter.phase("write"):
+        url, fmt = plan.inputs[file_index]
+        rel = relative_path(url, [u for u, _ in plan.inputs.values()])
+        n_in, n_out, written = rewrite_corpus_file(
+            url, fmt, f"{plan.corpus_out}/{rel}", drop, cuts, plan.text_field, plan.text_unit
         )
-    elif plan.level == "document":
-        wanted = np.fromiter(plan.documents.get(file_index, ()), dtype=np.int64)
-        remove = np.isin(records, wanted)
-    else:
-        wanted = np.fromiter(plan.chunks.get(file_index, ()), dtype=np.int64)
-        remove = np.isin(chunks["chunk_id"].to_numpy(), wanted)
-    remove = np.asarray(remove, dtype=bool)
-    removed = chunks.filter(pa.array(remove))
-    per_source: dict[str, dict[str, int]] = {}
-    for row in (
-        removed.group_by("source", use_threads=False)
-        .aggregate([("chunk_id", "count"), ("record_index", "count_distinct")])
-        .to_pylist()
-    ):
-        per_source[row["source"]] = {
-            "chunks": int(row["chunk_id_count"]),
-            "documents": int(row["record_index_count_distinct"]) if plan.level != "chunk" else 0,
-        }
-    drop: set[int] = set()
-    cuts: dict[int, list[tuple[int, int]]] = {}
-    if plan.level == "chunk":
-        for row in removed.select(["record_index", "char_start", "char_end"]).to_pylist():
-            cuts.setdefault(int(row["record_index"]), []).append(
-                (row["char_start"], row["char_end"])
-            )
-    else:
-        drop = {int(r) for r in np.unique(removed["record_index"].to_numpy())}
-    n_in, n_out, written = _rewrite_corpus(plan, file_index, drop, cuts)
-
-    keep = pa.array(~remove)
-    for path, table in (
-        (nroot.chunk_part(file_index), chunks.filter(keep)),
-        (nroot.embed_part(file_index), embeds.filter(keep)),
-    ):
-        raw = ("vector",) if "vector" in table.schema.names else ()
-        writer = PartWriter(nfs, path, table.schema, keep_empty=True, raw_columns=raw)
-        for batch in table.to_batches():
-            writer.write(batch)
-        writer.commit()
-    if fs.exists(broot.deadletter_part(file_index)):  # bad records stay as they were
-        with (
-            fs.open(broot.deadletter_part(file_index), "rb") as src,
-            atomic_open(nfs, nroot.deadletter_part(file_index)) as dst,
+        keep = pa.array(~remove)
+        for path, table in (
+            (nroot.chunk_part(file_index), chunks.filter(keep)),
+            (nroot.embed_part(file_index), embeds.filter(keep)),
         ):
-            dst.write(src.read())
-    tokens = 0
-    if plan.level == "chunk":
-        for spans in _token_spans(removed).values():
-            tokens += sum(e - s for s, e in _merge(spans))
-    else:
-        tokens = int(
-            sum(
-                r["token_end_max"]
-                for r in removed.group_by("record_index", use_threads=False)
-                .aggregate([("token_end", "max")])
-                .to_pylist()
-            )
-        )
+            raw = ("vector",) if "vector" in table.schema.names else ()
+            writer = PartWriter(nfs, path, table.schema, keep_empty=True, raw_columns=raw)
+            for batch in table.to_batches():
+                writer.write(batch)
+            writer.commit()
+        if fs.exists(broot.deadletter_part(file_index)):  # bad records stay as they were
+            with (
+                fs.open(broot.deadletter_part(file_index), "rb") as src,
+                atomic_open(nfs, nroot.deadletter_part(file_index)) as dst,
+            ):
+                dst.write(src.read())
     return FilePruned(
         file_index=file_index,
         records_in=n_in,
@@ -555,25 +287,84 @@ def prune_file(plan: PrunePlan, file_index: int) -> FilePruned:
     )
 
 
+def _pruned_rows(plan: PrunePlan, file_index: int, chunks: pa.Table) -> np.ndarray:
+    """(rows,) bool: the chunks of one file's table that the prune list removes."""
+    if plan.level == "source":
+        remove = pc.is_in(chunks["source"], pa.array(sorted(plan.sources))).to_numpy(
+            zero_copy_only=False
+        )
+    elif plan.level == "document":
+        wanted = np.fromiter(plan.documents.get(file_index, ()), dtype=np.int64)
+        remove = np.isin(chunks["record_index"].to_numpy(), wanted)
+    else:
+        wanted = np.fromiter(plan.chunks.get(file_index, ()), dtype=np.int64)
+        remove = np.isin(chunks["chunk_id"].to_numpy(), wanted)
+    return np.asarray(remove, dtype=bool)
+
+
+def _per_source(plan: PrunePlan, removed: pa.Table) -> dict[str, dict[str, int]]:
+    """Removed chunks -> per source {"chunks": n, "documents": m} (documents: 0 at chunk
+    level, where documents are edited, not removed)."""
+    per_source: dict[str, dict[str, int]] = {}
+    for row in (
+        removed.group_by("source", use_threads=False)
+        .aggregate([("chunk_id", "count"), ("record_index", "count_distinct")])
+        .to_pylist()
+    ):
+        per_source[row["source"]] = {
+            "chunks": int(row["chunk_id_count"]),
+            "documents": int(row["record_index_count_distinct"]) if plan.level != "chunk" else 0,
+        }
+    return per_source
+
+
+def _corpus_edits(plan: PrunePlan, removed: pa.Table):
+    """Removed chunks -> (records to drop, {record: character spans to cut}): chunk level
+    cuts spans out of documents, the other levels drop whole records."""
+    drop: set[int] = set()
+    cuts: dict[int, list[tuple[int, int]]] = {}
+    if plan.level == "chunk":
+        for row in removed.select(["record_index", "char_start", "char_end"]).to_pylist():
+            cuts.setdefault(int(row["record_index"]), []).append(
+                (row["char_start"], row["char_end"])
+            )
+    else:
+        drop = {int(r) for r in np.unique(removed["record_index"].to_numpy())}
+    return drop, cuts
+
+
+def _tokens_removed(plan: PrunePlan, removed: pa.Table) -> int:
+    """Tokens the removed chunks covered (overlapping chunks counted once; a removed
+    document counts its every token)."""
+    if plan.level == "chunk":
+        return sum(sum(e - s for s, e in _merge(spans)) for spans in _token_spans(removed).values())
+    return int(
+        sum(
+            r["token_end_max"]
+            for r in removed.group_by("record_index", use_threads=False)
+            .aggregate([("token_end", "max")])
+            .to_pylist()
+        )
+    )
+
+
 def write_file_marker(plan: PrunePlan, result: FilePruned) -> None:
-    nfs, nroot = build_root(plan.out)
-    atomic_write_text(
-        nfs, f"{nroot.root}/_prune/{result.file_index:06d}.json",
-        json.dumps(asdict(result), sort_keys=True) + "\n",
-    )  # fmt: skip
+    """One input file's marker ``NEW_ROOT/_prune/N.json``."""
+    PruneStage().write_marker(plan, result.file_index, result)
 
 
 def read_file_markers(plan: PrunePlan) -> list[FilePruned]:
-    nfs, nroot = build_root(plan.out)
+    """Every input file's marker, in file order; removes the markers' folder (they are
+    not part of NEW_ROOT)."""
+    stage = PruneStage()
     out = []
     for file_index in plan.files:
-        path = f"{nroot.root}/_prune/{file_index:06d}.json"
-        if not nfs.exists(path):
+        result = stage.read_marker(plan, file_index)
+        if result is None:
             raise PruneError(f"input file {file_index} was not pruned; run `tda prune apply` again")
-        with nfs.open(path, "rb") as f:
-            data = json.loads(f.read())
-        out.append(FilePruned(**{**data, "removed_ids": tuple(data["removed_ids"])}))
-    nfs.rm(f"{nroot.root}/_prune", recursive=True)
+        out.append(result)
+    nfs, folder = stage.markers(plan)
+    nfs.rm(folder, recursive=True)
     return out
 
 
@@ -599,8 +390,10 @@ def finish_prune(
 ) -> dict:
     """NEW_ROOT's manifests, index (affected shards refilled, others copied) and audit
     log; -> the audit entry."""
-    from tda.attribution.stages.index import IndexPlan, fill_shards, finish_index_run
+    from tda.attribution.stages.index import IndexPlan, IndexStage, ShardMarker
     from tda.schemas import IndexConfig
+
+    index_stage = IndexStage()
 
     fs, broot = build_root(plan.root)
     nfs, nroot = build_root(plan.out)
@@ -678,9 +471,8 @@ def finish_prune(
             atomic_open(nfs, f"{nroot.index_dir}/{shard.path}") as dst,
         ):
             dst.write(src.read())
-        marker = {"shard": asdict(shard), "file": asdict(files[shard.path])}
-        atomic_write_text(nfs, nroot.index_completion(i), json.dumps(marker, sort_keys=True) + "\n")
-    for _ in fill_shards(iplan, refill, iplan.fill_threads()):
+        index_stage.write_marker(iplan, i, ShardMarker(shard, files[shard.path]))
+    for _ in index_stage.fill(iplan, refill, iplan.fill_threads()):
         pass
 
     per_source: dict[str, dict[str, int]] = {}
@@ -709,7 +501,7 @@ def finish_prune(
         "counts": totals,
         "removed_per_source": dict(sorted(per_source.items())),
     }
-    manifest = finish_index_run(iplan, lineage=lineage)
+    manifest = index_stage.finish(iplan, lineage=lineage)
     with nfs.open(nroot.index_manifest, "rb") as f:
         child_id = hashlib.sha256(f.read()).hexdigest()  # the manifest id IndexReader reports
     entry = {

@@ -22,6 +22,10 @@ Both write to ``OUT/``:
 
 Shares are against every chunk of the document / source in the index's chunk tables, so
 "3% of arxiv" means 3% of arxiv's chunks.
+
+:class:`ScanStage` is the concept scan on the shared stage runtime (one unit per
+embeddings file); the tables' schemas, the settings and ``scan.json``
+(:class:`~tda.schemas.curation.ScanSummary`) are in :mod:`tda.schemas.curation`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -47,74 +51,29 @@ from tda.attribution.io.fs import (
     read_json,
 )
 from tda.attribution.io.parts import StageError, nonempty, read_manifest
-from tda.schemas import float16_values
+from tda.attribution.stages.base import Counter, Meter, StageRuntime
+from tda.schemas import EmbedManifest, IndexManifest, float16_values
+from tda.schemas.curation import (
+    BY_DOCUMENT_SCHEMA,
+    BY_SOURCE_SCHEMA,
+    HITS_SCHEMA,
+    SCAN_TOTALS_SCHEMA,
+    ScanConfig,
+    ScanSettings,
+    ScanSummary,
+    SourceHits,
+)
 
 __all__ = [
-    "BY_DOCUMENT_SCHEMA",
-    "BY_SOURCE_SCHEMA",
-    "HITS_SCHEMA",
     "ScanError",
     "ScanPlan",
+    "ScanStage",
     "finish_scan",
     "plan_scan",
+    "read_exemplars",
     "scan_concept_file",
     "scan_exemplars",
 ]
-
-SCAN_KIND = "tda.scan"
-SCAN_VERSION = 1
-
-HITS_SCHEMA = pa.schema(
-    [
-        pa.field("chunk_id", pa.int64(), nullable=False),
-        pa.field("file_index", pa.int32(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("record_index", pa.int64(), nullable=False),
-        pa.field("chunk_index", pa.int32(), nullable=False),
-        pa.field("char_start", pa.int64(), nullable=False),
-        pa.field("char_end", pa.int64(), nullable=False),
-        pa.field("score", pa.float32(), nullable=False),
-        pa.field("matched", pa.string(), nullable=False),  # concept name / "exemplar N"
-        pa.field("text", pa.string()),
-    ]
-)
-# Per document with at least one hit (documents without hits are not listed).
-BY_DOCUMENT_SCHEMA = pa.schema(
-    [
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("file_index", pa.int32(), nullable=False),
-        pa.field("record_index", pa.int64(), nullable=False),
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("chunks", pa.int64(), nullable=False),
-        pa.field("chunks_hit", pa.int64(), nullable=False),
-        pa.field("share", pa.float64(), nullable=False),
-        pa.field("max_score", pa.float32(), nullable=False),
-        pa.field("mean_score", pa.float32(), nullable=False),
-    ]
-)
-# Per source in the index (sources without hits included, with zeros).
-BY_SOURCE_SCHEMA = pa.schema(
-    [
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("chunks", pa.int64(), nullable=False),
-        pa.field("documents", pa.int64(), nullable=False),
-        pa.field("chunks_hit", pa.int64(), nullable=False),
-        pa.field("documents_hit", pa.int64(), nullable=False),
-        pa.field("share", pa.float64(), nullable=False),
-        pa.field("max_score", pa.float32(), nullable=False),
-        pa.field("mean_score", pa.float32(), nullable=False),
-    ]
-)
-_TOTALS_SCHEMA = pa.schema(
-    [
-        pa.field("source", pa.string()),
-        pa.field("file_index", pa.int32()),
-        pa.field("record_index", pa.int64()),
-        pa.field("doc_id", pa.string()),
-        pa.field("chunks", pa.int64()),
-    ]
-)
 
 
 class ScanError(StageError):
@@ -123,6 +82,9 @@ class ScanError(StageError):
 
 @dataclass(frozen=True)
 class ScanPlan:
+    """What a scan will do, decided on the driver: the config checked against ROOT
+    (concept names resolved to ids, the files with embeddings, the manifests read)."""
+
     root: str
     out: str
     mode: str  # "concept" | "like"
@@ -136,10 +98,11 @@ class ScanPlan:
     index_manifest_sha256: str | None
     embed_manifest_sha256: str
 
-    def settings(self) -> dict:
-        data = asdict(self)
-        data.pop("out")
-        return data
+    def settings(self, like_sha256: str | None = None) -> ScanSettings:
+        """What ``scan.json`` records of this plan: every field but ``out``, and the
+        exemplar file's sha256 (like mode)."""
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "out"}
+        return ScanSettings(**kept, like_sha256=like_sha256)
 
 
 def _parts_dir(out: str) -> str:
@@ -156,60 +119,89 @@ def plan_scan(
     min_score: float | None = None,
     overwrite: bool = False,
 ) -> ScanPlan:
-    """Check the arguments against ROOT (concept names, embeddings present) and prepare
-    ``out``. One-line errors before any work."""
-    from tda.schemas import EmbedManifest, IndexManifest
+    """:meth:`ScanStage.plan` of a :class:`ScanConfig` of these arguments."""
+    config = ScanConfig(
+        root=root, out=out, concepts=tuple(concepts), like=like, min_weight=min_weight,
+        top=top, min_score=min_score, overwrite=overwrite,
+    )  # fmt: skip
+    return ScanStage().plan(config)
 
-    if bool(concepts) == bool(like):
-        raise ScanError("give --concept NAME... or --like FILE (one of them)")
-    if not 0.0 <= min_weight <= 1.0:
-        raise ScanError(f"--min-weight must be in [0, 1], got {min_weight}")
-    if top < 1:
-        raise ScanError(f"--top must be at least 1, got {top}")
-    fs, broot = build_root(root)
-    embed, embed_sha = read_manifest(
-        fs, broot.embed_manifest, EmbedManifest.from_json, "tda embed", ScanError
-    )
-    index_sha = None
-    if fs.exists(broot.index_manifest):
-        index_sha = read_manifest(
-            fs, broot.index_manifest, IndexManifest.from_json, "tda index build", ScanError
-        )[1]
-    elif like:
-        raise ScanError(f"{root} has no index; --like searches it (run `tda index build`)")
-    ids: list[int] = []
-    if concepts:
-        known = read_json(fs, broot.embed_concepts)["known"]
-        lookup = {name: i for i, name in enumerate(known)}
-        for name in concepts:
-            if name not in lookup:
-                close = sorted(k for k in known if name.lower() in k.lower())[:5]
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ScanError(
-                    f"--concept {name!r} is not a known concept of this index's encoder "
-                    f"({len(known)} concepts: `tda model info` lists them){hint}"
-                )
-            ids.append(lookup[name])
-    ofs, opath = filesystem(out)[0], out.rstrip("/")
-    if nonempty(ofs, opath):
-        if not overwrite:
-            raise ScanError(f"{out} is not empty; pass --overwrite to replace it")
-        ofs.rm(opath, recursive=True)
-    ofs.makedirs(_parts_dir(opath), exist_ok=True)
-    return ScanPlan(
-        root=root,
-        out=opath,
-        mode="concept" if concepts else "like",
-        concepts=tuple(concepts),
-        concept_ids=tuple(ids),
-        min_weight=float(min_weight),
-        like=like,
-        top=int(top),
-        min_score=None if min_score is None else float(min_score),
-        files=tuple(f.file_index for f in embed.files),
-        index_manifest_sha256=index_sha,
-        embed_manifest_sha256=embed_sha,
-    )
+
+class ScanStage(StageRuntime[ScanPlan, int, int]):
+    """The concept scan: one unit per embeddings file (its input file index), its result
+    the file's number of hits (its parts under ``OUT/_parts`` are the only trace: a
+    scan keeps no markers and is not resumed). An exemplar scan plans the same way and
+    searches from the driver (:func:`scan_exemplars`) instead of running units."""
+
+    name = "scan"
+    done = "files"
+    error = ScanError
+
+    def plan(self, config: ScanConfig) -> ScanPlan:
+        """Check the arguments against ROOT (concept names, embeddings present) and
+        prepare ``out``. One-line errors before any work."""
+        root, out, concepts, like = config.root, config.out, config.concepts, config.like
+        min_weight, top, min_score = config.min_weight, config.top, config.min_score
+        if bool(concepts) == bool(like):
+            raise ScanError("give --concept NAME... or --like FILE (one of them)")
+        if not 0.0 <= min_weight <= 1.0:
+            raise ScanError(f"--min-weight must be in [0, 1], got {min_weight}")
+        if top < 1:
+            raise ScanError(f"--top must be at least 1, got {top}")
+        fs, broot = build_root(root)
+        embed, embed_sha = read_manifest(
+            fs, broot.embed_manifest, EmbedManifest.from_json, "tda embed", ScanError
+        )
+        index_sha = None
+        if fs.exists(broot.index_manifest):
+            index_sha = read_manifest(
+                fs, broot.index_manifest, IndexManifest.from_json, "tda index build", ScanError
+            )[1]
+        elif like:
+            raise ScanError(f"{root} has no index; --like searches it (run `tda index build`)")
+        ids: list[int] = []
+        if concepts:
+            known = read_json(fs, broot.embed_concepts)["known"]
+            lookup = {name: i for i, name in enumerate(known)}
+            for name in concepts:
+                if name not in lookup:
+                    close = sorted(k for k in known if name.lower() in k.lower())[:5]
+                    hint = f"; did you mean {', '.join(close)}?" if close else ""
+                    raise ScanError(
+                        f"--concept {name!r} is not a known concept of this index's encoder "
+                        f"({len(known)} concepts: `tda model info` lists them){hint}"
+                    )
+                ids.append(lookup[name])
+        ofs, opath = filesystem(out)[0], out.rstrip("/")
+        if nonempty(ofs, opath):
+            if not config.overwrite:
+                raise ScanError(f"{out} is not empty; pass --overwrite to replace it")
+            ofs.rm(opath, recursive=True)
+        ofs.makedirs(_parts_dir(opath), exist_ok=True)
+        return ScanPlan(
+            root=config.root,
+            out=opath,
+            mode="concept" if concepts else "like",
+            concepts=tuple(concepts),
+            concept_ids=tuple(ids),
+            min_weight=float(min_weight),
+            like=like,
+            top=int(top),
+            min_score=None if min_score is None else float(min_score),
+            files=tuple(f.file_index for f in embed.files),
+            index_manifest_sha256=index_sha,
+            embed_manifest_sha256=embed_sha,
+        )
+
+    def units(self, plan: ScanPlan) -> list[int]:
+        return list(plan.files) if plan.mode == "concept" else []
+
+    def process(self, plan: ScanPlan, unit: int, meter: Meter) -> int:
+        """Scan one embeddings file for the plan's concepts; counts chunks_hit."""
+        return _scan_file(plan, unit, meter)
+
+    def finish(self, plan: ScanPlan) -> ScanSummary:
+        return finish_scan(plan)
 
 
 # --------------------------------------------------------------------------------------
@@ -234,7 +226,7 @@ def _doc_totals(chunks: pa.Table, file_index: int) -> pa.Table:
             "doc_id": grouped["doc_id"],
             "chunks": grouped["chunk_id_count"].cast(pa.int64()),
         },
-        schema=_TOTALS_SCHEMA,
+        schema=SCAN_TOTALS_SCHEMA,
     )
 
 
@@ -274,14 +266,35 @@ _CHUNK_COLUMNS = (
 )  # fmt: skip
 
 
-def scan_concept_file(plan: ScanPlan, file_index: int) -> int:
+def scan_concept_file(
+    plan: ScanPlan, file_index: int, count: Counter | Meter = lambda name, n: None
+) -> int:
     """One embeddings file: chunks whose weight for a named concept >= ``min_weight``
     (score = the largest such weight; ``matched`` = that concept). Writes the file's hits
-    and per-document totals under ``OUT/_parts``; returns the number of hits."""
+    and per-document totals under ``OUT/_parts``; returns the number of hits
+    (:meth:`ScanStage.commit`; counts chunks_hit and files)."""
+    return ScanStage().commit(plan, file_index, count)
+
+
+def _scan_file(plan: ScanPlan, file_index: int, meter: Meter) -> int:
+    """The concept scan of one input file (see :func:`scan_concept_file`)."""
     fs, broot = build_root(plan.root)
-    with open_parquet(fs, broot.embed_part(file_index)) as parquet:
-        table = parquet.read(columns=["chunk_id", "concept_ids", "concept_weights"])
-    chunks = _chunk_rows(fs, broot, file_index, _CHUNK_COLUMNS)
+    with meter.phase("read"):
+        with open_parquet(fs, broot.embed_part(file_index)) as parquet:
+            table = parquet.read(columns=["chunk_id", "concept_ids", "concept_weights"])
+        chunks = _chunk_rows(fs, broot, file_index, _CHUNK_COLUMNS)
+    with meter.phase("compute"):
+        hits = _concept_hits(plan, file_index, table, chunks)
+        totals = _doc_totals(chunks, file_index)
+    with meter.phase("write"):
+        found = _write_parts(plan, file_index, hits, totals)
+    meter("chunks_hit", found)
+    return found
+
+
+def _concept_hits(plan: ScanPlan, file_index: int, table: pa.Table, chunks: pa.Table):
+    """One file's embeddings (chunk ids, stored top-k concepts) and chunk rows -> its
+    hits table (:data:`HITS_SCHEMA`), one row per chunk hit, in chunk order."""
     if not table["chunk_id"].equals(chunks["chunk_id"]):
         raise ScanError(
             f"embeddings and chunks of input file {file_index} disagree; re-run `tda embed`"
@@ -303,10 +316,9 @@ def scan_concept_file(plan: ScanPlan, file_index: int) -> int:
     pos = pos[first]
     rows = row_of[pos]
     name_of = dict(zip(plan.concept_ids, plan.concepts, strict=True))
-    hits = _hits_table(
+    return _hits_table(
         chunks, rows, file_index, flat_w[pos], [name_of[int(c)] for c in flat_ids[pos]]
     )
-    return _write_parts(plan, file_index, hits, _doc_totals(chunks, file_index))
 
 
 def read_exemplars(path: str) -> list[str]:
@@ -405,12 +417,12 @@ def _read_parts(plan: ScanPlan, prefix: str, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
 
 
-def finish_scan(plan: ScanPlan) -> dict:
+def finish_scan(plan: ScanPlan) -> ScanSummary:
     """Gather the parts into hits / by_document / by_source Parquet, scan.json and the
     chart; returns the scan summary (scan.json's content)."""
     fs, _ = build_root(plan.out)
     hits = _read_parts(plan, "hits", HITS_SCHEMA)
-    totals = _read_parts(plan, "totals", _TOTALS_SCHEMA)
+    totals = _read_parts(plan, "totals", SCAN_TOTALS_SCHEMA)
     # deterministic order: worst first, then by id
     order = np.lexsort((hits["chunk_id"].to_numpy(), -hits["score"].to_numpy()))
     hits = hits.take(pa.array(order, type=pa.int64()))
@@ -467,19 +479,19 @@ def finish_scan(plan: ScanPlan) -> dict:
         h = src_hits.get(row["source"], {})
         chunks_hit = int(h.get("chunk_id_count", 0))
         rows.append(
-            {
-                "source": row["source"],
-                "chunks": int(row["chunks_sum"]),
-                "documents": int(row["doc_id_count"]),
-                "chunks_hit": chunks_hit,
-                "documents_hit": int(src_docs.get(row["source"], 0)),
-                "share": chunks_hit / row["chunks_sum"] if row["chunks_sum"] else 0.0,
-                "max_score": float(h.get("score_max") or 0.0),
-                "mean_score": float(h.get("score_mean") or 0.0),
-            }
+            SourceHits(
+                source=row["source"],
+                chunks=int(row["chunks_sum"]),
+                documents=int(row["doc_id_count"]),
+                chunks_hit=chunks_hit,
+                documents_hit=int(src_docs.get(row["source"], 0)),
+                share=chunks_hit / row["chunks_sum"] if row["chunks_sum"] else 0.0,
+                max_score=float(h.get("score_max") or 0.0),
+                mean_score=float(h.get("score_mean") or 0.0),
+            )
         )
-    rows.sort(key=lambda r: (-r["share"], -r["chunks_hit"], r["source"]))
-    by_source = pa.Table.from_pylist(rows, schema=BY_SOURCE_SCHEMA)
+    rows.sort(key=lambda r: (-r.share, -r.chunks_hit, r.source))
+    by_source = pa.Table.from_pylist([r.to_dict() for r in rows], schema=BY_SOURCE_SCHEMA)
 
     for name, table in (("hits", hits), ("by_document", by_document), ("by_source", by_source)):
         with atomic_open(fs, f"{plan.out}/{name}.parquet") as f:
@@ -489,25 +501,21 @@ def finish_scan(plan: ScanPlan) -> dict:
     if plan.like:
         with filesystem(plan.like)[0].open(plan.like, "rb") as f:
             like_sha = "sha256:" + hashlib.sha256(f.read()).hexdigest()
-    summary = {
-        "kind": SCAN_KIND,
-        "schema_version": SCAN_VERSION,
-        "tda_version": __version__,
-        "settings": {**plan.settings(), "like_sha256": like_sha},
-        "chunks": int(sum(r["chunks"] for r in rows)),
-        "chunks_hit": int(hits.num_rows),
-        "documents_hit": int(by_document.num_rows),
-        "sources_hit": int(sum(1 for r in rows if r["chunks_hit"])),
-        "by_source": rows,
-    }
-    atomic_write_text(
-        fs, f"{plan.out}/scan.json", json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    summary = ScanSummary(
+        tda_version=__version__,
+        settings=plan.settings(like_sha),
+        chunks=int(sum(r.chunks for r in rows)),
+        chunks_hit=int(hits.num_rows),
+        documents_hit=int(by_document.num_rows),
+        sources_hit=int(sum(1 for r in rows if r.chunks_hit)),
+        by_source=tuple(rows),
     )
+    atomic_write_text(fs, f"{plan.out}/scan.json", summary.to_json())
     fs.rm(_parts_dir(plan.out), recursive=True)
     return summary
 
 
-def _chart(plan: ScanPlan, rows: list[dict]) -> None:
+def _chart(plan: ScanPlan, rows: list[SourceHits]) -> None:
     """prevalence.png: share of each source's chunks hit (the 30 highest)."""
     import matplotlib
 
@@ -521,12 +529,12 @@ def _chart(plan: ScanPlan, rows: list[dict]) -> None:
         else f"exemplars in {os.path.basename(plan.like or '')}"
     )
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(3, len(shown)) + 1.2), dpi=100)
-    names = [r["source"] for r in shown][::-1]
-    shares = [100 * r["share"] for r in shown][::-1]
+    names = [r.source for r in shown][::-1]
+    shares = [100 * r.share for r in shown][::-1]
     bars = ax.barh(names, shares, color="#b5403a")
     for bar, r in zip(bars, shown[::-1], strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f" {r['chunks_hit']:,} / {r['chunks']:,}", va="center", fontsize=8)  # fmt: skip
+                f" {r.chunks_hit:,} / {r.chunks:,}", va="center", fontsize=8)  # fmt: skip
     ax.set_xlabel("% of the source's chunks hit")
     ax.set_title(f"tda scan: {what}", fontsize=10)
     ax.set_xlim(0, max([*shares, 1.0]) * 1.25)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tda.schemas import ContextPolicy, EncoderInfo, Pooling
+from tda.schemas.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,7 @@ __all__ = [
 MAX_DEFAULT_WINDOW = 1024
 
 
-class EncoderError(ValueError):
+class EncoderError(UserError):
     """A model SPEC that cannot be loaded or used; one line naming the fix."""
 
 

@@ -9,8 +9,9 @@ import os
 
 import numpy as np
 
-from tda.attribution.index.reader import MERGED_DIR, IndexReader, IndexReadError, _sha256
-from tda.attribution.io.fs import build_root, is_local
+from tda.attribution.index.reader import MERGED_DIR, IndexReader, IndexReadError
+from tda.attribution.io.fs import build_root, is_local, sha256_file
+from tda.schemas import IndexFile, MergedIndexManifest
 
 __all__ = ["merge_index"]
 
@@ -18,9 +19,10 @@ __all__ = ["merge_index"]
 def merge_index(root_url: str) -> dict:
     """Write ``index/merged/``: every shard merged into one index whose inverted lists live
     in ``merged.ivfdata`` (faiss OnDiskInvertedLists; a flat index is concatenated into
-    ``merged.faiss``), then ``merged/manifest.json`` naming the parent manifest, last.
-    Searches over it return what the shards return. Local roots only."""
-    import json
+    ``merged.faiss``), then ``merged/manifest.json`` (a
+    :class:`~tda.schemas.MergedIndexManifest` naming the parent manifest), last. Searches
+    over it return what the shards return. Local roots only. Returns that manifest's JSON
+    object."""
     import shutil
     import uuid
 
@@ -56,20 +58,16 @@ def merge_index(root_url: str) -> dict:
         faiss.write_index(merged, f"{tmp}/merged.faiss")
         if merged.ntotal != m.vectors:
             raise IndexReadError(f"merged {merged.ntotal} vectors, the manifest says {m.vectors}")
-        entries = [
-            {
-                "path": name,
-                "sha256": _sha256(f"{tmp}/{name}"),
-                "size": os.path.getsize(f"{tmp}/{name}"),
-            }
-            for name in files
-        ]
-        record = {"parent_manifest_id": reader.manifest_id, "vectors": m.vectors, "files": entries}
+        record = MergedIndexManifest(
+            parent_manifest_id=reader.manifest_id,
+            vectors=m.vectors,
+            files=tuple(IndexFile(name, *sha256_file(fs, f"{tmp}/{name}")) for name in files),
+        )
         with open(f"{tmp}/manifest.json", "w") as f:
-            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            f.write(record.to_json())
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return record
+    return record.to_dict()

@@ -9,29 +9,37 @@ top-k exactly, and turn chunk ids back into provenance.
 * :class:`ChunkLookup`: id -> chunk row by decoding the id to (input file, ordinal) and
   reading that row's Parquet row group, never by scanning.
 * :func:`verify_index`: sha256 of every file against the manifest.
+
+Its records (:class:`~tda.schemas.ChunkRecord`, :class:`~tda.schemas.SearchHit`) are
+contracts in ``schemas``; this module re-exports them under their old names.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from tda.attribution.io.fs import build_root, is_local, open_parquet, sha256_file
+from tda.attribution.io.fs import build_root, is_local, local_sha256, open_parquet, sha256_file
 from tda.attribution.io.parts import ROW_GROUP_ROWS, StageError, read_manifest
-from tda.schemas import EncoderInfo, IndexManifest, float16_values, vectors_from_arrow
+from tda.schemas import (
+    ChunkRecord,
+    EncoderInfo,
+    IndexManifest,
+    ManifestError,
+    MergedIndexManifest,
+    SearchHit,
+    float16_values,
+    vectors_from_arrow,
+)
 
 __all__ = [
     "ChunkLookup",
-    "ChunkRecord",
     "IndexReadError",
     "IndexReader",
-    "SearchHit",
     "merge_topk",
     "read_index_manifest",
     "verify_index",
@@ -57,25 +65,6 @@ def merge_topk(scores: np.ndarray, ids: np.ndarray, k: int, metric: str):
     out_i = np.take_along_axis(flat_i, order, 1)
     out_i = np.where(np.take_along_axis(key, order, 1) == np.inf, -1, out_i)
     return out_s, out_i
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    chunk_id: int
-    source: str
-    doc_id: str
-    record_index: int
-    chunk_index: int
-    char_start: int
-    char_end: int
-    text: str | None
-    url: str  # the input file
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    score: float
-    chunk: ChunkRecord
 
 
 class PartRows:
@@ -250,7 +239,7 @@ class IndexReader:
                 )
             path = remote if local else _cached(fs, remote, entry, cache_dir)
             # (remote shards were checked when copied into the cache)
-            if verify and local and _sha256(path) != entry.sha256:
+            if verify and local and local_sha256(path) != entry.sha256:
                 raise IndexReadError(
                     f"{remote} does not match its sha256 in the manifest (corrupt); "
                     f"refusing to search it (tda index verify {root_url})"
@@ -348,21 +337,12 @@ def _check_current(fs, root, manifest: IndexManifest, root_url: str) -> None:
     that may no longer exist). A ROOT shipped without embeddings/ is not checked."""
     if not fs.exists(root.embed_manifest):
         return
-    with fs.open(root.embed_manifest, "rb") as f:
-        current = hashlib.sha256(f.read()).hexdigest()
-    if current != manifest.embed_manifest_sha256:
+    if sha256_file(fs, root.embed_manifest)[0] != manifest.embed_manifest_sha256:
         raise IndexReadError(
             f"the index in {root_url} was built from other embeddings than {root.embeddings_dir} "
             f"now holds (re-run after `tda embed`?); rebuild it with `tda index build "
             f"{root_url} --overwrite`"
         )
-
-
-def _sha256(path: str) -> str:
-    """sha256 of a local file (shards, cache copies, merged files)."""
-    import fsspec
-
-    return sha256_file(fsspec.filesystem("file"), path)[0]
 
 
 def _set_nprobe(index, nprobe: int) -> None:
@@ -411,7 +391,7 @@ def _cached(fs, remote: str, entry, cache_dir: str | None) -> str:
     if not os.path.exists(path):
         tmp = f"{path}.tmp-{os.getpid()}"
         fs.get(remote, tmp)
-        if _sha256(tmp) != entry.sha256:
+        if local_sha256(tmp) != entry.sha256:
             os.remove(tmp)
             raise IndexReadError(f"{remote} does not match its sha256 in the manifest (corrupt)")
         os.replace(tmp, path)
@@ -432,8 +412,6 @@ MERGED_DIR = "merged"
 
 def _open_merged(root_url: str, manifest_id: str, verify: bool):
     """The merged variant as one index, after checking it belongs to this manifest."""
-    import json
-
     import faiss
 
     fs, root = build_root(root_url)
@@ -442,16 +420,20 @@ def _open_merged(root_url: str, manifest_id: str, verify: bool):
     if not is_local(fs) or not os.path.exists(path):
         raise IndexReadError(f"{folder} has no merged index: run `tda index merge {root_url}`")
     with open(path) as f:
-        record = json.load(f)
-    if record["parent_manifest_id"] != manifest_id:
+        text = f.read()
+    try:
+        record = MergedIndexManifest.from_json(text)
+    except ManifestError as exc:
+        raise IndexReadError(f"{path}: {exc}") from None
+    if record.parent_manifest_id != manifest_id:
         raise IndexReadError(f"{folder} was merged from another build of this index; merge again")
-    for entry in record["files"]:
-        file = f"{folder}/{entry['path']}"
-        if not os.path.exists(file) or os.path.getsize(file) != entry["size"]:
+    for entry in record.files:
+        file = f"{folder}/{entry.path}"
+        if not os.path.exists(file) or os.path.getsize(file) != entry.size:
             raise IndexReadError(f"{file} is missing or has the wrong size; merge again")
-        if verify and _sha256(file) != entry["sha256"]:
+        if verify and local_sha256(file) != entry.sha256:
             raise IndexReadError(f"{file} does not match its sha256 (corrupt); merge again")
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
-    if len(record["files"]) == 1:  # flat: no ivfdata, memory-map the codes
+    if len(record.files) == 1:  # flat: no ivfdata, memory-map the codes
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
     return faiss.read_index(f"{folder}/merged.faiss", flags)

@@ -1,4 +1,6 @@
-"""Small fsspec helpers: atomic writes (temp file + rename) and JSON files."""
+"""Small fsspec helpers: the build root of a URL, atomic writes (temp file + rename),
+JSON files, Parquet readers, and the one way a file is hashed (:func:`sha256_file`; while
+writing, :class:`HashingWriter`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ __all__ = [
     "build_root",
     "filesystem",
     "is_local",
+    "local_sha256",
     "open_parquet",
     "read_json",
     "sha256_file",
@@ -116,6 +119,13 @@ def sha256_file(fs, path: str) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+def local_sha256(path: str) -> str:
+    """Hex sha256 of a local file (:func:`sha256_file` on the local filesystem)."""
+    import fsspec
+
+    return sha256_file(fsspec.filesystem("file"), path)[0]
 
 
 class HashingWriter:

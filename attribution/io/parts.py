@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tda.attribution.io.fs import AtomicFile
+from tda.schemas.errors import UserError
 
 __all__ = [
     "ROW_GROUP_ROWS",
@@ -25,7 +26,7 @@ __all__ = [
 ROW_GROUP_ROWS = 8192
 
 
-class StageError(ValueError):
+class StageError(UserError):
     """The build root cannot take this run (one line naming the fix)."""
 
 

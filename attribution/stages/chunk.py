@@ -1,7 +1,8 @@
 """The chunk stage without Beam: plan a run, chunk one input file, finish the run.
 
-``pipeline/chunk.py`` distributes :func:`process_file` over workers; everything here is a
-plain function, so it is tested without a runner.
+:class:`ChunkStage` is the stage on the shared runtime (:mod:`.base`); ``pipeline/chunk.py``
+fans its units (the input files) out over workers. The module-level functions are the
+same steps for callers that run them in a loop.
 
 1. :func:`plan_chunk_run` (driver): resolve inputs, load the tokenizer, check the build
    root (refuse to mix runs; ``--resume`` must match the recorded settings), write
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -25,15 +25,14 @@ import pyarrow as pa
 from tda import __version__
 from tda.attribution.corpus.chunking import chunk_documents
 from tda.attribution.corpus.readers import Document, iter_documents, resolve_inputs
-from tda.attribution.corpus.tokenizer import TextTokenizer, load_tokenizer
-from tda.attribution.io.fs import atomic_write_text, build_root, filesystem, read_json
-from tda.attribution.io.parts import (
-    PartWriter,
-    StageError,
-    check_resumable,
-    nonempty,
-    remove_temp_files,
+from tda.attribution.corpus.tokenizer import (
+    TextTokenizer,
+    TokenizerError,
+    load_tokenizer,
 )
+from tda.attribution.io.fs import atomic_write_text, build_root, filesystem, read_json
+from tda.attribution.io.parts import PartWriter, StageError
+from tda.attribution.stages.base import Counter, Meter, StageRuntime
 from tda.schemas import (
     CHUNK_SCHEMA,
     DEADLETTER_SCHEMA,
@@ -50,6 +49,7 @@ from tda.schemas.layout import BuildRoot
 __all__ = [
     "ChunkPlan",
     "ChunkRunError",
+    "ChunkStage",
     "finish_chunk_run",
     "plan_chunk_run",
     "process_file",
@@ -62,8 +62,6 @@ log = logging.getLogger("tda")
 # spread over cores, small enough that a batch's encodings stay a few tens of MB.
 BATCH_CHARS = 2_000_000
 BATCH_DOCS = 2048
-
-Counter = Callable[[str, int], None]
 
 
 class ChunkRunError(StageError):
@@ -89,45 +87,112 @@ class ChunkPlan:
         return json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) -> ChunkPlan:
-    """Check inputs, tokenizer and build root; prepare ROOT for the run. Raises one-line
-    errors (InputError, TokenizerError, ChunkRunError) before any work starts."""
-    inputs = tuple(resolve_inputs(config.inputs, config.read.format))
-    if inputs[-1].index > config.codec.max_file_index:
-        raise ChunkRunError(
-            f"{len(inputs)} input files exceed the chunk-id codec's {config.codec.file_bits} "
-            f"file bits (max {config.codec.max_file_index + 1} files)"
-        )
-    fs, root = build_root(config.out)
-    _check_root_outside_inputs(config, inputs, fs, root)
-    tokenizer = tokenizer or load_tokenizer(config.tokenizer)
-    plan = ChunkPlan(config=config, inputs=inputs, tokenizer=tokenizer.info)
-    chunks_dir, dead_dir, run_record = root.chunks_dir, root.deadletter_dir, root.chunk_run_record
-    if nonempty(fs, chunks_dir) or nonempty(fs, dead_dir):
-        if config.overwrite:
-            for path in (chunks_dir, dead_dir):
-                if fs.exists(path):
-                    fs.rm(path, recursive=True)
-        elif config.resume:
-            if not fs.exists(run_record):
-                raise ChunkRunError(
-                    f"{root.chunks_dir} holds output without a run record; rerun with --overwrite"
-                )
-            check_resumable(
-                json.loads(plan.run_record()),
-                read_json(fs, run_record),
-                root.chunks_dir,
-                ChunkRunError,
-            )
-            remove_temp_files(fs, (chunks_dir, dead_dir, root.completions_dir))
-        else:
+class ChunkStage(StageRuntime[ChunkPlan, InputFile, FileCounts]):
+    """The chunk stage: one unit per input file (an :class:`InputFile`), its result the
+    file's :class:`FileCounts` (also its completion marker).
+
+    ``tokenizer``: the loaded tokenizer to chunk with; None loads ``config.tokenizer``
+    (the driver in :meth:`plan`, each worker in :meth:`setup`)."""
+
+    name = "chunk"
+    done = "files"
+    error = ChunkRunError
+    held = "a chunk run"
+    record = FileCounts
+
+    def __init__(self, tokenizer: TextTokenizer | None = None) -> None:
+        self.tokenizer = tokenizer
+
+    def __getstate__(self) -> dict:
+        return {"tokenizer": None}  # workers load their own (setup), never a pickled one
+
+    def plan(self, config: ChunkConfig) -> ChunkPlan:
+        """Check inputs, tokenizer and build root; prepare ROOT for the run. Raises
+        one-line errors (InputError, TokenizerError, ChunkRunError) before any work."""
+        inputs = tuple(resolve_inputs(config.inputs, config.read.format))
+        if inputs[-1].index > config.codec.max_file_index:
             raise ChunkRunError(
-                f"{root.chunks_dir} already holds a chunk run; pass --resume to continue it "
-                f"or --overwrite to replace it"
+                f"{len(inputs)} input files exceed the chunk-id codec's "
+                f"{config.codec.file_bits} file bits (max {config.codec.max_file_index + 1} "
+                f"files)"
             )
-    fs.makedirs(chunks_dir, exist_ok=True)
-    atomic_write_text(fs, run_record, plan.run_record())
-    return plan
+        fs, root = build_root(config.out)
+        _check_root_outside_inputs(config, inputs, fs, root)
+        tokenizer = self.tokenizer or load_tokenizer(config.tokenizer)
+        plan = ChunkPlan(config=config, inputs=inputs, tokenizer=tokenizer.info)
+        self.prepare_root(
+            fs,
+            config,
+            (root.chunks_dir, root.deadletter_dir),
+            root.chunk_run_record,
+            plan.run_record(),
+            (root.chunks_dir, root.deadletter_dir, root.completions_dir),
+        )
+        fs.makedirs(root.chunks_dir, exist_ok=True)
+        atomic_write_text(fs, root.chunk_run_record, plan.run_record())
+        return plan
+
+    def units(self, plan: ChunkPlan) -> list[InputFile]:
+        return list(plan.inputs)
+
+    def markers(self, plan: ChunkPlan):
+        fs, root = build_root(plan.config.out)
+        return fs, root.completions_dir
+
+    def marker(self, plan: ChunkPlan, unit: InputFile) -> str:
+        return build_root(plan.config.out)[1].completion(unit.index)
+
+    def resuming(self, plan: ChunkPlan) -> bool:
+        return plan.config.resume
+
+    def setup(self, plan: ChunkPlan) -> None:
+        """Load the tokenizer from its SPEC; it must be the one the driver planned with."""
+        if self.tokenizer is not None:
+            return
+        tokenizer = load_tokenizer(plan.config.tokenizer)
+        if tokenizer.info.fingerprint != plan.tokenizer.fingerprint:
+            raise TokenizerError(
+                f"the tokenizer at {plan.config.tokenizer} on this worker differs from the "
+                f"driver's ({tokenizer.info.fingerprint} != {plan.tokenizer.fingerprint}); "
+                f"give a path every worker reads the same file from (e.g. gs://...)"
+            )
+        self.tokenizer = tokenizer
+
+    def process(self, plan: ChunkPlan, unit: InputFile, meter: Meter) -> FileCounts:
+        """Chunk one input file and commit its parts: ``chunks/part-N.parquet`` (rows in
+        ordinal order) and ``deadletter/part-N.parquet`` (only if some record was
+        unusable). Counts records_read, documents_chunked, chunks_written, tokens,
+        batches, deadletter.<reason>."""
+        return _chunk_file(unit, plan.config, self.tokenizer, meter)
+
+    def finish(self, plan: ChunkPlan) -> Manifest:
+        """Gather every file's completion marker into ``chunks/manifest.json`` (last)."""
+        files = []
+        for f in plan.inputs:
+            counts = read_completion(plan.config, f.index)
+            if counts is None:
+                raise ChunkRunError(
+                    f"input file {f.index} ({f.url}) did not finish; rerun with --resume"
+                )
+            files.append(counts)
+        manifest = Manifest(
+            tda_version=__version__,
+            id_codec=plan.config.codec,
+            dataset_id=plan.config.dataset_id,
+            tokenizer=plan.tokenizer,
+            read=plan.config.read,
+            chunking=plan.config.chunking,
+            inputs=plan.inputs,
+            files=tuple(files),
+        )
+        fs, root = build_root(plan.config.out)
+        atomic_write_text(fs, root.chunk_manifest, manifest.to_json())
+        return manifest
+
+
+def plan_chunk_run(config: ChunkConfig, tokenizer: TextTokenizer | None = None) -> ChunkPlan:
+    """:meth:`ChunkStage.plan`: check inputs, tokenizer and build root; prepare ROOT."""
+    return ChunkStage(tokenizer).plan(config)
 
 
 def _check_root_outside_inputs(config, inputs, fs, root: BuildRoot) -> None:
@@ -170,15 +235,23 @@ def process_file(
     input_file: InputFile,
     config: ChunkConfig,
     tokenizer: TextTokenizer,
-    count: Counter = lambda name, n: None,
+    count: Counter | Meter = lambda name, n: None,
 ) -> FileCounts:
-    """Chunk one input file end to end and commit its outputs.
+    """Chunk one input file end to end and commit its outputs (:meth:`ChunkStage.commit`).
 
     Writes ``chunks/part-N.parquet`` (rows in ordinal order), ``deadletter/part-N.parquet``
     (only if some record was unusable) and, last, ``chunks/_completions/N.json``.
     ``count(name, n)`` receives progress counters (records_read, documents_chunked,
-    chunks_written, tokens, batches, deadletter.<reason>).
+    chunks_written, tokens, batches, deadletter.<reason>, files).
     """
+    plan = ChunkPlan(config=config, inputs=(input_file,), tokenizer=tokenizer.info)
+    return ChunkStage(tokenizer).commit(plan, input_file, count)
+
+
+def _chunk_file(
+    input_file: InputFile, config: ChunkConfig, tokenizer: TextTokenizer, meter: Meter
+) -> FileCounts:
+    """The chunk stage's work on one input file (see :meth:`ChunkStage.process`)."""
     fs, root = build_root(config.out)
     meta = _table_metadata(config, tokenizer.info, input_file)
     chunks = PartWriter(
@@ -203,40 +276,43 @@ def process_file(
             return
         for letter in letters:
             reasons[letter.reason.value] = reasons.get(letter.reason.value, 0) + 1
-            count(f"deadletter.{letter.reason.value}", 1)
+            meter(f"deadletter.{letter.reason.value}", 1)
         rows = [letter.to_row() for letter in letters]
-        dead.write(pa.RecordBatch.from_pylist(rows, schema=DEADLETTER_SCHEMA))
+        with meter.phase("write"):
+            dead.write(pa.RecordBatch.from_pylist(rows, schema=DEADLETTER_SCHEMA))
 
     def flush() -> None:
         nonlocal documents, n_chunks, n_tokens, batch, batch_chars
         if not batch:
             return
-        encodings = tokenizer.encode_batch([d.text for d in batch])
-        out = chunk_documents(
-            batch,
-            encodings,
-            config.chunking,
-            config.codec,
-            config.dataset_id,
-            input_file.index,
-            n_chunks,
-        )
+        with meter.phase("compute"):
+            encodings = tokenizer.encode_batch([d.text for d in batch])
+            out = chunk_documents(
+                batch,
+                encodings,
+                config.chunking,
+                config.codec,
+                config.dataset_id,
+                input_file.index,
+                n_chunks,
+            )
         if out.batch is not None:
-            chunks.write(out.batch)
+            with meter.phase("write"):
+                chunks.write(out.batch)
         dead_letter([_no_tokens_letter(input_file, d) for d in out.no_tokens])
         done = len(batch) - len(out.no_tokens)
         documents += done
         n_chunks += out.n_chunks
         n_tokens += out.n_tokens
-        count("documents_chunked", done)
-        count("chunks_written", out.n_chunks)
-        count("tokens", out.n_tokens)
-        count("batches", 1)
+        meter("documents_chunked", done)
+        meter("chunks_written", out.n_chunks)
+        meter("tokens", out.n_tokens)
+        meter("batches", 1)
         batch, batch_chars = [], 0
 
     pending_dead: list[DeadLetter] = []
     try:
-        for item in iter_documents(input_file, config.read):
+        for item in meter.timed("read", iter_documents(input_file, config.read)):
             records += 1
             if isinstance(item, DeadLetter):
                 pending_dead.append(item)
@@ -250,9 +326,10 @@ def process_file(
                 flush()
         flush()
         dead_letter(pending_dead)
-        count("records_read", records)
-        chunks.commit()
-        dead.commit()
+        meter("records_read", records)
+        with meter.phase("write"):
+            chunks.commit()
+            dead.commit()
     except BaseException:
         chunks.abort()
         dead.abort()
@@ -267,10 +344,6 @@ def process_file(
     )
     if not counts.reconciles():  # a bug, never bad input: fail loudly
         raise AssertionError(f"file {input_file.index}: counts do not reconcile: {counts}")
-    atomic_write_text(
-        fs, root.completion(input_file.index), json.dumps(counts.to_dict(), sort_keys=True) + "\n"
-    )
-    count("files", 1)
     log.info(
         "chunked %s: %d chunks, %d dead letters", input_file.url, n_chunks, sum(reasons.values())
     )
@@ -290,25 +363,5 @@ def _no_tokens_letter(f: InputFile, doc: Document) -> DeadLetter:
 
 
 def finish_chunk_run(plan: ChunkPlan) -> Manifest:
-    """Gather every file's completion marker into ``chunks/manifest.json`` (written last)."""
-    files = []
-    for f in plan.inputs:
-        counts = read_completion(plan.config, f.index)
-        if counts is None:
-            raise ChunkRunError(
-                f"input file {f.index} ({f.url}) did not finish; rerun with --resume"
-            )
-        files.append(counts)
-    manifest = Manifest(
-        tda_version=__version__,
-        id_codec=plan.config.codec,
-        dataset_id=plan.config.dataset_id,
-        tokenizer=plan.tokenizer,
-        read=plan.config.read,
-        chunking=plan.config.chunking,
-        inputs=plan.inputs,
-        files=tuple(files),
-    )
-    fs, root = build_root(plan.config.out)
-    atomic_write_text(fs, root.chunk_manifest, manifest.to_json())
-    return manifest
+    """:meth:`ChunkStage.finish`: the markers -> ``chunks/manifest.json`` (written last)."""
+    return ChunkStage().finish(plan)

@@ -1,6 +1,9 @@
 """The embed stage without Beam: plan a run, embed one chunks file, finish the run.
 
-``pipeline/embed.py`` distributes :func:`process_file` over workers.
+:class:`EmbedStage` is the stage on the shared runtime (:mod:`.base`); ``pipeline/embed.py``
+runs its units (input files) through Beam's ``RunInference``, whose model handler loads
+the encoder once per worker process (or once per host for a large model) and hands it
+to an :class:`EmbedStage`.
 
 1. :func:`plan_embed_run` (driver): read ``chunks/manifest.json``, load the encoder, check
    that the chunks were cut with the model's tokenizer and on its block grid, resolve the
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,14 +33,8 @@ import pyarrow as pa
 from tda import __version__
 from tda.attribution.encoders import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
 from tda.attribution.io.fs import atomic_write_text, bound_heap, build_root, open_parquet, read_json
-from tda.attribution.io.parts import (
-    PartWriter,
-    StageError,
-    check_resumable,
-    nonempty,
-    read_manifest,
-    remove_temp_files,
-)
+from tda.attribution.io.parts import PartWriter, StageError, read_manifest
+from tda.attribution.stages.base import Counter, Meter, StageRuntime
 from tda.schemas import (
     MAX_CONCEPT_ID,
     ConfigError,
@@ -55,6 +52,7 @@ __all__ = [
     "ChunkDocument",
     "EmbedPlan",
     "EmbedRunError",
+    "EmbedStage",
     "concepts_json",
     "finish_embed_run",
     "iter_chunk_documents",
@@ -65,7 +63,6 @@ __all__ = [
 
 log = logging.getLogger("tda")
 
-Counter = Callable[[str, int], None]
 _CHUNK_COLUMNS = ["chunk_id", "chunk_index", "token_start", "token_end", "char_start", "char_end"]
 
 
@@ -111,75 +108,9 @@ class EmbedPlan:
 
 
 def plan_embed_run(config: EmbedConfig, encoder: ConceptEncoder | None = None) -> EmbedPlan:
-    """Check chunks, encoder and build root; prepare ROOT/embeddings for the run. Raises
-    one-line errors (EmbedRunError, EncoderError, ConfigError) before any work starts."""
-    fs, root = build_root(config.root)
-    chunks, chunk_sha = read_manifest(
-        fs, root.chunk_manifest, Manifest.from_json, "tda chunk", EmbedRunError
-    )
-    encoder = encoder or load_encoder(config.model, config.device, config.trust_remote_code)
-    info = encoder.info
-    if chunks.tokenizer.fingerprint != info.tokenizer_fingerprint:
-        raise EmbedRunError(
-            f"the chunks in {config.root} were cut with tokenizer {chunks.tokenizer.spec} "
-            f"({chunks.tokenizer.fingerprint[:19]}), not the model's "
-            f"({info.tokenizer_fingerprint[:19]}); re-run `tda chunk --tokenizer` with the "
-            f"model's tokenizer (a builtin model directory is a tokenizer SPEC)"
-        )
-    if not chunks.chunking.store_text:
-        raise EmbedRunError(
-            "the chunks were written with --no-text; the embed stage rebuilds documents from "
-            "the chunk texts: re-run `tda chunk` without --no-text"
-        )
-    if info.n_known > MAX_CONCEPT_ID + 1:
-        raise EmbedRunError(
-            f"the model has {info.n_known} known concepts; the embeddings table stores "
-            f"concept ids as uint16 (at most {MAX_CONCEPT_ID + 1})"
-        )
-    policy = chunks.chunking
-    context = encoder.context_policy(config.window, config.context, policy.chunk_size)
-    if policy.chunk_size > context.window:
-        raise ConfigError(
-            f"--window {context.window} is shorter than the chunks ({policy.chunk_size} tokens)"
-        )
-    if policy.chunk_size % context.align or policy.step % context.align:
-        raise EmbedRunError(
-            f"the model attends in {context.align}-token blocks; re-chunk with --chunk-size "
-            f"and --stride multiples of {context.align} (now {policy.chunk_size} / {policy.step})"
-        )
-    plan = EmbedPlan(
-        config=config,
-        encoder=info,
-        context=context,
-        dim=encoder.feature_dim(config.pooling),
-        chunks=chunks,
-        chunk_manifest_sha256=chunk_sha,
-    )
-    out_dir = root.embeddings_dir
-    if nonempty(fs, out_dir):
-        if config.overwrite:
-            fs.rm(out_dir, recursive=True)
-        elif config.resume:
-            if not fs.exists(root.embed_run_record):
-                raise EmbedRunError(
-                    f"{out_dir} holds output without a run record; rerun with --overwrite"
-                )
-            check_resumable(
-                json.loads(plan.run_record()),
-                read_json(fs, root.embed_run_record),
-                out_dir,
-                EmbedRunError,
-            )
-            remove_temp_files(fs, (out_dir, root.embed_completions_dir))
-        else:
-            raise EmbedRunError(
-                f"{out_dir} already holds an embed run; pass --resume to continue it or "
-                f"--overwrite to replace it"
-            )
-    fs.makedirs(out_dir, exist_ok=True)
-    atomic_write_text(fs, root.embed_concepts, concepts_json(encoder))
-    atomic_write_text(fs, root.embed_run_record, plan.run_record())
-    return plan
+    """:meth:`EmbedStage.plan`: check chunks, encoder and build root; prepare
+    ROOT/embeddings for the run."""
+    return EmbedStage(encoder).plan(config)
 
 
 def concepts_json(encoder: ConceptEncoder) -> str:
@@ -266,18 +197,160 @@ def _tokenize(tokenizer, docs: list[ChunkDocument], path: str) -> list[DocumentT
     return out
 
 
+class EmbedStage(StageRuntime[EmbedPlan, int, EmbedCounts]):
+    """The embed stage: one unit per input file (its index), its result the file's
+    :class:`EmbedCounts` (also its completion marker).
+
+    ``encoder``: the loaded encoder to embed with; None loads ``config.model`` (the
+    driver in :meth:`plan`, a worker in :meth:`setup`; on Beam the model handler loads
+    it and builds the stage around it)."""
+
+    name = "embed"
+    done = "files"
+    error = EmbedRunError
+    held = "an embed run"
+    record = EmbedCounts
+
+    def __init__(self, encoder: ConceptEncoder | None = None) -> None:
+        self.encoder = encoder
+
+    def __getstate__(self) -> dict:
+        return {"encoder": None}  # workers load their own model, never a pickled one
+
+    def plan(self, config: EmbedConfig) -> EmbedPlan:
+        """Check chunks, encoder and build root; prepare ROOT/embeddings for the run.
+        Raises one-line errors (EmbedRunError, EncoderError, ConfigError) before any
+        work starts."""
+        fs, root = build_root(config.root)
+        chunks, chunk_sha = read_manifest(
+            fs, root.chunk_manifest, Manifest.from_json, "tda chunk", EmbedRunError
+        )
+        encoder = self.encoder or load_encoder(
+            config.model, config.device, config.trust_remote_code
+        )
+        info = encoder.info
+        if chunks.tokenizer.fingerprint != info.tokenizer_fingerprint:
+            raise EmbedRunError(
+                f"the chunks in {config.root} were cut with tokenizer {chunks.tokenizer.spec} "
+                f"({chunks.tokenizer.fingerprint[:19]}), not the model's "
+                f"({info.tokenizer_fingerprint[:19]}); re-run `tda chunk --tokenizer` with "
+                f"the model's tokenizer (a builtin model directory is a tokenizer SPEC)"
+            )
+        if not chunks.chunking.store_text:
+            raise EmbedRunError(
+                "the chunks were written with --no-text; the embed stage rebuilds documents "
+                "from the chunk texts: re-run `tda chunk` without --no-text"
+            )
+        if info.n_known > MAX_CONCEPT_ID + 1:
+            raise EmbedRunError(
+                f"the model has {info.n_known} known concepts; the embeddings table stores "
+                f"concept ids as uint16 (at most {MAX_CONCEPT_ID + 1})"
+            )
+        policy = chunks.chunking
+        context = encoder.context_policy(config.window, config.context, policy.chunk_size)
+        if policy.chunk_size > context.window:
+            raise ConfigError(
+                f"--window {context.window} is shorter than the chunks ({policy.chunk_size} tokens)"
+            )
+        if policy.chunk_size % context.align or policy.step % context.align:
+            raise EmbedRunError(
+                f"the model attends in {context.align}-token blocks; re-chunk with "
+                f"--chunk-size and --stride multiples of {context.align} "
+                f"(now {policy.chunk_size} / {policy.step})"
+            )
+        plan = EmbedPlan(
+            config=config,
+            encoder=info,
+            context=context,
+            dim=encoder.feature_dim(config.pooling),
+            chunks=chunks,
+            chunk_manifest_sha256=chunk_sha,
+        )
+        out_dir = root.embeddings_dir
+        self.prepare_root(
+            fs,
+            config,
+            (out_dir,),
+            root.embed_run_record,
+            plan.run_record(),
+            (out_dir, root.embed_completions_dir),
+        )
+        fs.makedirs(out_dir, exist_ok=True)
+        atomic_write_text(fs, root.embed_concepts, concepts_json(encoder))
+        atomic_write_text(fs, root.embed_run_record, plan.run_record())
+        return plan
+
+    def units(self, plan: EmbedPlan) -> list[int]:
+        return [f.file_index for f in plan.chunks.files]
+
+    def markers(self, plan: EmbedPlan):
+        fs, root = build_root(plan.config.root)
+        return fs, root.embed_completions_dir
+
+    def marker(self, plan: EmbedPlan, unit: int) -> str:
+        return build_root(plan.config.root)[1].embed_completion(unit)
+
+    def resuming(self, plan: EmbedPlan) -> bool:
+        return plan.config.resume
+
+    def setup(self, plan: EmbedPlan) -> None:
+        """Load the encoder from its SPEC (once per worker) unless one was given."""
+        if self.encoder is None:
+            config = plan.config
+            self.encoder = load_encoder(config.model, config.device, config.trust_remote_code)
+
+    def process(self, plan: EmbedPlan, unit: int, meter: Meter) -> EmbedCounts:
+        """Embed one input file's chunks into ``embeddings/part-N.parquet`` (one row per
+        chunk, in the chunks table's order). Counts chunks_embedded, tokens,
+        window_tokens, padded_tokens, windows, batches, zero_vectors."""
+        return _embed_file(unit, plan, self.encoder, meter)
+
+    def finish(self, plan: EmbedPlan) -> EmbedManifest:
+        """Gather every file's completion marker into ``embeddings/manifest.json``
+        (written last)."""
+        files = []
+        for f in plan.chunks.files:
+            counts = read_embed_completion(plan.config, f.file_index)
+            if counts is None:
+                raise EmbedRunError(
+                    f"input file {f.file_index} was not embedded; rerun with --resume"
+                )
+            files.append(counts)
+        manifest = EmbedManifest(
+            tda_version=__version__,
+            encoder=plan.encoder,
+            pooling=plan.config.pooling,
+            context=plan.context,
+            dim=plan.dim,
+            batch_tokens=plan.config.batch_tokens,
+            chunk_manifest_sha256=plan.chunk_manifest_sha256,
+            files=tuple(files),
+        )
+        fs, root = build_root(plan.config.root)
+        atomic_write_text(fs, root.embed_manifest, manifest.to_json())
+        return manifest
+
+
 def process_file(
     file_index: int,
     plan: EmbedPlan,
     encoder: ConceptEncoder,
-    count: Counter = lambda name, n: None,
+    count: Counter | Meter = lambda name, n: None,
 ) -> EmbedCounts:
     """Embed one input file's chunks and commit ``embeddings/part-N.parquet`` (one row per
-    chunk, in the chunks table's order), then ``embeddings/_completions/N.json``.
+    chunk, in the chunks table's order), then ``embeddings/_completions/N.json``
+    (:meth:`EmbedStage.commit`).
 
     ``count(name, n)`` receives progress counters (chunks_embedded, tokens, window_tokens,
     padded_tokens, windows, batches, zero_vectors, files).
     """
+    return EmbedStage(encoder).commit(plan, file_index, count)
+
+
+def _embed_file(
+    file_index: int, plan: EmbedPlan, encoder: ConceptEncoder, meter: Meter
+) -> EmbedCounts:
+    """The embed stage's work on one input file (see :meth:`EmbedStage.process`)."""
     config = plan.config
     if encoder.info.fingerprint != plan.encoder.fingerprint:
         raise EmbedRunError(
@@ -302,25 +375,27 @@ def process_file(
 
     def flush(group: list[ChunkDocument]) -> None:
         nonlocal zero_vectors
-        docs = _tokenize(tokenizer, group, root.chunk_part(file_index))
-        pooled, stats = encode_documents(
-            encoder, docs, config.pooling, plan.context, config.batch_tokens
-        )
-        ids = np.concatenate([d.chunk_ids for d in group])
-        tokens = int(sum(int((d.spans[:, 1] - d.spans[:, 0]).sum()) for d in docs))
-        batch = pa.RecordBatch.from_arrays(
-            [
-                pa.array(ids, type=pa.int64()),
-                vectors_to_arrow(pooled.vectors),
-                pa.array(pooled.concept_ids, type=pa.list_(pa.uint16())),
-                pa.array(
-                    [w.astype(np.float16) for w in pooled.concept_weights],
-                    type=pa.list_(pa.float16()),
-                ),
-            ],
-            schema=schema,
-        )
-        writer.write(batch)
+        with meter.phase("compute"):
+            docs = _tokenize(tokenizer, group, root.chunk_part(file_index))
+            pooled, stats = encode_documents(
+                encoder, docs, config.pooling, plan.context, config.batch_tokens
+            )
+            ids = np.concatenate([d.chunk_ids for d in group])
+            tokens = int(sum(int((d.spans[:, 1] - d.spans[:, 0]).sum()) for d in docs))
+            batch = pa.RecordBatch.from_arrays(
+                [
+                    pa.array(ids, type=pa.int64()),
+                    vectors_to_arrow(pooled.vectors),
+                    pa.array(pooled.concept_ids, type=pa.list_(pa.uint16())),
+                    pa.array(
+                        [w.astype(np.float16) for w in pooled.concept_weights],
+                        type=pa.list_(pa.float16()),
+                    ),
+                ],
+                schema=schema,
+            )
+        with meter.phase("write"):
+            writer.write(batch)
         for name, value in (
             ("chunks", len(ids)),
             ("tokens", tokens),
@@ -330,9 +405,9 @@ def process_file(
             ("batches", stats.batches),
         ):
             totals[name] += value
-            count("chunks_embedded" if name == "chunks" else name, value)
+            meter("chunks_embedded" if name == "chunks" else name, value)
         zero_vectors += pooled.zero_vectors
-        count("zero_vectors", pooled.zero_vectors)
+        meter("zero_vectors", pooled.zero_vectors)
 
     if getattr(encoder.device, "type", None) == "cuda":
         # Host memory then holds only I/O buffers, so fixed malloc thresholds should cost
@@ -343,7 +418,8 @@ def process_file(
     group: list[ChunkDocument] = []
     group_size = 0
     try:
-        for doc in iter_chunk_documents(fs, root.chunk_part(file_index)):
+        documents = iter_chunk_documents(fs, root.chunk_part(file_index))
+        for doc in meter.timed("read", documents):
             group.append(doc)
             group_size += int(doc.spans[-1, 1])
             if group_size >= group_tokens:
@@ -351,7 +427,8 @@ def process_file(
                 group, group_size = [], 0
         if group:
             flush(group)
-        writer.commit()
+        with meter.phase("write"):
+            writer.commit()
     except BaseException:
         writer.abort()
         raise
@@ -362,12 +439,6 @@ def process_file(
             f"file {file_index}: embedded {counts.chunks} chunks, the chunk manifest says "
             f"{expected}; re-run `tda chunk --overwrite` and then `tda embed --overwrite`"
         )
-    atomic_write_text(
-        fs,
-        root.embed_completion(file_index),
-        json.dumps(counts.to_dict(), sort_keys=True) + "\n",
-    )
-    count("files", 1)
     log.info("embedded file %d: %d chunks", file_index, counts.chunks)
     return counts
 
@@ -380,23 +451,5 @@ def _file_position(plan: EmbedPlan, file_index: int) -> int:
 
 
 def finish_embed_run(plan: EmbedPlan) -> EmbedManifest:
-    """Gather every file's completion marker into ``embeddings/manifest.json`` (last)."""
-    files = []
-    for f in plan.chunks.files:
-        counts = read_embed_completion(plan.config, f.file_index)
-        if counts is None:
-            raise EmbedRunError(f"input file {f.file_index} was not embedded; rerun with --resume")
-        files.append(counts)
-    manifest = EmbedManifest(
-        tda_version=__version__,
-        encoder=plan.encoder,
-        pooling=plan.config.pooling,
-        context=plan.context,
-        dim=plan.dim,
-        batch_tokens=plan.config.batch_tokens,
-        chunk_manifest_sha256=plan.chunk_manifest_sha256,
-        files=tuple(files),
-    )
-    fs, root = build_root(plan.config.root)
-    atomic_write_text(fs, root.embed_manifest, manifest.to_json())
-    return manifest
+    """:meth:`EmbedStage.finish`: the markers -> ``embeddings/manifest.json`` (last)."""
+    return EmbedStage().finish(plan)

@@ -11,13 +11,19 @@
    atomically, then the completion marker with its count, size and sha256.
 3. :func:`finish_index_run` (driver): ``index/manifest.json``, written last, with the
    sha256 and size of every file.
+
+:class:`IndexStage` is the stage on the shared runtime (:mod:`.base`): its units are the
+shard numbers, handed to workers in groups that fill at once, one thread each
+(:meth:`IndexStage.elements`); a shard's result and marker is a :class:`ShardMarker`.
 """
+
+from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,12 +45,8 @@ from tda.attribution.io.fs import (
     sha256_file,
     write_hashed,
 )
-from tda.attribution.io.parts import (
-    check_resumable,
-    nonempty,
-    read_manifest,
-    remove_temp_files,
-)
+from tda.attribution.io.parts import read_manifest
+from tda.attribution.stages.base import Counter, Meter, StageRuntime, UnitRun, discard
 from tda.schemas import (
     EmbedManifest,
     IndexConfig,
@@ -53,10 +55,13 @@ from tda.schemas import (
     Manifest,
     ShardInfo,
 )
+from tda.schemas.wire import JsonRecord, record_from_dict
 
 __all__ = [
     "IndexPlan",
     "IndexRunError",
+    "IndexStage",
+    "ShardMarker",
     "fill_shard",
     "fill_shards",
     "finish_index_run",
@@ -156,85 +161,217 @@ def _sample(fs, root, plan_files: list[tuple[int, int]], dim: int, size: int) ->
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
-def plan_index_run(config: IndexConfig) -> IndexPlan:
-    """Check the embeddings, choose factory and shards, train and write the quantizer.
-    Raises one-line errors before any shard is filled."""
-    import faiss
+@dataclass(frozen=True)
+class ShardMarker(JsonRecord):
+    """A filled shard's completion marker (``index/_completions/N.json``): the shard as
+    the manifest lists it, and its file's sha256 and size (hashed while it was written)."""
 
-    fs, root = build_root(config.root)
-    embed, chunks, embed_sha = _read_manifests(fs, root)
-    if not fs.exists(root.embed_concepts):
-        raise IndexRunError(f"{root.embed_concepts} is missing; re-run `tda embed --overwrite`")
-    files = [(f.file_index, f.chunks) for f in embed.files]
-    n = sum(c for _, c in files)
-    if n == 0:
-        raise IndexRunError(f"{config.root} has no embedded chunks to index")
-    factory, nprobe, train = choose_factory(n, embed.dim, config.memory_budget)
-    if config.factory is not None:
-        factory = config.factory
-    if config.whiten:
-        if n < 2 * embed.dim:
-            raise IndexRunError(
-                f"--whiten needs at least 2 x D = {2 * embed.dim} vectors to train its PCA; "
-                f"{config.root} has {n} (use --no-whiten)"
-            )
-        factory = whitened(factory, embed.dim)
-    nprobe = config.nprobe or nprobe
-    train = min(n, config.train_sample or train or 0)
-    probe = build_empty_index(factory, embed.dim, config.metric)
-    if not probe.is_trained and train == 0:
-        train = min(n, 10_000)
-    per_vector = bytes_per_vector(probe, embed.dim)
-    if config.shards is not None:
-        shards = _split_files(files, config.shards)
-    else:
-        shards = _group_files(
-            files, config.shard_size or max(1, config.memory_budget // per_vector)
-        )
-    counts = {i: c for i, c in files}
-    plan = IndexPlan(
-        config=config,
-        embed=embed,
-        chunks=chunks,
-        embed_manifest_sha256=embed_sha,
-        factory=factory,
-        nprobe=nprobe,
-        train_size=train if not probe.is_trained else 0,
-        shards=tuple(shards),
-        shard_counts=tuple(sum(counts[i] for i in s) for s in shards),
-        bytes_per_vector=per_vector,
-    )
-    out = root.index_dir
-    if nonempty(fs, out):
-        if config.overwrite:
-            fs.rm(out, recursive=True)
-        elif config.resume:
-            if not fs.exists(root.index_run_record):
-                raise IndexRunError(f"{out} holds output without a run record; use --overwrite")
-            check_resumable(
-                json.loads(plan.run_record()),
-                read_json(fs, root.index_run_record),
-                out,
-                IndexRunError,
-            )
-            remove_temp_files(fs, (out, f"{out}/shards", root.index_completions_dir))
-            return plan
+    shard: ShardInfo
+    file: IndexFile
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ShardMarker:
+        return record_from_dict(cls, data)
+
+
+class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
+    """The index stage: one unit per shard (its number), its result a
+    :class:`ShardMarker`; a worker gets a group of :meth:`IndexPlan.fill_threads`
+    shards and fills them at once, one thread each (:meth:`fill`), and outputs their
+    :class:`ShardInfo`."""
+
+    name = "index"
+    done = "shards"
+    error = IndexRunError
+    held = "an index"
+    record = ShardMarker
+
+    def plan(self, config: IndexConfig) -> IndexPlan:
+        """Check the embeddings, choose factory and shards, train and write the
+        quantizer. Raises one-line errors before any shard is filled."""
+        import faiss
+
+        fs, root = build_root(config.root)
+        embed, chunks, embed_sha = _read_manifests(fs, root)
+        if not fs.exists(root.embed_concepts):
+            raise IndexRunError(f"{root.embed_concepts} is missing; re-run `tda embed --overwrite`")
+        files = [(f.file_index, f.chunks) for f in embed.files]
+        n = sum(c for _, c in files)
+        if n == 0:
+            raise IndexRunError(f"{config.root} has no embedded chunks to index")
+        factory, nprobe, train = choose_factory(n, embed.dim, config.memory_budget)
+        if config.factory is not None:
+            factory = config.factory
+        if config.whiten:
+            if n < 2 * embed.dim:
+                raise IndexRunError(
+                    f"--whiten needs at least 2 x D = {2 * embed.dim} vectors to train its PCA; "
+                    f"{config.root} has {n} (use --no-whiten)"
+                )
+            factory = whitened(factory, embed.dim)
+        nprobe = config.nprobe or nprobe
+        train = min(n, config.train_sample or train or 0)
+        probe = build_empty_index(factory, embed.dim, config.metric)
+        if not probe.is_trained and train == 0:
+            train = min(n, 10_000)
+        per_vector = bytes_per_vector(probe, embed.dim)
+        if config.shards is not None:
+            shards = _split_files(files, config.shards)
         else:
-            raise IndexRunError(
-                f"{out} already holds an index; pass --resume to continue it or --overwrite "
-                f"to replace it"
+            shards = _group_files(
+                files, config.shard_size or max(1, config.memory_budget // per_vector)
             )
-    fs.makedirs(f"{out}/shards", exist_ok=True)
-    if not probe.is_trained:
-        train_index(probe, _sample(fs, root, files, embed.dim, plan.train_size))
-    with atomic_open(fs, root.index_trained) as f:
-        f.write(faiss.serialize_index(probe).tobytes())
-    with fs.open(root.embed_concepts, "rb") as f:
-        concepts = f.read()
-    with atomic_open(fs, root.index_concepts) as f:
-        f.write(concepts)
-    atomic_write_text(fs, root.index_run_record, plan.run_record())
-    return plan
+        counts = {i: c for i, c in files}
+        plan = IndexPlan(
+            config=config,
+            embed=embed,
+            chunks=chunks,
+            embed_manifest_sha256=embed_sha,
+            factory=factory,
+            nprobe=nprobe,
+            train_size=train if not probe.is_trained else 0,
+            shards=tuple(shards),
+            shard_counts=tuple(sum(counts[i] for i in s) for s in shards),
+            bytes_per_vector=per_vector,
+        )
+        out = root.index_dir
+        resumed = self.prepare_root(
+            fs,
+            config,
+            (out,),
+            root.index_run_record,
+            plan.run_record(),
+            (out, f"{out}/shards", root.index_completions_dir),
+            no_record_fix="use --overwrite",
+        )
+        if resumed:  # the quantizer, concepts and run record are the recorded run's
+            return plan
+        fs.makedirs(f"{out}/shards", exist_ok=True)
+        if not probe.is_trained:
+            train_index(probe, _sample(fs, root, files, embed.dim, plan.train_size))
+        with atomic_open(fs, root.index_trained) as f:
+            f.write(faiss.serialize_index(probe).tobytes())
+        with fs.open(root.embed_concepts, "rb") as f:
+            concepts = f.read()
+        with atomic_open(fs, root.index_concepts) as f:
+            f.write(concepts)
+        atomic_write_text(fs, root.index_run_record, plan.run_record())
+        return plan
+
+    def units(self, plan: IndexPlan) -> list[int]:
+        return list(range(len(plan.shards)))
+
+    def elements(self, plan: IndexPlan) -> list[tuple[int, ...]]:
+        """The shard numbers in groups of :meth:`IndexPlan.fill_threads` (this
+        machine's): each group fills on one worker at once."""
+        threads = plan.fill_threads()
+        numbers = self.units(plan)
+        return [tuple(numbers[i : i + threads]) for i in range(0, len(numbers), threads)]
+
+    def run_element(
+        self, plan: IndexPlan, element: tuple[int, ...], count=discard, timings=discard
+    ) -> Iterator[ShardInfo]:
+        """A group of shards -> their ShardInfo: finished ones (on ``--resume``) first,
+        then the others, filled at once (the worker's :meth:`IndexPlan.fill_threads`)."""
+        todo = []
+        for shard in element:
+            done = self.finished(plan, shard, count)
+            if done is not None:
+                yield done.shard
+            else:
+                todo.append(shard)
+        for marker in self.fill(plan, todo, plan.fill_threads(), count, timings):
+            yield marker.shard
+
+    def markers(self, plan: IndexPlan):
+        fs, root = build_root(plan.config.root)
+        return fs, root.index_completions_dir
+
+    def marker(self, plan: IndexPlan, unit: int) -> str:
+        return build_root(plan.config.root)[1].index_completion(unit)
+
+    def resuming(self, plan: IndexPlan) -> bool:
+        return plan.config.resume
+
+    def process(self, plan: IndexPlan, unit: int, meter: Meter) -> ShardMarker:
+        """Fill shard ``unit`` from the trained index with its files' vectors (explicit
+        ids) and write ``index/shards/shard-N.faiss`` once, atomically. Counts
+        vectors_added."""
+        return _fill(plan, unit, meter)
+
+    def fill(
+        self,
+        plan: IndexPlan,
+        shards: Sequence[int],
+        threads: int,
+        count: Counter = discard,
+        timings: Counter = discard,
+    ) -> Iterator[ShardMarker]:
+        """Fill and commit ``shards``, ``threads`` at a time; yields their markers in the
+        order given (see :func:`fill_shards`)."""
+        if threads <= 1 or len(shards) <= 1:
+            for shard in shards:
+                yield self.commit(plan, shard, count, timings)
+            return
+        import faiss
+
+        per_thread = max(1, (os.cpu_count() or 1) // threads)
+
+        def run(shard: int) -> UnitRun[ShardMarker]:
+            faiss.omp_set_num_threads(per_thread)  # this thread's OpenMP setting only
+            return self.run_detached(plan, shard, skip_finished=False)
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="fill-shard") as pool:
+            for done in pool.map(run, shards):
+                # counts replayed in the caller's thread: Beam metrics are per thread
+                yield done.replay(count, timings)
+
+    def finish(self, plan: IndexPlan, lineage: dict | None = None) -> IndexManifest:
+        """Gather the shard markers into ``index/manifest.json`` (the commit point,
+        last); ``lineage`` records where a pruned index came from."""
+        fs, root = build_root(plan.config.root)
+        shards, files = (
+            [],
+            [_file_entry(fs, root, "trained.faiss"), _file_entry(fs, root, "concepts.json")],
+        )
+        for shard in range(len(plan.shards)):
+            path = root.index_completion(shard)
+            if not fs.exists(path):
+                raise IndexRunError(f"shard {shard} did not finish; rerun with --resume")
+            marker = ShardMarker.from_dict(read_json(fs, path))
+            shards.append(marker.shard)
+            files.append(marker.file)
+        embed, chunks = plan.embed, plan.chunks
+        manifest = IndexManifest(
+            tda_version=__version__,
+            encoder=embed.encoder,
+            tokenizer=chunks.tokenizer,
+            chunking=chunks.chunking,
+            context=embed.context,
+            pooling=embed.pooling,
+            id_codec=chunks.id_codec,
+            dataset_id=chunks.dataset_id,
+            factory=plan.factory,
+            metric=plan.config.metric,
+            dim=embed.dim,
+            nprobe=plan.nprobe,
+            train_vectors=plan.train_size,
+            vectors=sum(s.vectors for s in shards),
+            shards=tuple(shards),
+            files=tuple(files),
+            inputs=chunks.inputs,
+            chunk_manifest_sha256=embed.chunk_manifest_sha256,
+            embed_manifest_sha256=plan.embed_manifest_sha256,
+            lineage=lineage,
+        )
+        atomic_write_text(fs, root.index_manifest, manifest.to_json())
+        return manifest
+
+
+def plan_index_run(config: IndexConfig) -> IndexPlan:
+    """:meth:`IndexStage.plan`: check the embeddings, choose factory and shards, train
+    and write the quantizer."""
+    return IndexStage().plan(config)
 
 
 def read_shard_completion(config: IndexConfig, shard: int) -> ShardInfo | None:
@@ -242,13 +379,7 @@ def read_shard_completion(config: IndexConfig, shard: int) -> ShardInfo | None:
     path = root.index_completion(shard)
     if not fs.exists(path):
         return None
-    return _shard_info(read_json(fs, path))
-
-
-def _shard_info(marker: dict) -> ShardInfo:
-    """A shard's completion marker -> its ShardInfo."""
-    data = marker["shard"]
-    return ShardInfo(**{**data, "embed_files": tuple(data["embed_files"])})
+    return ShardMarker.from_dict(read_json(fs, path)).shard
 
 
 def fill_shards(
@@ -264,34 +395,22 @@ def fill_shards(
     0.87-0.91, because one shard's reads, writes and hashing overlap another's adds and
     no OpenMP barriers wait on them. The files are the same bytes either way (tested).
     """
-    if threads <= 1 or len(shards) <= 1:
-        for shard in shards:
-            yield fill_shard(plan, shard, count)
-        return
-    import faiss
-
-    per_thread = max(1, (os.cpu_count() or 1) // threads)
-
-    def run(shard: int) -> tuple[ShardInfo, list[tuple[str, int]]]:
-        faiss.omp_set_num_threads(per_thread)  # this thread's OpenMP setting only
-        counts: list[tuple[str, int]] = []
-        info = fill_shard(plan, shard, lambda name, n: counts.append((name, n)))
-        return info, counts
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="fill-shard") as pool:
-        for info, counts in pool.map(run, shards):
-            for name, n in counts:  # in the caller's thread: Beam metrics are per thread
-                count(name, n)
-            yield info
+    for marker in IndexStage().fill(plan, shards, threads, count):
+        yield marker.shard
 
 
 def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> ShardInfo:
     """Fill shard ``shard`` from the trained index with its files' vectors (explicit ids)
     and write ``index/shards/shard-N.faiss`` once, atomically; then its marker."""
+    return IndexStage().commit(plan, shard, count).shard
+
+
+def _fill(plan: IndexPlan, shard: int, meter: Meter) -> ShardMarker:
+    """The index stage's work on one shard (see :meth:`IndexStage.process`)."""
     import faiss
 
     fs, root = build_root(plan.config.root)
-    with fs.open(root.index_trained, "rb") as f:
+    with meter.phase("read"), fs.open(root.index_trained, "rb") as f:
         index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
     added = 0
     batches = (
@@ -301,10 +420,11 @@ def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> Shard
     )
     # Read in the same thread: a prefetching reader thread made FAISS's OpenMP adds ~10%
     # slower on 2 cores (its threads spin at barriers), more than the reads it hid.
-    for ids, vectors in batches:
-        index.add_with_ids(vectors, ids)
+    for ids, vectors in meter.timed("read", batches):
+        with meter.phase("compute"):
+            index.add_with_ids(vectors, ids)
         added += len(ids)
-        count("vectors_added", len(ids))
+        meter("vectors_added", len(ids))
     if added != plan.shard_counts[shard]:
         raise IndexRunError(
             f"shard {shard}: added {added} vectors, the embed manifest says "
@@ -319,20 +439,15 @@ def fill_shard(plan: IndexPlan, shard: int, count=lambda name, n: None) -> Shard
 
     # Streamed and hashed in one pass, local or remote: no serialize_index buffer (0.16 s
     # per 37 MB shard) and no re-read for the checksum.
-    digest, size = write_hashed(fs, path, produce)
+    with meter.phase("write"):
+        digest, size = write_hashed(fs, path, produce)
     info = ShardInfo(
         shard=shard,
         path=path.rsplit("/index/", 1)[1],
         vectors=added,
         embed_files=plan.shards[shard],
     )
-    marker = {
-        "shard": asdict(info),
-        "file": asdict(IndexFile(info.path, digest, size)),
-    }
-    atomic_write_text(fs, root.index_completion(shard), json.dumps(marker, sort_keys=True) + "\n")
-    count("shards", 1)
-    return info
+    return ShardMarker(info, IndexFile(info.path, digest, size))
 
 
 def _file_entry(fs, root, relative: str) -> IndexFile:
@@ -340,42 +455,6 @@ def _file_entry(fs, root, relative: str) -> IndexFile:
 
 
 def finish_index_run(plan: IndexPlan, lineage: dict | None = None) -> IndexManifest:
-    """Gather the shard markers into ``index/manifest.json`` (the commit point, last);
-    ``lineage`` records where a pruned index came from."""
-    fs, root = build_root(plan.config.root)
-    shards, files = (
-        [],
-        [_file_entry(fs, root, "trained.faiss"), _file_entry(fs, root, "concepts.json")],
-    )
-    for shard in range(len(plan.shards)):
-        path = root.index_completion(shard)
-        if not fs.exists(path):
-            raise IndexRunError(f"shard {shard} did not finish; rerun with --resume")
-        data = read_json(fs, path)
-        shards.append(_shard_info(data))
-        files.append(IndexFile(**data["file"]))
-    embed, chunks = plan.embed, plan.chunks
-    manifest = IndexManifest(
-        tda_version=__version__,
-        encoder=embed.encoder,
-        tokenizer=chunks.tokenizer,
-        chunking=chunks.chunking,
-        context=embed.context,
-        pooling=embed.pooling,
-        id_codec=chunks.id_codec,
-        dataset_id=chunks.dataset_id,
-        factory=plan.factory,
-        metric=plan.config.metric,
-        dim=embed.dim,
-        nprobe=plan.nprobe,
-        train_vectors=plan.train_size,
-        vectors=sum(s.vectors for s in shards),
-        shards=tuple(shards),
-        files=tuple(files),
-        inputs=chunks.inputs,
-        chunk_manifest_sha256=embed.chunk_manifest_sha256,
-        embed_manifest_sha256=plan.embed_manifest_sha256,
-        lineage=lineage,
-    )
-    atomic_write_text(fs, root.index_manifest, manifest.to_json())
-    return manifest
+    """:meth:`IndexStage.finish`: the shard markers -> ``index/manifest.json`` (the
+    commit point, last); ``lineage`` records where a pruned index came from."""
+    return IndexStage().finish(plan, lineage)

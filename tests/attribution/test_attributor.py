@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tda.attribution.attributor import Attributor, generate_tokens
+from tda.attribution.attributor import Attributor
 from tda.attribution.index.reader import IndexReadError
+from tda.attribution.sequence import generate_tokens
 from tda.pipeline.index import run_index
 from tda.schemas import (
     AttributionReport,
@@ -24,8 +25,7 @@ from tda.schemas import (
     Pooling,
     ReportError,
 )
-from tests.attribution.test_embed_stage import chunk_root, embed_root
-from tests.conftest import make_tiny_steerling
+from tests.helpers import chunk_root, embed_root, make_tiny_steerling
 
 
 @pytest.fixture(scope="module")
@@ -418,6 +418,23 @@ def test_bad_requests_are_one_line_errors(attributor, kwargs, message):
     output = kwargs.pop("output")
     with pytest.raises(ConfigError, match=message):
         attributor.attribute("prompt", output, **kwargs)
+
+
+def test_a_request_object_and_keyword_arguments_attribute_alike(attributor):
+    """attribute(AttributionRequest(...)) is attribute(prompt, output, **fields): the
+    same report (timings aside); a request does not mix with more arguments."""
+    from dataclasses import replace
+
+    from tda.schemas import AttributionRequest
+
+    request = AttributionRequest("The for statement", " is used to iterate.", k=3,
+                                 input_attribution="none")  # fmt: skip
+    a = attributor.attribute(request)
+    b = attributor.attribute("The for statement", " is used to iterate.", k=3,
+                             input_attribution="none")  # fmt: skip
+    assert replace(a, timings=b.timings) == b
+    with pytest.raises(TypeError, match="alone"):
+        attributor.attribute(request, k=4)
 
 
 def test_another_encoder_is_refused_unless_forced(root, tmp_path, builtin_dir):

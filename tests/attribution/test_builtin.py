@@ -14,9 +14,9 @@ import torch
 
 from tda.attribution.encoders import EncoderError, load_encoder
 from tda.attribution.encoders.builtin.concepts import ConceptSetError, load_concept_set
-from tda.attribution.encoders.builtin.train import TrainConfig, auroc, train_builtin
-from tda.schemas import ConfigError
-from tests.conftest import TINY_TRAIN
+from tda.attribution.encoders.builtin.train import auroc, train_builtin
+from tda.schemas import ConfigError, TrainConfig
+from tests.helpers import TINY_TRAIN
 
 
 def test_default_concept_set():

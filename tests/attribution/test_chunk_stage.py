@@ -16,7 +16,7 @@ from tda.attribution.stages.chunk import (
     process_file,
 )
 from tda.schemas import DEFAULT_CODEC, ChunkingPolicy, Manifest
-from tests.conftest import chunk_config
+from tests.helpers import chunk_config
 
 
 def test_process_file_writes_parts_marker_and_counters(mixed_corpus, tmp_path, tokenizer_dir):

@@ -20,7 +20,7 @@ from tda.schemas import (
     ChunkIdOverflowError,
     ChunkingPolicy,
 )
-from tests.conftest import MULTILINGUAL
+from tests.helpers import MULTILINGUAL
 
 # ---------------------------------------------------------------------------------------
 # chunk_windows

@@ -10,46 +10,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from tda.attribution.encoders import load_encoder
-from tda.attribution.stages.chunk import finish_chunk_run, plan_chunk_run, process_file
 from tda.attribution.stages.embed import (
     EmbedRunError,
-    finish_embed_run,
     plan_embed_run,
 )
 from tda.attribution.stages.embed import process_file as embed_file
 from tda.schemas import (
-    ChunkConfig,
-    ChunkingPolicy,
     ConfigError,
     EmbedConfig,
     EmbedManifest,
     vectors_from_arrow,
 )
-
-
-def chunk_root(root, inputs, tokenizer: str, **policy) -> None:
-    config = ChunkConfig(
-        inputs=tuple(str(i) for i in inputs),
-        out=str(root),
-        tokenizer=tokenizer,
-        chunking=ChunkingPolicy(**policy),
-        overwrite=True,
-    )
-    plan = plan_chunk_run(config)
-    from tda.attribution.corpus.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tokenizer)
-    for f in plan.inputs:
-        process_file(f, config, tok)
-    finish_chunk_run(plan)
-
-
-def embed_root(config: EmbedConfig, encoder=None):
-    encoder = encoder or load_encoder(config.model, "cpu")
-    plan = plan_embed_run(config, encoder)
-    for f in plan.chunks.files:
-        embed_file(f.file_index, plan, encoder)
-    return finish_embed_run(plan)
+from tests.helpers import chunk_root, embed_root
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Process-level helpers of the stages."""
+"""Process-level and file helpers of the stages (attribution/io/fs.py)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,20 @@ def test_bound_heap_sets_glibc_thresholds_once_per_process():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.split() == ["True", "True", "1"]
+
+
+def test_one_way_to_hash_a_file(tmp_path):
+    """sha256_file (any filesystem), local_sha256 and HashingWriter agree with hashlib."""
+    import hashlib
+
+    import fsspec
+
+    from tda.attribution.io.fs import local_sha256, sha256_file, write_hashed
+
+    data = bytes(range(256)) * 20_000  # 5 MB: more than one 4 MiB block
+    path = tmp_path / "blob.bin"
+    fs = fsspec.filesystem("file")
+    written = write_hashed(fs, str(path), lambda write: write(data))
+    expected = hashlib.sha256(data).hexdigest()
+    assert written == sha256_file(fs, str(path)) == (expected, len(data))
+    assert local_sha256(str(path)) == expected

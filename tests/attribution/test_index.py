@@ -6,107 +6,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tda.attribution.index.build import IndexRunError, choose_factory, whitened
 from tda.attribution.index.reader import IndexReader, IndexReadError, merge_topk, verify_index
-from tda.attribution.io.parts import parquet_write_options
 from tda.attribution.stages.index import plan_index_run
 from tda.pipeline.index import run_index
 from tda.schemas import (
-    CHUNK_SCHEMA,
     DEFAULT_CODEC,
-    ChunkingPolicy,
-    ContextPolicy,
-    EmbedCounts,
-    EmbedManifest,
     EncoderInfo,
-    FileCounts,
     IndexConfig,
-    InputFile,
-    Manifest,
-    Pooling,
-    ReadOptions,
-    TokenizerInfo,
-    embedding_schema,
-    vectors_to_arrow,
 )
-
-
-def clustered(n: int, dim: int, seed: int = 0, centers: int = 200) -> np.ndarray:
-    """Unit vectors around random centres: the shape real embeddings have."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centers, dim)).astype(np.float32)
-    x = c[rng.integers(0, centers, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float16).astype(np.float32)  # what the embeddings table stores
-
-
-def synthetic_root(root: Path, vectors: np.ndarray, files: int) -> list[int]:
-    """A build root with chunks + embeddings for ``vectors`` split over ``files`` input
-    files (as if chunked and embedded); returns the chunk ids in order."""
-    n, dim = vectors.shape
-    bounds = np.linspace(0, n, files + 1).astype(int)
-    inputs, counts, ecounts, all_ids = [], [], [], []
-    (root / "chunks").mkdir(parents=True)
-    (root / "embeddings").mkdir()
-    for f in range(files):
-        lo, hi = int(bounds[f]), int(bounds[f + 1])
-        ids = [DEFAULT_CODEC.encode(0, f, i) for i in range(hi - lo)]
-        all_ids += ids
-        rows = [
-            dict(chunk_id=c, source=f"src{f % 3}", doc_id=f"doc{f}-{i // 10}", record_index=i // 10,
-                 chunk_index=i % 10, token_start=0, token_end=1, char_start=0, char_end=5,
-                 n_tokens=1, text=f"chunk {c}")
-            for i, c in enumerate(ids)
-        ]  # fmt: skip
-        pq.write_table(
-            pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA),
-            root / "chunks" / f"part-{f:06d}.parquet",
-            row_group_size=8192,
-        )
-        emb = pa.Table.from_arrays(
-            [
-                pa.array(ids, pa.int64()),
-                vectors_to_arrow(vectors[lo:hi]),
-                pa.array([[0]] * (hi - lo), pa.list_(pa.uint16())),
-                pa.array([[1.0]] * (hi - lo), pa.list_(pa.float16())),
-            ],
-            schema=embedding_schema(dim),
-        )
-        pq.write_table(  # as the embed stage writes them
-            emb,
-            root / "embeddings" / f"part-{f:06d}.parquet",
-            row_group_size=8192,
-            **parquet_write_options(emb.schema, ("vector",)),
-        )
-        inputs.append(InputFile(f, f"/corpus/f{f}.jsonl", "jsonl", 1))
-        counts.append(FileCounts(f, hi - lo, hi - lo, hi - lo, hi - lo, {}))
-        ecounts.append(EmbedCounts(f, hi - lo, hi - lo, hi - lo, 0, 1, 1, 0))
-    tok = TokenizerInfo("t", "huggingface", "t", "sha256:t", 10)
-    chunks = Manifest(
-        "0.1.0",
-        DEFAULT_CODEC,
-        0,
-        tok,
-        ReadOptions(),
-        ChunkingPolicy(),
-        tuple(inputs),
-        tuple(counts),
-    )
-    (root / "chunks" / "manifest.json").write_text(chunks.to_json())
-    enc = EncoderInfo("builtin", "builtin:none", "sha256:e", "sha256:t", dim, 1, 1, 256, 1)
-    embed = EmbedManifest(
-        "0.1.0", enc, Pooling(), ContextPolicy(256, 64), dim, 1024, "x", tuple(ecounts)
-    )
-    (root / "embeddings" / "manifest.json").write_text(embed.to_json())
-    (root / "embeddings" / "concepts.json").write_text('{"known": ["c0"], "harmful": []}')
-    return all_ids
+from tests.helpers import clustered, synthetic_root
 
 
 def exact(vectors: np.ndarray, ids: list[int], queries: np.ndarray, k: int):

@@ -62,7 +62,7 @@ def test_concept_scan_ranks_the_planted_source_first(built, tmp_path):
 
 
 def test_exemplar_scan_ranks_the_planted_source_first(built, tmp_path):
-    from tests.conftest import planted_story
+    from tests.helpers import planted_story
 
     rng = random.Random(99)  # new stories, never indexed
     like = tmp_path / "bad.jsonl"

@@ -28,7 +28,7 @@ from tda.attribution.corpus.tokenizer import (
     load_tokenizer,
     train_bpe_tokenizer,
 )
-from tests.conftest import MULTILINGUAL
+from tests.helpers import MULTILINGUAL
 
 ASCII_TEXTS = [
     "the theory of the thing: they thought the rest was there.",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pyarrow.parquet as pq
@@ -263,34 +265,73 @@ def test_model_train_chunk_embed_end_to_end(docs_jsonl, tmp_path):
     assert info["name"] == "builtin" and "violence" in info["harmful"]
 
 
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        ([], "already holds an embed run"),
-        (["--pooling", "median"], "--pooling must be one of"),
-        (["--pooling", "mean:everything"], "pooling features must be one of"),
-        (["--window", "100000", "--overwrite"], "exceeds the model's context limit"),
-        (["--batch-tokens", "0"], "--batch-tokens must be positive"),
-        (["--top-k-concepts", "0"], "--top-k-concepts must be in"),
-        (["--device", "cuda", "--overwrite"], "sees no CUDA GPU"),
-    ],
-)
-def test_embed_errors_are_one_line(extra, message, tmp_path, docs_jsonl, builtin_dir):
-    import torch
-
-    if "cuda" in extra and torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    from tda.schemas import EmbedConfig
-    from tests.attribution.test_embed_stage import chunk_root, embed_root
-
-    root = tmp_path / "root"
-    chunk_root(root, [docs_jsonl], builtin_dir)
-    embed_root(EmbedConfig(root=str(root), model=builtin_dir))
-    result = CliRunner().invoke(main, ["embed", str(root), "--model", builtin_dir, *extra])
+def _one_error_line(result, message: str) -> None:
+    """``result`` (a CliRunner result) failed with ``message`` as its one ``Error`` line."""
     assert result.exit_code != 0
     assert message in result.output, result.output
     assert "Traceback" not in result.output
     assert len([ln for ln in result.output.splitlines() if ln.startswith("Error")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--pooling", "median"], "--pooling must be one of"),
+        (["--pooling", "mean:everything"], "pooling features must be one of"),
+        (["--batch-tokens", "0"], "--batch-tokens must be positive"),
+        (["--top-k-concepts", "0"], "--top-k-concepts must be in"),
+    ],
+)
+def test_embed_option_errors_fire_while_parsing(extra, message, tmp_path):
+    """Settings EmbedConfig refuses: the parsed options fail to become a config, and the
+    command fails with that one line before it reads a root or loads a model."""
+    from tda.jobs.cli.build import embed, embed_config
+    from tda.schemas import ConfigError
+
+    root = str(tmp_path / "no-root")
+    ctx = embed.make_context("embed", [root, "--model", "no-model", *extra])
+    kw = dict(ctx.params)
+    args = [kw.pop(k) for k in ("root", "model", "resume", "overwrite")]
+    kw.pop("as_json")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        embed_config(*args, kw)
+    _one_error_line(
+        CliRunner().invoke(main, ["embed", root, "--model", "no-model", *extra]), message
+    )
+    assert not (tmp_path / "no-root").exists()
+
+
+@pytest.fixture(scope="module")
+def embedded_root(tmp_path_factory, docs_jsonl, builtin_dir) -> Path:
+    """A root chunked and embedded once with the builtin model; the refused embed runs
+    below leave it as it was."""
+    from tda.schemas import EmbedConfig
+    from tests.helpers import chunk_root, embed_root
+
+    root = tmp_path_factory.mktemp("embedded") / "root"
+    chunk_root(root, [docs_jsonl], builtin_dir)
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "already holds an embed run"),
+        (["--window", "100000", "--overwrite"], "exceeds the model's context limit"),
+        (["--device", "cuda", "--overwrite"], "sees no CUDA GPU"),
+    ],
+)
+def test_embed_errors_are_one_line(extra, message, embedded_root, builtin_dir):
+    """Errors that need the root's chunks or the model: one line, the earlier run kept."""
+    import torch
+
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    manifest = (embedded_root / "embeddings" / "manifest.json").read_bytes()
+    result = CliRunner().invoke(main, ["embed", str(embedded_root), "--model", builtin_dir, *extra])
+    _one_error_line(result, message)
+    assert (embedded_root / "embeddings" / "manifest.json").read_bytes() == manifest
 
 
 def test_embed_without_chunks_and_bad_model_are_one_line(tmp_path, builtin_dir):
@@ -305,7 +346,7 @@ def test_index_build_search_verify_on_real_text(tmp_path, docs_jsonl, builtin_di
     chunk N (or an identical-text twin) first, verify passes; one flipped byte makes
     verify fail and search refuse."""
     from tda.schemas import EmbedConfig, Pooling
-    from tests.attribution.test_embed_stage import chunk_root, embed_root
+    from tests.helpers import chunk_root, embed_root
 
     root = tmp_path / "root"
     chunk_root(root, [docs_jsonl], builtin_dir)
@@ -362,7 +403,7 @@ def test_attribute_cli_json_and_terminal(tmp_path, docs_jsonl, builtin_dir):
     scores and sources; without --json the same renders as tables."""
     from tda.pipeline.index import run_index
     from tda.schemas import EmbedConfig, IndexConfig, Pooling
-    from tests.attribution.test_embed_stage import chunk_root, embed_root
+    from tests.helpers import chunk_root, embed_root
 
     root = tmp_path / "root"
     chunk_root(root, [docs_jsonl], builtin_dir)
@@ -453,6 +494,13 @@ def test_build_cli_with_a_runner_config(docs_jsonl, builtin_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "tda build" in result.output and "vectors in 1 shard (" in result.output
+
+
+def test_build_errors_before_any_work_are_one_line(docs_jsonl, builtin_dir, tmp_path):
+    """A bad --config or a model without a tokenizer fails before any stage runs (no root
+    is built): one line, exit status 1."""
+    root = tmp_path / "root"
+    args = ["build", str(docs_jsonl), "--model", builtin_dir, "--out", str(root)]
     for bad, message in (
         (["--config", "nonesuch"], "not a bundled config"),
         (["--config", "dataflow", "--overwrite"], "needs $TDA_GCP_PROJECT"),
@@ -460,3 +508,99 @@ def test_build_cli_with_a_runner_config(docs_jsonl, builtin_dir, tmp_path):
     ):
         result = CliRunner().invoke(main, [*args, *bad], env={"TDA_GCP_PROJECT": None})
         assert result.exit_code == 1 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not root.exists()
+
+
+# --------------------------------------------------------------------------------------
+# One UserError base, mapped to one line in one place (TdaGroup.invoke)
+
+
+def test_every_user_facing_error_is_a_user_error():
+    from tda.attribution.corpus.readers import InputError
+    from tda.attribution.corpus.tokenizer import TokenizerError
+    from tda.attribution.curation.prune import PruneError
+    from tda.attribution.curation.scan import ScanError
+    from tda.attribution.encoders import EncoderError
+    from tda.attribution.encoders.builtin.concepts import ConceptSetError
+    from tda.attribution.index.build import IndexRunError
+    from tda.attribution.index.reader import IndexReadError
+    from tda.attribution.io.parts import StageError
+    from tda.attribution.stages.chunk import ChunkRunError
+    from tda.attribution.stages.embed import EmbedRunError
+    from tda.schemas import ChunkIdOverflowError, ConfigError, ManifestError, ReportError
+    from tda.schemas.errors import UserError
+
+    for error in (
+        ConfigError, ManifestError, ChunkIdOverflowError, ReportError, StageError,
+        ChunkRunError, EmbedRunError, IndexRunError, IndexReadError, ScanError, PruneError,
+        EncoderError, TokenizerError, InputError, ConceptSetError,
+    ):  # fmt: skip
+        assert issubclass(error, UserError), error
+        assert issubclass(error, ValueError), error  # `except ValueError` still catches it
+
+
+def _raiser(error: Exception):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+# (command line, where the command calls out): a top-level command, a grouped one, and a
+# raise from inside a reporter, after the work is done.
+_CALLS = [
+    (["model", "info", "SPEC"], "tda.attribution.encoders.load_encoder"),
+    (["index", "info", "ROOT"], "tda.attribution.index.reader.read_index_manifest"),
+    (["index", "verify", "ROOT"], "tda.attribution.index.reader.verify_index"),
+    (["prune", "list", "SCAN", "--out", "x.parquet"], "tda.jobs.render.report_prune_list"),
+]
+
+
+@pytest.mark.parametrize(("argv", "target"), _CALLS)
+def test_a_user_error_anywhere_in_a_command_is_one_line_exit_1(argv, target, monkeypatch):
+    from tda.schemas.errors import UserError
+
+    class Planted(UserError):
+        pass
+
+    if target.startswith("tda.jobs.render"):
+        monkeypatch.setattr("tda.attribution.curation.prune.make_prune_list", lambda *a: None)
+    monkeypatch.setattr(target, _raiser(Planted("planted: fix the thing")))
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1
+    assert result.output == "Error: planted: fix the thing\n"
+    assert isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), ValueError("not a UserError")])
+def test_a_non_user_error_is_not_swallowed(error, monkeypatch):
+    """Anything that is not a UserError (a plain ValueError included) is a bug: it keeps
+    its type and traceback instead of becoming a one-line message."""
+    monkeypatch.setattr("tda.attribution.index.reader.read_index_manifest", _raiser(error))
+    result = CliRunner().invoke(main, ["index", "info", "ROOT"])
+    assert result.exit_code == 1
+    assert result.exception is error
+    assert "Error:" not in result.output
+    from tda.jobs.cli import run
+
+    with pytest.raises(type(error), match=str(error)):
+        run(["index", "info", "ROOT"])
+
+
+def test_user_error_goes_to_stderr_as_one_line(tmp_path):
+    """The real entry point: the message on stderr, nothing on stdout, exit status 1; and
+    the same through run(), the entry point for tests."""
+    from tda.jobs.cli import run
+
+    out = subprocess.run(
+        [sys.executable, "-m", "tda.jobs.cli", "index", "info", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == (
+        f"Error: {tmp_path}/index/manifest.json not found: run `tda index build` into this "
+        "root first (or let it finish: the manifest is written last)\n"
+    )
+    assert run(["index", "info", str(tmp_path)]) == 1

@@ -1,32 +1,34 @@
-"""The quality harness's parts: planted facts, corpus, baselines, re-ranking, the
-counterfactual's prune list and log-probability, and metrics (the full run is `make
-eval`; its table is in docs/quality.md)."""
+"""The quality harness's parts: planted facts, corpus, the rankers (one protocol),
+re-ranking, scoring into typed rows, the counterfactual's removals, prune list and
+log-probability, the tables; and a smoke run of its ``main`` with tiny options (the full
+run is `make eval`; its table is in docs/quality.md)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
 import pytest
 
-from tda.jobs.quality import (
-    BM25Ranker,
-    ChunkTable,
-    ExactSpanRanker,
-    GradCosRanker,
-    RandomRanker,
-    Variant,
-    _metrics,
-    answer_log_prob,
+from tda.jobs.quality.chunks import ChunkTable
+from tda.jobs.quality.counterfactual import CounterfactualRow, removals, write_prune_list
+from tda.jobs.quality.facts import build_corpus, make_facts, taught_paraphrase
+from tda.jobs.quality.gradients import GradCosRanker
+from tda.jobs.quality.outputs import Query, answer_log_prob
+from tda.jobs.quality.rankers import BM25Ranker, ExactSpanRanker, RandomRanker, rerank
+from tda.jobs.quality.report import Tables, markdown_tables
+from tda.jobs.quality.scoring import (
+    BestOption,
+    Comparison,
+    FactRank,
+    MethodRow,
+    Metrics,
+    Option,
     best_option,
-    build_corpus,
+    compare_to_best,
     default_option,
-    make_facts,
-    make_variants,
-    markdown_tables,
-    rerank,
-    taught_paraphrase,
-    write_prune_list,
 )
+from tda.jobs.quality.variants import Variant, make_variants
 
 
 class _Table:
@@ -134,35 +136,48 @@ def test_variants_cover_both_query_spans_and_one_is_the_default():
     assert len(names) == len(set(names)) == 2 * (3 + 3 + 1) + 2
     assert {v.query_span for v in variants} == {"chunk", "output"}
     default = default_option(variants)
-    row = next(v for v in variants if v.name == default["row"])
+    row = next(v for v in variants if v.name == default.row)
     want = (Pooling().name, None, IndexConfig(root="-").whiten, DEFAULT_QUERY_SPAN)
     assert (row.pooling, row.factory, row.whiten, row.query_span) == want
-    assert default["rerank"] == DEFAULT_RERANK
+    assert default.rerank == DEFAULT_RERANK
     with pytest.raises(ValueError, match="no variant is the default"):
-        default_option([v for v in variants if v.name != default["row"]])
+        default_option([v for v in variants if v.name != default.row])
+
+
+def _m(ranks, concept_rerank=None) -> Metrics:
+    """Metrics of a method that ranked each fact's first source at ``ranks``."""
+    facts = [FactRank(i, r, False) for i, r in enumerate(ranks)]
+    return replace(Metrics.of(facts), concept_rerank=concept_rerank)
+
+
+def _row(name, **conditions) -> MethodRow:
+    """A tda row: condition (underscores for spaces) -> (ranks, ranks with concepts)."""
+    return MethodRow(name, {c.replace("_", " "): _m(r, _m(cr)) for c, (r, cr) in
+                            conditions.items()})  # fmt: skip
 
 
 def test_best_option_pools_every_condition_and_compares_the_concept_rerank():
-    def m(ranks):
-        return {"n": len(ranks), "ranks": ranks}
-
     variants = [Variant("a", "mean:hidden"), Variant("b", "max:hidden")]
-    results = {
-        "a": {"verbatim": {**m([1, 2]), "concept_rerank": m([1, 1])},
-              "long prompt": {**m([None, 2]), "concept_rerank": m([2, None])},
-              "paraphrase": {**m([]), "concept_rerank": m([])}},
-        "b": {"verbatim": {**m([1, 1]), "concept_rerank": m([3, 3])},
-              "long prompt": {**m([1, None]), "concept_rerank": m([3, 3])},
-              "paraphrase": {**m([]), "concept_rerank": m([])}},
-    }  # fmt: skip
+    results = [
+        _row("a", verbatim=([1, 2], [1, 1]), long_prompt=([None, 2], [2, None]),
+             paraphrase=([], [])),
+        _row("b", verbatim=([1, 1], [3, 3]), long_prompt=([1, None], [3, 3]),
+             paraphrase=([], [])),
+    ]  # fmt: skip
     # over the four (condition, fact) pairs: a 0.5, a + concepts 0.625, b 0.75
-    assert best_option(variants, results) == {"row": "b", "rerank": "none", "mrr": 0.75}
-    results["b"]["long prompt"]["ranks"] = [None, None]  # b: 0.5
-    assert best_option(variants, results) == {"row": "a", "rerank": "concepts", "mrr": 0.625}
+    assert asdict(best_option(variants, results)) == {"row": "b", "rerank": "none", "mrr": 0.75}
+    results[1] = _row("b", verbatim=([1, 1], [3, 3]), long_prompt=([None, None], [3, 3]),
+                      paraphrase=([], []))  # b: 0.5  # fmt: skip
+    assert asdict(best_option(variants, results)) == {
+        "row": "a",
+        "rerank": "concepts",
+        "mrr": 0.625,
+    }
+    assert best_option(variants, results).label == "a, re-rank concepts"
 
 
 def test_long_prompt_ends_with_the_verbatim_prompt_and_is_seeded():
-    from tda.jobs.quality import background_sentences, long_prompt
+    from tda.jobs.quality.facts import background_sentences, long_prompt
 
     sentences = background_sentences()
     fact = make_facts(3, 0)[2]
@@ -191,7 +206,7 @@ def test_lead_puts_background_before_every_statement_and_keeps_lead_0(tmp_path):
 
 
 def test_paired_bootstrap_interval():
-    from tda.jobs.quality import paired_bootstrap
+    from tda.jobs.quality.scoring import paired_bootstrap
 
     same = [1, 2, None, 1, 3] * 4
     assert paired_bootstrap(same, same, seed=0) == (0.0, 0.0, 0.0)
@@ -207,18 +222,15 @@ def test_paired_bootstrap_interval():
 
 
 def test_compare_to_best_marks_ties():
-    from tda.jobs.quality import compare_to_best
-
     variants = [Variant("a", "mean:hidden"), Variant("b", "max:hidden")]
-    good, bad = {"ranks": [1] * 30}, {"ranks": [None] * 30}
-    results = {
-        "a": {"verbatim": {**good, "concept_rerank": {"ranks": [1] * 29 + [2]}}},
-        "b": {"verbatim": {**bad, "concept_rerank": bad}},
-    }
-    rows = compare_to_best(variants, results, {"row": "a", "rerank": "none"}, seed=0)
-    tied = {(r["row"], r["rerank"]) for r in rows if r["tied"]}
+    results = [
+        _row("a", verbatim=([1] * 30, [1] * 29 + [2])),
+        _row("b", verbatim=([None] * 30, [None] * 30)),
+    ]
+    rows = compare_to_best(variants, results, Option("a", "none"), seed=0)
+    tied = {(r.row, r.rerank) for r in rows if r.tied}
     assert tied == {("a", "none"), ("a", "concepts")}
-    assert next(r for r in rows if r["row"] == "b")["delta"] == -1.0
+    assert next(r for r in rows if r.row == "b").delta == -1.0
 
 
 def test_prune_list_for_counterfactual_reads_back_as_chunk_level(tmp_path):
@@ -281,10 +293,11 @@ def test_answer_log_prob_is_the_answer_tokens_log_probability(builtin_dir):
 
 
 def test_metrics():
-    m = _metrics([1, 2, None, 10])
-    assert m == {"n": 4, "mrr": pytest.approx((1 + 0.5 + 0.1) / 4, abs=1e-4),
-                 "recall@1": 0.25, "recall@10": 0.75}  # fmt: skip
-    assert _metrics([])["mrr"] is None
+    m = _m([1, 2, None, 10])
+    assert (m.n, m.mrr, m.recall_at_1, m.recall_at_10) == (
+        4, pytest.approx((1 + 0.5 + 0.1) / 4, abs=1e-4), 0.25, 0.75
+    )  # fmt: skip
+    assert _m([]).mrr is None
 
 
 def test_grad_cos_finds_the_chunk_whose_gradient_it_is(builtin_dir):
@@ -303,7 +316,7 @@ def test_grad_cos_finds_the_chunk_whose_gradient_it_is(builtin_dir):
 def test_trak_finds_the_chunk_whose_gradient_it_is(builtin_dir):
     pytest.importorskip("dattri", reason="dattri is not installed (the TRAK baseline is optional)")
     from tda.attribution.encoders import load_encoder
-    from tda.jobs.quality import TRAKRanker
+    from tda.jobs.quality.gradients import TRAKRanker
 
     encoder = load_encoder(builtin_dir, "cpu")
     encoder.model.requires_grad_(False)  # as the encoder is loaded (and Grad-Cos leaves it)
@@ -316,42 +329,212 @@ def test_trak_finds_the_chunk_whose_gradient_it_is(builtin_dir):
 
 
 def test_markdown_tables_publish_every_row_and_the_counterfactual():
-    m = {"n": 2, "mrr": 0.75, "recall@1": 0.5, "recall@10": 1.0, "distractor_first": 0.0}
-    report = {
-        "results": {
-            "tda mean:hidden": {"verbatim": {**m, "concept_rerank": {**m, "mrr": 1.0}},
-                                "paraphrase": {"n": 0, "mrr": None, "recall@1": None,
-                                               "recall@10": None, "distractor_first": None}},
-            "BM25": {"verbatim": m},
-        },
-        "counterfactual": {"oracle: true sources": {"chunks_removed": 6, "facts": 2,
-                           "mean_delta_log_prob": -2.5, "facts_dropped": 2,
-                           "share_of_oracle": 1.0}},
-    }  # fmt: skip
+    m = {"n": 2, "mrr": 0.75, "recall_at_1": 0.5, "recall_at_10": 1.0, "distractor_first": 0.0}
+    rows = [
+        MethodRow("tda mean:hidden", {
+            "verbatim": Metrics(**m, concept_rerank=Metrics(**{**m, "mrr": 1.0})),
+            "paraphrase": Metrics(n=0, mrr=None, recall_at_1=None, recall_at_10=None,
+                                  distractor_first=None),
+        }),
+        MethodRow("BM25", {"verbatim": Metrics(**m)}),
+    ]  # fmt: skip
+    oracle = CounterfactualRow("oracle: true sources", chunks_removed=6, facts=2,
+                               mean_delta_log_prob=-2.5, facts_dropped=2,
+                               share_of_oracle=1.0)  # fmt: skip
+    report = Tables(rows, counterfactual=[oracle])
     lines = markdown_tables(report).splitlines()
     assert (
         "| tda mean:hidden | verbatim | 2 | 0.750 | 0.500 | 1.000 | 0.000 | 1.000 | 0.500 |"
         in lines
     )
     assert not lines[0].startswith("Best")  # no best / default recorded: no verdict line
-    report["best_tda"] = {"row": "x", "rerank": "none", "label": "tda x", "mrr": 0.8}
-    report["default_tda"] = {"row": "y", "rerank": "concepts"}
-    report["default_is_best"] = False
+    report = replace(report, best=BestOption("tda x", "none", 0.8), default=Option("y", "concepts"))
+    assert not report.default_is_best
     lines = markdown_tables(report).splitlines()
     assert lines[0] == (
         "Best tda option by MRR (then recall@1, recall@10) over every scored fact and "
         "condition: **tda x** (MRR 0.800)."
     )
     assert "**y, --rerank concepts**" in lines[2] and "not the best" in lines[2]
-    report["versus_best"] = [
-        {"row": "x", "rerank": "none", "mrr": 0.8, "delta": 0.0, "lo": 0.0, "hi": 0.0,
-         "tied": True},
-        {"row": "y", "rerank": "concepts", "mrr": 0.75, "delta": -0.05, "lo": -0.1, "hi": 0.02,
-         "tied": True},
-    ]  # fmt: skip
+    versus = [
+        Comparison("tda x", "none", mrr=0.8, delta=0.0, lo=0.0, hi=0.0, tied=True),
+        Comparison("y", "concepts", mrr=0.75, delta=-0.05, lo=-0.1, hi=0.02, tied=True),
+    ]
+    report = replace(report, versus_best=versus)
     lines = markdown_tables(report).splitlines()
     assert "-0.050 against the best" in lines[2] and "**tied with the best**" in lines[2]
     assert "| y, --rerank concepts | 0.750 | -0.050 | [-0.100, +0.020] |" in lines
     assert "| tda mean:hidden | paraphrase | 0 | - | - | - | - | - | - |" in lines
     assert "| BM25 | verbatim | 2 | 0.750 | 0.500 | 1.000 | 0.000 | - | - |" in lines
     assert "| oracle: true sources | 6 | 2 | -2.500 | 2 | 1.000 |" in lines
+
+
+def _fact_table(tmp_path, fact):
+    """A ChunkTable of five chunks: 1 and 3 are ``fact``'s sources, 4 its distractor."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "chunks").mkdir()
+    docs = [f"fact-{fact.index}-0", f"fact-{fact.index}-0", f"fact-{fact.index}-p1",
+            f"distractor-{fact.index}-0", f"fact-{fact.index + 10}-0"]  # fmt: skip
+    texts = [f"in {fact.place}.", "later filler", f"is {fact.place}.", fact.place, fact.place]
+    z = [0] * 5
+    rows = {"chunk_id": [1, 2, 3, 4, 5], "source": ["s"] * 5, "doc_id": docs,
+            "record_index": z, "char_start": z, "char_end": z, "text": texts}  # fmt: skip
+    pq.write_table(pa.table(rows), tmp_path / "chunks" / "part-000000.parquet")
+    return ChunkTable(tmp_path)
+
+
+def test_score_ranks_each_fact_against_its_sources_and_distractors(tmp_path):
+    from tda.jobs.quality.outputs import Outputs
+    from tda.jobs.quality.scoring import score
+
+    fact = make_facts(3, 0)[1]
+    table = _fact_table(tmp_path, fact)
+    assert table.distractors(fact) == {4}
+    verbatim = Query("verbatim", fact, fact.verbatim_prompt, f" {fact.place}.")
+    longer = Query("long prompt", fact, "Some words. " + fact.verbatim_prompt, f" {fact.place}.")
+    outputs = Outputs({"verbatim": [verbatim], "long prompt": [longer], "paraphrase": []},
+                      {"verbatim": 1, "long prompt": 1, "paraphrase": 1})  # fmt: skip
+    row = score("m", {verbatim: [2, 3, 1], longer: [4, 5, 1]}, outputs, table)
+    assert list(row.conditions) == ["verbatim", "long prompt", "paraphrase"]
+    assert row.conditions["verbatim"] == Metrics(1, 0.5, 0.0, 1.0, 0.0, (2,))
+    assert row.conditions["long prompt"] == Metrics(1, 0.3333, 0.0, 1.0, 1.0, (3,))
+    assert row.conditions["paraphrase"] == Metrics(0, None, None, None, None, ())
+    assert row.conditions["verbatim"].to_json() == {
+        "n": 1, "mrr": 0.5, "recall@1": 0.0, "recall@10": 1.0, "distractor_first": 0.0,
+        "ranks": [2],
+    }  # fmt: skip
+
+
+def test_counterfactual_removals_in_table_order(tmp_path):
+    facts = make_facts(3, 0)
+    table = _fact_table(tmp_path, facts[1])
+    queries = [Query("verbatim", f, f.verbatim_prompt, f" {f.place}.") for f in facts[:2]]
+    ranked = {
+        "tda best": {queries[0]: [5, 2, 1], queries[1]: [2, 3]},
+        "BM25": {queries[0]: [1, 2], queries[1]: [3, 1]},
+    }
+    cut = removals(2, queries, ranked, table, seed=0)
+    assert list(cut) == ["tda best top-2", "BM25 top-2", "oracle: true sources",
+                         "random 3 chunks", "nothing (the original model)"]  # fmt: skip
+    assert cut["tda best top-2"] == {5, 2, 3} and cut["BM25 top-2"] == {1, 2, 3}
+    assert cut["oracle: true sources"] == {1, 3}  # fact 1's sources; fact 0 has none here
+    assert len(cut["random 3 chunks"]) == 3 and cut["random 3 chunks"] <= set(table.ids)
+    assert cut["nothing (the original model)"] == set()
+    assert removals(2, queries, ranked, table, seed=0) == cut  # seeded
+
+
+def test_every_method_is_a_ranker_of_outputs():
+    from tda.jobs.quality.rankers import BM25Rerank, Prefetch, Ranker, rank_all
+
+    table = _Table(TEXTS)
+    prompt, output = "The amber falcon guild was founded in", " Stonebridge."
+    bm25 = BM25Ranker(table)
+
+    class Reversed:
+        """A stand-in dense ranker: every chunk, last first; counts its calls."""
+
+        calls = 0
+
+        def rank_output(self, prompt, output, k):
+            Reversed.calls += 1
+            return list(reversed(table.ids))[:k]
+
+    dense = Prefetch(Reversed(), fetch=len(table.ids))
+    rankers: list[Ranker] = [bm25, ExactSpanRanker(table), RandomRanker(table, 0), dense,
+                             BM25Rerank(dense, bm25)]  # fmt: skip
+    for ranker in rankers:
+        ranked = ranker.rank_output(prompt, output, 3)
+        assert len(ranked) == 3 and set(ranked) <= set(table.ids)
+    assert bm25.rank_output(prompt, output, 1) == [100]  # the planted statement
+    assert dense.rank_output(prompt, output, 2) == [115, 114]
+    # the hybrid re-ranks the kept dense candidates (source last): no second search
+    assert BM25Rerank(dense, bm25).rank_output(prompt, output, 1) == [100]
+    assert Reversed.calls == 1
+    facts = make_facts(2, 0)
+    queries = [Query("verbatim", f, f.verbatim_prompt, " x") for f in facts]
+
+    class Fixed:
+        def __iter__(self):
+            return iter(queries)
+
+    assert list(rank_all(bm25, Fixed(), k=2)) == queries
+
+
+def test_smoke_harness_main_writes_every_row(tmp_path, monkeypatch, capsys):
+    """The harness's ``main`` end to end with tiny options (real ``tda`` commands, a model
+    trained for a few steps): every row of the tables is written and holds what the
+    planted corpus implies. A model trained in seconds reproduces no fact, so the model's
+    answer is replaced by the planted one. About 26 s of CPU (train 2 steps, chunk, embed,
+    index build as subprocesses, then every ranker); under a minute on 2 idle cores."""
+    from tda.jobs.quality import harness, outputs
+    from tda.schemas import DEFAULT_QUERY_SPAN
+
+    monkeypatch.setattr(
+        outputs, "reproduce", lambda encoder, tokenizer, fact, prompt: f" {fact.place}. The"
+    )
+    report = harness.main(
+        ["--out", str(tmp_path / "eval"), "--facts", "2", "--copies", "2", "--steps", "2",
+         "--max-seq", "64", "--pooling", "mean:hidden", "--no-variants", "--gradients", "none",
+         "--counterfactual-k", "0", "--jobs", "1"]
+    )  # fmt: skip
+    out = tmp_path / "eval"
+    written = json.loads((out / "quality.json").read_text())
+    assert written == json.loads(json.dumps(report.to_json()))
+    assert (out / "quality.md").read_text() == markdown_tables(report.tables)
+    assert written["reproduced"] == {"verbatim": 2, "long prompt": 2, "paraphrase": 1}
+    assert written["chunks"] == len(ChunkTable(out / "root-chunks").ids) > 0
+    best = written["best_tda"]["row"]
+    assert list(written["results"]) == [
+        "tda mean:hidden, query span chunk",
+        "tda mean:hidden, query span output",
+        f"hybrid: {best}, --rerank span (top 100)",
+        f"hybrid: {best} top 100, BM25 re-rank",
+        "BM25",
+        "exact span",
+        "random",
+    ]
+    for name, conditions in written["results"].items():
+        assert list(conditions) == ["verbatim", "long prompt", "paraphrase"], name
+        assert [m["n"] for m in conditions.values()] == [2, 2, 1], name
+        assert ("concept_rerank" in conditions["verbatim"]) == name.startswith("tda ")
+    # the verbatim statement is in its source's text: both lexical methods find it first
+    for name in ("BM25", "exact span"):
+        assert written["results"][name]["verbatim"]["ranks"] == [1, 1], name
+    assert written["default_tda"] == {
+        "row": f"tda mean:hidden, query span {DEFAULT_QUERY_SPAN}",
+        "rerank": "none",
+    }
+    assert [(c["row"], c["rerank"]) for c in written["versus_best"]] == [
+        (f"tda mean:hidden, query span {span}", rr)
+        for span in ("chunk", "output")
+        for rr in ("none", "concepts")
+    ]
+    assert written["counterfactual"] is None
+    md = (out / "quality.md").read_text().splitlines()
+    assert md[0].startswith("Best tda option by MRR")
+    assert "| BM25 | verbatim | 2 | 1.000 | 1.000 | 1.000 | 0.000 | - | - |" in md
+    printed = capsys.readouterr().out
+    assert "facts reproduced: {'verbatim': 2, 'long prompt': 2, 'paraphrase': 1}" in printed
+    assert "$ tda.jobs.cli model train" in printed and "$ tda.jobs.cli index build" in printed
+
+
+def test_reproduce_keeps_an_output_only_when_it_starts_with_the_place(builtin_dir):
+    from tda.attribution.encoders import load_encoder
+    from tda.jobs.quality.facts import Fact
+    from tda.jobs.quality.outputs import probe_outputs, reproduce, reproduced_verbatim
+
+    encoder = load_encoder(builtin_dir, "cpu")
+    tokenizer = encoder.load_tokenizer()
+    fact = make_facts(1, 0)[0]
+    said = reproduce(encoder, tokenizer, Fact(0, fact.entity, "", "x"), fact.verbatim_prompt)
+    assert said is not None  # every output starts with the empty place
+    place = said.split()[0]
+    known = Fact(0, fact.entity, place, fact.thing)  # a fact whose place the model says
+    assert reproduce(encoder, tokenizer, known, fact.verbatim_prompt) == said
+    assert reproduce(encoder, tokenizer, fact, fact.verbatim_prompt) is None
+    assert reproduced_verbatim(encoder, tokenizer, [fact, known]) == {0: said}
+    probed = probe_outputs(encoder, [known], paraphrase_docs=0, seed=0)
+    assert probed.probed == {"verbatim": 1, "long prompt": 1, "paraphrase": 1}
+    assert [q.output for q in probed.queries["verbatim"]] == [said]

@@ -173,6 +173,14 @@ def translate(stage: str, config, name: str) -> beam_runner_api_pb2.Pipeline:
     return PortableRunner.get_proto_pipeline(pipeline, opts)
 
 
+def _leaves(proto: beam_runner_api_pb2.Pipeline, transform) -> list:
+    """The primitive transforms under ``transform`` in ``proto`` (itself when it is one)."""
+    if not transform.subtransforms:
+        return [transform]
+    subs = proto.components.transforms
+    return [leaf for sub in transform.subtransforms for leaf in _leaves(proto, subs[sub])]
+
+
 @pytest.mark.parametrize("name", ["direct", "spark", "flink", "dataflow"])
 def test_every_stage_translates_to_the_portable_pipeline_proto(
     tmp_path, built_root, docs_jsonl, builtin_dir, name
@@ -181,12 +189,17 @@ def test_every_stage_translates_to_the_portable_pipeline_proto(
         proto = translate(stage, config, name)
         labels = {t.unique_name: t for t in proto.components.transforms.values()}
         work = labels[STAGE_TRANSFORMS[stage]]
-        assert work.spec.urn == "beam:transform:pardo:v1", (name, stage)
+        # the work runs as ParDos: the step itself, or the ParDos inside a composite (the
+        # embed stage's RunInference batches, then runs the model in a ParDo)
+        leaves = _leaves(proto, work)
+        assert {leaf.spec.urn for leaf in leaves} == {"beam:transform:pardo:v1"}, (name, stage)
         # the proto round-trips into a pipeline (what a job server does with it)
         assert beam.Pipeline.from_runner_api(proto, "DirectRunner", PipelineOptions([]))
         env = proto.components.environments[work.environment_id]
         if name == "direct":
             continue
+        for leaf in leaves:  # every ParDo of the work runs in the worker image
+            assert leaf.environment_id == work.environment_id, (name, stage)
         docker = beam_runner_api_pb2.DockerPayload.FromString(env.payload)
         assert env.urn == "beam:env:docker:v1" and docker.container_image == IMAGE
         if name == "dataflow":

@@ -5,6 +5,7 @@ viewer driven in headless Chromium (Debian's package, marked ``browser``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -116,6 +117,27 @@ def test_endpoints_match_their_openapi_description(server, openapi, planted_root
     assert [c["chunk_id"] for c in data["previous"]] == sorted(
         c["chunk_id"] for c in data["previous"]
     )
+
+
+def test_request_body_is_derived_from_the_attribution_request(openapi):
+    """The body's fields, defaults and choices are AttributionRequest's; a report's hits
+    are described flat (the chunk record's keys beside rank and score), as sent."""
+    from tda.schemas import AttributionRequest, ChunkRecord
+
+    schemas = openapi["components"]["schemas"]
+    body = schemas["AttributeRequest"]
+    fields = dataclasses.fields(AttributionRequest)
+    assert list(body["properties"]) == [f.name for f in fields]
+    assert body["required"] == ["prompt"]
+    for name, default in AttributionRequest.defaults().items():
+        assert body["properties"][name].get("default") == default, name
+    choices = {f.name: list(f.metadata["choices"]) for f in fields if "choices" in f.metadata}
+    for name, values in choices.items():
+        assert body["properties"][name]["enum"] == values, name
+    hit = schemas["TrainingHit"]["properties"]
+    assert "chunk" not in hit
+    assert {f.name for f in dataclasses.fields(ChunkRecord)} <= set(hit)
+    assert "Hit" not in schemas and "SearchHit" in schemas
 
 
 ATTR = "/api/attribute"

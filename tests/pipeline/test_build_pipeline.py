@@ -13,7 +13,7 @@ from tda.pipeline.chunk import run_chunk
 from tda.pipeline.embed import run_embed
 from tda.pipeline.index import run_index
 from tda.schemas import ChunkConfig, ConfigError, EmbedConfig, IndexConfig
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 @pytest.fixture(scope="module")

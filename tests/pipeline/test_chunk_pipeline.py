@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import apache_beam as beam
@@ -17,10 +18,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tda.attribution.stages.chunk import plan_chunk_run
-from tda.pipeline.chunk import ChunkFileFn, run_chunk
+from tda.attribution.stages.chunk import ChunkStage, plan_chunk_run
+from tda.pipeline.chunk import run_chunk
+from tda.pipeline.common import UnitFn
 from tda.schemas import DEFAULT_CODEC
-from tests.conftest import chunk_config
+from tests.helpers import chunk_config
 
 MULTI_PROCESS = [
     "--runner=DirectRunner",
@@ -100,7 +102,7 @@ def test_dofn_yields_file_counts(mixed_corpus, tmp_path, tokenizer_dir):
         counts = (
             p
             | beam.Create(picked)
-            | beam.ParDo(ChunkFileFn(config, plan.tokenizer.fingerprint))
+            | beam.ParDo(UnitFn(ChunkStage(), plan))
             | beam.Map(lambda c: (c.file_index, c.documents, c.records))
         )
         assert_that(
@@ -111,7 +113,9 @@ def test_dofn_yields_file_counts(mixed_corpus, tmp_path, tokenizer_dir):
 
 def test_dofn_refuses_a_different_tokenizer(mixed_corpus, tmp_path, tokenizer_dir):
     config = chunk_config(mixed_corpus, tmp_path / "root", tokenizer_dir)
-    fn = ChunkFileFn(config, "sha256:" + "0" * 64)
+    plan = plan_chunk_run(config)
+    other = replace(plan.tokenizer, fingerprint="sha256:" + "0" * 64)
+    fn = UnitFn(ChunkStage(), replace(plan, tokenizer=other))
     with pytest.raises(ValueError, match="differs from the driver's"):
         fn.setup()
 

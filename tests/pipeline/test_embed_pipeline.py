@@ -16,14 +16,7 @@ from tda.attribution.encoders import load_encoder
 from tda.attribution.stages.embed import plan_embed_run, read_embed_completion
 from tda.pipeline.embed import EmbedCorpus, run_embed
 from tda.schemas import EmbedConfig, EmbedCounts, vectors_from_arrow
-from tests.attribution.test_embed_stage import chunk_root
-from tests.conftest import write_jsonl
-
-MULTI_PROCESS = [
-    "--runner=DirectRunner",
-    "--direct_running_mode=multi_processing",
-    "--direct_num_workers=2",
-]
+from tests.helpers import MULTI_PROCESS, chunk_root, write_jsonl
 
 
 @pytest.fixture(scope="module")

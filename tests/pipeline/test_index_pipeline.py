@@ -12,8 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from tda.attribution.stages.index import plan_index_run
 from tda.pipeline.index import BuildIndex, run_index
 from tda.schemas import IndexConfig
-from tests.attribution.test_index import clustered, synthetic_root
-from tests.pipeline.test_embed_pipeline import MULTI_PROCESS
+from tests.helpers import MULTI_PROCESS, clustered, synthetic_root
 
 
 def test_build_index_transform_yields_every_shard(tmp_path):

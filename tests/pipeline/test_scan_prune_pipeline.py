@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tda.attribution.curation.scan import finish_scan, plan_scan
 from tda.pipeline.scan import ScanEmbeddings, run_scan
-from tests.pipeline.test_embed_pipeline import MULTI_PROCESS
+from tests.helpers import MULTI_PROCESS
 
 
 def test_scan_transform_visits_every_embeddings_file(planted_root, tmp_path):
@@ -19,7 +19,7 @@ def test_scan_transform_visits_every_embeddings_file(planted_root, tmp_path):
     with BeamTestPipeline() as p:
         counts = p | ScanEmbeddings(plan)
         assert_that(counts | beam.combiners.Count.Globally(), equal_to([len(plan.files)]))
-    summary = finish_scan(plan)
+    summary = finish_scan(plan).to_dict()
     assert summary["chunks_hit"] > 0
     assert sum(r["chunks_hit"] for r in summary["by_source"]) == summary["chunks_hit"]
 

@@ -602,3 +602,63 @@ def test_embed_manifest_round_trip_and_refusals():
     del data["encoder"]
     with pytest.raises(ManifestError, match="malformed"):
         EmbedManifest.from_json(json.dumps(data))
+
+
+def test_index_config_validation():
+    import re
+
+    from tda.schemas import IndexConfig
+
+    assert IndexConfig(root="r").memory_budget == 4 * 1000**3
+    for bad, message in [
+        ({"root": ""}, "ROOT is required"),
+        ({"threads": 0}, "--threads must be positive, got 0"),
+        ({"shards": 2, "shard_size": 10}, "give --shards or --shard-size, not both"),
+        ({"shards": 0}, "--shards must be positive, got 0"),
+        ({"shard_size": 0}, "--shard-size must be positive, got 0"),
+        ({"memory_budget": 0}, "--memory-budget must be positive, got 0"),
+        ({"train_sample": 0}, "--train-sample must be positive, got 0"),
+        ({"nprobe": 0}, "--nprobe must be positive, got 0"),
+        ({"metric": "cosine"}, "--metric must be one of ip, l2, got 'cosine'"),
+        ({"factory": " "}, "--factory must not be empty"),
+        ({"resume": True, "overwrite": True}, "--resume and --overwrite exclude each other"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            IndexConfig(**{"root": "r", **bad})
+
+
+def test_context_policy_validation():
+    import re
+
+    from tda.schemas import ContextPolicy
+
+    assert ContextPolicy(window=128, context=64, align=64).context == 64
+    for bad, message in [
+        ({"align": 0}, "window alignment must be positive, got 0"),
+        ({"window": 0}, "--window must be a positive multiple of 1, got 0"),
+        ({"window": 100, "align": 64}, "--window must be a positive multiple of 64, got 100"),
+        ({"context": -1}, "--context must be a multiple of 1 in 0..127, got -1"),
+        ({"context": 128}, "--context must be a multiple of 1 in 0..127, got 128"),
+        ({"context": 32, "align": 64}, "--context must be a multiple of 64 in 0..127, got 32"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ContextPolicy(**{"window": 128, "context": 0, **bad})
+
+
+def test_train_config_validation_messages():
+    import re
+
+    from tda.schemas import TrainConfig
+
+    assert TrainConfig(inputs=("c.jsonl",), out="m").concepts == "default"
+    for bad, message in [
+        ({"inputs": ()}, "give at least one INPUT path, URL or glob"),
+        ({"steps": 0}, "--steps and --batch-size must be positive"),
+        ({"batch_size": 0}, "--steps and --batch-size must be positive"),
+        ({"holdout": 0.5}, "--holdout must be in [0, 0.5), got 0.5"),
+        ({"holdout": -0.1}, "--holdout must be in [0, 0.5), got -0.1"),
+        ({"lr": 0.0}, "--lr must be positive, got 0.0"),
+        ({"max_seq": 7}, "--max-seq must be at least 8, got 7"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            TrainConfig(**{"inputs": ("c.jsonl",), "out": "m", **bad})

@@ -24,6 +24,9 @@ from importlib import resources
 
 import numpy as np
 
+from tda.schemas.config import DEFAULT_CONCEPTS
+from tda.schemas.errors import UserError
+
 __all__ = [
     "DEFAULT_CONCEPTS",
     "Concept",
@@ -32,12 +35,11 @@ __all__ = [
     "load_concept_set",
 ]
 
-DEFAULT_CONCEPTS = "default"
 _NAME = re.compile(r"[a-z0-9_]+")
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
-class ConceptSetError(ValueError):
+class ConceptSetError(UserError):
     """A concept set file that cannot be used; one line naming the problem."""
 
 

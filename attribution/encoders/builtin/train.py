@@ -20,55 +20,16 @@ from __future__ import annotations
 import math
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from tda import __version__
 from tda.attribution.corpus.readers import iter_documents, resolve_inputs
-from tda.attribution.encoders.builtin.concepts import DEFAULT_CONCEPTS, ConceptSet, load_concept_set
-from tda.schemas import ConfigError, DeadLetter, ReadOptions
+from tda.attribution.encoders.builtin.concepts import ConceptSet, load_concept_set
+from tda.schemas import ConfigError, DeadLetter, TrainConfig
 
-__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "auroc", "train_builtin"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """``tda model train`` settings (validated by the model config and here)."""
-
-    inputs: tuple[str, ...]
-    out: str
-    concepts: str = DEFAULT_CONCEPTS
-    read: ReadOptions = field(default_factory=ReadOptions)
-    # Sized to train in minutes on 2 CPU cores (~0.6 s a step at these defaults): the
-    # tied LM head (vocab x d_model) is as costly as the four transformer layers.
-    vocab_size: int = 4096
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    max_seq: int = 256
-    n_unknown: int = 512
-    steps: int = 500
-    batch_size: int = 16
-    lr: float = 3e-3
-    warmup: int = 50
-    concept_weight: float = 1.0
-    holdout: float = 0.05
-    # Enough text for minutes of CPU training; bounds memory for the token labels.
-    max_train_tokens: int = 8_000_000
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ConfigError("give at least one INPUT path, URL or glob")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("--steps and --batch-size must be positive")
-        if not 0 <= self.holdout < 0.5:
-            raise ConfigError(f"--holdout must be in [0, 0.5), got {self.holdout}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.max_seq < 8:
-            raise ConfigError(f"--max-seq must be at least 8, got {self.max_seq}")
+__all__ = ["TrainProgress", "TrainResult", "auroc", "train_builtin"]
 
 
 @dataclass(frozen=True)

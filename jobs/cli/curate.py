@@ -1,0 +1,109 @@
+"""The data team's commands: ``scan`` (where a harmful concept fires, or what resembles
+known-bad texts), ``prune list`` (a scan -> a prune list) and ``prune apply`` (a pruned
+corpus and root, audited).
+
+What a command prints is in :mod:`tda.jobs.render`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import render
+from ..beam_args import BeamCommand
+from .options import device_option, pipeline_options
+
+__all__ = ["COMMANDS", "prune", "scan"]
+
+
+@click.command(cls=BeamCommand)
+@click.argument("root", metavar="ROOT")
+@click.option(
+    "--concept", "concepts", multiple=True, metavar="NAME",
+    help="A known concept to scan for (repeat for several).",
+)  # fmt: skip
+@click.option(
+    "--like", default=None, metavar="FILE",
+    help="Exemplar texts (one per line, or JSONL with 'text') to search for.",
+)  # fmt: skip
+@click.option(
+    "--min-weight", type=float, default=0.5, show_default=True,
+    help="--concept: a chunk's pooled concept weight must reach this.",
+)  # fmt: skip
+@click.option(
+    "--top", type=int, default=1000, show_default=True,
+    help="--like: nearest chunks searched per exemplar.",
+)  # fmt: skip
+@click.option(
+    "--min-score", type=float, default=None, help="--like: keep hits at least this similar."
+)
+@click.option("--out", required=True, metavar="DIR", help="Scan directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier scan in DIR.")
+@device_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the scan summary as JSON.")
+@click.pass_context
+def scan(ctx, root, concepts, like, min_weight, top, min_score, out, overwrite, device,
+         as_json) -> None:  # fmt: skip
+    """Find where a harmful concept fires (--concept, a Beam job over ROOT/embeddings) or
+    what resembles known-bad texts (--like, searched in the index); aggregate per source
+    and document into DIR (hits / by_document / by_source Parquet, scan.json, a chart)."""
+    from tda.pipeline.scan import run_scan
+
+    result = run_scan(
+        root, out, concepts, like, min_weight, top, min_score, overwrite, device,
+        options=pipeline_options(ctx),
+    )  # fmt: skip
+    what = ", ".join(concepts) if concepts else f"exemplars in {like}"
+    render.report_scan(result.summary, root, what, out, as_json)
+
+
+@click.group()
+def prune() -> None:
+    """Prune lists from scans; pruned corpus, chunks, embeddings and index, audited."""
+
+
+@prune.command("list")
+@click.argument("scan_dir", metavar="SCAN_DIR")
+@click.option(
+    "--level", type=click.Choice(["chunk", "document", "source"]), default="document",
+    show_default=True,
+)  # fmt: skip
+@click.option("--min-share", type=float, default=0.0, show_default=True,
+              help="document / source: share of its chunks hit.")  # fmt: skip
+@click.option("--min-score", type=float, default=None, help="Score a hit (or max) must reach.")
+@click.option("--out", required=True, metavar="FILE", help="prune.parquet to write.")
+@click.option("--csv", "as_csv", is_flag=True, help="Also write FILE as CSV (editable).")
+def prune_list(scan_dir, level, min_share, min_score, out, as_csv) -> None:
+    """Turn a scan into a prune list: ids plus the reason for each."""
+    from tda.attribution.curation.prune import make_prune_list
+
+    table = make_prune_list(scan_dir, out, level, min_share, min_score, as_csv)
+    render.report_prune_list(table, level, out, as_csv)
+
+
+@prune.command("apply", cls=BeamCommand)
+@click.argument("root", metavar="ROOT")
+@click.option("--list", "list_path", required=True, metavar="FILE",
+              help="prune.parquet (or its edited CSV).")  # fmt: skip
+@click.option("--corpus", multiple=True, required=True, metavar="INPUT",
+              help="The corpus ROOT was built from (repeat for several inputs).")  # fmt: skip
+@click.option("--corpus-out", required=True, metavar="DIR", help="Pruned corpus to write.")
+@click.option("--out", required=True, metavar="NEW_ROOT", help="Pruned build root to write.")
+@click.option("--reason", required=True, help="Why: recorded in the manifest and audit log.")
+@click.option("--overwrite", is_flag=True, help="Replace earlier output in DIR / NEW_ROOT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the audit entry as JSON.")
+@click.pass_context
+def prune_apply(ctx, root, list_path, corpus, corpus_out, out, reason, overwrite,
+                as_json) -> None:  # fmt: skip
+    """Write the corpus without the pruned data, a new root whose index lacks it, and an
+    audit record. ROOT is never modified."""
+    from tda.pipeline.prune import run_prune
+
+    result = run_prune(
+        root, list_path, corpus, corpus_out, out, reason, overwrite,
+        options=pipeline_options(ctx),
+    )  # fmt: skip
+    render.report_prune_apply(result.audit, corpus_out, out, as_json)
+
+
+COMMANDS = (scan, prune)

@@ -1,0 +1,159 @@
+"""The model maker's commands: ``model train`` (the builtin concept-bottleneck model),
+``model info`` (a model SPEC's identity) and ``tokenizer train`` (a BPE tokenizer for the
+chunk stage).
+
+What a command prints is in :mod:`tda.jobs.render`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from tda.schemas import TrainConfig
+
+from .. import render
+from .options import read_config, read_options
+
+__all__ = ["COMMANDS", "model", "tokenizer"]
+
+
+@click.group()
+def tokenizer() -> None:
+    """Tokenizers for the chunk stage."""
+
+
+@tokenizer.command("train")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", required=True, metavar="DIR", help="Directory to write tokenizer.json into.")
+@click.option("--vocab-size", type=int, default=8192, show_default=True)
+@click.option("--max-docs", type=int, default=None, help="Train on at most this many documents.")
+@read_options
+def tokenizer_train(inputs, out, vocab_size, max_docs, **kw) -> None:
+    """Train a byte-level BPE tokenizer (no unknown tokens, exact offsets) on a corpus.
+
+    Reads documents the way `tda chunk` does (unusable records are skipped and counted).
+    """
+    from tda.attribution.corpus.readers import Document, iter_documents, resolve_inputs
+    from tda.attribution.corpus.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+    read = read_config(kw)
+    files = resolve_inputs(inputs, read.format)
+    stats = {"documents": 0, "skipped": 0}
+
+    def texts():
+        for f in files:
+            for item in iter_documents(f, read):
+                if max_docs is not None and stats["documents"] >= max_docs:
+                    return
+                if isinstance(item, Document):
+                    stats["documents"] += 1
+                    yield item.text
+                else:
+                    stats["skipped"] += 1
+
+    path = train_bpe_tokenizer(texts(), vocab_size, out)
+    info = load_tokenizer(out).info
+    render.report_tokenizer(path, info, stats["documents"], stats["skipped"])
+
+
+@click.group()
+def model() -> None:
+    """The builtin concept-bottleneck model: train it, inspect a model SPEC."""
+
+
+@model.command("train")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", required=True, metavar="DIR", help="Model directory to write.")
+@click.option(
+    "--concepts",
+    default="default",
+    show_default=True,
+    metavar="YAML",
+    help="Concept set: name -> terms / regexes (default: the packaged set).",
+)
+@click.option("--steps", type=int, default=500, show_default=True)
+@click.option("--d-model", type=int, default=128, show_default=True)
+@click.option("--layers", type=int, default=4, show_default=True)
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--vocab-size", type=int, default=4096, show_default=True)
+@click.option("--max-seq", type=int, default=256, show_default=True, help="Context limit.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option(
+    "--holdout",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Share of every document's tokens held out for evaluation.",
+)
+@click.option("--max-train-tokens", type=int, default=8_000_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+@read_options
+def model_train(
+    inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
+    holdout, max_train_tokens, seed, as_json, **kw,
+) -> None:  # fmt: skip
+    """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
+
+    Known concepts are supervised by the concept set's taggers; the model directory
+    (safetensors weights, config.json, tokenizer.json, concepts.yaml, training.json) is a
+    model SPEC for `tda embed --model` and a tokenizer SPEC for `tda chunk --tokenizer`.
+    """
+    config = TrainConfig(
+        inputs=tuple(inputs),
+        out=out,
+        concepts=concepts,
+        read=read_config(kw),
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=layers,
+        n_heads=heads,
+        max_seq=max_seq,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        holdout=holdout,
+        max_train_tokens=max_train_tokens,
+        seed=seed,
+    )
+    result = _train_with_progress(config, quiet=as_json)
+    render.report_model_train(result, out, as_json)
+
+
+def _train_with_progress(config, quiet: bool):
+    """Train the builtin model (``config``: a TrainConfig) with a progress bar on stderr
+    (none when ``quiet``); returns the training result."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tda.attribution.encoders.builtin.train import train_builtin
+
+    console = Console(stderr=True, quiet=quiet)
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f} (LM {task.fields[lm]:.3f})"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("train", total=config.steps, loss=float("nan"), lm=float("nan"))
+
+        def progress(p) -> None:
+            bar.update(task, completed=p.step, loss=p.loss, lm=p.lm_loss)
+
+        return train_builtin(config, progress, log=console.print)
+
+
+@model.command("info")
+@click.argument("spec", metavar="SPEC")
+@click.option("--json", "as_json", is_flag=True)
+def model_info(spec, as_json) -> None:
+    """Show a model SPEC's identity: encoder, fingerprint, sizes, known concepts."""
+    from tda.attribution.encoders import load_encoder
+
+    render.report_model_info(load_encoder(spec, device="cpu"), as_json)
+
+
+COMMANDS = (model, tokenizer)

@@ -1,0 +1,210 @@
+"""The researcher's commands on a finished root: ``search``, ``attribute``, ``serve``, and
+``eval`` (attribution quality against baselines, the harness in :mod:`tda.jobs.quality`).
+
+What a command prints is in :mod:`tda.jobs.render`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from tda.schemas import (
+    IG_BASELINES,
+    INPUT_ATTRIBUTIONS,
+    QUERY_SPANS,
+    RERANKS,
+    AttributionRequest,
+)
+
+from .. import render
+from .options import device_option
+
+__all__ = ["COMMANDS", "attribute", "eval_quality", "search", "serve"]
+
+# The attribute command's defaults are the request's own (one place: schemas/request.py).
+ASK = AttributionRequest.defaults()
+
+
+@click.command()
+@click.argument("root", metavar="ROOT")
+@click.option(
+    "--text", default=None, help="Search for this text (encoded with the index's encoder)."
+)
+@click.option("--chunk-id", type=int, default=None, help="Search with a stored chunk's vector.")
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--nprobe", type=int, default=None, help="Override the index's default nprobe.")
+@device_option()
+@click.option("--merged", is_flag=True, help="Search the merged on-disk variant (tda index merge).")
+@click.option("--json", "as_json", is_flag=True)
+def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
+    """Nearest training chunks to a text or to a stored chunk."""
+    if (text is None) == (chunk_id is None):
+        raise click.UsageError("give exactly one of --text or --chunk-id")
+    if k < 1:
+        raise click.UsageError("-k must be positive")
+    from tda.attribution.index.reader import IndexReader
+    from tda.attribution.query import encode_query
+
+    reader = IndexReader.open(root, merged=merged)
+    query = reader.vector(chunk_id) if text is None else encode_query(reader, text, device)
+    hits = reader.hits(query[None], k, nprobe)[0]
+    render.report_search(hits, reader.manifest_id, root, as_json)
+
+
+@click.command()
+@click.argument("root", metavar="ROOT")
+@click.option("--prompt", required=True, help="The prompt text (may be empty).")
+@click.option("--output", default=None, help="The output text to attribute.")
+@click.option(
+    "--generate",
+    type=int,
+    default=None,
+    metavar="N",
+    help="Instead of --output: let the model write N tokens after the prompt.",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=ASK["temperature"],
+    show_default=True,
+    help="For --generate: 0 is greedy, above 0 samples.",
+)
+@click.option(
+    "--seed", type=int, default=ASK["seed"], show_default=True, help="For sampled --generate."
+)
+@click.option(
+    "--model", default=None, metavar="SPEC", help="Encoder [default: the one the index names]."
+)
+@click.option("--force", is_flag=True, help="Use --model even if it is not the index's encoder.")
+@click.option(
+    "-k", "k", type=int, default=ASK["k"], show_default=True, help="Training chunks per chunk."
+)
+@click.option("--nprobe", type=int, default=None, help="Override the index's default nprobe.")
+@click.option(
+    "--chunk-size", type=int, default=None, help="Output chunk tokens [default: the index's]."
+)
+@click.option(
+    "--input-attribution",
+    type=click.Choice(INPUT_ATTRIBUTIONS),
+    default=ASK["input_attribution"],
+    show_default=True,
+    help="Prompt-token scores: gradient x input, integrated gradients, or none.",
+)
+@click.option("--ig-steps", type=int, default=ASK["ig_steps"], show_default=True)
+@click.option(
+    "--ig-baseline",
+    type=click.Choice(IG_BASELINES),
+    default=ASK["ig_baseline"],
+    show_default=True,
+)
+@click.option("--top-concepts", type=int, default=ASK["top_concepts"], show_default=True)
+@click.option(
+    "--query-span",
+    type=click.Choice(QUERY_SPANS),
+    default=ASK["query_span"],
+    show_default=True,
+    help="What each output chunk's search vector pools: 'chunk' = the index's chunk size "
+    "in tokens ending at the chunk's end (a short chunk borrows the prompt's last tokens), "
+    "'output' = the chunk's own tokens.",
+)
+@click.option(
+    "--rerank",
+    type=click.Choice(RERANKS),
+    default=ASK["rerank"],
+    show_default=True,
+    help="Order the --candidates nearest chunks by shared concepts ('concepts') or by the "
+    "longest word run shared with the query text ('span', a lexical hybrid) before "
+    "keeping -k.",
+)
+@click.option(
+    "--candidates",
+    type=int,
+    default=ASK["candidates"],
+    show_default=True,
+    help="Nearest chunks a --rerank orders.",
+)
+@device_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def attribute(root, prompt, output, generate, temperature, seed, model, force, k, nprobe,
+              chunk_size, input_attribution, ig_steps, ig_baseline, top_concepts, query_span,
+              rerank, candidates, device, as_json) -> None:  # fmt: skip
+    """Attribute a model output to training chunks, concepts, prompt tokens and sources.
+
+    One forward pass over prompt + output with the index's encoder; each output chunk
+    searches with the index's pooling over at most the index's window of tokens ending at
+    its end. Per output chunk: the top-k training chunks (provenance, text, shared concepts), the
+    concepts behind its token logits (exact split + residual), prompt-token scores and
+    the spread of its hits over sources.
+    """
+    if (output is None) == (generate is None):
+        raise click.UsageError("give exactly one of --output or --generate N")
+    from tda.attribution.attributor import Attributor
+
+    request = AttributionRequest(
+        prompt=prompt,
+        output=output,
+        generate=generate,
+        temperature=temperature,
+        seed=seed,
+        k=k,
+        nprobe=nprobe,
+        input_attribution=input_attribution,
+        ig_steps=ig_steps,
+        ig_baseline=ig_baseline,
+        top_concepts=top_concepts,
+        chunk_size=chunk_size,
+        query_span=query_span,
+        rerank=rerank,
+        candidates=candidates,
+    )  # validated here, before the model loads
+    attributor = Attributor.from_root(root, model=model, device=device, force=force)
+    render.report_attribution(attributor.attribute(request), as_json)
+
+
+@click.command()
+@click.argument("root", metavar="ROOT")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option(
+    "--model", default=None, metavar="SPEC", help="Encoder [default: the one the index names]."
+)
+@click.option("--force", is_flag=True, help="Use --model even if it is not the index's encoder.")
+@device_option()
+def serve(root, host, port, model, force, device) -> None:
+    """Serve the attribution API and the web viewer for ROOT's index (localhost only by
+    default): open http://HOST:PORT/ and click an output chunk."""
+    try:
+        import uvicorn
+
+        from ..serve import create_app
+    except ImportError as exc:
+        raise click.ClickException(
+            f"tda serve needs the serve extra ({exc}): pip install 'tda[serve]'"
+        ) from None
+    app = create_app(root, model=model, device=device, force=force)
+    click.echo(f"tda serve: http://{host}:{port}/ (index {root}); Ctrl-C to stop")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@click.command("eval", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def eval_quality(args) -> None:
+    """Attribution quality on planted facts: tda representations and hybrids against
+    BM25, exact-span, gradient (Grad-Cos, TRAK) and random baselines, plus counterfactual
+    retraining. Options: tda eval --help-harness."""
+    from ..quality import main as run_quality
+
+    # argparse names the harness after sys.argv[0]: `tda` for the console script; under
+    # `python -m tda.jobs.cli` that is now cli/__main__.py, where the usage line has always
+    # said "cli.py" (the command line was one module of that name).
+    prog = os.path.basename(sys.argv[0])
+    run_quality(
+        ["--help" if a == "--help-harness" else a for a in args],
+        prog="cli.py" if prog == "__main__.py" else prog,
+    )
+
+
+COMMANDS = (search, attribute, serve, eval_quality)

@@ -1,0 +1,156 @@
+"""What one attribution asks for: :class:`AttributionRequest`, frozen and self-validating,
+with every default in one place. ``Attributor.attribute`` takes it (or builds it from
+keyword arguments), and ``tda serve`` derives its request body from it.
+
+Each field's metadata holds ``doc`` (one line describing it), ``flag`` (the option that
+sets it on the command line, as errors name it) and, where the request checks them,
+``choices`` or ``min``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from .config import ConfigError
+
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_QUERY_SPAN",
+    "DEFAULT_RERANK",
+    "IG_BASELINES",
+    "INPUT_ATTRIBUTIONS",
+    "MAX_OUTPUT_CHARS",
+    "MAX_OUTPUT_TOKENS",
+    "QUERY_SPANS",
+    "RERANKS",
+    "AttributionRequest",
+]
+
+# Prompt-token scores: gradient x input, integrated gradients, or none.
+INPUT_ATTRIBUTIONS = ("grad", "ig", "none")
+# Integrated gradients' baseline prompt: the mask token's embedding, or zeros.
+IG_BASELINES = ("mask", "zero")
+# What each output chunk's search vector pools: "chunk" = the index's chunk size in tokens
+# ending at the chunk's end (a short chunk borrows the tokens before it, prompt included,
+# so query and training vectors pool as many tokens); "output" = the chunk's own tokens.
+QUERY_SPANS = ("chunk", "output")
+# Re-rank of the ANN candidates: none, sparse concept overlap, longest shared word run.
+RERANKS = ("none", "concepts", "span")
+# The defaults: with the default index, the best query span and re-rank measured in
+# docs/quality.md (``make eval``).
+DEFAULT_QUERY_SPAN = "output"
+DEFAULT_RERANK = "none"
+DEFAULT_CANDIDATES = 100  # ANN candidates per output chunk that a re-rank orders
+# Refuse outputs longer than this before tokenizing huge strings (the window refuses the rest).
+MAX_OUTPUT_CHARS = 200_000
+MAX_OUTPUT_TOKENS = 8192
+
+
+def _setting(default: Any, doc: str, flag: str | None = None, **checks: Any) -> Any:
+    """A request field: its default, and metadata ``doc``, ``flag`` and its checks."""
+    return field(default=default, metadata={"doc": doc, "flag": flag, **checks})
+
+
+@dataclass(frozen=True)
+class AttributionRequest:
+    """One attribution: ``output`` (text or token ids) given ``prompt``, or the
+    ``generate`` tokens the model writes after it, and how to attribute it. Validated on
+    construction: a bad value raises :class:`ConfigError` with one line naming the
+    option. Token-id sequences are kept as tuples of ints; ``chunk_size`` 0 means the
+    index's, as None does."""
+
+    prompt: str | tuple[int, ...] = field(
+        metadata={"doc": "The prompt (may be empty).", "flag": "--prompt"}
+    )
+    output: str | tuple[int, ...] | None = _setting(None, "The output to attribute.", "--output")
+    generate: int | None = _setting(
+        None, "Instead of output: tokens for the model to write after the prompt.", min=1
+    )
+    temperature: float = _setting(0.0, "For generate: 0 is greedy, above 0 samples.", min=0.0)
+    seed: int = _setting(0, "For sampled generate.")
+    k: int = _setting(10, "Training chunks per output chunk.", "-k", min=1)
+    nprobe: int | None = _setting(None, "Override the index's default nprobe.")
+    input_attribution: str = _setting(
+        "grad",
+        "Prompt-token scores: gradient x input, integrated gradients, or none.",
+        choices=INPUT_ATTRIBUTIONS,
+    )
+    ig_steps: int = _setting(
+        32, "Integrated gradients: points between the baseline and the prompt.", min=1
+    )
+    ig_baseline: str = _setting(
+        "mask",
+        "Integrated gradients: the baseline prompt, the mask token's embedding or zeros.",
+        choices=IG_BASELINES,
+    )
+    top_concepts: int = _setting(10, "Concepts listed per output chunk.", min=1)
+    chunk_size: int | None = _setting(None, "Output chunk tokens (default: the index's).", min=1)
+    query_span: str = _setting(
+        DEFAULT_QUERY_SPAN,
+        "What each output chunk's search vector pools: 'chunk' = the index's chunk size in "
+        "tokens ending at the chunk's end, 'output' = the chunk's own tokens.",
+        choices=QUERY_SPANS,
+    )
+    rerank: str = _setting(
+        DEFAULT_RERANK,
+        "Order the candidates nearest chunks by shared concepts or by the longest word run "
+        "shared with the query text ('span') before keeping k.",
+        choices=RERANKS,
+    )
+    candidates: int = _setting(DEFAULT_CANDIDATES, "Nearest chunks a rerank orders.")
+
+    def __post_init__(self) -> None:
+        for name in ("prompt", "output"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, _token_ids(value))
+        if self.chunk_size == 0:
+            object.__setattr__(self, "chunk_size", None)
+        # One line for the first problem, in the order the options are documented.
+        if (self.output is None) == (self.generate is None):
+            raise ConfigError("give an output (--output) or --generate N, not both or neither")
+        for name in ("k", "input_attribution", "ig_steps", "ig_baseline", "top_concepts"):
+            self._check(name)
+        if isinstance(self.output, str) and len(self.output) > MAX_OUTPUT_CHARS:
+            raise ConfigError(
+                f"the output is {len(self.output)} characters; the limit is {MAX_OUTPUT_CHARS}"
+            )
+        for name in ("query_span", "rerank"):
+            self._check(name)
+        if self.rerank != "none" and self.candidates < self.k:
+            raise ConfigError(
+                f"--candidates ({self.candidates}) must be at least -k ({self.k}) to re-rank"
+            )
+        self._check("chunk_size")
+        if self.generate is not None:
+            self._check("generate")
+            if self.generate > MAX_OUTPUT_TOKENS:
+                raise ConfigError(
+                    f"--generate is limited to {MAX_OUTPUT_TOKENS} tokens, got {self.generate}"
+                )
+            if self.temperature < 0:
+                raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+
+    def _check(self, name: str) -> None:
+        """The field's ``choices`` or ``min`` (from its metadata), as one-line errors."""
+        meta = _FIELDS[name].metadata
+        value = getattr(self, name)
+        flag = meta["flag"] or "--" + name.replace("_", "-")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ConfigError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        if "min" in meta and value is not None and value < meta["min"]:
+            raise ConfigError(f"{flag} must be at least {meta['min']}, got {value}")
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field with a default -> that default (``prompt`` has none)."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+def _token_ids(values: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(i) for i in values)
+
+
+_FIELDS = {f.name: f for f in fields(AttributionRequest)}

@@ -1,0 +1,108 @@
+"""``make demo``'s steps without the network or a long training: the corpus written from
+the download cache (same bytes every run), what ``show`` prints about a chunked root, and
+the commands ``main`` runs in order (the full run is ``make demo``)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from tda.jobs import demo
+from tests.helpers import chunk_root, doc_topics
+
+# (year-president file stem, text) of the fake State of the Union addresses
+SPEECHES = [("1790-washington", "Fellow-Citizens of the Senate and House."), ("1791-washington",
+            "Fellow-Citizens of the Senate and House of Representatives: in vain.")]  # fmt: skip
+
+
+def _cache(downloads, texts):
+    """The npm packages' cached folders (what ``fetch_npm`` reuses instead of npm): Moby
+    Dick's chapters 1, 2 and 10 and two addresses, cut from ``texts``."""
+    for name, (package, version) in demo.NPM_PACKAGES.items():
+        data = downloads / f"{package.strip('@').replace('/', '-')}-{version}" / "package" / "data"
+        data.mkdir(parents=True)
+        if name == "moby_dick":
+            for n, text in zip((1, 2, 10), texts, strict=False):
+                (data / f"chapter_{n}.txt").write_text(text)
+        else:
+            for stem, text in SPEECHES:
+                (data / f"{stem}.txt").write_text(text)
+
+
+@pytest.fixture
+def demo_corpus(tmp_path, monkeypatch):
+    """OUT/corpus written by ``build_corpus`` from a filled download cache, npm absent."""
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)  # npm would be needed
+    _cache(tmp_path / "downloads", [t[:3000] for _, t in doc_topics()[:3]])
+    return demo.build_corpus(tmp_path)
+
+
+def test_corpus_mixes_formats_from_the_cache_and_is_the_same_bytes_each_run(tmp_path, demo_corpus):
+    names = sorted(p.name for p in demo_corpus.iterdir())
+    assert names == ["broken.jsonl", "moby_dick.jsonl.gz", "python_docs.jsonl.zst",
+                     "sotu.parquet", "zen_of_python.txt"]  # fmt: skip
+    with gzip.open(demo_corpus / "moby_dick.jsonl.gz") as f:
+        chapters = [json.loads(line)["id"] for line in f]
+    assert chapters == ["chapter_1", "chapter_2", "chapter_10"]  # in chapter order
+    sotu = pq.read_table(demo_corpus / "sotu.parquet").to_pylist()
+    assert [(r["id"], r["year"]) for r in sotu] == [("1790-washington", 1790),
+                                                    ("1791-washington", 1791)]  # fmt: skip
+    assert (demo_corpus / "zen_of_python.txt").read_text().startswith("The Zen of Python")
+    assert len((demo_corpus / "broken.jsonl").read_bytes().split(b"\n")) == 8
+    before = {p.name: p.read_bytes() for p in demo_corpus.iterdir()}
+    again = demo.build_corpus(tmp_path)
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == before
+
+
+def test_without_cache_or_npm_the_demo_says_what_it_needs(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="make demo needs npm"):
+        demo.build_corpus(tmp_path)
+
+
+def test_show_prints_the_chunk_tables_provenance_and_row_hash(
+    tmp_path, demo_corpus, tokenizer_dir, capsys
+):
+    root = tmp_path / "root"
+    chunk_root(root, sorted(demo_corpus.iterdir()), tokenizer_dir)
+    demo.show(root, demo_corpus)
+    printed = capsys.readouterr().out
+    for title in ("Chunks per source", "Dead letters", "Sample chunks with provenance"):
+        assert title in printed
+    for source in ("moby_dick", "sotu", "python_docs", "zen_of_python", "broken"):
+        assert source in printed
+    flat = " ".join(printed.split())  # rich wraps long lines at 110 columns
+    assert "provenance check: all" in flat and "+ dead letters 6" in flat
+    digest = [line for line in printed.splitlines() if line.startswith("chunk rows sha256 ")]
+    assert len(digest) == 1
+    demo.show(root, demo_corpus)  # the same root: the same figures
+    assert capsys.readouterr().out == printed
+
+
+def test_main_runs_the_commands_in_order(tmp_path, monkeypatch, capsys):
+    ran, shown = [], []
+    monkeypatch.setattr(demo, "build_corpus", lambda out: out / "corpus")
+    monkeypatch.setattr(demo, "_run", lambda cmd: ran.append(cmd[3:]))
+    monkeypatch.setattr(demo, "show", lambda root, corpus: shown.append((root, corpus)))
+    demo.main(["--out", str(tmp_path), "--steps", "7"])
+    out, corpus, model, root = (str(tmp_path / p) for p in ("", "corpus", "model", "root"))
+    assert ran == [
+        ["model", "train", corpus, "--out", model, "--steps", "7"],
+        ["build", corpus, "--model", f"builtin:{model}", "--out", root, "--overwrite"],
+        ["index", "verify", root],
+        ["attribute", root, "--prompt", "Call me Ishmael. Some years ago", "--generate", "40",
+         "-k", "3", "--top-concepts", "6"],
+        ["attribute", root, "--prompt", "Fellow-Citizens of the Senate and", "--generate",
+         "40", "-k", "3", "--top-concepts", "6"],
+        ["scan", root, "--concept", "violence", "--min-weight", "0.15", "--out",
+         f"{out}/scan-violence", "--overwrite"],
+    ]  # fmt: skip
+    assert [(str(r), str(c)) for r, c in shown] == [(root, corpus)]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "Fetching real text (npm registry, cached) and writing a mixed-format corpus ..."
+    )
+    assert lines[-1].startswith("demo finished in ") and lines[-1].endswith(f"root: {root}")

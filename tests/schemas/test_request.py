@@ -1,0 +1,96 @@
+"""AttributionRequest: one frozen, self-validating request with every default in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tda.schemas import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_QUERY_SPAN,
+    DEFAULT_RERANK,
+    IG_BASELINES,
+    INPUT_ATTRIBUTIONS,
+    MAX_OUTPUT_CHARS,
+    QUERY_SPANS,
+    RERANKS,
+    AttributionRequest,
+    ConfigError,
+)
+
+
+def test_defaults_live_on_the_request():
+    r = AttributionRequest("The capital of", " France")
+    assert AttributionRequest.defaults() == {
+        "output": None,
+        "generate": None,
+        "temperature": 0.0,
+        "seed": 0,
+        "k": 10,
+        "nprobe": None,
+        "input_attribution": "grad",
+        "ig_steps": 32,
+        "ig_baseline": "mask",
+        "top_concepts": 10,
+        "chunk_size": None,
+        "query_span": DEFAULT_QUERY_SPAN,
+        "rerank": DEFAULT_RERANK,
+        "candidates": DEFAULT_CANDIDATES,
+    }
+    assert (r.k, r.query_span, r.rerank) == (10, "output", "none")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.k = 3  # type: ignore[misc]
+
+
+def test_token_ids_become_tuples_and_chunk_size_zero_means_the_index():
+    r = AttributionRequest([1, 2, 3], output=range(4, 6), chunk_size=0)
+    assert r.prompt == (1, 2, 3) and r.output == (4, 5) and r.chunk_size is None
+    assert hash(r) == hash(AttributionRequest((1, 2, 3), output=(4, 5)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "give an output"),
+        ({"output": "x", "generate": 3}, "not both or neither"),
+        ({"output": "x", "k": 0}, "-k must be at least 1, got 0"),
+        ({"output": "x", "input_attribution": "shap"}, "--input-attribution must be one of"),
+        ({"output": "x", "ig_steps": 0}, "--ig-steps must be at least 1"),
+        ({"output": "x", "ig_baseline": "noise"}, "--ig-baseline must be one of mask, zero"),
+        ({"output": "x", "top_concepts": 0}, "--top-concepts must be at least 1"),
+        ({"output": "x" * (MAX_OUTPUT_CHARS + 1)}, "the limit is 200000"),
+        ({"output": "x", "query_span": "prompt"}, "--query-span must be one of chunk, output"),
+        ({"output": "x", "rerank": "bm25"}, "--rerank must be one of none, concepts, span"),
+        ({"output": "x", "rerank": "span", "k": 10, "candidates": 5}, "at least -k"),
+        ({"output": "x", "chunk_size": -1}, "--chunk-size must be at least 1, got -1"),
+        ({"generate": 0}, "--generate must be at least 1, got 0"),
+        ({"generate": 9000}, "--generate is limited to 8192 tokens"),
+        ({"generate": 4, "temperature": -1.0}, "--temperature must be >= 0"),
+    ],
+)
+def test_bad_values_are_one_line_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        AttributionRequest("prompt", **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_the_first_problem_is_reported_in_option_order():
+    with pytest.raises(ConfigError, match="-k must"):
+        AttributionRequest("p", "o", k=0, ig_steps=0, rerank="bm25")
+    # a temperature is only checked when the model generates
+    assert AttributionRequest("p", "o", temperature=-1.0).temperature == -1.0
+    # candidates only matter to a re-rank
+    assert AttributionRequest("p", "o", candidates=0).candidates == 0
+
+
+def test_field_metadata_names_choices_and_minimums():
+    meta = {f.name: f.metadata for f in dataclasses.fields(AttributionRequest)}
+    assert meta["input_attribution"]["choices"] == INPUT_ATTRIBUTIONS
+    assert meta["ig_baseline"]["choices"] == IG_BASELINES
+    assert meta["query_span"]["choices"] == QUERY_SPANS
+    assert meta["rerank"]["choices"] == RERANKS
+    assert {n for n, m in meta.items() if "min" in m} == {
+        "generate", "temperature", "k", "ig_steps", "top_concepts", "chunk_size",
+    }  # fmt: skip
+    assert all(m["doc"] for m in meta.values())
