@@ -45,20 +45,10 @@ class PruneCorpus(StageTransform):
 
 
 def run_prune(
-    root: str,
-    list_path: str,
-    corpus,
-    corpus_out: str,
-    out: str,
-    reason: str,
-    overwrite: bool = False,
+    config: PruneConfig,
     options: PipelineOptions | None = None,
     test_pipeline: beam.Pipeline | None = None,
 ) -> PruneRunResult:
     """Plan (driver), prune every input file (Beam), build NEW_ROOT's manifests and index
     and append the audit log (driver)."""
-    config = PruneConfig(
-        root=root, list_path=list_path, corpus=tuple(corpus), corpus_out=corpus_out,
-        out=out, reason=reason, overwrite=overwrite,
-    )  # fmt: skip
     return run_stage(PruneCorpus, config, options, test_pipeline)

@@ -49,24 +49,12 @@ class ScanEmbeddings(StageTransform):
 
 
 def run_scan(
-    root: str,
-    out: str,
-    concepts=(),
-    like: str | None = None,
-    min_weight: float = 0.5,
-    top: int = 1000,
-    min_score: float | None = None,
-    overwrite: bool = False,
-    device: str = "auto",
+    config: ScanConfig,
     options: PipelineOptions | None = None,
     test_pipeline: beam.Pipeline | None = None,
 ) -> ScanRunResult:
     """Plan (driver), scan (Beam for concepts; one batched search for exemplars),
-    aggregate (driver)."""
-    config = ScanConfig(
-        root=root, out=out, concepts=tuple(concepts), like=like, min_weight=min_weight,
-        top=top, min_score=min_score, overwrite=overwrite, device=device,
-    )  # fmt: skip
+    aggregate (driver). Beam ``options`` pass through (concept mode only)."""
     if not config.like:
         return run_stage(ScanEmbeddings, config, options, test_pipeline)
     stage = ScanStage()

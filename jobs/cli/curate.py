@@ -48,11 +48,13 @@ def scan(ctx, root, concepts, like, min_weight, top, min_score, out, overwrite, 
     what resembles known-bad texts (--like, searched in the index); aggregate per source
     and document into DIR (hits / by_document / by_source Parquet, scan.json, a chart)."""
     from tda.pipeline.scan import run_scan
+    from tda.schemas.curation import ScanConfig
 
-    result = run_scan(
-        root, out, concepts, like, min_weight, top, min_score, overwrite, device,
-        options=pipeline_options(ctx),
+    config = ScanConfig(
+        root=root, out=out, concepts=tuple(concepts), like=like, min_weight=min_weight,
+        top=top, min_score=min_score, overwrite=overwrite, device=device,
     )  # fmt: skip
+    result = run_scan(config, options=pipeline_options(ctx))
     what = ", ".join(concepts) if concepts else f"exemplars in {like}"
     render.report_scan(result.summary, root, what, out, as_json)
 
@@ -98,11 +100,13 @@ def prune_apply(ctx, root, list_path, corpus, corpus_out, out, reason, overwrite
     """Write the corpus without the pruned data, a new root whose index lacks it, and an
     audit record. ROOT is never modified."""
     from tda.pipeline.prune import run_prune
+    from tda.schemas.curation import PruneConfig
 
-    result = run_prune(
-        root, list_path, corpus, corpus_out, out, reason, overwrite,
-        options=pipeline_options(ctx),
+    config = PruneConfig(
+        root=root, list_path=list_path, corpus=tuple(corpus), corpus_out=corpus_out,
+        out=out, reason=reason, overwrite=overwrite,
     )  # fmt: skip
+    result = run_prune(config, options=pipeline_options(ctx))
     render.report_prune_apply(result.audit, corpus_out, out, as_json)
 
 

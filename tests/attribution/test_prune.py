@@ -18,8 +18,19 @@ import pytest
 from tda.attribution.curation.prune import PruneError, make_prune_list, read_prune_list
 from tda.attribution.curation.scan import ScanError
 from tda.attribution.index.reader import IndexReader, verify_index
-from tda.pipeline.prune import run_prune
-from tda.pipeline.scan import run_scan
+from tda.pipeline.prune import run_prune as _run_prune
+from tda.pipeline.scan import run_scan as _run_scan
+from tda.schemas.curation import PruneConfig, ScanConfig
+
+
+def run_scan(root, out, **settings):
+    return _run_scan(ScanConfig(root, out, **settings))
+
+
+def run_prune(root, list_path, corpus, corpus_out, out, reason, overwrite=False):
+    return _run_prune(
+        PruneConfig(root, list_path, tuple(corpus), corpus_out, out, reason, overwrite)
+    )
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tda.attribution.curation.scan import finish_scan, plan_scan
 from tda.pipeline.scan import ScanEmbeddings, run_scan
+from tda.schemas.curation import ScanConfig
 from tests.helpers import MULTI_PROCESS
 
 
@@ -26,10 +27,10 @@ def test_scan_transform_visits_every_embeddings_file(planted_root, tmp_path):
 
 @pytest.mark.slow
 def test_multi_process_scan_equals_in_process(planted_root, tmp_path):
-    run_scan(str(planted_root), str(tmp_path / "a"), concepts=("violence",))
+    run_scan(ScanConfig(str(planted_root), str(tmp_path / "a"), concepts=("violence",)))
     run_scan(
-        str(planted_root), str(tmp_path / "b"), concepts=("violence",),
+        ScanConfig(str(planted_root), str(tmp_path / "b"), concepts=("violence",)),
         options=PipelineOptions(MULTI_PROCESS),
-    )  # fmt: skip
+    )
     for name in ("hits.parquet", "by_document.parquet", "by_source.parquet", "scan.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
