@@ -39,6 +39,7 @@ bench: install ## Benchmarks (figures go in docs/benchmarks.md)
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_index_pq.py
+	$(BIN)/python benchmarks/bench_channels.py
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_heap.py
 	$(BIN)/python benchmarks/steerling_size.py

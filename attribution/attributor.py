@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tda import __version__
+from tda.attribution.confidence import confidence
 from tda.attribution.encoders import (
     ConceptActivations,
     ConceptEncoder,
@@ -64,13 +65,20 @@ from tda.attribution.encoders import (
 )
 from tda.attribution.encoders import pool_chunks as _pool_chunks
 from tda.attribution.index.reader import IndexReader, IndexReadError
+from tda.attribution.index.retrieval import ChunkQuery, Retrieved, Retriever
 from tda.attribution.input_attribution import (
     chunk_log_prob,
     gradient_x_input,
     integrated_gradients,
     token_log_probs,
 )
-from tda.attribution.rerank import concept_overlap, longest_shared_run, rerank_order, words
+from tda.attribution.rerank import (
+    concept_overlap,
+    longest_shared_run,
+    rerank_order,
+    shared_run,
+    words,
+)
 from tda.attribution.sequence import (
     TokenSequence,
     build_sequence,
@@ -82,8 +90,10 @@ from tda.schemas import (
     AttributionReport,
     AttributionRequest,
     AttributionSettings,
+    ChannelScore,
     ConceptContribution,
     LogitTotals,
+    MatchSpan,
     OutputChunk,
     SharedConcept,
     Timings,
@@ -94,7 +104,14 @@ from tda.schemas import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["AttributionRequest", "Attributor"]
+__all__ = ["LEXICAL_CONTEXT", "AttributionRequest", "Attributor"]
+
+# A shared run of fewer words than this is not marked as a match (see _match).
+MIN_MATCH_WORDS = 3
+# Tokens before an output chunk that its lexical query keeps: enough for the phrase that
+# leads into a short output ("... was founded in" before " Ashgate."), not so many that a
+# long prompt's words outweigh the chunk's own (docs/quality.md measures it).
+LEXICAL_CONTEXT = 16
 
 
 @dataclass
@@ -137,6 +154,7 @@ class Attributor:
         self.forced = forced
         self.tokenizer = encoder.load_tokenizer()
         self.manifest = reader.manifest
+        self.retriever = Retriever(reader)
         # Only input gradients are ever taken: parameters need no autograd bookkeeping
         # (measured: the grad path's backward ~40% cheaper).
         model = getattr(encoder, "model", None)  # the torch module behind the encoder
@@ -222,17 +240,18 @@ class Attributor:
                 pooled = self._search_vectors(seq, forward.acts, spans, starts)
         with clock("backward"):
             prompt_scores, completeness = self._input_attribution(request, seq, forward, spans)
+        channels = self.retriever.channels(request.channels)
         with clock("search"):
-            scores, hit_ids = self._search(pooled, request)
+            retrieved = self._search(request, seq, spans, chunk_size, pooled, channels)
         with clock("metadata"):
             chunks = tuple(
                 self._output_chunk(
-                    request, seq, forward, c, spans[c], starts[c], pooled, scores[c],
-                    hit_ids[c], prompt_scores[c], completeness[c],
+                    request, seq, forward, c, spans[c], starts[c], pooled, retrieved[c],
+                    prompt_scores[c], completeness[c], channels,
                 )
                 for c in range(len(spans))
             )  # fmt: skip
-        return self._report(request, seq, spans, chunk_size, chunks, clock)
+        return self._report(request, seq, spans, chunk_size, chunks, clock, channels)
 
     # --- step 3 -----------------------------------------------------------------------
 
@@ -328,22 +347,37 @@ class Attributor:
 
     # --- step 6 -----------------------------------------------------------------------
 
-    def _search(self, pooled: PooledChunks, request: AttributionRequest):
-        """The n chunks' vectors (n, D) -> (scores (n, m), ids (n, m)) of the m nearest
-        training chunks: ``candidates`` for a re-rank (at least ``k``), else ``k``."""
-        k = request.k
-        wanted = max(k, request.candidates) if request.rerank != "none" else k
-        return self.reader.search(pooled.vectors, wanted, request.nprobe)
+    def _search(
+        self, request: AttributionRequest, seq: TokenSequence, spans, chunk_size: int,
+        pooled: PooledChunks, channels: tuple[str, ...],
+    ) -> list[Retrieved]:  # fmt: skip
+        """Every output chunk's query on every channel (:class:`ChunkQuery`: its search
+        vector (D,); its tokens after at most ``chunk_size`` tokens before it, where exact
+        spans may start; the text of its tokens after at most :data:`LEXICAL_CONTEXT`
+        before it), ``max(k, candidates)`` per channel, fused."""
+        queries = []
+        for c, (s, e) in enumerate(spans):
+            q0, l0 = max(0, s - chunk_size), max(0, s - LEXICAL_CONTEXT)
+            queries.append(
+                ChunkQuery(
+                    vector=pooled.vectors[c],
+                    tokens=seq.ids[q0:e],
+                    region=(s - q0, e - q0),
+                    text=self.tokenizer.decode(seq.ids[l0:e].tolist()),
+                )
+            )
+        wanted = max(request.k, request.candidates)
+        return self.retriever.retrieve(queries, channels, wanted, request.nprobe)
 
     # --- step 7 -----------------------------------------------------------------------
 
     def _output_chunk(
         self, request: AttributionRequest, seq: TokenSequence, forward: _Forward, c: int,
-        span: tuple[int, int], query_start: int, pooled: PooledChunks, scores: np.ndarray,
-        hit_ids: np.ndarray, prompt_scores: np.ndarray | None, completeness,
+        span: tuple[int, int], query_start: int, pooled: PooledChunks, retrieved: Retrieved,
+        prompt_scores: np.ndarray | None, completeness, channels: tuple[str, ...],
     ) -> OutputChunk:  # fmt: skip
-        """Output chunk ``c`` at ``span`` [s, e), from its search results (scores, ids:
-        (m,) each), its prompt-token scores (P,) and completeness check (or None)."""
+        """Output chunk ``c`` at ``span`` [s, e), from its fused candidates, its
+        prompt-token scores (P,) and completeness check (or None)."""
         s, e = span
         out_concepts = dict(
             zip(pooled.concept_ids[c].tolist(), pooled.concept_weights[c].tolist(), strict=True)
@@ -353,18 +387,24 @@ class Attributor:
             if request.rerank == "span"
             else ""
         )
+        fused = retrieved.fused
+        hit_ids = np.array([f.chunk_id for f in fused], dtype=np.int64)
         keep, rerank_scores = self._rerank(request.rerank, hit_ids, out_concepts, query_text,
                                            request.k)  # fmt: skip
-        hits = self._hits(scores[keep], hit_ids[keep], out_concepts, rerank_scores)
         P = seq.prompt_len
         char_start, char_end = seq.output_chars[s - P], seq.output_chars[e - P]
+        text = seq.output_text[char_start:char_end]
+        hits = self._hits(
+            [fused[i] for i in keep], pooled.vectors[c], out_concepts, rerank_scores,
+            retrieved, text, multi=len(channels) > 1,
+        )  # fmt: skip
         return OutputChunk(
             index=c,
             token_start=s - P,
             token_end=e - P,
             char_start=char_start,
             char_end=char_end,
-            text=seq.output_text[char_start:char_end],
+            text=text,
             query_token_start=query_start - P,
             totals=_totals(forward.split, forward.log_probs, s, e),
             concepts=self._concepts(forward.split, forward.acts, s, e, request.top_concepts),
@@ -372,6 +412,7 @@ class Attributor:
             sources=_sources(hits),
             prompt_tokens=self._token_scores(seq, prompt_scores),
             completeness=completeness,
+            confidence=confidence(hits, retrieved, e - s, channels, len(words(text))),
         )
 
     def _rerank(self, rerank: str, ids: np.ndarray, out_concepts, query_text: str, k: int):
@@ -392,17 +433,25 @@ class Attributor:
         return np.array([valid[i] for i in order], dtype=np.int64), [signal[i] for i in order]
 
     def _hits(
-        self, scores, ids, out_concepts: dict[int, float], rerank_scores=None
-    ) -> tuple[TrainingHit, ...]:
-        """The kept hits (scores, ids: (m,) each, -1 = none) with their chunk records and
-        the known concepts each shares with the output chunk (``out_concepts``: id ->
-        pooled weight), strongest shared first."""
+        self, kept: Sequence, vector: np.ndarray, out_concepts: dict[int, float],
+        rerank_scores, retrieved: Retrieved, text: str, multi: bool,
+    ) -> tuple[TrainingHit, ...]:  # fmt: skip
+        """The kept fused candidates, in order, as hits: the chunk record, its similarity
+        to the chunk's search vector ``vector`` (D,) (read from its stored vector when the
+        dense channel did not return it), each channel's rank and score, the words it
+        shares with the output chunk's ``text`` on both sides, and the known concepts it
+        shares with the output chunk (``out_concepts``: id -> pooled weight), strongest
+        shared first."""
         names = self.encoder.concept_names
         hits = []
-        for rank, (score, chunk_id) in enumerate(zip(scores, ids, strict=True), start=1):
-            if chunk_id < 0:
-                continue
+        for rank, found in enumerate(kept, start=1):
+            chunk_id = found.chunk_id
             record = self.reader.lookup.get(int(chunk_id))
+            score = (
+                found.channels["dense"][1]
+                if "dense" in found.channels
+                else self._similarity(vector, chunk_id)
+            )
             train_ids, train_weights = self.reader.concepts(int(chunk_id))
             shared = [
                 SharedConcept(
@@ -415,6 +464,7 @@ class Attributor:
                 if int(cid) in out_concepts
             ]
             shared.sort(key=lambda s: -min(s.output_weight, s.training_weight))
+            span = retrieved.spans.get(int(chunk_id))
             hits.append(
                 TrainingHit(
                     rank=rank,
@@ -424,9 +474,24 @@ class Attributor:
                     rerank_score=(
                         None if rerank_scores is None else round(rerank_scores[rank - 1], 6)
                     ),
+                    channels={
+                        name: ChannelScore(r, round(float(v), 6))
+                        for name, (r, v) in found.channels.items()
+                    },
+                    fused_score=round(found.score, 8) if multi else None,
+                    match=_match(text, record.text or "", span),
                 )
             )
         return tuple(hits)
+
+    def _similarity(self, vector: np.ndarray, chunk_id: int) -> float:
+        """The dense channel's score of a chunk it did not return: the search vector (D,)
+        against the chunk's stored vector, by the index's metric (inner product, or
+        squared L2 distance as FAISS reports it)."""
+        stored = self.reader.vector(int(chunk_id))
+        if self.manifest.metric == "l2":
+            return float(np.sum((stored - vector) ** 2))
+        return float(stored @ vector)
 
     def _concepts(self, split, acts: ConceptActivations, s: int, e: int, top: int):
         """Concept contributions to the logits of the chunk's tokens (positions s..e-1
@@ -469,7 +534,7 @@ class Attributor:
 
     def _report(
         self, request: AttributionRequest, seq: TokenSequence, spans, chunk_size: int,
-        chunks: tuple[OutputChunk, ...], clock: _Clock,
+        chunks: tuple[OutputChunk, ...], clock: _Clock, channels: tuple[str, ...],
     ) -> AttributionReport:  # fmt: skip
         """The report: the index and encoder named, the settings used, the chunks,
         warnings (prompt cut, empty prompt, forced encoder) and the timings."""
@@ -484,6 +549,12 @@ class Attributor:
             warnings.append(
                 "with an empty prompt the first output token has no prediction: it is "
                 "left out of the first chunk's logits and log-probability"
+            )
+        if not self.manifest.channels:
+            warnings.append(
+                "this index has only the dense channel (built before the span and lexical "
+                "channels): rebuild it with `tda index build ROOT --overwrite` so that "
+                "verbatim sources are found by their exact spans"
             )
         if self.forced:
             warnings.append(
@@ -506,7 +577,11 @@ class Attributor:
             generate=seq.generated,
             query_span=request.query_span,
             rerank=request.rerank,
-            candidates=request.candidates if request.rerank != "none" else None,
+            candidates=(
+                request.candidates if request.rerank != "none" or len(channels) > 1 else None
+            ),
+            channels=channels,
+            fusion=self.retriever.fusion if len(channels) > 1 else None,
         )
         return AttributionReport(
             tda_version=__version__,
@@ -546,6 +621,22 @@ class Attributor:
         )
 
 
+def _match(text: str, chunk_text: str, span) -> MatchSpan | None:
+    """The longest word run the output chunk's ``text`` shares with a training chunk's
+    text, as character offsets on both sides (None: no run of :data:`MIN_MATCH_WORDS`
+    words, or of all the chunk's words when it has fewer); ``span``: the span channel's
+    :class:`~tda.attribution.index.spans.SpanHit` for this chunk, or None."""
+    run = shared_run(text, chunk_text)
+    if run is None:
+        return None
+    n, a0, a1, b0, b1 = run
+    # one or two common words ("and", "it is") are not a match worth marking, unless the
+    # chunk itself is that short (a one-word answer)
+    if n < min(MIN_MATCH_WORDS, len(words(text))):
+        return None
+    return MatchSpan(a0, a1, b0, b1, n, None if span is None else int(span.length))
+
+
 def _name(names: Sequence[str], cid: int) -> str:
     return names[cid] if 0 <= cid < len(names) else f"known:{cid}"
 
@@ -575,11 +666,13 @@ def _totals(split, log_probs, s: int, e: int) -> LogitTotals:
 
 
 def _sources(hits: Sequence[TrainingHit]) -> dict[str, float]:
-    """Share of each source in the hits' scores (negative scores count as 0; equal
-    shares per hit when no score is positive)."""
+    """Share of each source in the hits' scores: fused scores when channels were fused,
+    else the dense scores (negative scores count as 0; equal shares per hit when no score
+    is positive)."""
     weights: dict[str, float] = {}
     for hit in hits:
-        weights[hit.source] = weights.get(hit.source, 0.0) + max(hit.score, 0.0)
+        score = hit.fused_score if hit.fused_score is not None else hit.score
+        weights[hit.source] = weights.get(hit.source, 0.0) + max(score, 0.0)
     total = sum(weights.values())
     if total <= 0:
         weights = {}

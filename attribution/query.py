@@ -1,5 +1,6 @@
 """A query text -> a search vector, with the index's own encoder, pooling and window (the
-one encoder code path: :func:`~tda.attribution.encoders.encode_whole`).
+one encoder code path: :func:`~tda.attribution.encoders.encode_whole`), and
+:func:`search_text`: a text searched on every channel of the index, fused.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ import numpy as np
 
 from tda.attribution.encoders import DocumentTokens, encode_whole, load_encoder
 from tda.attribution.index.reader import IndexReader, IndexReadError
-from tda.schemas import ConfigError
+from tda.attribution.index.retrieval import ChunkQuery, Retriever
+from tda.schemas import ConfigError, SearchHit
 
-__all__ = ["encode_query"]
+__all__ = ["encode_query", "search_text"]
 
 
 def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=None) -> np.ndarray:
@@ -24,11 +26,56 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=N
             f"the model at {m.encoder.spec} is not the one the index was built with "
             f"({encoder.info.fingerprint[:19]} != {m.encoder.fingerprint[:19]})"
         )
+    return _encode(reader, encoder, _tokens(encoder, text))
+
+
+def _tokens(encoder, text: str) -> np.ndarray:
+    """The text's token ids (n,), refused when empty or longer than the model's context."""
     (enc,) = encoder.load_tokenizer().encode_batch([text])
     if enc.n_tokens == 0:
         raise ConfigError("--text has no tokens")
     limit = encoder.info.max_window
     if enc.n_tokens > limit:
         raise ConfigError(f"--text is {enc.n_tokens} tokens; the model's context holds {limit}")
-    doc = DocumentTokens(ids=enc.ids, spans=np.array([[0, enc.n_tokens]]))
+    return enc.ids
+
+
+def _encode(reader: IndexReader, encoder, ids: np.ndarray) -> np.ndarray:
+    m = reader.manifest
+    doc = DocumentTokens(ids=ids, spans=np.array([[0, len(ids)]]))
     return encode_whole(encoder, [doc], m.pooling, m.context.window, m.context.align).vectors[0]
+
+
+def search_text(
+    reader: IndexReader, text: str, k: int, channels=None, device: str = "auto",
+    nprobe: int | None = None, candidates: int = 100,
+) -> list[SearchHit]:  # fmt: skip
+    """``text`` searched on ``channels`` (default: every channel of the index): its vector
+    (dense), its tokens as one region (exact spans) and its words (BM25), ``candidates``
+    per channel, fused; the ``k`` best as hits whose ``score`` is the dense similarity
+    (read from the stored vector for a chunk the dense channel did not return)."""
+    m = reader.manifest
+    encoder = load_encoder(m.encoder.spec, device)
+    vector = encode_query(reader, text, device, encoder)
+    ids = _tokens(encoder, text)
+    retriever = Retriever(reader)
+    wanted = retriever.channels(channels)
+    query = ChunkQuery(vector, ids, (0, len(ids)), text)
+    (found,) = retriever.retrieve([query], wanted, max(k, candidates), nprobe)
+    hits = []
+    for fused in found.fused[:k]:
+        if "dense" in fused.channels:
+            score = fused.channels["dense"][1]
+        else:
+            stored = reader.vector(fused.chunk_id)
+            l2 = m.metric == "l2"
+            score = float(np.sum((stored - vector) ** 2)) if l2 else float(stored @ vector)
+        hits.append(
+            SearchHit(
+                round(score, 6),
+                reader.lookup.get(fused.chunk_id),
+                dict(fused.channels),
+                round(fused.score, 8) if len(wanted) > 1 else None,
+            )
+        )
+    return hits

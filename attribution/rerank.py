@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tda.attribution.index.lexical import words  # one definition: BM25's terms
 from tda.schemas import RERANKS
 
 __all__ = [
@@ -28,15 +29,11 @@ __all__ = [
     "concept_overlap",
     "longest_shared_run",
     "rerank_order",
+    "shared_run",
     "words",
 ]
 
-_WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (``\\w+`` runs) of ``text``."""
-    return _WORD.findall(text.lower())
+_WORD = re.compile(r"\w+")  # the words of :func:`words`, with their offsets
 
 
 def concept_overlap(
@@ -69,6 +66,28 @@ def longest_shared_run(query: Sequence[str], text: Sequence[str]) -> int:
                     best = current[j]
         previous = current
     return best
+
+
+def shared_run(a: str, b: str) -> tuple[int, int, int, int, int] | None:
+    """The longest run of consecutive words (lower-cased ``\\w+`` runs) found in both texts,
+    as character offsets: (words, a_start, a_end, b_start, b_end), the earliest such run
+    in ``a`` (then in ``b``) on ties; None when they share no word. O(words(a) x words(b))."""
+    wa = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(a)]
+    wb = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(b)]
+    best, at = 0, (0, 0)
+    previous = [0] * (len(wb) + 1)
+    for i, (_, _, x) in enumerate(wa, start=1):
+        current = [0] * (len(wb) + 1)
+        for j, (_, _, y) in enumerate(wb, start=1):
+            if x == y:
+                current[j] = previous[j - 1] + 1
+                if current[j] > best:
+                    best, at = current[j], (i, j)
+        previous = current
+    if best == 0:
+        return None
+    i, j = at  # the run ends at word i of a and word j of b (1-based)
+    return best, wa[i - best][0], wa[i - 1][1], wb[j - best][0], wb[j - 1][1]
 
 
 def rerank_order(scores: Sequence[float]) -> list[int]:

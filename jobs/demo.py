@@ -16,9 +16,11 @@
    fire most per source, each sample chunk's nearest neighbours in concept space; then
    the index: ``tda index build`` + ``tda index verify``, and self-search of sampled
    chunks through it.
-5. ``tda attribute`` on what the model generates after two prompts (training chunks,
-   concepts, prompt tokens, sources per output chunk) and ``tda scan --concept violence``
-   (prevalence per source, tables and a chart in OUT/scan-violence).
+5. ``tda attribute`` on a verbatim passage (Moby-Dick's chapter 1 after "Some years
+   ago", 400 characters as stored: its source first, the matching words marked, the
+   confidence ``verbatim``) and on what the model generates after two prompts (training
+   chunks, concepts, prompt tokens, sources per output chunk), then ``tda scan --concept
+   violence`` (prevalence per source, tables and a chart in OUT/scan-violence).
 
 Same inputs, same outputs: running it twice prints the same figures.
 """
@@ -431,9 +433,30 @@ def build_root(out: Path, corpus: Path, model: Path) -> Path:
     return root
 
 
+def verbatim_passage(root: Path) -> tuple[str, str]:
+    """Moby-Dick's chapter 1 up to "Some years ago" (the prompt) and its next 400
+    characters exactly as the index stores them (the output), cut from the chunks."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for part in sorted((root / "chunks").glob("part-*.parquet")):
+        table = pq.read_table(part, columns=["source", "doc_id", "chunk_index", "text"])
+        rows += [
+            r for r in table.to_pylist() if (r["source"], r["doc_id"]) == ("moby_dick", "chapter_1")
+        ]
+    text = "".join(r["text"] for r in sorted(rows, key=lambda r: r["chunk_index"]))
+    cut = text.index("Some years ago") + len("Some years ago")
+    return text[:cut], text[cut : cut + 400]
+
+
 def attribute_and_scan(out: Path, root: Path) -> None:
-    """``tda attribute`` on what the model writes after two prompts (greedy: the same
-    every run), then ``tda scan --concept violence`` into out/scan-violence."""
+    """``tda attribute`` on a verbatim passage of the corpus (its source must come first,
+    with the matching span marked and the confidence ``verbatim``) and on what the model
+    writes after two prompts (greedy: the same every run), then ``tda scan --concept
+    violence`` into out/scan-violence."""
+    prompt, output = verbatim_passage(root)
+    _run([*TDA, "attribute", str(root), "--prompt", prompt, "--output", output, "-k", "3",
+          "--top-concepts", "3", "--input-attribution", "none"])  # fmt: skip
     for prompt in ("Call me Ishmael. Some years ago", "Fellow-Citizens of the Senate and"):
         _run([*TDA, "attribute", str(root), "--prompt", prompt, "--generate", "40", "-k", "3",
               "--top-concepts", "6"])  # fmt: skip

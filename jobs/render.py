@@ -51,6 +51,36 @@ def _excerpt(text: str | None, limit: int = 220) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# How each confidence level is shown: the level is what a reader must see first.
+CONFIDENCE_STYLES = {"verbatim": "bold green", "lexical": "green", "weak": "yellow",
+                     "none": "bold red"}  # fmt: skip
+
+
+def _marked(text: str | None, start: int | None, end: int | None, limit: int = 220):
+    """``text`` as a rich Text of at most about ``limit`` characters around the match
+    [start, end), the match alone highlighted (the whole text dim-free when no match)."""
+    from rich.text import Text
+
+    text = (text or "").replace("\n", " ")
+    if start is None or end is None or start >= end:
+        return Text(_excerpt(text, limit))
+    # a window around the match: some left context, then as much of it as fits
+    lo = max(0, start - max(0, (limit - (end - start)) // 3))
+    hi = min(len(text), max(end, lo + limit))
+    out = Text("…" if lo > 0 else "")
+    out.append(text[lo:start])
+    out.append(text[start:end], style="bold black on yellow")
+    out.append(text[end:hi])
+    if hi < len(text):
+        out.append("…")
+    return out
+
+
+def _found_by(hit) -> str:
+    """Which channels found a hit and its rank in each: 'span #1, lexical #2'."""
+    return "\n".join(f"{name} #{c.rank}" for name, c in hit.channels.items()) or "dense"
+
+
 def _prompt_text(chunk: OutputChunk):
     """The prompt with each token coloured by its score: green pushes the chunk's
     log-probability up, red down; brighter is stronger."""
@@ -95,6 +125,12 @@ def render_report(report: AttributionReport, console) -> None:
         )
         + f", query span {s.query_span}"
         + (f", re-rank {s.rerank} of {s.candidates}" if s.rerank != "none" else "")
+        + f"\nchannels {', '.join(s.channels)}"
+        + (
+            f" (fused by reciprocal rank, k={s.fusion.get('k')}, top {s.candidates} each)"
+            if s.fusion
+            else ""
+        )
         + "\n"
     )
     head.append("time ", style="bold")
@@ -126,20 +162,46 @@ def render_report(report: AttributionReport, console) -> None:
             f"[bold cyan]chunk {c.index}[/]  tokens {c.token_start}..{c.token_end}  "
             f"log p = {c.totals.log_prob:.2f}"
         )
-        console.print(Text(_excerpt(c.text, 400), style=CHUNK_STYLES[c.index % 2]))
-        hits = Table(title="training chunks", header_style="bold", show_lines=True, expand=True)
+        first = c.hits[0].match if c.hits else None
+        chunk_text = _marked(
+            c.text, first and first.output_start, first and first.output_end, limit=400
+        )
+        chunk_text.stylize(CHUNK_STYLES[c.index % 2])
+        console.print(chunk_text)
+        if c.confidence is not None:
+            conf = c.confidence
+            console.print(
+                Text.assemble(
+                    ("confidence ", "bold"),
+                    (conf.level, CONFIDENCE_STYLES.get(conf.level, "")),
+                    f" ({conf.score:.2f}): {conf.reason}",
+                )
+            )
+        hits = Table(
+            title="training chunks (highlighted: the words shared with the output chunk)",
+            header_style="bold", show_lines=True, expand=True,
+        )  # fmt: skip
         hits.add_column("#", justify="right", no_wrap=True)
         hits.add_column("score", justify="right", no_wrap=True)
+        hits.add_column("found by", no_wrap=True)
         hits.add_column("source / document", overflow="fold", ratio=2)
         hits.add_column("text", overflow="fold", ratio=6)
         hits.add_column("shared concepts", overflow="fold", ratio=2)
         for h in c.hits:
             shared = ", ".join(x.name for x in h.shared_concepts[:5]) or "-"
+            m = h.match
+            score = f"{h.score:.3f}" + (
+                f"\nfused {h.fused_score:.4f}" if h.fused_score is not None else ""
+            )
+            run = "" if m is None else f"\n{m.words} words" + (
+                f", {m.tokens} tokens exact" if m.tokens else ""
+            )  # fmt: skip
             hits.add_row(
                 str(h.rank),
-                f"{h.score:.3f}",
+                score,
+                _found_by(h) + run,
                 f"{h.source}\n{h.doc_id}\nchars {h.char_start}..{h.char_end}\nid {h.chunk_id}",
-                _excerpt(h.text),
+                _marked(h.text, m and m.chunk_start, m and m.chunk_end),
                 shared,
             )
         console.print(hits)
@@ -298,6 +360,20 @@ def report_index(m, root: str, as_json: bool, counters: dict | None = None) -> N
         "train_vectors": m.train_vectors,
         "bytes": total,
         "bytes_per_chunk": round(total / max(1, m.vectors), 1),
+        # each channel's files: what the span and lexical channels add to the dense index
+        "channels": {
+            "dense": sum(
+                f.size for f in m.files if "/" not in f.path or f.path.startswith("shards/")
+            ),
+            **{
+                c.name: sum(
+                    f.size
+                    for f in m.files
+                    if f.path in set().union(*(set(r.values()) for r in c.shards))
+                )
+                for c in m.channels
+            },
+        },
         "encoder": m.encoder.spec,
         "fingerprint": m.encoder.fingerprint,
         "pooling": m.pooling.name,
@@ -394,18 +470,35 @@ def report_build(result, out: str, as_json: bool) -> None:
 def report_search(hits, manifest_id: str, root: str, as_json: bool) -> None:
     """``tda search``: the hits (score + chunk record) of one query, best first."""
     if as_json:
-        rows = [{"score": h.score, **h.chunk.__dict__} for h in hits]
+        rows = [
+            {
+                "score": h.score,
+                **h.chunk.__dict__,
+                **(
+                    {
+                        "channels": {
+                            n: {"rank": r, "score": v} for n, (r, v) in h.channels.items()
+                        },
+                        "fused_score": h.fused_score,
+                    }
+                    if h.channels
+                    else {}
+                ),
+            }
+            for h in hits
+        ]
         click.echo(json.dumps({"manifest_id": manifest_id, "hits": rows}, indent=2))
         return
     from rich.table import Table
 
     table = Table(title=f"tda search {root}", header_style="bold", show_lines=True)
-    for col in ("score", "chunk id", "source / document", "chars", "text"):
+    for col in ("score", "found by", "chunk id", "source / document", "chars", "text"):
         table.add_column(col, overflow="fold")
     for h in hits:
         c = h.chunk
         table.add_row(
             f"{h.score:.4f}",
+            "\n".join(f"{n} #{r}" for n, (r, _) in h.channels.items()) or "dense",
             str(c.chunk_id),
             f"{c.source}\n{c.doc_id}",
             f"{c.char_start}..{c.char_end}",

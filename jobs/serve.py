@@ -62,6 +62,7 @@ _FIXED_BOUNDS = {
     "top_concepts": {"le": 1000},
     "chunk_size": {"le": 4096},
     "candidates": {"ge": 1},
+    "channels": {"max_length": 3},
 }
 
 
@@ -110,7 +111,11 @@ def _text_only(kind):
     """A request field's type without its token-id form: ``str | tuple[int, ...]`` -> str."""
     if typing.get_origin(kind) not in (typing.Union, types.UnionType):
         return kind
-    kept = [a for a in typing.get_args(kind) if typing.get_origin(a) is not tuple]
+    kept = [
+        a
+        for a in typing.get_args(kind)
+        if typing.get_origin(a) is not tuple or typing.get_args(a)[0] is not int
+    ]
     return typing.Union[tuple(kept)] if len(kept) > 1 else kept[0]  # noqa: UP007
 
 

@@ -15,6 +15,8 @@ Imports nothing of tda's own beyond this package.
 """
 
 from .config import (
+    CHANNELS,
+    INDEX_CHANNELS,
     ChunkConfig,
     ChunkingPolicy,
     ConfigError,
@@ -44,6 +46,7 @@ from .curation import (
 from .errors import UserError
 from .ids import DEFAULT_CODEC, ChunkIdCodec, ChunkIdOverflowError, ChunkLocation
 from .manifest import (
+    ChannelInfo,
     EmbedCounts,
     EmbedManifest,
     EncoderInfo,
@@ -76,8 +79,11 @@ from .report import (
     REPORT_SCHEMA_VERSION,
     AttributionReport,
     AttributionSettings,
+    ChannelScore,
     ConceptContribution,
+    Confidence,
     LogitTotals,
+    MatchSpan,
     OutputChunk,
     ReportError,
     SharedConcept,
@@ -101,6 +107,7 @@ from .request import (
 __all__ = [
     "BY_DOCUMENT_SCHEMA",
     "BY_SOURCE_SCHEMA",
+    "CHANNELS",
     "CHUNK_SCHEMA",
     "DEADLETTER_SCHEMA",
     "DEFAULT_CANDIDATES",
@@ -109,6 +116,7 @@ __all__ = [
     "DEFAULT_RERANK",
     "HITS_SCHEMA",
     "IG_BASELINES",
+    "INDEX_CHANNELS",
     "INPUT_ATTRIBUTIONS",
     "MAX_CONCEPT_ID",
     "MAX_OUTPUT_CHARS",
@@ -124,6 +132,8 @@ __all__ = [
     "AttributionReport",
     "AttributionRequest",
     "AttributionSettings",
+    "ChannelInfo",
+    "ChannelScore",
     "Chunk",
     "ChunkConfig",
     "ChunkIdCodec",
@@ -132,6 +142,7 @@ __all__ = [
     "ChunkRecord",
     "ChunkingPolicy",
     "ConceptContribution",
+    "Confidence",
     "ConfigError",
     "ContextPolicy",
     "DeadLetter",
@@ -149,6 +160,7 @@ __all__ = [
     "LogitTotals",
     "Manifest",
     "ManifestError",
+    "MatchSpan",
     "MergedIndexManifest",
     "OutputChunk",
     "Pooling",

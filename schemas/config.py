@@ -269,6 +269,10 @@ class EmbedConfig:
 
 
 METRICS = ("ip", "l2")
+# Retrieval channels: the concept-space vectors (FAISS, always built), exact spans over
+# token ids (a suffix table per shard) and BM25 over words (term postings per shard).
+CHANNELS = ("dense", "span", "lexical")
+INDEX_CHANNELS = ("span", "lexical")  # built beside the dense shards unless left out
 
 
 @dataclass(frozen=True)
@@ -291,12 +295,20 @@ class IndexConfig:
     # Shards one worker fills at once, each FAISS add single-threaded (None: the worker's
     # cores, as many as the memory budget holds). Does not change any output byte.
     threads: int | None = None
+    # the channels built beside the dense shards (``--channels``); "dense" is implied
+    channels: tuple[str, ...] = INDEX_CHANNELS
     resume: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ConfigError("ROOT is required")
+        wanted = tuple(c for c in self.channels if c != "dense")
+        for channel in wanted:
+            if channel not in INDEX_CHANNELS:
+                raise ConfigError(f"--channels takes {', '.join(CHANNELS)}, got {channel!r}")
+        # one canonical order, so that the run record (and so --resume) ignores the order
+        object.__setattr__(self, "channels", tuple(c for c in INDEX_CHANNELS if c in wanted))
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be positive, got {self.threads}")
         if self.shards is not None and self.shard_size is not None:

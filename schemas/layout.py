@@ -17,6 +17,9 @@
 Names starting with ``_`` or ``.`` are bookkeeping; readers of the tables skip them.
     ROOT/index/trained.faiss               the trained, empty index every shard starts from
     ROOT/index/shards/shard-00003.faiss    shard 3: vectors of a group of input files, by id
+    ROOT/index/spans/shard-00003.tokens    span channel: shard 3's token ids (+ .table, the
+                                           suffix table; .chunks.npy, chunk token ranges)
+    ROOT/index/lexical/shard-00003.*.npy   lexical channel: shard 3's BM25 term postings
     ROOT/index/concepts.json               names of the encoder's known concepts
     ROOT/index/_completions/00003.json     shard 3 is done: its count, size, sha256
     ROOT/index/_run.json
@@ -29,7 +32,10 @@ from dataclasses import dataclass
 
 from .records import part_name
 
-__all__ = ["BuildRoot"]
+__all__ = ["CHANNEL_DIRS", "BuildRoot"]
+
+# Each retrieval channel's folder under ROOT/index.
+CHANNEL_DIRS = {"span": "spans", "lexical": "lexical"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,10 @@ class BuildRoot:
 
     def index_shard(self, shard: int) -> str:
         return self._join("index", "shards", f"shard-{shard:05d}.faiss")
+
+    def index_channel_file(self, channel: str, name: str) -> str:
+        """A span or lexical channel's file ``name`` (its shard's stem + role suffix)."""
+        return self._join("index", CHANNEL_DIRS[channel], name)
 
     def index_completion(self, shard: int) -> str:
         return self._join("index", "_completions", f"{shard:05d}.json")

@@ -26,6 +26,7 @@ __all__ = [
     "INDEX_MANIFEST_SCHEMA_VERSION",
     "MANIFEST_SCHEMA_VERSION",
     "MERGED_MANIFEST_SCHEMA_VERSION",
+    "ChannelInfo",
     "EmbedCounts",
     "EmbedManifest",
     "EncoderInfo",
@@ -309,6 +310,18 @@ class ShardInfo:
 
 
 @dataclass(frozen=True)
+class ChannelInfo:
+    """A retrieval channel built beside the dense shards: its name (``span`` |
+    ``lexical``), per shard its files (role -> path relative to ROOT/index; every one is
+    also in the manifest's ``files`` with its sha256), and the settings it was built with
+    (the span channel's token width and separator, the lexical channel's term rule)."""
+
+    name: str
+    shards: tuple[dict[str, str], ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class IndexManifest(_ManifestJson):
     """The index stage's record (``ROOT/index/manifest.json``, written last: the commit
     point). Queries read everything they need from it: which encoder and tokenizer made
@@ -336,6 +349,10 @@ class IndexManifest(_ManifestJson):
     embed_manifest_sha256: str
     # set by `tda prune apply`: parent manifest id, prune list sha256, reason, counts
     lineage: dict[str, Any] | None = field(default=None, metadata=omitted_if_none())
+    # the span / lexical channels (an index built before them has none: dense only)
+    channels: tuple[ChannelInfo, ...] = ()
+    # how queries fuse the channels' lists: {"method": "rrf", "k": 60, "weights": {...}}
+    fusion: dict[str, Any] | None = field(default=None, metadata=omitted_if_none())
     schema_version: int = INDEX_MANIFEST_SCHEMA_VERSION
     kind: str = "tda.index"
 
@@ -368,6 +385,15 @@ class IndexManifest(_ManifestJson):
                 chunk_manifest_sha256=str(data["chunk_manifest_sha256"]),
                 embed_manifest_sha256=str(data["embed_manifest_sha256"]),
                 lineage=data.get("lineage"),
+                channels=tuple(
+                    ChannelInfo(
+                        name=str(c["name"]),
+                        shards=tuple(dict(sh) for sh in c["shards"]),
+                        settings=dict(c.get("settings", {})),
+                    )
+                    for c in data.get("channels", ())
+                ),
+                fusion=data.get("fusion"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc

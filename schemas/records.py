@@ -16,7 +16,7 @@ results, the attribution report and ``tda serve`` carry it) and :class:`SearchHi
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +109,10 @@ class SearchHit:
 
     score: float  # inner product of unit vectors (or L2 distance, by the index's metric)
     chunk: ChunkRecord
+    # with several channels fused (``tda search --text``): channel -> (rank, score) for
+    # each channel that found the chunk, and the fused score
+    channels: dict[str, tuple[int, float]] = field(default_factory=dict)
+    fused_score: float | None = None
 
 
 class DeadLetterReason(enum.StrEnum):

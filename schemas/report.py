@@ -5,7 +5,10 @@ One report per (prompt, output). It names the exact index (the sha256 of its
 every setting used, and carries per output chunk:
 
 * ``hits``: the top-k training chunks (score, provenance, text) with the known concepts
-  each shares with the output chunk;
+  each shares with the output chunk, the retrieval channels that found each (dense concept
+  space, exact span, lexical) with each channel's rank and score, their fused score, and
+  the matching span's character offsets on both sides;
+* ``confidence``: how clearly the first hit stands out (:class:`Confidence`);
 * ``concepts``: the concepts with the largest contributions to the chunk's token logits.
   For a concept-bottleneck model the split is exact: per token, the target logit is
   ``sum_i sigmoid(l_i) * (v_i . W_y)`` over its top-k known and unknown concepts plus the
@@ -45,8 +48,11 @@ __all__ = [
     "RERANKS",
     "AttributionReport",
     "AttributionSettings",
+    "ChannelScore",
     "ConceptContribution",
+    "Confidence",
     "LogitTotals",
+    "MatchSpan",
     "OutputChunk",
     "ReportError",
     "SharedConcept",
@@ -57,8 +63,10 @@ __all__ = [
 
 # 2: query_span / rerank / candidates settings, per-hit rerank_score, per-chunk
 # query_token_start (version 1 reports read with their defaults).
-REPORT_SCHEMA_VERSION = 2
-READ_VERSIONS = (1, 2)
+# 3: retrieval channels and fusion: per-hit channels / fused_score / match, per-chunk
+# confidence, settings channels / fusion (older reports read with their defaults).
+REPORT_SCHEMA_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 
 
 class ReportError(UserError):
@@ -73,6 +81,51 @@ class SharedConcept:
     name: str
     output_weight: float  # pooled weight in the output chunk, [0, 1]
     training_weight: float  # pooled weight in the training chunk, [0, 1]
+
+
+@dataclass(frozen=True)
+class ChannelScore:
+    """What one retrieval channel said of a hit: its rank in that channel's own list of
+    candidates (1 = best) and that channel's score (dense: inner product of unit vectors;
+    span: tokens of the longest exact span the chunk shares with the query, plus a rarity
+    term below 1; lexical: BM25 over words)."""
+
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True)
+class MatchSpan:
+    """The longest run of words the output chunk shares with the training chunk, as the
+    viewer and the terminal highlight it: ``[output_start, output_end)`` in the output
+    chunk's text, ``[chunk_start, chunk_end)`` in the training chunk's text (character
+    offsets), ``words`` in the run. ``tokens`` is the exact-span channel's match inside the
+    chunk in tokens (None when that channel did not find the chunk). Words are compared
+    lower-cased without punctuation, so a near-verbatim copy (a hyphen for a dash) still
+    shows its whole run."""
+
+    output_start: int
+    output_end: int
+    chunk_start: int
+    chunk_end: int
+    words: int
+    tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """How clearly an output chunk's first hit stands out, and why.
+
+    ``level``: ``verbatim`` (the first hit shares an exact span of at least half the
+    chunk's tokens, or 32, with it), ``lexical`` (exact spans or BM25 single it out, but
+    shorter), ``weak`` (only the dense channel, with a first score above the rest of its
+    candidates), ``none`` (nothing stands out: the top scores are near-ties, so the hits
+    are neighbours, not sources). ``score`` in [0, 1] is the measure behind the level;
+    ``reason`` says it in one line."""
+
+    level: str  # "verbatim" | "lexical" | "weak" | "none"
+    score: float
+    reason: str
 
 
 class _FromChunk:
@@ -97,6 +150,10 @@ class TrainingHit(JsonRecord):
     shared_concepts: tuple[SharedConcept, ...] = ()
     # the re-rank's signal (concept overlap, or shared word-run length); None without one
     rerank_score: float | None = None
+    # channel name -> its rank and score, for every channel that found this chunk
+    channels: dict[str, ChannelScore] = field(default_factory=dict)
+    fused_score: float | None = None  # weighted reciprocal-rank fusion (None: dense only)
+    match: MatchSpan | None = None  # the matching words on both sides (None: no shared run)
 
     # the chunk record's fields, read through the hit: hit.doc_id is hit.chunk.doc_id
     chunk_id = _FromChunk()
@@ -157,6 +214,7 @@ class OutputChunk:
     completeness: dict[str, float] | None = None
     # where the search vector's pooling starts, in output tokens (negative: in the prompt)
     query_token_start: int | None = None
+    confidence: Confidence | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +236,9 @@ class AttributionSettings:
     query_span: str = "output"  # "chunk" | "output": what each search vector pools
     rerank: str = "none"  # "none" | "concepts" | "span"
     candidates: int | None = None  # ANN candidates re-ranked (None without a re-rank)
+    channels: tuple[str, ...] = ("dense",)  # the retrieval channels searched
+    # fusion of the channels' lists: {"method": "rrf", "k": 60, "weights": {...}}
+    fusion: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from .config import ConfigError
+from .config import CHANNELS, ConfigError
 
 __all__ = [
     "DEFAULT_CANDIDATES",
@@ -26,6 +26,7 @@ __all__ = [
     "QUERY_SPANS",
     "RERANKS",
     "AttributionRequest",
+    "parse_channels",
 ]
 
 # Prompt-token scores: gradient x input, integrated gradients, or none.
@@ -99,7 +100,15 @@ class AttributionRequest:
         "shared with the query text ('span') before keeping k.",
         choices=RERANKS,
     )
-    candidates: int = _setting(DEFAULT_CANDIDATES, "Nearest chunks a rerank orders.")
+    candidates: int = _setting(
+        DEFAULT_CANDIDATES, "Candidates per retrieval channel that fusion and a rerank order."
+    )
+    channels: tuple[str, ...] | None = _setting(
+        None,
+        "Retrieval channels searched and fused: dense (concept space), span (exact token "
+        "spans), lexical (BM25). Default: every channel the index has.",
+        "--channels",
+    )
 
     def __post_init__(self) -> None:
         for name in ("prompt", "output"):
@@ -108,6 +117,7 @@ class AttributionRequest:
                 object.__setattr__(self, name, _token_ids(value))
         if self.chunk_size == 0:
             object.__setattr__(self, "chunk_size", None)
+        object.__setattr__(self, "channels", parse_channels(self.channels))
         # One line for the first problem, in the order the options are documented.
         if (self.output is None) == (self.generate is None):
             raise ConfigError("give an output (--output) or --generate N, not both or neither")
@@ -119,6 +129,8 @@ class AttributionRequest:
             )
         for name in ("query_span", "rerank"):
             self._check(name)
+        if self.candidates < 1:
+            raise ConfigError(f"--candidates must be at least 1, got {self.candidates}")
         if self.rerank != "none" and self.candidates < self.k:
             raise ConfigError(
                 f"--candidates ({self.candidates}) must be at least -k ({self.k}) to re-rank"
@@ -147,6 +159,22 @@ class AttributionRequest:
     def defaults(cls) -> dict[str, Any]:
         """Every field with a default -> that default (``prompt`` has none)."""
         return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+def parse_channels(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``--channels``: "span,lexical" or a sequence of names -> the names once each, in
+    the order given; None stays None (every channel the index has). Unknown or no names
+    raise :class:`ConfigError` with one line."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    names = tuple(dict.fromkeys(str(c).strip() for c in items if str(c).strip()))
+    if not names:
+        raise ConfigError(f"--channels needs at least one of {', '.join(CHANNELS)}")
+    for name in names:
+        if name not in CHANNELS:
+            raise ConfigError(f"--channels takes {', '.join(CHANNELS)}, got {name!r}")
+    return names
 
 
 def _token_ids(values: Sequence[int]) -> tuple[int, ...]:

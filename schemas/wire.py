@@ -128,6 +128,9 @@ def _from_json(tp: Any, value: Any) -> Any:
     if origin is tuple:
         item = typing.get_args(tp)[0]
         return tuple(_from_json(item, v) for v in value)
+    if origin is dict:
+        item = typing.get_args(tp)[1]
+        return {k: _from_json(item, v) for k, v in value.items()}
     return value
 
 

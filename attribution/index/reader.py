@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from tda.attribution.index.channels import OpenedChannels, open_channels
 from tda.attribution.io.fs import build_root, is_local, local_sha256, open_parquet, sha256_file
 from tda.attribution.io.parts import ROW_GROUP_ROWS, StageError, read_manifest
 from tda.schemas import (
@@ -184,11 +185,16 @@ def verify_index(root_url: str) -> list[str]:
 class IndexReader:
     """An opened index: the manifest, its shards (memory-mapped) and a chunk lookup."""
 
-    def __init__(self, root: str, manifest: IndexManifest, manifest_id: str, shards: list) -> None:
+    def __init__(
+        self, root: str, manifest: IndexManifest, manifest_id: str, shards: list,
+        channels: OpenedChannels | None = None,
+    ) -> None:  # fmt: skip
         self.root = root
         self.manifest = manifest
         self.manifest_id = manifest_id  # sha256 of manifest.json: names this exact index
         self._shards = shards
+        # the span / lexical channels beside the dense shards (none for an older index)
+        self.channels = channels or OpenedChannels(None, None)
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)))
         self.lookup = ChunkLookup(root, manifest)
 
@@ -218,10 +224,14 @@ class IndexReader:
                 f"({encoder.fingerprint[:19]}): its vectors are not comparable"
             )
         _check_current(fs, root, manifest, root_url)
+        try:
+            channels = open_channels(fs, root, manifest, verify, cache_dir)
+        except StageError as exc:
+            raise IndexReadError(str(exc)) from None
         if merged:
             index = _open_merged(root_url, manifest_id, verify)
             _set_nprobe(index, manifest.nprobe)
-            return cls(root_url, manifest, manifest_id, [index])
+            return cls(root_url, manifest, manifest_id, [index], channels)
         local = is_local(fs)
         shards = []
         sizes = {f.path: f for f in manifest.files}
@@ -254,7 +264,7 @@ class IndexReader:
                 )
             _set_nprobe(index, manifest.nprobe)
             shards.append(index)
-        return cls(root_url, manifest, manifest_id, shards)
+        return cls(root_url, manifest, manifest_id, shards, channels)
 
     def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None):
         """queries (q, D) float32 -> (scores (q, k), ids (q, k)), best first, over all shards."""

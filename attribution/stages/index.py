@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,12 @@ from tda.attribution.index.build import (
     train_index,
     whitened,
 )
+from tda.attribution.index.channels import (
+    build_shard_channels,
+    channel_settings,
+    channel_tokenizer,
+)
+from tda.attribution.index.fusion import default_fusion
 from tda.attribution.io.fs import (
     atomic_open,
     atomic_write_text,
@@ -48,6 +54,7 @@ from tda.attribution.io.fs import (
 from tda.attribution.io.parts import read_manifest
 from tda.attribution.stages.base import Counter, Meter, StageRuntime, UnitRun, discard
 from tda.schemas import (
+    ChannelInfo,
     EmbedManifest,
     IndexConfig,
     IndexFile,
@@ -82,6 +89,7 @@ class IndexPlan:
     shards: tuple[tuple[int, ...], ...]  # input file indices per shard
     shard_counts: tuple[int, ...]
     bytes_per_vector: int = 0  # a filled shard's memory per vector (code + id)
+    channels: tuple[str, ...] = ()  # the span / lexical channels built beside the shards
 
     def fill_threads(self, cores: int | None = None) -> int:
         """Shards to fill at once on a worker with ``cores`` cores (default: this one's):
@@ -102,6 +110,8 @@ class IndexPlan:
             "train_size": self.train_size,
             "shards": [list(s) for s in self.shards],
         }
+        if self.channels:  # (an index without channels keeps its run record as before)
+            record["channels"] = list(self.channels)
         return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
@@ -168,6 +178,9 @@ class ShardMarker(JsonRecord):
 
     shard: ShardInfo
     file: IndexFile
+    # the span / lexical channels' files of this shard: channel -> role -> path
+    channels: dict[str, dict[str, str]] = field(default_factory=dict)
+    channel_files: tuple[IndexFile, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict) -> ShardMarker:
@@ -221,6 +234,13 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
             shards = _group_files(
                 files, config.shard_size or max(1, config.memory_budget // per_vector)
             )
+        if config.channels and not chunks.chunking.store_text:
+            raise IndexRunError(
+                f"the chunks in {config.root} were cut with --no-store-text; the span and "
+                f"lexical channels need their text: pass --channels dense or rechunk"
+            )
+        if "span" in config.channels:
+            channel_tokenizer(chunks.tokenizer)  # refuse another tokenizer before any shard
         counts = {i: c for i, c in files}
         plan = IndexPlan(
             config=config,
@@ -233,6 +253,7 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
             shards=tuple(shards),
             shard_counts=tuple(sum(counts[i] for i in s) for s in shards),
             bytes_per_vector=per_vector,
+            channels=config.channels,
         )
         out = root.index_dir
         resumed = self.prepare_root(
@@ -334,6 +355,7 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
             [],
             [_file_entry(fs, root, "trained.faiss"), _file_entry(fs, root, "concepts.json")],
         )
+        channel_shards: dict[str, list[dict[str, str]]] = {c: [] for c in plan.channels}
         for shard in range(len(plan.shards)):
             path = root.index_completion(shard)
             if not fs.exists(path):
@@ -341,6 +363,13 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
             marker = ShardMarker.from_dict(read_json(fs, path))
             shards.append(marker.shard)
             files.append(marker.file)
+            for channel in plan.channels:
+                if channel not in marker.channels:
+                    raise IndexRunError(
+                        f"shard {shard} has no {channel} channel; rebuild with --overwrite"
+                    )
+                channel_shards[channel].append(marker.channels[channel])
+            files.extend(marker.channel_files)
         embed, chunks = plan.embed, plan.chunks
         manifest = IndexManifest(
             tda_version=__version__,
@@ -363,6 +392,11 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
             chunk_manifest_sha256=embed.chunk_manifest_sha256,
             embed_manifest_sha256=plan.embed_manifest_sha256,
             lineage=lineage,
+            channels=tuple(
+                ChannelInfo(c, tuple(channel_shards[c]), channel_settings(c, chunks.tokenizer))
+                for c in plan.channels
+            ),
+            fusion=default_fusion(("dense", *plan.channels)) if plan.channels else None,
         )
         atomic_write_text(fs, root.index_manifest, manifest.to_json())
         return manifest
@@ -447,7 +481,19 @@ def _fill(plan: IndexPlan, shard: int, meter: Meter) -> ShardMarker:
         vectors=added,
         embed_files=plan.shards[shard],
     )
-    return ShardMarker(info, IndexFile(info.path, digest, size))
+    index.reset()  # the shard is written: free its codes before the channels' build
+    channels, channel_files = {}, []
+    if plan.channels:
+        with meter.phase("compute"):  # chunk reads, tokenizing, suffix sort, postings
+            tokenizer = (
+                channel_tokenizer(plan.chunks.tokenizer) if "span" in plan.channels else None
+            )
+            channels, channel_files, built = build_shard_channels(
+                fs, root, shard, plan.shards[shard], plan.channels, tokenizer
+            )
+        for name, n in built.items():
+            meter(name, n)
+    return ShardMarker(info, IndexFile(info.path, digest, size), channels, tuple(channel_files))
 
 
 def _file_entry(fs, root, relative: str) -> IndexFile:

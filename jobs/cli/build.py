@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from tda.schemas import ChunkConfig, ChunkingPolicy, IndexConfig
+from tda.schemas import INDEX_CHANNELS, ChunkConfig, ChunkingPolicy, IndexConfig
 
 from .. import render
 from ..beam_args import BeamCommand, quiet_beam_import
@@ -188,6 +188,14 @@ def index_options(func):
             default=None,
             help="Shards a worker fills at once [default: its cores, within the memory budget].",
         ),
+        click.option(
+            "--channels",
+            default=",".join(("dense", *INDEX_CHANNELS)),
+            show_default=True,
+            metavar="LIST",
+            help="Retrieval channels to build: dense (the concept-space vectors, always), "
+            "span (exact token spans: a suffix table per shard), lexical (BM25 over words).",
+        ),
     ]
     return stack(options, func)
 
@@ -205,6 +213,7 @@ def index_config(root: str, resume: bool, overwrite: bool, kw: dict):
         metric=kw.pop("metric"),
         whiten=kw.pop("whiten"),
         threads=kw.pop("threads"),
+        channels=tuple(c.strip() for c in kw.pop("channels").split(",") if c.strip()),
         resume=resume,
         overwrite=overwrite,
     )

@@ -18,6 +18,7 @@ from tda.schemas import (
     RERANKS,
     AttributionRequest,
 )
+from tda.schemas.request import parse_channels
 
 from .. import render
 from .options import device_option
@@ -38,19 +39,29 @@ ASK = AttributionRequest.defaults()
 @click.option("--nprobe", type=int, default=None, help="Override the index's default nprobe.")
 @device_option()
 @click.option("--merged", is_flag=True, help="Search the merged on-disk variant (tda index merge).")
+@click.option(
+    "--channels",
+    default=None,
+    metavar="LIST",
+    help="--text: retrieval channels searched and fused (dense, span, lexical) [default: "
+    "every channel the index has]; --chunk-id searches the dense channel.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
-    """Nearest training chunks to a text or to a stored chunk."""
+def search(root, text, chunk_id, k, nprobe, device, merged, channels, as_json) -> None:
+    """Nearest training chunks to a text (every channel of the index, fused) or to a stored
+    chunk (its vector)."""
     if (text is None) == (chunk_id is None):
         raise click.UsageError("give exactly one of --text or --chunk-id")
     if k < 1:
         raise click.UsageError("-k must be positive")
     from tda.attribution.index.reader import IndexReader
-    from tda.attribution.query import encode_query
+    from tda.attribution.query import search_text
 
     reader = IndexReader.open(root, merged=merged)
-    query = reader.vector(chunk_id) if text is None else encode_query(reader, text, device)
-    hits = reader.hits(query[None], k, nprobe)[0]
+    if text is None:
+        hits = reader.hits(reader.vector(chunk_id)[None], k, nprobe)[0]
+    else:
+        hits = search_text(reader, text, k, parse_channels(channels), device, nprobe)
     render.report_search(hits, reader.manifest_id, root, as_json)
 
 
@@ -124,13 +135,20 @@ def search(root, text, chunk_id, k, nprobe, device, merged, as_json) -> None:
     type=int,
     default=ASK["candidates"],
     show_default=True,
-    help="Nearest chunks a --rerank orders.",
+    help="Candidates per retrieval channel that fusion (and a --rerank) orders.",
+)
+@click.option(
+    "--channels",
+    default=None,
+    metavar="LIST",
+    help="Retrieval channels to search and fuse, comma-separated: dense (concept space), "
+    "span (exact token spans), lexical (BM25) [default: every channel the index has].",
 )
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def attribute(root, prompt, output, generate, temperature, seed, model, force, k, nprobe,
               chunk_size, input_attribution, ig_steps, ig_baseline, top_concepts, query_span,
-              rerank, candidates, device, as_json) -> None:  # fmt: skip
+              rerank, candidates, channels, device, as_json) -> None:  # fmt: skip
     """Attribute a model output to training chunks, concepts, prompt tokens and sources.
 
     One forward pass over prompt + output with the index's encoder; each output chunk
@@ -159,6 +177,7 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
         query_span=query_span,
         rerank=rerank,
         candidates=candidates,
+        channels=channels,
     )  # validated here, before the model loads
     attributor = Attributor.from_root(root, model=model, device=device, force=force)
     render.report_attribution(attributor.attribute(request), as_json)

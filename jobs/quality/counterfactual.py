@@ -1,7 +1,8 @@
 """Step 5 of the harness, the counterfactual: retrain (same seed, same steps) without (a)
-each method's top-k chunks per reproduced fact, (b) the true sources, (c) as many random
-chunks, cut out of the corpus with ``tda prune apply`` at chunk level; (d) nothing = the
-original model (training is deterministic). Each row: the mean change in the answer's
+each method's top-k chunks per reproduced fact (the harness asks for the default tda
+option, the best one when it differs, BM25 and exact span), (b) the true sources, (c) as
+many random chunks, cut out of the corpus with ``tda prune apply`` at chunk level; (d)
+nothing = the original model (training is deterministic). Each row: the mean change in the answer's
 log-probability after the verbatim prompt and its share of the oracle's change
 (:class:`CounterfactualRow`)."""
 
@@ -26,7 +27,9 @@ class CounterfactualRow:
     """One retraining: what it was retrained without (``name``), how many chunks that
     removed, over how many facts the answer's log-probability changed by
     ``mean_delta_log_prob`` on average (``facts_dropped``: facts whose log-probability
-    fell), and that change as a share of the oracle's (None when the oracle's is 0)."""
+    fell), that change as a share of the oracle's (None when the oracle's is 0), and the
+    method whose top chunks it removed (``method``, its label; None for the oracle,
+    random and nothing)."""
 
     name: str
     chunks_removed: int
@@ -34,13 +37,14 @@ class CounterfactualRow:
     mean_delta_log_prob: float
     facts_dropped: int
     share_of_oracle: float | None = None
+    method: str | None = None
 
     def to_json(self) -> dict:
         """The report's form (the name is its key there)."""
         return {"chunks_removed": self.chunks_removed, "facts": self.facts,
                 "mean_delta_log_prob": self.mean_delta_log_prob,
                 "facts_dropped": self.facts_dropped,
-                "share_of_oracle": self.share_of_oracle}  # fmt: skip
+                "share_of_oracle": self.share_of_oracle, "method": self.method}  # fmt: skip
 
 
 def write_prune_list(path: Path, table: ChunkTable, chunk_ids: set[int], reason: str) -> None:
@@ -92,6 +96,7 @@ def run_counterfactual(
     from tda.attribution.encoders import load_encoder
 
     cut = removals(k, verbatim, ranked, table, seed)
+    methods = {f"{label} top-{k}": label for label in ranked}
     inputs = sorted(str(p) for p in corpus.glob("*.jsonl"))
 
     def retrain(slot: int, name: str, removed: set[int]) -> Path:
@@ -125,5 +130,6 @@ def run_counterfactual(
         mean = round(sum(deltas) / len(deltas), 4)
         share = round(mean / oracle, 4) if oracle else None
         rows.append(CounterfactualRow(name, removed, len(deltas), mean,
-                                      sum(d < 0 for d in deltas), share))  # fmt: skip
+                                      sum(d < 0 for d in deltas), share,
+                                      methods.get(name)))  # fmt: skip
     return rows

@@ -1,18 +1,40 @@
 """The gradient baselines of step 4, both on the builtin model's last transformer block:
 :class:`GradCosRanker` (cosine of count-sketched per-example gradients) and
 :class:`TRAKRanker` (dattri's TRAK, optional: :func:`dattri_available`). Each is a
-:class:`~tda.jobs.quality.rankers.Ranker`: ``rank_output(prompt, output, k)``."""
+:class:`~tda.jobs.quality.rankers.Ranker`: ``rank_output(prompt, output, k)``, and
+``rank_chunks`` for a long output: each output chunk's loss after all the text before it
+(the gradient sees what fits in the model's context, as for any output)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 from .chunks import ChunkTable
 
-__all__ = ["GradCosRanker", "TRAKRanker", "dattri_available"]
+__all__ = ["GradCosRanker", "TRAKRanker", "chunk_pairs", "dattri_available"]
 
 
-class GradCosRanker:
+def chunk_pairs(prompt: str, output: str, spans: Sequence[tuple[int, int]]):
+    """A long output as the gradient rankers ask it: per output chunk (``spans``: its
+    characters in ``output``), (the prompt and the output before it, the chunk's text)."""
+    return [(prompt + output[:a], output[a:b]) for a, b in spans]
+
+
+class _PerChunk:
+    """``rank_chunks`` from ``rank_output``: each output chunk's text after the prompt and
+    the output before it (:func:`chunk_pairs`)."""
+
+    def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
+        raise NotImplementedError
+
+    def rank_chunks(
+        self, prompt: str, output: str, spans: Sequence[tuple[int, int]], k: int
+    ) -> list[list[int]]:
+        return [self.rank_output(p, o, k) for p, o in chunk_pairs(prompt, output, spans)]
+
+
+class GradCosRanker(_PerChunk):
     """Gradient baseline (Grad-Cos on a layer subset): each chunk is represented by the
     gradient of its own LM loss with respect to the last transformer block's parameters,
     compressed by a seeded count sketch (random sign, random bucket: inner products are
@@ -78,7 +100,7 @@ def dattri_available() -> bool:
     return importlib.util.find_spec("dattri") is not None
 
 
-class TRAKRanker:
+class TRAKRanker(_PerChunk):
     """Gradient baseline through dattri's TRAK (``dattri.algorithm.trak``, one checkpoint):
     per-example gradients of the mean next-token loss with respect to the last transformer
     block's parameters (``layer_name``), randomly projected to ``proj_dim`` (seeded), then
@@ -128,6 +150,7 @@ class TRAKRanker:
         )
         packed = [self._pack(self._encode(t), 1) for t in table.texts]
         self.attributor.cache(self._loader(packed))
+        self._scored: dict[tuple[str, str], torch.Tensor] = {}  # (prompt, output) -> (n,)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode_batch([text])[0].ids.tolist()
@@ -151,13 +174,28 @@ class TRAKRanker:
         )
         return torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=False)
 
+    def prepare(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Score every (prompt, output) of ``pairs`` in batches of ``batch_size`` and keep
+        the scores, so that :meth:`rank_output` reads them: dattri draws its random
+        projection once per test batch (~2 s for the last block), so one call per output
+        would spend most of its time there."""
+        todo = list(dict.fromkeys(p for p in pairs if p not in self._scored))
+        if not todo:
+            return
+        packed = []
+        for prompt, output in todo:
+            p, o = self._encode(prompt), self._encode(output)
+            packed.append(self._pack(p + o, len(p)))
+        scores = self.attributor.attribute(self._loader(packed))  # (n_chunks, len(todo))
+        for j, pair in enumerate(todo):
+            self._scored[pair] = scores[:, j].clone()
+
     def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
         """The ``k`` chunks with the highest TRAK score for ``output`` after ``prompt``."""
         import torch
 
-        p, o = self._encode(prompt), self._encode(output)
-        scores = self.attributor.attribute(self._loader([self._pack(p + o, len(p))]))[:, 0]
-        order = torch.argsort(-scores, stable=True)[:k].tolist()
+        self.prepare([(prompt, output)])
+        order = torch.argsort(-self._scored[(prompt, output)], stable=True)[:k].tolist()
         return [self.table.ids[i] for i in order]
 
 

@@ -1,20 +1,43 @@
 """Step 3 of the harness, the index variants: every tda representation under test
 (:class:`Variant`: pooling, index factory or whitening, embed context, query span) and
 the build roots behind them, made with the real commands (``tda chunk`` once, then ``tda
-embed`` and ``tda index build`` per representation)."""
+embed`` and ``tda index build`` per representation). The default variant's index is
+built as ``tda index build`` builds it by default, with the span and lexical channels
+beside the dense vectors; its channel rows (:data:`CHANNEL_SETS`, :func:`channel_row`)
+search each channel alone, each fusion and the default fusion re-ranked. Every other
+index is dense only (``--channels dense``): its rows measure the dense channel."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tda.schemas import QUERY_SPANS
+from tda.schemas import CHANNELS, QUERY_SPANS, IndexConfig
 
 from .commands import Tda, parallel
 
-__all__ = ["Variant", "build_roots", "cut_chunks", "make_variants"]
+__all__ = [
+    "CHANNEL_RERANKS",
+    "CHANNEL_SETS",
+    "DEFAULT_CHANNELS",
+    "Variant",
+    "build_roots",
+    "channel_row",
+    "cut_chunks",
+    "default_variant",
+    "make_variants",
+]
+
+# What `tda index build` builds by default, and so what `tda attribute` searches and fuses
+# by default (every channel the index has).
+DEFAULT_CHANNELS = ("dense", *IndexConfig(root="-").channels)
+# The channel rows: every channel alone, then every fusion of two, then all three.
+CHANNEL_SETS = [c for n in range(1, len(CHANNELS) + 1) for c in itertools.combinations(CHANNELS, n)]
+# The re-ranks the default fusion is also attributed with (one row each).
+CHANNEL_RERANKS = ("concepts", "span")
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,32 @@ def make_variants(
     return variants
 
 
+def channel_row(channels: tuple[str, ...] = DEFAULT_CHANNELS, rerank: str = "none") -> str:
+    """The name of the channel row searching ``channels`` (on the default variant's
+    index, query span output) with ``rerank``: ``tda channels dense+span+lexical
+    (default)``, ``tda channels span``, ``tda channels dense+span+lexical, --rerank
+    concepts``."""
+    name = "tda channels " + "+".join(channels)
+    if rerank != "none":
+        return f"{name}, --rerank {rerank}"
+    return name + (" (default)" if tuple(channels) == DEFAULT_CHANNELS else "")
+
+
+def default_variant(variants: list[Variant]) -> Variant:
+    """The variant that ``tda embed`` / ``tda index build`` / ``tda attribute`` build and
+    query with their defaults (its index also holds the default channels); refused when
+    none of ``variants`` is."""
+    from tda.schemas import DEFAULT_QUERY_SPAN, Pooling
+
+    pooling, whiten = Pooling().name, IndexConfig(root="-").whiten
+    for v in variants:
+        if (v.pooling, v.factory, v.whiten, v.window, v.context, v.query_span) == (
+            pooling, None, whiten, None, None, DEFAULT_QUERY_SPAN
+        ):  # fmt: skip
+            return v
+    raise ValueError(f"no variant is the default ({pooling}, query span {DEFAULT_QUERY_SPAN})")
+
+
 def cut_chunks(tda: Tda, corpus: Path, model: Path, out: Path) -> Path:
     """``tda chunk`` of ``corpus`` with ``model``'s tokenizer into OUT/root-chunks, cut once
     for every variant; returns that root."""
@@ -82,12 +131,16 @@ def cut_chunks(tda: Tda, corpus: Path, model: Path, out: Path) -> Path:
 
 
 def build_roots(
-    tda: Tda, base: Path, model: Path, out: Path, variants: list[Variant], jobs: int
-) -> dict[Variant, Path]:
+    tda: Tda, base: Path, model: Path, out: Path, variants: list[Variant], jobs: int,
+    channels: Variant | None = None,
+) -> dict[Variant, Path]:  # fmt: skip
     """One build root per representation, OUT/root-{slug}: ``base``'s chunks embedded once
     per (pooling, window, context), then indexed per variant (``jobs`` commands at once);
-    variants differing only in their query span share a root. Returns variant -> root."""
+    variants differing only in their query span share a root. ``channels``' root gets
+    ``tda index build``'s default channels, every other root the dense channel only.
+    Returns variant -> root."""
     roots = {v: out / f"root-{v.slug}" for v in variants}
+    channel_root = roots[channels] if channels is not None else None
     first: dict[Path, Variant] = {}  # root -> the variant that builds it
     for v in variants:
         first.setdefault(roots[v], v)
@@ -114,6 +167,8 @@ def build_roots(
         dim = json.loads((root / "embeddings" / "manifest.json").read_text())["dim"]
         extra = [] if v.factory is None else ["--factory", v.factory.format(D=dim)]
         extra += ["--whiten" if v.whiten else "--no-whiten"]
+        if root != channel_root:  # the channel rows search the default index only
+            extra += ["--channels", "dense"]
         tda.run("index", "build", str(root), "--overwrite", *extra)
 
     parallel(jobs, [lambda r=r, v=first[r]: embed(r, v) for r in embedded.values()])

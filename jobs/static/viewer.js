@@ -95,9 +95,29 @@ function focusChunk(i) {
   document.querySelector(`.chunk[data-chunk="${i}"]`).focus();
 }
 
-function markedText(text) {
-  // the hit is the training chunk itself: its whole span is marked (context: the link)
-  return el("mark", { text });
+function markedText(text, start, end) {
+  // only the words the training chunk shares with the output chunk are marked (as
+  // OLMoTrace does): the rest of the hit is context
+  if (start == null || end == null || start >= end) return document.createTextNode(text);
+  const out = document.createDocumentFragment();
+  out.append(text.slice(0, start), el("mark", { text: text.slice(start, end) }), text.slice(end));
+  return out;
+}
+
+function markChunk(i) {
+  // the selected output chunk shows the words its first hit shares with it
+  document.querySelectorAll(".chunk").forEach((node) => {
+    const chunk = report.chunks[Number(node.dataset.chunk)];
+    const match = node.dataset.chunk === String(i) && chunk.hits.length ? chunk.hits[0].match : null;
+    node.replaceChildren(el("span", { class: "tag", text: node.dataset.chunk }),
+      markedText(chunk.text, match && match.output_start, match && match.output_end));
+  });
+}
+
+function foundBy(hit) {
+  const names = Object.entries(hit.channels || {});
+  if (!names.length) return "dense";
+  return names.map(([name, c]) => `${name} #${c.rank}`).join(", ");
 }
 
 function select(i) {
@@ -105,6 +125,11 @@ function select(i) {
     node.setAttribute("aria-pressed", String(node.dataset.chunk === String(i))));
   const chunk = report.chunks[i];
   $("chunk-detail").hidden = false;
+  markChunk(i);
+  const conf = chunk.confidence;
+  $("confidence").replaceChildren(...(conf ? [
+    el("span", { class: `level ${conf.level}`, text: conf.level }),
+    ` ${conf.score.toFixed(2)}: ${conf.reason}`] : []));
 
   const hits = $("hits");
   hits.replaceChildren();
@@ -118,9 +143,13 @@ function select(i) {
         el("span", { class: "source", text: hit.source }),
         el("span", { class: "doc", text: hit.doc_id }),
         el("span", { text: `score ${hit.score.toFixed(3)}` }),
+        el("span", { class: "found-by", text: `found by ${foundBy(hit)}` }),
+        ...(hit.match ? [el("span", { text: `${hit.match.words} shared words` +
+          (hit.match.tokens ? `, ${hit.match.tokens}-token exact span` : "") })] : []),
         el("span", { text: `chars ${hit.char_start}..${hit.char_end}` }),
         link),
-      el("p", { class: "hit-text" }, markedText(hit.text || "(text not stored)")),
+      el("p", { class: "hit-text" }, markedText(hit.text || "(text not stored)",
+        hit.match && hit.match.chunk_start, hit.match && hit.match.chunk_end)),
       el("div", { class: "shared", text: shared ? `shared concepts: ${shared}` : "" })));
   }
 

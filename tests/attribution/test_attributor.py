@@ -188,8 +188,17 @@ def test_report_fields_and_json_round_trip(root, attributor, docs_jsonl):
     for c in report.chunks:
         assert 1 <= len(c.hits) <= 5 and [h.rank for h in c.hits] == list(range(1, len(c.hits) + 1))
         assert all(h.text and h.source and h.doc_id for h in c.hits)
-        scores = [h.score for h in c.hits]
-        assert scores == sorted(scores, reverse=True)
+        # every channel of the index searched and fused: best fused score first, each
+        # hit naming the channels that found it, the chunk's confidence said
+        fused = [h.fused_score for h in c.hits]
+        assert fused == sorted(fused, reverse=True)
+        assert all(h.channels and set(h.channels) <= {"dense", "span", "lexical"} for h in c.hits)
+        assert c.confidence is not None and c.confidence.level in (
+            "verbatim",
+            "lexical",
+            "weak",
+            "none",
+        )
         assert sum(c.sources.values()) == pytest.approx(1.0, abs=1e-5)
         assert len(c.prompt_tokens) == report.prompt_token_count
         assert prompt[c.prompt_tokens[0].char_start : c.prompt_tokens[-1].char_end] == prompt
@@ -210,11 +219,20 @@ def test_report_fields_and_json_round_trip(root, attributor, docs_jsonl):
         del c["query_token_start"]
         for h in c["hits"]:
             del h["rerank_score"]
+    for key in ("channels", "fusion"):
+        del old["settings"][key]
+    for c in old["chunks"]:
+        del c["confidence"]
+        for h in c["hits"]:
+            for key in ("channels", "fused_score", "match"):
+                del h[key]
     read = AttributionReport.from_dict(old)
-    assert read.schema_version == 2 and read.settings.rerank == "none"
+    assert read.schema_version == 3 and read.settings.rerank == "none"
+    assert read.settings.channels == ("dense",) and read.chunks[0].confidence is None
     assert read.chunks[0].query_token_start is None and read.chunks[0].hits[0].rerank_score is None
-    with pytest.raises(ReportError, match="schema version 3"):
-        AttributionReport.from_dict({**old, "schema_version": 3})
+    assert read.chunks[0].hits[0].channels == {} and read.chunks[0].hits[0].match is None
+    with pytest.raises(ReportError, match="schema version 4"):
+        AttributionReport.from_dict({**old, "schema_version": 4})
 
 
 def test_concept_contributions_plus_residual_equal_the_logits(attributor):
@@ -355,10 +373,13 @@ def test_rerank_concepts_orders_the_candidates_by_concept_overlap(root, attribut
     row = _second_chunks(root, 2)[1]
     ids = _doc_ids(attributor, docs_jsonl, row)
     prompt, output = ids[: row["token_start"]], ids[row["token_start"] : row["token_end"]]
-    plain = attributor.attribute(prompt, output, k=20, input_attribution="none")
+    # the dense channel alone: its 20 nearest are the candidates the re-rank orders
+    plain = attributor.attribute(prompt, output, k=20, input_attribution="none",
+                                 channels=("dense",))  # fmt: skip
     ranked = attributor.attribute(
-        prompt, output, k=5, input_attribution="none", rerank="concepts", candidates=20
-    )
+        prompt, output, k=5, input_attribution="none", rerank="concepts", candidates=20,
+        channels=("dense",),
+    )  # fmt: skip
 
     def overlap(hit):
         return sum(min(s.output_weight, s.training_weight) for s in hit.shared_concepts)
@@ -385,12 +406,14 @@ def test_rerank_span_puts_the_verbatim_source_first(root, left_root):
     # windows with left context: the chunk's text alone is not the vector the index holds
     attributor = Attributor.from_root(str(left_root), device="cpu")
     row = _second_chunks(root, 3)[2]
-    plain = attributor.attribute("", row["text"], k=3, input_attribution="none")
+    dense = ("dense",)
+    plain = attributor.attribute("", row["text"], k=3, input_attribution="none", channels=dense)
     assert plain.chunks[0].hits[0].chunk_id != row["chunk_id"]  # the vectors miss it here
     # every chunk a candidate: the exact match lifts the source to the top
     report = attributor.attribute(
-        "", row["text"], k=3, input_attribution="none", rerank="span", candidates=100_000
-    )
+        "", row["text"], k=3, input_attribution="none", rerank="span", candidates=100_000,
+        channels=dense,
+    )  # fmt: skip
     first = report.chunks[0].hits[0]
     assert first.chunk_id == row["chunk_id"]
     assert first.rerank_score == len(words(row["text"]))  # every word, in order

@@ -22,6 +22,12 @@ from tda.schemas import (
 from tests.helpers import clustered, synthetic_root
 
 
+# Synthetic roots hold no real text or tokenizer: these tests build the dense channel
+# (the span and lexical channels are tested in test_retrieval / test_spans / test_lexical).
+def DenseIndex(**kw) -> IndexConfig:  # reads like the config it builds
+    return IndexConfig(channels=("dense",), **kw)
+
+
 def exact(vectors: np.ndarray, ids: list[int], queries: np.ndarray, k: int):
     scores = queries @ vectors.T
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -61,7 +67,7 @@ def test_whitened_index_searches_whitened_vectors(tmp_path):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     vectors = vectors.astype(np.float16).astype(np.float32)
     ids = synthetic_root(tmp_path, vectors, files=2)
-    manifest = run_index(IndexConfig(root=str(tmp_path), whiten=True, shards=2)).manifest
+    manifest = run_index(DenseIndex(root=str(tmp_path), whiten=True, shards=2)).manifest
     assert manifest.factory == "IDMap2,PCAW16,L2norm,Flat"
     reader = IndexReader.open(str(tmp_path))
     scores, got = reader.search(vectors[:20], k=1)
@@ -83,7 +89,7 @@ def test_whitened_index_searches_whitened_vectors(tmp_path):
 def test_whiten_refuses_too_few_vectors(tmp_path):
     synthetic_root(tmp_path, clustered(40, 32), files=1)
     with pytest.raises(IndexRunError, match="--whiten needs at least 2 x D = 64 vectors"):
-        plan_index_run(IndexConfig(root=str(tmp_path), whiten=True))
+        plan_index_run(DenseIndex(root=str(tmp_path), whiten=True))
 
 
 def test_merge_topk_matches_a_global_sort():
@@ -108,7 +114,7 @@ def test_merge_topk_matches_a_global_sort():
 def test_sharded_flat_search_equals_exact_search(tmp_path):
     vectors = clustered(6_000, 32)
     ids = synthetic_root(tmp_path, vectors, files=5)
-    manifest = run_index(IndexConfig(root=str(tmp_path), factory="IDMap2,Flat", shards=3)).manifest
+    manifest = run_index(DenseIndex(root=str(tmp_path), factory="IDMap2,Flat", shards=3)).manifest
     assert len(manifest.shards) == 3 and manifest.vectors == 6_000
     reader = IndexReader.open(str(tmp_path))
     queries = clustered(50, 32, seed=7)
@@ -123,7 +129,7 @@ def test_sharded_flat_search_equals_exact_search(tmp_path):
 def test_default_ivf_factory_recall_at_10_on_50k(tmp_path):
     vectors = clustered(50_000, 64)
     ids = synthetic_root(tmp_path, vectors, files=4)
-    manifest = run_index(IndexConfig(root=str(tmp_path), shards=4)).manifest
+    manifest = run_index(DenseIndex(root=str(tmp_path), shards=4)).manifest
     assert manifest.factory.startswith("IVF") and manifest.nprobe >= 16
     reader = IndexReader.open(str(tmp_path))
     queries = clustered(200, 64, seed=9)
@@ -135,7 +141,7 @@ def test_default_ivf_factory_recall_at_10_on_50k(tmp_path):
 
 def test_corrupt_or_missing_shard_is_caught_and_refused(tmp_path):
     synthetic_root(tmp_path, clustered(3_000, 16), files=2)
-    run_index(IndexConfig(root=str(tmp_path), shards=2))
+    run_index(DenseIndex(root=str(tmp_path), shards=2))
     shard = tmp_path / "index" / "shards" / "shard-00001.faiss"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -153,7 +159,7 @@ def test_corrupt_or_missing_shard_is_caught_and_refused(tmp_path):
 
 def test_truncated_shard_is_refused_by_size_without_hashing(tmp_path):
     synthetic_root(tmp_path, clustered(2_000, 16), files=1)
-    run_index(IndexConfig(root=str(tmp_path)))
+    run_index(DenseIndex(root=str(tmp_path)))
     shard = tmp_path / "index" / "shards" / "shard-00000.faiss"
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(IndexReadError, match="bytes, the manifest says"):
@@ -162,15 +168,15 @@ def test_truncated_shard_is_refused_by_size_without_hashing(tmp_path):
 
 def test_index_refusals(tmp_path):
     with pytest.raises(IndexRunError, match="run `tda embed`"):
-        plan_index_run(IndexConfig(root=str(tmp_path)))
+        plan_index_run(DenseIndex(root=str(tmp_path)))
     synthetic_root(tmp_path, clustered(1_000, 16), files=1)
     with pytest.raises(IndexRunError, match="not a FAISS factory"):
-        plan_index_run(IndexConfig(root=str(tmp_path), factory="Nonsense42"))
+        plan_index_run(DenseIndex(root=str(tmp_path), factory="Nonsense42"))
     with pytest.raises(IndexReadError, match="tda index build"):
         IndexReader.open(str(tmp_path))
-    run_index(IndexConfig(root=str(tmp_path)))
+    run_index(DenseIndex(root=str(tmp_path)))
     with pytest.raises(IndexRunError, match="already holds an index"):
-        plan_index_run(IndexConfig(root=str(tmp_path)))
+        plan_index_run(DenseIndex(root=str(tmp_path)))
     other = EncoderInfo("builtin", "builtin:other", "sha256:f", "sha256:t", 16, 1, 1, 256, 1)
     with pytest.raises(IndexReadError, match="not comparable"):
         IndexReader.open(str(tmp_path), encoder=other)
@@ -183,17 +189,17 @@ def test_build_is_deterministic_and_resumable(tmp_path):
     vectors = clustered(25_000, 16)
     for root in (a, b):
         synthetic_root(root, vectors, files=3)
-    result = run_index(IndexConfig(root=str(a), shards=3, threads=1))
+    result = run_index(DenseIndex(root=str(a), shards=3, threads=1))
     assert result.counters["vectors_added"] == 25_000 and result.counters["shards"] == 3
     first = {p.name: p.read_bytes() for p in sorted((a / "index").rglob("*.faiss"))}
     # b: three shards at once; interrupted after shard 0 (markers of 1 and 2 lost), then
     # resumed two at a time
-    result = run_index(IndexConfig(root=str(b), shards=3, threads=3))
+    result = run_index(DenseIndex(root=str(b), shards=3, threads=3))
     assert result.counters["vectors_added"] == 25_000 and result.counters["shards"] == 3
     for s in (1, 2):
         (b / "index" / "_completions" / f"{s:05d}.json").unlink()
     (b / "index" / "manifest.json").unlink()
-    result = run_index(IndexConfig(root=str(b), shards=3, threads=2, resume=True))
+    result = run_index(DenseIndex(root=str(b), shards=3, threads=2, resume=True))
     assert result.counters.get("shards_skipped") == 1 and result.counters["shards"] == 2
     second = {p.name: p.read_bytes() for p in sorted((b / "index").rglob("*.faiss"))}
     assert first == second
@@ -205,7 +211,7 @@ def test_build_is_deterministic_and_resumable(tmp_path):
 
 def test_fill_threads_respect_cores_memory_and_shards(tmp_path):
     synthetic_root(tmp_path, clustered(4_000, 16), files=4)
-    plan = plan_index_run(IndexConfig(root=str(tmp_path), shards=4, factory="IVF16,Flat"))
+    plan = plan_index_run(DenseIndex(root=str(tmp_path), shards=4, factory="IVF16,Flat"))
     per_shard = 1_000 * plan.bytes_per_vector  # 1,000 vectors per shard, 64 + 8 bytes each
     assert plan.bytes_per_vector == 16 * 4 + 8
     assert plan.fill_threads(cores=2) == 2
@@ -220,7 +226,7 @@ def test_fill_threads_respect_cores_memory_and_shards(tmp_path):
 
 def test_lookup_decodes_ids_to_rows(tmp_path):
     ids = synthetic_root(tmp_path, clustered(20_000, 8), files=2)
-    run_index(IndexConfig(root=str(tmp_path)))
+    run_index(DenseIndex(root=str(tmp_path)))
     reader = IndexReader.open(str(tmp_path))
     for cid in (ids[0], ids[9_000], ids[-1]):  # across row groups and files
         record = reader.lookup.get(cid)
@@ -234,7 +240,7 @@ def test_merged_on_disk_variant_returns_what_the_shards_return(tmp_path, factory
     from tda.attribution.index.merge import merge_index
 
     synthetic_root(tmp_path, clustered(8_000, 24), files=4)
-    run_index(IndexConfig(root=str(tmp_path), factory=factory, shards=4, nprobe=8))
+    run_index(DenseIndex(root=str(tmp_path), factory=factory, shards=4, nprobe=8))
     record = merge_index(str(tmp_path))
     assert record["vectors"] == 8_000
     queries = clustered(40, 24, seed=3)
@@ -243,7 +249,7 @@ def test_merged_on_disk_variant_returns_what_the_shards_return(tmp_path, factory
     np.testing.assert_array_equal(merged[1], sharded[1])
     np.testing.assert_allclose(merged[0], sharded[0], atol=1e-6)
     # a rebuilt index makes the old merge stale
-    run_index(IndexConfig(root=str(tmp_path), factory=factory, shards=2, overwrite=True))
+    run_index(DenseIndex(root=str(tmp_path), factory=factory, shards=2, overwrite=True))
     with pytest.raises(IndexReadError, match=r"has no merged index|merge again"):
         IndexReader.open(str(tmp_path), merged=True)
 
@@ -255,7 +261,7 @@ def test_remote_root_is_read_through_a_verified_local_cache(tmp_path):
 
     local = tmp_path / "root"
     ids = synthetic_root(local, clustered(3_000, 16), files=2)
-    run_index(IndexConfig(root=str(local), shards=2))
+    run_index(DenseIndex(root=str(local), shards=2))
     fs = fsspec.filesystem("memory")
     for path in local.rglob("*"):
         if path.is_file():
@@ -278,7 +284,7 @@ def test_remote_root_is_read_through_a_verified_local_cache(tmp_path):
 
 def test_index_older_than_its_embeddings_is_refused(tmp_path):
     synthetic_root(tmp_path, clustered(1_000, 8), files=1)
-    run_index(IndexConfig(root=str(tmp_path)))
+    run_index(DenseIndex(root=str(tmp_path)))
     IndexReader.open(str(tmp_path))
     manifest = tmp_path / "embeddings" / "manifest.json"
     manifest.write_text(
@@ -297,7 +303,7 @@ def test_search_nprobe_is_per_call_and_thread_safe(tmp_path, shards):
 
     vectors = clustered(6_000, 32, seed=3, centers=64)
     synthetic_root(tmp_path, vectors, files=3)
-    run_index(IndexConfig(root=str(tmp_path), factory="IVF64,Flat", shards=shards, nprobe=16))
+    run_index(DenseIndex(root=str(tmp_path), factory="IVF64,Flat", shards=shards, nprobe=16))
     reader = IndexReader.open(str(tmp_path))
     queries = vectors[::60] + 0.05
     expected = reader.search(queries, 10)

@@ -27,6 +27,7 @@ from tda.jobs.quality.scoring import (
     best_option,
     compare_to_best,
     default_option,
+    variant_options,
 )
 from tda.jobs.quality.variants import Variant, make_variants
 
@@ -164,16 +165,53 @@ def test_best_option_pools_every_condition_and_compares_the_concept_rerank():
         _row("b", verbatim=([1, 1], [3, 3]), long_prompt=([1, None], [3, 3]),
              paraphrase=([], [])),
     ]  # fmt: skip
+    options = variant_options(variants)
+    assert [(o.row, o.rerank) for o in options] == [
+        ("a", "none"), ("a", "concepts"), ("b", "none"), ("b", "concepts")
+    ]  # fmt: skip
     # over the four (condition, fact) pairs: a 0.5, a + concepts 0.625, b 0.75
-    assert asdict(best_option(variants, results)) == {"row": "b", "rerank": "none", "mrr": 0.75}
+    assert asdict(best_option(options, results)) == {
+        "row": "b", "rerank": "none", "label": "b", "mrr": 0.75
+    }  # fmt: skip
     results[1] = _row("b", verbatim=([1, 1], [3, 3]), long_prompt=([None, None], [3, 3]),
                       paraphrase=([], []))  # b: 0.5  # fmt: skip
-    assert asdict(best_option(variants, results)) == {
+    assert asdict(best_option(options, results)) == {
         "row": "a",
         "rerank": "concepts",
+        "label": "a, --rerank concepts",
         "mrr": 0.625,
     }
-    assert best_option(variants, results).label == "a, re-rank concepts"
+
+
+def test_channel_rows_are_options_read_in_their_own_metrics():
+    """A channel row attributed with a re-rank is one option, read in its own metrics;
+    the product default is the fused row once it is scored."""
+    from tda.jobs.quality.scoring import pooled_ranks
+    from tda.jobs.quality.variants import channel_row
+
+    variants = make_variants(["mean:hidden"], more=False)
+    fused, spanned = channel_row(), channel_row(rerank="span")
+    assert fused == "tda channels dense+span+lexical (default)"
+    assert spanned == "tda channels dense+span+lexical, --rerank span"
+    assert channel_row(("span",)) == "tda channels span"
+    rows = [
+        _row(variants[0].name, verbatim=([2, 2], [1, 1])),
+        _row(variants[1].name, verbatim=([3, None], [None, None])),
+        MethodRow(fused, {"verbatim": _m([1, 2])}),
+        MethodRow(spanned, {"verbatim": _m([1, 1])}, rerank="span"),
+    ]
+    assert pooled_ranks(rows[3], "span") == [1, 1]
+    with pytest.raises(ValueError, match="not attributed with --rerank concepts"):
+        pooled_ranks(rows[3], "concepts")
+    options = variant_options(variants) + [Option(r.name, r.rerank, r.name) for r in rows[2:]]
+    best = best_option(options, rows)
+    # the variant's concept re-rank ties the span re-rank at 1.0: the first listed wins
+    assert (best.row, best.rerank, best.mrr) == (variants[0].name, "concepts", 1.0)
+    assert default_option(variants, rows) == Option(fused, "none", fused)
+    assert default_option(variants) == Option(variants[1].name, "none")  # dense only
+    versus = compare_to_best(options, rows, best, seed=0)
+    assert [c.label for c in versus][-2:] == [fused, spanned]
+    assert next(c for c in versus if c.row == spanned).tied
 
 
 def test_long_prompt_ends_with_the_verbatim_prompt_and_is_seeded():
@@ -227,7 +265,7 @@ def test_compare_to_best_marks_ties():
         _row("a", verbatim=([1] * 30, [1] * 29 + [2])),
         _row("b", verbatim=([None] * 30, [None] * 30)),
     ]
-    rows = compare_to_best(variants, results, Option("a", "none"), seed=0)
+    rows = compare_to_best(variant_options(variants), results, Option("a", "none"), seed=0)
     tied = {(r.row, r.rerank) for r in rows if r.tied}
     assert tied == {("a", "none"), ("a", "concepts")}
     assert next(r for r in rows if r.row == "b").delta == -1.0
@@ -326,6 +364,13 @@ def test_trak_finds_the_chunk_whose_gradient_it_is(builtin_dir):
         assert ranker.rank_output("", TEXTS[i], 3)[0] == table.ids[i]
     again = TRAKRanker(table, encoder, seed=0, proj_dim=8, length=32, batch_size=8)
     assert again.rank_output("", TEXTS[0], 16) == ranker.rank_output("", TEXTS[0], 16)
+    # outputs scored in one batch (one random projection) rank as when asked one by one
+    pairs = [("", TEXTS[i]) for i in (1, 2, 3)] + [("The amber falcon guild", " was founded")]
+    batched = TRAKRanker(table, encoder, seed=0, proj_dim=8, length=32, batch_size=8)
+    batched.prepare(pairs)
+    assert set(batched._scored) == set(pairs)
+    for prompt, output in pairs:
+        assert batched.rank_output(prompt, output, 16) == ranker.rank_output(prompt, output, 16)
 
 
 def test_markdown_tables_publish_every_row_and_the_counterfactual():
@@ -348,11 +393,13 @@ def test_markdown_tables_publish_every_row_and_the_counterfactual():
         in lines
     )
     assert not lines[0].startswith("Best")  # no best / default recorded: no verdict line
-    report = replace(report, best=BestOption("tda x", "none", 0.8), default=Option("y", "concepts"))
+    report = replace(
+        report, best=BestOption("tda x", "none", mrr=0.8), default=Option("y", "concepts")
+    )
     assert not report.default_is_best
     lines = markdown_tables(report).splitlines()
     assert lines[0] == (
-        "Best tda option by MRR (then recall@1, recall@10) over every scored fact and "
+        "Best tda option by MRR (then recall@1, recall@10) over every scored item and "
         "condition: **tda x** (MRR 0.800)."
     )
     assert "**y, --rerank concepts**" in lines[2] and "not the best" in lines[2]
@@ -397,7 +444,11 @@ def test_score_ranks_each_fact_against_its_sources_and_distractors(tmp_path):
     outputs = Outputs({"verbatim": [verbatim], "long prompt": [longer], "paraphrase": []},
                       {"verbatim": 1, "long prompt": 1, "paraphrase": 1})  # fmt: skip
     row = score("m", {verbatim: [2, 3, 1], longer: [4, 5, 1]}, outputs, table)
-    assert list(row.conditions) == ["verbatim", "long prompt", "paraphrase"]
+    # the passage conditions are always there; without probes, nothing scored in them
+    assert list(row.conditions) == [
+        "verbatim", "long prompt", "paraphrase", "long output", "near duplicate"
+    ]  # fmt: skip
+    assert row.conditions["long output"] == Metrics(0, None, None, None, None, ())
     assert row.conditions["verbatim"] == Metrics(1, 0.5, 0.0, 1.0, 0.0, (2,))
     assert row.conditions["long prompt"] == Metrics(1, 0.3333, 0.0, 1.0, 1.0, (3,))
     assert row.conditions["paraphrase"] == Metrics(0, None, None, None, None, ())
@@ -466,10 +517,12 @@ def test_smoke_harness_main_writes_every_row(tmp_path, monkeypatch, capsys):
     """The harness's ``main`` end to end with tiny options (real ``tda`` commands, a model
     trained for a few steps): every row of the tables is written and holds what the
     planted corpus implies. A model trained in seconds reproduces no fact, so the model's
-    answer is replaced by the planted one. About 26 s of CPU (train 2 steps, chunk, embed,
-    index build as subprocesses, then every ranker); under a minute on 2 idle cores."""
+    answer is replaced by the planted one; the passage outputs are given, not generated,
+    so they are scored whatever the model. About 45 s of CPU (train 2 steps, chunk,
+    embed, index build with the channels as subprocesses, then every ranker); about a
+    minute on 2 idle cores."""
     from tda.jobs.quality import harness, outputs
-    from tda.schemas import DEFAULT_QUERY_SPAN
+    from tda.jobs.quality.variants import channel_row
 
     monkeypatch.setattr(
         outputs, "reproduce", lambda encoder, tokenizer, fact, prompt: f" {fact.place}. The"
@@ -477,47 +530,111 @@ def test_smoke_harness_main_writes_every_row(tmp_path, monkeypatch, capsys):
     report = harness.main(
         ["--out", str(tmp_path / "eval"), "--facts", "2", "--copies", "2", "--steps", "2",
          "--max-seq", "64", "--pooling", "mean:hidden", "--no-variants", "--gradients", "none",
-         "--counterfactual-k", "0", "--jobs", "1"]
+         "--counterfactual-k", "0", "--jobs", "1", "--passages", "2"]
     )  # fmt: skip
     out = tmp_path / "eval"
     written = json.loads((out / "quality.json").read_text())
     assert written == json.loads(json.dumps(report.to_json()))
     assert (out / "quality.md").read_text() == markdown_tables(report.tables)
-    assert written["reproduced"] == {"verbatim": 2, "long prompt": 2, "paraphrase": 1}
+    reproduced = {"verbatim": 2, "long prompt": 2, "short output": 2, "paraphrase": 1}
+    assert written["reproduced"] == reproduced
     assert written["chunks"] == len(ChunkTable(out / "root-chunks").ids) > 0
-    best = written["best_tda"]["row"]
+    best = harness.best_option(
+        harness.variant_options(harness.make_variants(["mean:hidden"], more=False)),
+        report.tables.rows,
+    ).row  # the hybrids re-rank the best dense option's candidates
+    fused = channel_row()
+    channel_rows = [
+        "tda channels dense", "tda channels span", "tda channels lexical",
+        "tda channels dense+span", "tda channels dense+lexical", "tda channels span+lexical",
+        fused, f"{channel_row(rerank='concepts')}", f"{channel_row(rerank='span')}",
+    ]  # fmt: skip
+    assert channel_rows[-2:] == [
+        "tda channels dense+span+lexical, --rerank concepts",
+        "tda channels dense+span+lexical, --rerank span",
+    ]
     assert list(written["results"]) == [
         "tda mean:hidden, query span chunk",
         "tda mean:hidden, query span output",
+        *channel_rows,
         f"hybrid: {best}, --rerank span (top 100)",
         f"hybrid: {best} top 100, BM25 re-rank",
         "BM25",
         "exact span",
         "random",
     ]
-    for name, conditions in written["results"].items():
-        assert list(conditions) == ["verbatim", "long prompt", "paraphrase"], name
-        assert [m["n"] for m in conditions.values()] == [2, 2, 1], name
-        assert ("concept_rerank" in conditions["verbatim"]) == name.startswith("tda ")
-    # the verbatim statement is in its source's text: both lexical methods find it first
-    for name in ("BM25", "exact span"):
-        assert written["results"][name]["verbatim"]["ranks"] == [1, 1], name
-    assert written["default_tda"] == {
-        "row": f"tda mean:hidden, query span {DEFAULT_QUERY_SPAN}",
-        "rerank": "none",
-    }
-    assert [(c["row"], c["rerank"]) for c in written["versus_best"]] == [
+    conditions = {c["condition"]: c for c in written["conditions"]}
+    assert list(conditions) == [
+        "verbatim", "long prompt", "short output", "paraphrase", "long output", "near duplicate"
+    ]  # fmt: skip
+    # one passage each, cut into probes of >= 3 output chunks, each a scored item
+    passage_items = {}
+    for c in ("long output", "near duplicate"):
+        info = conditions[c]
+        assert info["scored"] >= 1 and info["items"] >= 3 * info["scored"], c
+        assert info["item_tokens"][1] == 64 and info["prompt_tokens"] > 64, c
+        passage_items[c] = info["items"]
+    assert conditions["short output"]["item_tokens"][1] <= 7
+    assert conditions["short output"]["prompt_tokens"] >= 50
+    assert conditions["long prompt"]["item_tokens"] == [
+        conditions["verbatim"]["item_tokens"][0], conditions["verbatim"]["item_tokens"][1]
+    ]  # fmt: skip
+    for name, by_condition in written["results"].items():
+        assert list(by_condition) == list(conditions), name
+        assert [m["n"] for m in by_condition.values()] == [
+            *reproduced.values(), *passage_items.values()
+        ], name  # fmt: skip
+        variant = name.startswith("tda mean:hidden")
+        assert ("concept_rerank" in by_condition["verbatim"]) == variant, name
+        assert (
+            "both@10" in by_condition["near duplicate"]
+            and "both@10" not in by_condition["long output"]
+        )
+    # the verbatim statement is in its source's text: both lexical methods find it first;
+    # a passage output chunk is in its sources' text: they find a source first, and both
+    # copies of the near duplicate (same text, same score)
+    for name in ("BM25", "exact span", "tda channels lexical"):
+        results = written["results"][name]
+        if name != "tda channels lexical":
+            assert results["verbatim"]["ranks"] == [1, 1], name
+        for c in ("long output", "near duplicate"):
+            assert results[c]["mrr"] == 1.0, (name, c)
+        assert results["near duplicate"]["both@10"] == 1.0, name
+    # the product default fuses every channel: each passage chunk's sources in its top 10
+    for c in ("long output", "near duplicate"):
+        assert written["results"][fused][c]["recall@10"] == 1.0, c
+    assert written["default_tda"] == {"row": fused, "rerank": "none", "label": fused}
+    variant_options = [
         (f"tda mean:hidden, query span {span}", rr)
         for span in ("chunk", "output")
         for rr in ("none", "concepts")
     ]
+    rerank = {fused: "none", channel_rows[-2]: "concepts", channel_rows[-1]: "span"}
+    assert [(c["row"], c["rerank"]) for c in written["versus_best"]] == variant_options + [
+        (name, rerank.get(name, "none")) for name in channel_rows
+    ]
     assert written["counterfactual"] is None
+    # the default's confidence levels cover every item it scored
+    levels = {c["level"]: c for c in written["confidence"]}
+    assert list(levels) == ["verbatim", "lexical", "weak", "none"]
+    assert sum(c["items"] for c in levels.values()) == sum(reproduced.values()) + sum(
+        passage_items.values()
+    )
     md = (out / "quality.md").read_text().splitlines()
     assert md[0].startswith("Best tda option by MRR")
     assert "| BM25 | verbatim | 2 | 1.000 | 1.000 | 1.000 | 0.000 | - | - |" in md
+    assert md[-1] == (
+        "| counterfactual: the default's share beats exact span's | - "
+        "| not measured (counterfactual not run) |"
+    )
+    assert f"Targets ({fused}):" in md and "| long output: recall@10 >= 0.98 | 1.000 | met |" in md
     printed = capsys.readouterr().out
-    assert "facts reproduced: {'verbatim': 2, 'long prompt': 2, 'paraphrase': 1}" in printed
+    assert f"facts reproduced: {reproduced}" in printed
     assert "$ tda.jobs.cli model train" in printed and "$ tda.jobs.cli index build" in printed
+    # the default index holds the channels `tda index build` builds by default
+    (root,) = [p for p in out.glob("root-*") if p.name != "root-chunks"]
+    manifest = json.loads((root / "index" / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["channels"]] == ["span", "lexical"]
 
 
 def test_reproduce_keeps_an_output_only_when_it_starts_with_the_place(builtin_dir):
@@ -536,5 +653,11 @@ def test_reproduce_keeps_an_output_only_when_it_starts_with_the_place(builtin_di
     assert reproduce(encoder, tokenizer, fact, fact.verbatim_prompt) is None
     assert reproduced_verbatim(encoder, tokenizer, [fact, known]) == {0: said}
     probed = probe_outputs(encoder, [known], paraphrase_docs=0, seed=0)
-    assert probed.probed == {"verbatim": 1, "long prompt": 1, "paraphrase": 1}
+    assert probed.probed == {"verbatim": 1, "long prompt": 1, "short output": 1, "paraphrase": 1}
     assert [q.output for q in probed.queries["verbatim"]] == [said]
+    # the short output: the place alone (said has no full stop right after it, or has)
+    short = probed.queries["short output"]
+    assert [q.output for q in short] in ([], [said[: said.index(place) + len(place) + 1]],
+                                         [said[: said.index(place) + len(place)]])  # fmt: skip
+    if short:
+        assert tokenizer.encode_batch([short[0].prompt])[0].n_tokens >= 50

@@ -15,9 +15,15 @@ from tda.schemas import IndexConfig
 from tests.helpers import MULTI_PROCESS, clustered, synthetic_root
 
 
+# Synthetic roots hold no real text or tokenizer: these tests build the dense channel
+# (the span and lexical channels are tested in test_retrieval / test_spans / test_lexical).
+def DenseIndex(**kw) -> IndexConfig:  # reads like the config it builds
+    return IndexConfig(channels=("dense",), **kw)
+
+
 def test_build_index_transform_yields_every_shard(tmp_path):
     synthetic_root(tmp_path, clustered(30_000, 16), files=6)
-    plan = plan_index_run(IndexConfig(root=str(tmp_path), shards=3))
+    plan = plan_index_run(DenseIndex(root=str(tmp_path), shards=3))
     with BeamTestPipeline() as p:
         shards = p | BuildIndex(plan)
         assert_that(
@@ -31,8 +37,8 @@ def test_multi_process_build_equals_in_process(tmp_path):
     vectors = clustered(30_000, 16)
     for name in ("a", "b"):
         synthetic_root(tmp_path / name, vectors, files=4)
-    run_index(IndexConfig(root=str(tmp_path / "a"), shards=4))
-    run_index(IndexConfig(root=str(tmp_path / "b"), shards=4), PipelineOptions(MULTI_PROCESS))
+    run_index(DenseIndex(root=str(tmp_path / "a"), shards=4))
+    run_index(DenseIndex(root=str(tmp_path / "b"), shards=4), PipelineOptions(MULTI_PROCESS))
     files = {
         name: {
             str(p.relative_to(tmp_path / name)): p.read_bytes()

@@ -37,6 +37,7 @@ def test_defaults_live_on_the_request():
         "query_span": DEFAULT_QUERY_SPAN,
         "rerank": DEFAULT_RERANK,
         "candidates": DEFAULT_CANDIDATES,
+        "channels": None,
     }
     assert (r.k, r.query_span, r.rerank) == (10, "output", "none")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -80,8 +81,17 @@ def test_the_first_problem_is_reported_in_option_order():
         AttributionRequest("p", "o", k=0, ig_steps=0, rerank="bm25")
     # a temperature is only checked when the model generates
     assert AttributionRequest("p", "o", temperature=-1.0).temperature == -1.0
-    # candidates only matter to a re-rank
-    assert AttributionRequest("p", "o", candidates=0).candidates == 0
+    # candidates are what every channel returns for fusion: at least one
+    with pytest.raises(ConfigError, match="--candidates must be at least 1, got 0"):
+        AttributionRequest("p", "o", candidates=0)
+    # channels: a comma list or names, each once, in the order given; unknown refused
+    assert AttributionRequest("p", "o", channels="span, lexical,span").channels == (
+        "span", "lexical",
+    )  # fmt: skip
+    assert AttributionRequest("p", "o").channels is None
+    for bad, message in ((",", "needs at least one"), (("dense", "bm25"), "got 'bm25'")):
+        with pytest.raises(ConfigError, match=message):
+            AttributionRequest("p", "o", channels=bad)
 
 
 def test_field_metadata_names_choices_and_minimums():

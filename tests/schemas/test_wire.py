@@ -4,6 +4,7 @@ while it contains its chunk record, and the merged-index manifest has a version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -109,6 +110,7 @@ def test_index_manifest_dict_is_what_the_hand_written_one_was(lineage):
         "inputs": [asdict(i) for i in m.inputs],
         "chunk_manifest_sha256": m.chunk_manifest_sha256,
         "embed_manifest_sha256": m.embed_manifest_sha256,
+        "channels": [],  # dense only (fusion is left out while None)
     }  # fmt: skip
     if lineage is not None:
         expected["lineage"] = lineage
@@ -131,7 +133,7 @@ def test_training_hit_contains_its_chunk_record_and_writes_one_flat_object():
         "text": "some text", "url": "gs://b/a.jsonl",
         "shared_concepts": [{"concept_id": 4, "name": "sports", "output_weight": 0.5,
                              "training_weight": 0.25}],
-        "rerank_score": None,
+        "rerank_score": None, "channels": {}, "fused_score": None, "match": None,
     }  # fmt: skip
     assert json.loads(json.dumps(hit.to_dict())) == hit.to_dict()
     assert record_from_dict(TrainingHit, hit.to_dict()) == hit
@@ -183,3 +185,22 @@ def test_merged_manifest_has_a_version_and_reads_the_unversioned_ones():
         MergedIndexManifest.from_json(json.dumps({**old, "schema_version": 2}))
     with pytest.raises(ManifestError, match="malformed"):
         MergedIndexManifest.from_json(json.dumps({"vectors": 1, "files": []}))
+
+
+def test_a_fused_hit_reads_back_with_its_channels_match_and_confidence():
+    from tda.schemas import ChannelScore, Confidence, MatchSpan
+
+    hit = dataclasses.replace(
+        _hit(),
+        channels={"span": ChannelScore(1, 40.5), "lexical": ChannelScore(2, 17.25)},
+        fused_score=0.0325,
+        match=MatchSpan(0, 12, 30, 42, 3, 40),
+    )
+    data = json.loads(json.dumps(hit.to_dict()))
+    assert data["channels"] == {"span": {"rank": 1, "score": 40.5},
+                                "lexical": {"rank": 2, "score": 17.25}}  # fmt: skip
+    back = record_from_dict(TrainingHit, data)
+    assert back == hit and isinstance(back.channels["span"], ChannelScore)
+    assert isinstance(back.match, MatchSpan)
+    conf = Confidence("verbatim", 0.625, "a 40-token exact span")
+    assert record_from_dict(Confidence, json.loads(json.dumps(dataclasses.asdict(conf)))) == conf
