@@ -43,7 +43,6 @@ Everything lands in an :class:`~tda.schemas.AttributionReport`.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from tda.attribution.encoders import (
     logit_split,
 )
 from tda.attribution.encoders import pool_chunks as _pool_chunks
+from tda.attribution.evidence import evidence_scores
 from tda.attribution.index.reader import IndexReader, IndexReadError
 from tda.attribution.index.retrieval import ChunkQuery, Retrieved, Retriever
 from tda.attribution.input_attribution import (
@@ -76,8 +76,13 @@ from tda.attribution.rerank import (
     concept_overlap,
     longest_shared_run,
     rerank_order,
-    shared_run,
     words,
+)
+from tda.attribution.results import (
+    concept_contributions,
+    logit_totals,
+    source_shares,
+    training_hits,
 )
 from tda.attribution.sequence import (
     TokenSequence,
@@ -90,12 +95,7 @@ from tda.schemas import (
     AttributionReport,
     AttributionRequest,
     AttributionSettings,
-    ChannelScore,
-    ConceptContribution,
-    LogitTotals,
-    MatchSpan,
     OutputChunk,
-    SharedConcept,
     Timings,
     TokenScore,
     TrainingHit,
@@ -106,8 +106,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LEXICAL_CONTEXT", "AttributionRequest", "Attributor"]
 
-# A shared run of fewer words than this is not marked as a match (see _match).
-MIN_MATCH_WORDS = 3
 # Tokens before an output chunk that its lexical query keeps: enough for the phrase that
 # leads into a short output ("... was founded in" before " Ashgate."), not so many that a
 # long prompt's words outweigh the chunk's own (docs/quality.md measures it).
@@ -389,8 +387,10 @@ class Attributor:
         )
         fused = retrieved.fused
         hit_ids = np.array([f.chunk_id for f in fused], dtype=np.int64)
-        keep, rerank_scores = self._rerank(request.rerank, hit_ids, out_concepts, query_text,
-                                           request.k)  # fmt: skip
+        keep, rerank_scores = self._rerank(
+            request, hit_ids, out_concepts, query_text,
+            lambda ids: self._evidence(forward, seq, s, e, ids),
+        )  # fmt: skip
         P = seq.prompt_len
         char_start, char_end = seq.output_chars[s - P], seq.output_chars[e - P]
         text = seq.output_text[char_start:char_end]
@@ -406,128 +406,70 @@ class Attributor:
             char_end=char_end,
             text=text,
             query_token_start=query_start - P,
-            totals=_totals(forward.split, forward.log_probs, s, e),
-            concepts=self._concepts(forward.split, forward.acts, s, e, request.top_concepts),
+            totals=logit_totals(forward.split, forward.log_probs, s, e),
+            concepts=self._concepts(forward, s, e, request.top_concepts),
             hits=hits,
-            sources=_sources(hits),
+            sources=source_shares(hits),
             prompt_tokens=self._token_scores(seq, prompt_scores),
             completeness=completeness,
             confidence=confidence(hits, retrieved, e - s, channels, len(words(text))),
         )
 
-    def _rerank(self, rerank: str, ids: np.ndarray, out_concepts, query_text: str, k: int):
-        """ANN candidate ids (n,) -> (positions of the k kept, in final order; their
-        re-rank scores or None)."""
+    def _rerank(
+        self, request: AttributionRequest, ids: np.ndarray, out_concepts, query_text: str,
+        evidence,
+    ):  # fmt: skip
+        """Fused candidate ids (n,) -> (positions of the k kept, in final order; their
+        re-rank scores or None). A re-rank orders the first ``candidates`` of the fused
+        list by its signal (ties keep the fused order): ``concepts`` (concept overlap),
+        ``span`` (the longest shared word run with ``query_text``) or ``evidence`` (the
+        model's own evidence, ``evidence(chunk ids) -> scores``)."""
+        k, rerank = request.k, request.rerank
         valid = [i for i, cid in enumerate(ids.tolist()) if cid >= 0]
         if rerank == "none":
             return np.array(valid[:k], dtype=np.int64), None
+        valid = valid[: request.candidates]
         if rerank == "concepts":
             signal = [
                 concept_overlap(out_concepts, *self.reader.concepts(int(ids[i]))) for i in valid
             ]
-        else:
+        elif rerank == "span":
             query = words(query_text)
             texts = [self.reader.lookup.get(int(ids[i])).text or "" for i in valid]
             signal = [float(longest_shared_run(query, words(text))) for text in texts]
+        else:
+            signal = [float(x) for x in evidence([int(ids[i]) for i in valid])]
         order = rerank_order(signal)[:k]
         return np.array([valid[i] for i in order], dtype=np.int64), [signal[i] for i in order]
+
+    def _evidence(
+        self, forward: _Forward, seq: TokenSequence, s: int, e: int, chunk_ids: Sequence[int]
+    ) -> np.ndarray:
+        """``--rerank evidence``: the chunk's predicting states (positions s-1..e-2 of the
+        forward pass, which produced tokens s..e-1) against each candidate's own states
+        (:func:`~tda.attribution.evidence.evidence_scores`); (len(chunk_ids),) scores."""
+        lo = max(s, 1)  # the first token of an empty prompt had no predicting state
+        states = forward.acts.hidden[0, lo - 1 : e - 1].float().cpu().numpy()
+        texts = [self.reader.lookup.get(int(c)).text or "" for c in chunk_ids]
+        candidates = [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        return evidence_scores(self.encoder, states, seq.ids[lo:e], candidates)
 
     def _hits(
         self, kept: Sequence, vector: np.ndarray, out_concepts: dict[int, float],
         rerank_scores, retrieved: Retrieved, text: str, multi: bool,
     ) -> tuple[TrainingHit, ...]:  # fmt: skip
-        """The kept fused candidates, in order, as hits: the chunk record, its similarity
-        to the chunk's search vector ``vector`` (D,) (read from its stored vector when the
-        dense channel did not return it), each channel's rank and score, the words it
-        shares with the output chunk's ``text`` on both sides, and the known concepts it
-        shares with the output chunk (``out_concepts``: id -> pooled weight), strongest
-        shared first."""
-        names = self.encoder.concept_names
-        hits = []
-        for rank, found in enumerate(kept, start=1):
-            chunk_id = found.chunk_id
-            record = self.reader.lookup.get(int(chunk_id))
-            score = (
-                found.channels["dense"][1]
-                if "dense" in found.channels
-                else self._similarity(vector, chunk_id)
-            )
-            train_ids, train_weights = self.reader.concepts(int(chunk_id))
-            shared = [
-                SharedConcept(
-                    int(cid),
-                    _name(names, int(cid)),
-                    round(out_concepts[int(cid)], 4),
-                    round(float(w), 4),
-                )
-                for cid, w in zip(train_ids.tolist(), train_weights.tolist(), strict=True)
-                if int(cid) in out_concepts
-            ]
-            shared.sort(key=lambda s: -min(s.output_weight, s.training_weight))
-            span = retrieved.spans.get(int(chunk_id))
-            hits.append(
-                TrainingHit(
-                    rank=rank,
-                    score=round(float(score), 6),
-                    chunk=record,
-                    shared_concepts=tuple(shared),
-                    rerank_score=(
-                        None if rerank_scores is None else round(rerank_scores[rank - 1], 6)
-                    ),
-                    channels={
-                        name: ChannelScore(r, round(float(v), 6))
-                        for name, (r, v) in found.channels.items()
-                    },
-                    fused_score=round(found.score, 8) if multi else None,
-                    match=_match(text, record.text or "", span),
-                )
-            )
-        return tuple(hits)
+        """The kept fused candidates as hits (:func:`~tda.attribution.results.training_hits`)."""
+        return training_hits(
+            self.reader, self.retriever, self.encoder.concept_names, kept, vector,
+            out_concepts, rerank_scores, retrieved, text, multi,
+        )  # fmt: skip
 
-    def _similarity(self, vector: np.ndarray, chunk_id: int) -> float:
-        """The dense channel's score of a chunk it did not return: the search vector (D,)
-        against the chunk's stored vector, by the index's metric (inner product, or
-        squared L2 distance as FAISS reports it)."""
-        stored = self.reader.vector(int(chunk_id))
-        if self.manifest.metric == "l2":
-            return float(np.sum((stored - vector) ** 2))
-        return float(stored @ vector)
-
-    def _concepts(self, split, acts: ConceptActivations, s: int, e: int, top: int):
-        """Concept contributions to the logits of the chunk's tokens (positions s..e-1
-        are predicted from s-1..e-2), summed per concept; the largest ``top``."""
-        import torch
-
-        lo, hi = max(s - 1, 0), e - 1
-        rows = []
-        for kind, ids, contrib, size in (
-            ("known", acts.known_ids, split.known, self.encoder.info.n_known),
-            ("unknown", acts.unknown_ids, split.unknown, self.encoder.info.n_unknown),
-        ):
-            if size == 0 or ids.shape[-1] == 0:
-                continue
-            flat_ids = ids[0, lo:hi].reshape(-1)
-            total = torch.zeros(size, dtype=torch.float64, device=flat_ids.device)
-            total.index_add_(0, flat_ids, contrib[0, lo:hi].reshape(-1).double())
-            count = torch.zeros(size, dtype=torch.int64, device=flat_ids.device)
-            count.index_add_(0, flat_ids, torch.ones_like(flat_ids))
-            # the largest ``top`` among concepts present in the chunk (absent ones are 0)
-            total = torch.where(count > 0, total, torch.full_like(total, -math.inf))
-            values, order = torch.topk(total, min(top, size))
-            for value, cid in zip(values.tolist(), order.tolist(), strict=True):
-                if value != -math.inf:
-                    rows.append((kind, cid, value, int(count[cid])))
-        rows.sort(key=lambda r: (-r[2], r[0], r[1]))
-        names = self.encoder.concept_names
-        return tuple(
-            ConceptContribution(
-                kind=kind,
-                concept_id=cid,
-                name=_name(names, cid) if kind == "known" else f"unknown:{cid}",
-                contribution=round(value, 5),
-                tokens=count,
-            )
-            for kind, cid, value, count in rows[:top]
+    def _concepts(self, forward: _Forward, s: int, e: int, top: int):
+        """The chunk's largest ``top`` concept contributions to its token logits
+        (:func:`~tda.attribution.results.concept_contributions`)."""
+        enc = self.encoder
+        return concept_contributions(
+            enc.info, enc.concept_names, forward.split, forward.acts, s, e, top
         )
 
     # --- step 8 -----------------------------------------------------------------------
@@ -621,26 +563,6 @@ class Attributor:
         )
 
 
-def _match(text: str, chunk_text: str, span) -> MatchSpan | None:
-    """The longest word run the output chunk's ``text`` shares with a training chunk's
-    text, as character offsets on both sides (None: no run of :data:`MIN_MATCH_WORDS`
-    words, or of all the chunk's words when it has fewer); ``span``: the span channel's
-    :class:`~tda.attribution.index.spans.SpanHit` for this chunk, or None."""
-    run = shared_run(text, chunk_text)
-    if run is None:
-        return None
-    n, a0, a1, b0, b1 = run
-    # one or two common words ("and", "it is") are not a match worth marking, unless the
-    # chunk itself is that short (a one-word answer)
-    if n < min(MIN_MATCH_WORDS, len(words(text))):
-        return None
-    return MatchSpan(a0, a1, b0, b1, n, None if span is None else int(span.length))
-
-
-def _name(names: Sequence[str], cid: int) -> str:
-    return names[cid] if 0 <= cid < len(names) else f"known:{cid}"
-
-
 def _detached(acts: ConceptActivations) -> ConceptActivations:
     return ConceptActivations(
         **{
@@ -651,32 +573,3 @@ def _detached(acts: ConceptActivations) -> ConceptActivations:
             )
         }
     )  # fmt: skip
-
-
-def _totals(split, log_probs, s: int, e: int) -> LogitTotals:
-    """Logit sums over the chunk's predicted tokens (positions s-1..e-2 predict s..e-1)."""
-    lo, hi = max(s - 1, 0), e - 1
-    return LogitTotals(
-        logit=round(float(split.logit[0, lo:hi].double().sum()), 5),
-        known_total=round(float(split.known[0, lo:hi].double().sum()), 5),
-        unknown_total=round(float(split.unknown[0, lo:hi].double().sum()), 5),
-        residual=round(float(split.residual[0, lo:hi].double().sum()), 5),
-        log_prob=round(float(log_probs[0, s:e].double().sum()), 5),
-    )
-
-
-def _sources(hits: Sequence[TrainingHit]) -> dict[str, float]:
-    """Share of each source in the hits' scores: fused scores when channels were fused,
-    else the dense scores (negative scores count as 0; equal shares per hit when no score
-    is positive)."""
-    weights: dict[str, float] = {}
-    for hit in hits:
-        score = hit.fused_score if hit.fused_score is not None else hit.score
-        weights[hit.source] = weights.get(hit.source, 0.0) + max(score, 0.0)
-    total = sum(weights.values())
-    if total <= 0:
-        weights = {}
-        for hit in hits:
-            weights[hit.source] = weights.get(hit.source, 0.0) + 1.0
-        total = float(len(hits)) or 1.0
-    return {src: round(w / total, 6) for src, w in sorted(weights.items(), key=lambda kv: -kv[1])}

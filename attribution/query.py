@@ -64,15 +64,9 @@ def search_text(
     (found,) = retriever.retrieve([query], wanted, max(k, candidates), nprobe)
     hits = []
     for fused in found.fused[:k]:
-        if "dense" in fused.channels:
-            score = fused.channels["dense"][1]
-        else:
-            stored = reader.vector(fused.chunk_id)
-            l2 = m.metric == "l2"
-            score = float(np.sum((stored - vector) ** 2)) if l2 else float(stored @ vector)
         hits.append(
             SearchHit(
-                round(score, 6),
+                round(retriever.dense_score(fused, vector), 6),
                 reader.lookup.get(fused.chunk_id),
                 dict(fused.channels),
                 round(fused.score, 8) if len(wanted) > 1 else None,

@@ -131,6 +131,8 @@ class ScanConfig:
     min_score: float | None = None  # like mode: keep hits at least this similar
     overwrite: bool = False
     device: str = "auto"  # like mode: where the exemplars are encoded
+    # like mode: the retrieval channels searched and fused (None: every channel the index has)
+    channels: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class ScanSettings(JsonRecord):
     index_manifest_sha256: str | None
     embed_manifest_sha256: str
     like_sha256: str | None = None  # "sha256:<hex>" of the exemplar file (like mode)
+    channels: tuple[str, ...] = ()  # like mode: the channels searched and fused
 
 
 @dataclass(frozen=True)

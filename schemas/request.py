@@ -37,8 +37,9 @@ IG_BASELINES = ("mask", "zero")
 # ending at the chunk's end (a short chunk borrows the tokens before it, prompt included,
 # so query and training vectors pool as many tokens); "output" = the chunk's own tokens.
 QUERY_SPANS = ("chunk", "output")
-# Re-rank of the ANN candidates: none, sparse concept overlap, longest shared word run.
-RERANKS = ("none", "concepts", "span")
+# Re-rank of the fused candidates: none, sparse concept overlap, longest shared word run,
+# the model's own evidence (late interaction of the predicting hidden states).
+RERANKS = ("none", "concepts", "span", "evidence")
 # The defaults: with the default index, the best query span and re-rank measured in
 # docs/quality.md (``make eval``).
 DEFAULT_QUERY_SPAN = "output"

@@ -97,12 +97,15 @@ class ScanPlan:
     files: tuple[int, ...]  # input file indices with embeddings
     index_manifest_sha256: str | None
     embed_manifest_sha256: str
+    channels: tuple[str, ...] | None = None  # like mode: as asked (None: the index's)
 
     def settings(self, like_sha256: str | None = None) -> ScanSettings:
         """What ``scan.json`` records of this plan: every field but ``out``, and the
         exemplar file's sha256 (like mode)."""
-        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "out"}
-        return ScanSettings(**kept, like_sha256=like_sha256)
+        kept = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("out", "channels")
+        }
+        return ScanSettings(**kept, like_sha256=like_sha256, channels=self.channels or ())
 
 
 def _parts_dir(out: str) -> str:
@@ -191,6 +194,7 @@ class ScanStage(StageRuntime[ScanPlan, int, int]):
             files=tuple(f.file_index for f in embed.files),
             index_manifest_sha256=index_sha,
             embed_manifest_sha256=embed_sha,
+            channels=config.channels if like else None,
         )
 
     def units(self, plan: ScanPlan) -> list[int]:
@@ -351,11 +355,13 @@ def read_exemplars(path: str) -> list[str]:
 
 
 def scan_exemplars(plan: ScanPlan, device: str = "auto") -> int:
-    """Encode every exemplar with the index's encoder, search top ``top`` each, keep hits
-    with score >= ``min_score``; a chunk hit by several exemplars keeps its best score.
+    """Encode every exemplar with the index's encoder, search it on the index's channels
+    (fused; ``channels`` to choose), keep each one's first ``top`` with concept-space
+    similarity >= ``min_score``; a chunk hit by several exemplars keeps its best score.
     Writes the parts of every input file; returns the number of chunks hit."""
     from tda.attribution.encoders import DocumentTokens, encode_documents, load_encoder
     from tda.attribution.index.reader import IndexReader
+    from tda.attribution.index.retrieval import ChunkQuery, Retriever
 
     texts = read_exemplars(plan.like)
     reader = IndexReader.open(plan.root)
@@ -373,14 +379,26 @@ def scan_exemplars(plan: ScanPlan, device: str = "auto") -> int:
             raise ScanError("an exemplar has no tokens")
         docs.append(DocumentTokens(ids=enc.ids[:n], spans=np.array([[0, n]])))
     pooled, _ = encode_documents(encoder, docs, m.pooling, m.context, m.context.window)
-    scores, ids = reader.search(pooled.vectors, min(plan.top, m.vectors))
+    # every channel of the index, fused, as an attribution searches: an exemplar's
+    # words and verbatim spans find its source's chunks beside its concept-space
+    # neighbours; each exemplar keeps the first `top` of the fused list
+    retriever = Retriever(reader)
+    channels = retriever.channels(plan.channels)
+    queries = [
+        ChunkQuery(pooled.vectors[e], d.ids, (0, len(d.ids)), texts[e]) for e, d in enumerate(docs)
+    ]
+    found = retriever.retrieve(queries, channels, min(plan.top, m.vectors))
     best: dict[int, tuple[float, int]] = {}
-    for e in range(len(texts)):
-        for score, chunk_id in zip(scores[e], ids[e], strict=True):
-            if chunk_id < 0 or (plan.min_score is not None and score < plan.min_score):
+    for e, retrieved in enumerate(found):
+        for fused in retrieved.fused[: plan.top]:
+            chunk_id = fused.chunk_id
+            # the score a hit keeps is its concept-space similarity (what --min-score
+            # thresholds), read from the stored vector when dense did not return it
+            score = retriever.dense_score(fused, pooled.vectors[e])
+            if plan.min_score is not None and score < plan.min_score:
                 continue
             if chunk_id not in best or score > best[chunk_id][0]:
-                best[int(chunk_id)] = (float(score), e)
+                best[chunk_id] = (float(score), e)
     by_file: dict[int, list[int]] = {}
     for chunk_id in best:
         by_file.setdefault(m.id_codec.decode(chunk_id).file_index, []).append(chunk_id)

@@ -63,6 +63,18 @@ class Retriever:
         fusion = reader.manifest.fusion or default_fusion(self.available)
         self.fusion = fusion
 
+    def dense_score(self, fused: Fused, vector: np.ndarray) -> float:
+        """A fused candidate's dense-channel score for the query ``vector`` (D,): the
+        channel's own when it returned the chunk, else computed from the chunk's stored
+        vector by the index's metric (inner product, or squared L2 as FAISS reports it),
+        so every hit carries the concept-space measure whichever channel found it."""
+        if "dense" in fused.channels:
+            return fused.channels["dense"][1]
+        stored = self.reader.vector(fused.chunk_id)
+        if self.reader.manifest.metric == "l2":
+            return float(np.sum((stored - vector) ** 2))
+        return float(stored @ vector)
+
     def channels(self, requested: Sequence[str] | None) -> tuple[str, ...]:
         """The channels to search: ``requested`` (refused with one line if the index lacks
         one), else every channel the index has, in :data:`CHANNELS` order."""

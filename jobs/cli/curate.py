@@ -37,22 +37,29 @@ __all__ = ["COMMANDS", "prune", "scan"]
 @click.option(
     "--min-score", type=float, default=None, help="--like: keep hits at least this similar."
 )
+@click.option(
+    "--channels", default=None, metavar="LIST",
+    help="--like: retrieval channels searched and fused (dense, span, lexical) "
+    "[default: every channel the index has].",
+)  # fmt: skip
 @click.option("--out", required=True, metavar="DIR", help="Scan directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier scan in DIR.")
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the scan summary as JSON.")
 @click.pass_context
-def scan(ctx, root, concepts, like, min_weight, top, min_score, out, overwrite, device,
-         as_json) -> None:  # fmt: skip
+def scan(ctx, root, concepts, like, min_weight, top, min_score, channels, out, overwrite,
+         device, as_json) -> None:  # fmt: skip
     """Find where a harmful concept fires (--concept, a Beam job over ROOT/embeddings) or
     what resembles known-bad texts (--like, searched in the index); aggregate per source
     and document into DIR (hits / by_document / by_source Parquet, scan.json, a chart)."""
     from tda.pipeline.scan import run_scan
     from tda.schemas.curation import ScanConfig
+    from tda.schemas.request import parse_channels
 
     config = ScanConfig(
         root=root, out=out, concepts=tuple(concepts), like=like, min_weight=min_weight,
         top=top, min_score=min_score, overwrite=overwrite, device=device,
+        channels=parse_channels(channels),
     )  # fmt: skip
     result = run_scan(config, options=pipeline_options(ctx))
     what = ", ".join(concepts) if concepts else f"exemplars in {like}"

@@ -126,9 +126,10 @@ def search(root, text, chunk_id, k, nprobe, device, merged, channels, as_json) -
     type=click.Choice(RERANKS),
     default=ASK["rerank"],
     show_default=True,
-    help="Order the --candidates nearest chunks by shared concepts ('concepts') or by the "
-    "longest word run shared with the query text ('span', a lexical hybrid) before "
-    "keeping -k.",
+    help="Order the first --candidates fused chunks before keeping -k: by shared concepts "
+    "('concepts'), by the longest word run shared with the query text ('span'), or by the "
+    "model's own evidence ('evidence': each output token's predicting hidden state against "
+    "the candidate's states where the same token followed).",
 )
 @click.option(
     "--candidates",

@@ -31,8 +31,8 @@ what the model said, and does removing them change what the model says?
    through ``Attributor.attribute`` (each variant, dense channel, with both
    ``--query-span`` values, with and without ``--rerank concepts``; on the default
    index every channel alone, each fusion, and the default fusion with ``--rerank
-   concepts`` and ``--rerank span``), hybrids on the best dense option's candidates
-   (``--rerank span``, and a BM25 re-rank), BM25 (``rank-bm25``), exact span
+   concepts``, ``--rerank span`` and ``--rerank evidence``), hybrids on the best dense
+   option's candidates (``--rerank span``, and a BM25 re-rank), BM25 (``rank-bm25``), exact span
    (OLMoTrace-style, our own 3-gram index), Grad-Cos on the last block, TRAK (dattri,
    when importable) and random. Every tda option is compared with the best by a seeded
    paired bootstrap over the scored items; the report says whether the product's

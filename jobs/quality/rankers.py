@@ -46,6 +46,7 @@ __all__ = [
     "Rankings",
     "Span",
     "TdaRanker",
+    "TextRanker",
     "chunk_query",
     "rank_all",
     "rank_probes",
@@ -211,7 +212,23 @@ class Prefetch:
         return [ids[:k] for ids in self.chunk_candidates(prompt, output, spans)]
 
 
-class BM25Ranker:
+class TextRanker:
+    """A baseline that ranks by a query text (:meth:`rank`): an output by prompt + output,
+    each output chunk by its text after the words before it (:func:`chunk_query`)."""
+
+    def rank(self, query: str, k: int) -> list[int]:
+        raise NotImplementedError
+
+    def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
+        return self.rank(prompt + output, k)
+
+    def rank_chunks(
+        self, prompt: str, output: str, spans: Sequence[Span], k: int
+    ) -> list[list[int]]:
+        return [self.rank("".join(chunk_query(prompt, output, s)), k) for s in spans]
+
+
+class BM25Ranker(TextRanker):
     """Okapi BM25 (``rank-bm25``) over the chunks' words; an output is ranked by the words
     of prompt + output."""
 
@@ -231,14 +248,6 @@ class BM25Ranker:
 
         order = np.argsort(-self.scores(query), kind="stable")[:k]
         return [self.table.ids[i] for i in order]
-
-    def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
-        return self.rank(prompt + output, k)
-
-    def rank_chunks(
-        self, prompt: str, output: str, spans: Sequence[Span], k: int
-    ) -> list[list[int]]:
-        return [self.rank("".join(chunk_query(prompt, output, s)), k) for s in spans]
 
 
 class BM25Rerank:
@@ -266,7 +275,7 @@ class BM25Rerank:
         return rerank(cands, [float(every[position[c]]) for c in cands], k)
 
 
-class ExactSpanRanker:
+class ExactSpanRanker(TextRanker):
     """OLMoTrace-style: chunks ranked by the longest run of consecutive query words they
     contain (ties: earlier chunk), through an index of every word 3-gram."""
 
@@ -296,16 +305,8 @@ class ExactSpanRanker:
         scored = sorted(candidates, key=lambda i: (-longest_shared_run(q, self.words[i]), i))[:k]
         return [self.table.ids[i] for i in scored]
 
-    def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
-        return self.rank(prompt + output, k)
 
-    def rank_chunks(
-        self, prompt: str, output: str, spans: Sequence[Span], k: int
-    ) -> list[list[int]]:
-        return [self.rank("".join(chunk_query(prompt, output, s)), k) for s in spans]
-
-
-class RandomRanker:
+class RandomRanker(TextRanker):
     """``k`` distinct chunks drawn by a generator seeded once (each call draws on)."""
 
     def __init__(self, table: ChunkTable, seed: int) -> None:
@@ -313,9 +314,6 @@ class RandomRanker:
 
     def rank(self, query: str, k: int) -> list[int]:
         return self.rng.sample(self.table.ids, min(k, len(self.table.ids)))
-
-    def rank_output(self, prompt: str, output: str, k: int) -> list[int]:
-        return self.rank(prompt + output, k)
 
     def rank_chunks(
         self, prompt: str, output: str, spans: Sequence[Span], k: int

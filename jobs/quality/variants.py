@@ -37,7 +37,7 @@ DEFAULT_CHANNELS = ("dense", *IndexConfig(root="-").channels)
 # The channel rows: every channel alone, then every fusion of two, then all three.
 CHANNEL_SETS = [c for n in range(1, len(CHANNELS) + 1) for c in itertools.combinations(CHANNELS, n)]
 # The re-ranks the default fusion is also attributed with (one row each).
-CHANNEL_RERANKS = ("concepts", "span")
+CHANNEL_RERANKS = ("concepts", "span", "evidence")
 
 
 @dataclass(frozen=True)

@@ -77,11 +77,25 @@ def test_exemplar_scan_ranks_the_planted_source_first(built, tmp_path):
 
     rng = random.Random(99)  # new stories, never indexed
     like = tmp_path / "bad.jsonl"
-    like.write_text("".join(json.dumps({"text": planted_story(rng)}) + "\n" for _ in range(3)))
+    like.write_text("".join(json.dumps({"text": planted_story(rng)}) + "\n" for _ in range(8)))
     result = run_scan(str(built), str(tmp_path / "scan"), like=str(like), top=40)
+    # every channel of the index, fused (recorded), as an attribution searches
+    assert result.summary["settings"]["channels"] == []  # = the index's (all three)
     by_source = result.summary["by_source"]
     assert by_source[0]["source"] == "fiction"
     assert by_source[0]["share"] > 2 * max(r["share"] for r in by_source[1:])
+    # the fused scan's hits are more often the planted source's than the dense scan's
+    # (the exemplars' words single out its chunks; dense alone brings more neighbours
+    # from the other sources)
+    dense = run_scan(str(built), str(tmp_path / "dense"), like=str(like), top=40,
+                     channels=("dense",)).summary  # fmt: skip
+    assert dense["settings"]["channels"] == ["dense"]
+
+    def precision(summary) -> float:
+        hit = {r["source"]: r["chunks_hit"] for r in summary["by_source"]}
+        return hit["fiction"] / sum(hit.values())
+
+    assert precision(result.summary) > precision(dense) + 0.05
     hits = pq.read_table(tmp_path / "scan" / "hits.parquet").to_pylist()  # best first
     assert all(h["matched"].startswith("exemplar ") for h in hits)
     assert [h["source"] for h in hits[:5]] == ["fiction"] * 5

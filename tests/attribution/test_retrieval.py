@@ -198,3 +198,21 @@ def test_bad_channel_names_are_one_line_errors(root):
         IndexConfig(root=str(root), channels=("dense", "bm25"))
     with pytest.raises(ConfigError, match="--channels takes dense, span, lexical"):
         AttributionRequest("a", "b", channels=("vectors",))
+
+
+@pytest.mark.slow
+def test_channels_built_by_worker_processes_are_the_same_bytes(tmp_path, root):
+    """The index stage on a multi-process DirectRunner (each shard's channels built in a
+    worker process) writes the same files as in-process."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from tests.helpers import MULTI_PROCESS
+
+    workers = tmp_path / "workers"
+    for part in ("chunks", "embeddings"):
+        shutil.copytree(root / part, workers / part)
+    run_index(IndexConfig(root=str(workers), shards=2), PipelineOptions(MULTI_PROCESS))
+    for path in sorted((root / "index").rglob("*")):
+        if path.is_file() and not path.name.startswith("_"):
+            rel = path.relative_to(root / "index")
+            assert (workers / "index" / rel).read_bytes() == path.read_bytes(), rel

@@ -548,10 +548,12 @@ def test_smoke_harness_main_writes_every_row(tmp_path, monkeypatch, capsys):
         "tda channels dense", "tda channels span", "tda channels lexical",
         "tda channels dense+span", "tda channels dense+lexical", "tda channels span+lexical",
         fused, f"{channel_row(rerank='concepts')}", f"{channel_row(rerank='span')}",
+        f"{channel_row(rerank='evidence')}",
     ]  # fmt: skip
-    assert channel_rows[-2:] == [
+    assert channel_rows[-3:] == [
         "tda channels dense+span+lexical, --rerank concepts",
         "tda channels dense+span+lexical, --rerank span",
+        "tda channels dense+span+lexical, --rerank evidence",
     ]
     assert list(written["results"]) == [
         "tda mean:hidden, query span chunk",
@@ -609,7 +611,8 @@ def test_smoke_harness_main_writes_every_row(tmp_path, monkeypatch, capsys):
         for span in ("chunk", "output")
         for rr in ("none", "concepts")
     ]
-    rerank = {fused: "none", channel_rows[-2]: "concepts", channel_rows[-1]: "span"}
+    rerank = {fused: "none", channel_rows[-3]: "concepts", channel_rows[-2]: "span",
+              channel_rows[-1]: "evidence"}  # fmt: skip
     assert [(c["row"], c["rerank"]) for c in written["versus_best"]] == variant_options + [
         (name, rerank.get(name, "none")) for name in channel_rows
     ]

@@ -62,7 +62,10 @@ def test_token_ids_become_tuples_and_chunk_size_zero_means_the_index():
         ({"output": "x", "top_concepts": 0}, "--top-concepts must be at least 1"),
         ({"output": "x" * (MAX_OUTPUT_CHARS + 1)}, "the limit is 200000"),
         ({"output": "x", "query_span": "prompt"}, "--query-span must be one of chunk, output"),
-        ({"output": "x", "rerank": "bm25"}, "--rerank must be one of none, concepts, span"),
+        (
+            {"output": "x", "rerank": "bm25"},
+            "--rerank must be one of none, concepts, span, evidence",
+        ),
         ({"output": "x", "rerank": "span", "k": 10, "candidates": 5}, "at least -k"),
         ({"output": "x", "chunk_size": -1}, "--chunk-size must be at least 1, got -1"),
         ({"generate": 0}, "--generate must be at least 1, got 0"),
