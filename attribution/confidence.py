@@ -10,7 +10,9 @@ evidence the channels already computed (no extra search):
   (capped at 1).
 * ``lexical``: the first hit is singled out by exact spans (shorter ones) or by shared
   words: a shared run of at least :data:`LEXICAL_WORDS` words, or the span channel found
-  it. ``score`` = the run's share of the chunk's words.
+  it; unless its exact span is a common phrase (found in more than
+  :data:`LEXICAL_MAX_COUNT` places: ", and the United States"), which singles out nothing.
+  ``score`` = the run's share of the chunk's words.
 * ``weak``: only the concept space links them, and the first dense score stands out from
   the other candidates: its distance above their mean, in their standard deviations
   (a z-score), is at least :data:`WEAK_Z`. ``score`` = z / (2 x WEAK_Z), capped at 1.
@@ -31,10 +33,11 @@ import numpy as np
 
 from tda.schemas import Confidence, TrainingHit
 
-__all__ = ["LEXICAL_WORDS", "VERBATIM_TOKENS", "WEAK_Z", "confidence"]
+__all__ = ["LEXICAL_MAX_COUNT", "LEXICAL_WORDS", "VERBATIM_TOKENS", "WEAK_Z", "confidence"]
 
 VERBATIM_TOKENS = 32
 LEXICAL_WORDS = 4
+LEXICAL_MAX_COUNT = 20
 WEAK_Z = 3.0
 
 
@@ -60,7 +63,8 @@ def confidence(
             f"{'' if span.count == 1 else 's'} of the index)",
         )
     run = first.match.words if first.match is not None else 0
-    if span is not None or run >= LEXICAL_WORDS:
+    common = span is not None and span.count > LEXICAL_MAX_COUNT
+    if not common and (span is not None or run >= LEXICAL_WORDS):
         words = output_words or max(run, 1)
         found = ", ".join(first.channels) or "dense"
         detail = (
@@ -74,18 +78,23 @@ def confidence(
             round(min(1.0, run / max(1, words)), 4),
             f"the first hit shares {detail} with this chunk (found by {found})",
         )
+    phrase = (
+        f"; its longest exact span is a common phrase (found in {span.count} places)"
+        if common
+        else ""
+    )
     dense = [score for _, score in _dense(retrieved)]
     z = _z(dense)
     if z is None:
         return Confidence(
-            "none", 0.0, "too few dense candidates to tell whether the first stands out"
+            "none", 0.0, f"too few dense candidates to tell whether the first stands out{phrase}"
         )
     if z >= WEAK_Z:
         return Confidence(
             "weak",
             round(min(1.0, z / (2 * WEAK_Z)), 4),
             f"only the concept space links them: the first score is {z:.1f} standard "
-            f"deviations above the other {len(dense) - 1} candidates",
+            f"deviations above the other {len(dense) - 1} candidates{phrase}",
         )
     spread = dense[0] - dense[min(9, len(dense) - 1)]
     lexical_note = "" if "lexical" in channels or "span" in channels else (
@@ -96,7 +105,7 @@ def confidence(
         round(max(0.0, z) / (2 * WEAK_Z), 4),
         f"nothing stands out: the first dense score is {z:.1f} standard deviations above the "
         f"other candidates and the top ten lie within {spread:.4f}; read the hits as "
-        f"neighbours in concept space, not as sources{lexical_note}",
+        f"neighbours in concept space, not as sources{lexical_note}{phrase}",
     )
 
 
