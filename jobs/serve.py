@@ -99,6 +99,8 @@ def request_model(limits: Limits = LIMITS):
         meta = f.metadata
         kind = Literal[meta["choices"]] if "choices" in meta else _text_only(hints[f.name])
         checks = {"ge": meta["min"]} if "min" in meta else {}
+        if "max" in meta:
+            checks["le"] = meta["max"]
         default = ... if f.default is MISSING else f.default
         spec[f.name] = (
             kind,

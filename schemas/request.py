@@ -23,6 +23,7 @@ __all__ = [
     "INPUT_ATTRIBUTIONS",
     "MAX_OUTPUT_CHARS",
     "MAX_OUTPUT_TOKENS",
+    "MAX_SEED",
     "QUERY_SPANS",
     "RERANKS",
     "AttributionRequest",
@@ -45,6 +46,7 @@ RERANKS = ("none", "concepts", "span", "evidence")
 DEFAULT_QUERY_SPAN = "output"
 DEFAULT_RERANK = "none"
 DEFAULT_CANDIDATES = 100  # ANN candidates per output chunk that a re-rank orders
+MAX_SEED = 2**63 - 1  # the largest --seed (a signed 64-bit integer)
 # Refuse outputs longer than this before tokenizing huge strings (the window refuses the rest).
 MAX_OUTPUT_CHARS = 200_000
 MAX_OUTPUT_TOKENS = 8192
@@ -71,7 +73,9 @@ class AttributionRequest:
         None, "Instead of output: tokens for the model to write after the prompt.", min=1
     )
     temperature: float = _setting(0.0, "For generate: 0 is greedy, above 0 samples.", min=0.0)
-    seed: int = _setting(0, "For sampled generate.")
+    # torch's generators take a seed in [0, 2**64); a larger one used to fail deep inside
+    # generation (HTTP 500 from tda serve)
+    seed: int = _setting(0, "For sampled generate.", min=0, max=MAX_SEED)
     k: int = _setting(10, "Training chunks per output chunk.", "-k", min=1)
     nprobe: int | None = _setting(None, "Override the index's default nprobe.")
     input_attribution: str = _setting(
@@ -122,7 +126,7 @@ class AttributionRequest:
         # One line for the first problem, in the order the options are documented.
         if (self.output is None) == (self.generate is None):
             raise ConfigError("give an output (--output) or --generate N, not both or neither")
-        for name in ("k", "input_attribution", "ig_steps", "ig_baseline", "top_concepts"):
+        for name in ("k", "input_attribution", "ig_steps", "ig_baseline", "top_concepts", "seed"):
             self._check(name)
         if isinstance(self.output, str) and len(self.output) > MAX_OUTPUT_CHARS:
             raise ConfigError(
@@ -155,6 +159,8 @@ class AttributionRequest:
             raise ConfigError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
         if "min" in meta and value is not None and value < meta["min"]:
             raise ConfigError(f"{flag} must be at least {meta['min']}, got {value}")
+        if "max" in meta and value is not None and value > meta["max"]:
+            raise ConfigError(f"{flag} must be at most {meta['max']}, got {value}")
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:

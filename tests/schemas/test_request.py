@@ -69,6 +69,8 @@ def test_token_ids_become_tuples_and_chunk_size_zero_means_the_index():
         ({"output": "x", "rerank": "span", "k": 10, "candidates": 5}, "at least -k"),
         ({"output": "x", "chunk_size": -1}, "--chunk-size must be at least 1, got -1"),
         ({"generate": 0}, "--generate must be at least 1, got 0"),
+        ({"generate": 3, "seed": -1}, "--seed must be at least 0, got -1"),
+        ({"generate": 3, "seed": 10**23}, "--seed must be at most 9223372036854775807"),
         ({"generate": 9000}, "--generate is limited to 8192 tokens"),
         ({"generate": 4, "temperature": -1.0}, "--temperature must be >= 0"),
     ],
@@ -104,6 +106,7 @@ def test_field_metadata_names_choices_and_minimums():
     assert meta["query_span"]["choices"] == QUERY_SPANS
     assert meta["rerank"]["choices"] == RERANKS
     assert {n for n, m in meta.items() if "min" in m} == {
-        "generate", "temperature", "k", "ig_steps", "top_concepts", "chunk_size",
+        "generate", "temperature", "seed", "k", "ig_steps", "top_concepts", "chunk_size",
     }  # fmt: skip
+    assert {n: m["max"] for n, m in meta.items() if "max" in m} == {"seed": 2**63 - 1}
     assert all(m["doc"] for m in meta.values())
