@@ -28,6 +28,7 @@ one forward at a time, no interleaved autograd state. Bad input gets a 4xx JSON 
 import threading
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -168,14 +169,32 @@ def _field(f, Field):
     return Field()
 
 
+# Host names a browser on this machine uses for a server bound to loopback. A page on
+# another site that rebinds its own name to 127.0.0.1 (DNS rebinding) sends its own name
+# in Host, so a request whose Host is not one of these (or one --allowed-host adds) is
+# refused before it reaches the model or the index.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def host_name(header: str) -> str:
+    """A Host header -> its name without the port, lower-cased ("[::1]:8080" -> "::1")."""
+    value = header.strip().lower()
+    if value.startswith("["):  # an IPv6 literal: [addr]:port
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
 def create_app(
     root: str,
     model: str | None = None,
     device: str = "auto",
     force: bool = False,
     limits: Limits = LIMITS,
+    allowed_hosts: Sequence[str] = (),
 ):
-    """The FastAPI application for the index in ``root`` (index and encoder loaded now)."""
+    """The FastAPI application for the index in ``root`` (index and encoder loaded now).
+    Requests must name one of :data:`LOCAL_HOSTS` or ``allowed_hosts`` in their Host
+    header (anything else: HTTP 400, a JSON error naming the host)."""
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
@@ -241,6 +260,21 @@ def create_app(
         version=__version__,
         description=f"Training-data attribution for the index in {root}.",
     )
+
+    hosts = {h.lower() for h in LOCAL_HOSTS} | {host_name(h) for h in allowed_hosts}
+
+    @app.middleware("http")
+    async def _check_host(request: Request, call_next):
+        name = host_name(request.headers.get("host", ""))
+        if name not in hosts:
+            return JSONResponse(
+                status_code=400,
+                content={
+                    "error": f"host {name!r} is not served here; start tda serve with "
+                    f"--allowed-host {name or 'NAME'} to allow it"
+                },
+            )
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

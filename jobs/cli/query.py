@@ -192,8 +192,13 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
     "--model", default=None, metavar="SPEC", help="Encoder [default: the one the index names]."
 )
 @click.option("--force", is_flag=True, help="Use --model even if it is not the index's encoder.")
+@click.option(
+    "--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+    help="A host name clients may use besides 127.0.0.1, localhost and ::1 (repeat; "
+    "--host's own name is added). Other Host headers are refused (DNS rebinding).",
+)  # fmt: skip
 @device_option()
-def serve(root, host, port, model, force, device) -> None:
+def serve(root, host, port, model, force, allowed_hosts, device) -> None:
     """Serve the attribution API and the web viewer for ROOT's index (localhost only by
     default): open http://HOST:PORT/ and click an output chunk."""
     try:
@@ -204,7 +209,8 @@ def serve(root, host, port, model, force, device) -> None:
         raise click.ClickException(
             f"tda serve needs the serve extra ({exc}): pip install 'tda[serve]'"
         ) from None
-    app = create_app(root, model=model, device=device, force=force)
+    allowed = (*allowed_hosts, *(() if host in ("0.0.0.0", "::") else (host,)))
+    app = create_app(root, model=model, device=device, force=force, allowed_hosts=allowed)
     click.echo(f"tda serve: http://{host}:{port}/ (index {root}); Ctrl-C to stop")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

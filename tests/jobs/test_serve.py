@@ -186,6 +186,27 @@ def test_bad_requests_get_a_json_4xx_and_the_server_stays_up(
     assert httpx.get(f"{server}/health").status_code == 200
 
 
+def test_host_header_is_checked_against_dns_rebinding(server, planted_root):
+    """A page on another site rebinding its name to 127.0.0.1 sends its own name in Host:
+    refused with a JSON 400 naming it; the local names pass; --allowed-host adds one."""
+    from tda.jobs.serve import create_app, host_name
+
+    for name in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example"):
+        r = httpx.get(f"{server}/health", headers={"host": name})
+        assert r.status_code == 400 and "--allowed-host" in r.json()["error"], name
+    for name in ("127.0.0.1", "localhost:8080", "[::1]:8080", "LOCALHOST"):
+        assert httpx.get(f"{server}/health", headers={"host": name}).status_code == 200
+    assert [host_name(h) for h in ("[::1]:80", "a.b:1", "a.b", "::1")] == [
+        "::1", "a.b", "a.b", "::1",
+    ]  # fmt: skip
+    from fastapi.testclient import TestClient
+
+    app = create_app(str(planted_root), device="cpu", allowed_hosts=("tda.lab.internal",))
+    client = TestClient(app, base_url="http://tda.lab.internal:8080")
+    assert client.get("/health").status_code == 200
+    assert TestClient(app, base_url="http://other.internal").get("/health").status_code == 400
+
+
 def test_viewer_page_and_static_files(server):
     page = httpx.get(f"{server}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
