@@ -19,6 +19,12 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=N
     """Encode a query text with the index's own encoder (``encoder`` if already loaded)
     and pooling, as one chunk in one window (the index's, or the text's length if longer):
     (D,) float32, unit length. Refuses an encoder whose weights differ."""
+    encoder = _index_encoder(reader, device, encoder)
+    return _encode(reader, encoder, _tokens(encoder, text))
+
+
+def _index_encoder(reader: IndexReader, device: str, encoder=None):
+    """The index's encoder (``encoder`` if already loaded), refused if its weights differ."""
     m = reader.manifest
     encoder = encoder or load_encoder(m.encoder.spec, device)
     if encoder.info.fingerprint != m.encoder.fingerprint:
@@ -26,7 +32,7 @@ def encode_query(reader: IndexReader, text: str, device: str = "auto", encoder=N
             f"the model at {m.encoder.spec} is not the one the index was built with "
             f"({encoder.info.fingerprint[:19]} != {m.encoder.fingerprint[:19]})"
         )
-    return _encode(reader, encoder, _tokens(encoder, text))
+    return encoder
 
 
 def _tokens(encoder, text: str) -> np.ndarray:
@@ -54,10 +60,9 @@ def search_text(
     (dense), its tokens as one region (exact spans) and its words (BM25), ``candidates``
     per channel, fused; the ``k`` best as hits whose ``score`` is the dense similarity
     (read from the stored vector for a chunk the dense channel did not return)."""
-    m = reader.manifest
-    encoder = load_encoder(m.encoder.spec, device)
-    vector = encode_query(reader, text, device, encoder)
-    ids = _tokens(encoder, text)
+    encoder = _index_encoder(reader, device)
+    ids = _tokens(encoder, text)  # tokenized once: the vector and the span query share it
+    vector = _encode(reader, encoder, ids)
     retriever = Retriever(reader)
     wanted = retriever.channels(channels)
     query = ChunkQuery(vector, ids, (0, len(ids)), text)

@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -121,6 +121,7 @@ class _Run:
     token_starts: list[int]
     token_ends: list[int]
     char_end: int
+    chunk_texts: list[str] = field(default_factory=list)  # each chunk's own text
 
 
 def _runs(rows: dict) -> Iterator[_Run]:
@@ -145,6 +146,7 @@ def _runs(rows: dict) -> Iterator[_Run]:
         else:
             run.text.append(text[run.char_end - cs :])
             run.char_end = max(run.char_end, ce)
+        run.chunk_texts.append(text)
         run.chunk_ids.append(int(rows["chunk_id"][i]))
         run.token_starts.append(int(rows["token_start"][i]))
         run.token_ends.append(int(rows["token_end"][i]))
@@ -170,9 +172,8 @@ def segments(rows: dict, tokenizer: TextTokenizer, batch: int = 256) -> Iterator
             if enc.n_tokens == int(ends.max()):
                 yield Segment(enc.ids, np.asarray(run.chunk_ids, np.int64), starts, ends)
                 continue
-            rows_text = _chunk_texts(rows, run)
             for chunk_id, alone in zip(
-                run.chunk_ids, tokenizer.encode_batch(rows_text), strict=True
+                run.chunk_ids, tokenizer.encode_batch(run.chunk_texts), strict=True
             ):
                 n = alone.n_tokens
                 yield Segment(
@@ -181,11 +182,6 @@ def segments(rows: dict, tokenizer: TextTokenizer, batch: int = 256) -> Iterator
                     np.array([0], np.int64),
                     np.array([n], np.int64),
                 )
-
-
-def _chunk_texts(rows: dict, run: _Run) -> list[str]:
-    position = {int(c): i for i, c in enumerate(rows["chunk_id"])}
-    return [rows["text"][position[c]] for c in run.chunk_ids]
 
 
 def build_shard_channels(
@@ -201,26 +197,31 @@ def build_shard_channels(
     counts = {"span_tokens": 0, "lexical_chunks": 0}
     with tempfile.TemporaryDirectory(prefix="tda-channels-") as scratch:
         local: dict[str, dict[str, str]] = {}
-        if "span" in channels:
-            assert tokenizer is not None
-            span_segments = (
-                seg for rows in _shard_rows(fs, root, files) for seg in segments(rows, tokenizer)
-            )
+        # one read of the shard's chunk parts feeds both channels: the span build streams
+        # each file's segments while the lexical channel keeps its ids and texts
+        ids: list[np.ndarray] = []
+        texts: list[str] = []
 
-            def counted(segs):
-                for seg in segs:
-                    counts["span_tokens"] += len(seg.ids)
-                    yield seg
-
-            local["span"] = build_span_shard(
-                counted(span_segments), tokenizer.info.vocab_size, scratch, stem
-            )
-        if "lexical" in channels:
-            ids: list[np.ndarray] = []
-            texts: list[str] = []
+        def read() -> Iterator[dict]:
             for rows in _shard_rows(fs, root, files):
                 ids.append(np.asarray(rows["chunk_id"], dtype=np.int64))
                 texts.extend(rows["text"])
+                yield rows
+
+        if "span" in channels:
+            assert tokenizer is not None
+
+            def counted() -> Iterator[Segment]:
+                for rows in read():
+                    for seg in segments(rows, tokenizer):
+                        counts["span_tokens"] += len(seg.ids)
+                        yield seg
+
+            local["span"] = build_span_shard(counted(), tokenizer.info.vocab_size, scratch, stem)
+        else:
+            for _ in read():
+                pass
+        if "lexical" in channels:
             chunk_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
             counts["lexical_chunks"] = len(chunk_ids)
             local["lexical"] = build_lexical_shard(chunk_ids, texts, scratch, stem)
