@@ -469,8 +469,9 @@ class Attributor:
         (:func:`~tda.attribution.results.concept_contributions`)."""
         enc = self.encoder
         return concept_contributions(
-            enc.info, enc.concept_names, forward.split, forward.acts, s, e, top
-        )
+            enc.info, enc.concept_names, forward.split, forward.acts, s, e, top,
+            enc.unknown_labels,
+        )  # fmt: skip
 
     # --- step 8 -----------------------------------------------------------------------
 
@@ -569,7 +570,7 @@ def _detached(acts: ConceptActivations) -> ConceptActivations:
             name: (getattr(acts, name).detach() if getattr(acts, name) is not None else None)
             for name in (
                 "hidden", "known_features", "unknown_features", "known_ids", "known_weights",
-                "unknown_ids", "unknown_weights", "logits",
+                "unknown_ids", "unknown_weights", "logits", "pool_mean", "pool_scale",
             )
         }
     )  # fmt: skip

@@ -90,10 +90,11 @@ def training_hits(
 
 def concept_contributions(
     info: EncoderInfo, names: Sequence[str], split: LogitSplit, acts: ConceptActivations,
-    s: int, e: int, top: int,
+    s: int, e: int, top: int, unknown_labels: Sequence[str] = (),
 ) -> tuple[ConceptContribution, ...]:  # fmt: skip
     """Concept contributions to the logits of the chunk's tokens (positions s..e-1
-    are predicted from s-1..e-2), summed per concept; the largest ``top``."""
+    are predicted from s-1..e-2), summed per concept; the largest ``top``. Unknown
+    concepts carry their label from ``unknown_labels`` (by id) when the model has one."""
     import torch
 
     lo, hi = max(s - 1, 0), e - 1
@@ -123,6 +124,7 @@ def concept_contributions(
             name=concept_name(names, cid) if kind == "known" else f"unknown:{cid}",
             contribution=round(value, 5),
             tokens=count,
+            label=unknown_labels[cid] if kind == "unknown" and cid < len(unknown_labels) else "",
         )
         for kind, cid, value, count in rows[:top]
     )

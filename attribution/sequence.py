@@ -58,6 +58,8 @@ def generate_tokens(
     temperature: float = 0.0,
     seed: int = 0,
     window: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
 ) -> list[int]:
     """Continue ``prompt_ids`` by up to ``n`` tokens with the encoder's own generator
     (:meth:`ConceptEncoder.generate`: left to right for the builtin model, Steerling's
@@ -72,7 +74,19 @@ def generate_tokens(
     if not prompt_ids:
         raise ConfigError("--generate needs a non-empty prompt")
     window = window or encoder.info.max_window
-    return encoder.generate(prompt_ids, n, temperature, seed, window)
+    if n > window:  # refused before generating: the output must fit the model's context
+        raise ConfigError(
+            f"--generate {n} is more than the model's context of {window} tokens; ask for "
+            f"at most {window}"
+        )
+    defaults = encoder.generation_defaults
+    return encoder.generate(
+        prompt_ids, n, temperature, seed, window,
+        top_p=defaults["top_p"] if top_p is None else top_p,
+        repetition_penalty=(
+            defaults["repetition_penalty"] if repetition_penalty is None else repetition_penalty
+        ),
+    )  # fmt: skip
 
 
 def build_sequence(
@@ -91,12 +105,20 @@ def build_sequence(
     if request.generate is not None:
         with timed("generate"):
             output_ids = generate_tokens(
-                encoder, prompt_ids, request.generate, request.temperature, request.seed, window
-            )
+                encoder, prompt_ids, request.generate, request.temperature, request.seed, window,
+                request.top_p, request.repetition_penalty,
+            )  # fmt: skip
+        defaults = encoder.generation_defaults
         generated = {
             "tokens": request.generate,
             "temperature": request.temperature,
             "seed": request.seed,
+            "top_p": defaults["top_p"] if request.top_p is None else request.top_p,
+            "repetition_penalty": (
+                defaults["repetition_penalty"]
+                if request.repetition_penalty is None
+                else request.repetition_penalty
+            ),
         }
         output = output_ids
     else:

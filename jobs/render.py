@@ -34,6 +34,7 @@ __all__ = [
     "report_scan",
     "report_search",
     "report_tokenizer",
+    "report_verify",
 ]
 
 
@@ -191,6 +192,32 @@ def report_index_verify(problems: list[str], root: str) -> None:
         click.echo(f"ok: every file of {root}/index matches its manifest sha256")
 
 
+def report_verify(result, root: str, as_json: bool) -> None:
+    """``tda verify``: a :class:`~tda.attribution.io.verify.RootCheck` as one line per
+    problem (``ERROR`` / ``WARNING``, the file, what is wrong, the fix) and a summary
+    line, or as JSON."""
+    from tda.attribution.io.sizes import format_size
+
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    for problem in result.problems:
+        click.echo(problem.line)
+    checked = "sha256 and size" if result.hashed else "size"
+    stages = ", ".join(result.stages) or "no stage"
+    warned = f"; {result.warnings} warning(s)" if result.warnings else ""
+    if result.ok:
+        click.echo(
+            f"ok: {result.files} files ({format_size(result.bytes)}) of {root} match their "
+            f"manifests' {checked} ({stages}){warned}"
+        )
+    else:
+        click.echo(
+            f"FAILED: {result.errors} problem(s) in {root} ({result.files} files of {stages} "
+            f"checked){warned}"
+        )
+
+
 def report_index_merge(record: dict, root: str) -> None:
     """``tda index merge``: the merged variant's record (vectors, files with sizes)."""
     size = sum(f["size"] for f in record["files"])
@@ -317,16 +344,31 @@ def report_scan(summary: dict, root: str, what: str, out: str, as_json: bool) ->
         f"hit; written to {out} (hits.parquet, by_document.parquet, by_source.parquet, "
         f"prevalence.png)",
     )  # fmt: skip
-    for col in ("source", "chunks hit", "of chunks", "share", "documents hit", "max score", ""):
+    for col in ("source", "chunks hit", "of chunks", "share", "share ≥ (95%)", "documents hit",
+                "max score", ""):  # fmt: skip
         table.add_column(col, justify="left" if col in ("source", "") else "right")
     largest = max((r["share"] for r in summary["by_source"]), default=0.0) or 1.0
     for r in summary["by_source"][:30]:
         table.add_row(
             r["source"], f"{r['chunks_hit']:,}", f"{r['chunks']:,}", f"{r['share']:.2%}",
-            f"{r['documents_hit']:,} / {r['documents']:,}", f"{r['max_score']:.3f}",
-            "█" * round(20 * r["share"] / largest),
+            f"{r['share_lower']:.2%}", f"{r['documents_hit']:,} / {r['documents']:,}",
+            f"{r['max_score']:.3f}", "█" * round(20 * r["share"] / largest),
         )  # fmt: skip
     _console(120).print(table)
+    settings = summary["settings"]
+    if settings.get("mode") == "concept":
+        cuts = ", ".join(
+            f"{name} {'p' if cal else 'weight'} ≥ {cut:.3f}"
+            for name, cut, cal in zip(
+                settings["concepts"], settings["thresholds"], settings["calibrated"], strict=True
+            )
+        )
+        scale = (
+            "calibrated probability, the model's fitted threshold"
+            if all(settings["calibrated"])
+            else "raw pooled weight where p is not shown"
+        )
+        click.echo(f"hit: {cuts} ({scale}); sources ranked by the 95% lower bound of their share")
 
 
 def report_prune_list(table, level: str, out: str, as_csv: bool) -> None:
@@ -384,8 +426,19 @@ def report_model_train(result, out: str, as_json: bool) -> None:
         click.echo(
             f"held-out ({held['tokens']:,} tokens): LM loss {held['lm_loss']:.3f}, known-concept "
             f"AUROC {held['concept_auroc_mean']:.3f} over {held['concepts_scored']} concepts "
-            f"(0.5 = chance)"
+            f"(0.5 = chance; lowest with >= 50 positives {held['auroc_min'] or 0:.3f})"
         )
+    share = held.get("logit_share")
+    if share:
+        click.echo(
+            f"logit of the actual next tokens, per {share['chunks']:,} held-out chunks: known "
+            f"concepts {share['known']:.1%}, unknown {share['unknown']:.1%}, residual "
+            f"{share['residual']:.1%} (|sum over a chunk| of each part, added over chunks)"
+        )
+        for target, met in held["targets"].items():
+            click.echo(f"  {'met   ' if met else 'MISSED'} {target}")
+        for name, value in held.get("auroc_below_0.9", {}).items():
+            click.echo(f"         AUROC {value:.3f} {name}")
 
 
 def report_model_info(encoder, as_json: bool) -> None:

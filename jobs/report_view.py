@@ -193,7 +193,7 @@ def render_report(report: AttributionReport, console) -> None:
         largest = max((abs(x.contribution) for x in c.concepts), default=0.0)
         for x in c.concepts:
             concepts.add_row(
-                x.name,
+                f"{x.name} “{x.label}”" if x.label else x.name,
                 x.kind,
                 str(x.tokens),
                 f"{x.contribution:+.3f}",

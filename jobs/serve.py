@@ -14,12 +14,23 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``GET /api/search?text=...&k=...`` -> the nearest training chunks to a text;
 * ``GET /api/chunks/{chunk_id}`` -> a chunk's provenance and text with its neighbours in
   the same document;
+* ``GET /api/documents/{chunk_id}?limit=2000`` -> the whole document that chunk belongs
+  to: provenance, its chunks in order and their text joined, at most ``limit`` chunks
+  around it (``truncated`` when cut);
 * ``GET /api/index`` -> the index's manifest summary; ``GET /health``;
 * ``GET /`` -> the viewer (one static page, no build step), ``/static/...`` its files only.
 
 Requests that run the model (attribute, search) are serialised by one lock: one model,
-one forward at a time, no interleaved autograd state. Bad input gets a 4xx JSON body
-``{"error": "...", "detail": ...}`` naming the problem; the process stays up.
+one forward at a time, no interleaved autograd state. They run in worker threads, never
+on the event loop, and at most ``max_pending`` of them may be in the server at once
+(one running, the rest waiting): more get a 503 with ``Retry-After``. ``/health`` and
+``/api/index`` answer on the event loop itself, so they are never queued behind them.
+
+Before FastAPI parses a body, :class:`~tda.jobs.asgi_limits.BodyLimitMiddleware` refuses
+(413) one over ``max_request_bytes`` or a JSON body with too many keys or too deep.
+Bad input gets a 4xx JSON body ``{"error": "...", "detail": ...}`` naming the problem,
+of bounded size (at most :data:`LISTED_ERRORS` problems, each clipped to
+:data:`ECHO_CHARS` characters); the process stays up.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request and response models
@@ -28,15 +39,41 @@ one forward at a time, no interleaved autograd state. Bad input gets a 4xx JSON 
 import threading
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 from tda.schemas import AttributionRequest
+from tda.schemas.request import REQUEST_RANGES
 from tda.schemas.wire import is_inline
 
-__all__ = ["LIMITS", "Limits", "create_app", "json_model", "request_model"]
+from .asgi_limits import MAX_REQUEST_BYTES, BodyLimitMiddleware, BodyLimits
+
+__all__ = [
+    "ECHO_CHARS",
+    "LIMITS",
+    "LISTED_ERRORS",
+    "MAX_CHUNK_ID",
+    "MAX_PENDING",
+    "Limits",
+    "create_app",
+    "json_model",
+    "request_model",
+]
+
+# Model requests (attribute, search) that may be in the server at once, running or
+# waiting for the model; more get a 503. Each waits in one of the framework's worker
+# threads (40 by default), so this keeps threads free for chunk lookups and the viewer.
+MAX_PENDING = 16
+# An error body lists at most this many problems, each string clipped to ECHO_CHARS: a
+# body with 500,000 unknown keys once got a 34 MB answer, built on the event loop.
+LISTED_ERRORS = 5
+ECHO_CHARS = 200
+# Chunk ids are non-negative int64 (schemas/ids.py); a larger path value is a 422 naming
+# chunk_id, not a lookup.
+MAX_CHUNK_ID = 2**63 - 1
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -47,22 +84,31 @@ class Limits:
 
     prompt_chars: int = 20_000
     output_chars: int = 20_000
-    generate_tokens: int = 256
-    k: int = 100
-    candidates: int = 1000
-    ig_steps: int = 128
+    # the CLI's ranges (schemas/request.py REQUEST_RANGES), so both refuse the same values
+    generate_tokens: int = REQUEST_RANGES["generate"].hi
+    k: int = REQUEST_RANGES["k"].hi
+    candidates: int = REQUEST_RANGES["candidates"].hi
+    ig_steps: int = REQUEST_RANGES["ig_steps"].hi
     search_chars: int = 5_000
 
 
 LIMITS = Limits()
 
-# Bounds of a request body that the Limits do not name (not shown by GET /api/index).
+
+def _range_bounds(r) -> dict:
+    """A :class:`~tda.schemas.config.Range` as pydantic ``Field`` bounds."""
+    out = {}
+    if r.lo is not None:
+        out["gt" if r.lo_open else "ge"] = r.lo
+    if r.hi is not None:
+        out["lt" if r.hi_open else "le"] = r.hi
+    return out
+
+
+# Bounds of a request body: the CLI's ranges, then the Limits on top (in request_model);
+# those the Limits do not name are not shown by GET /api/index.
 _FIXED_BOUNDS = {
-    "temperature": {"le": 10.0},
-    "nprobe": {"ge": 1},
-    "top_concepts": {"le": 1000},
-    "chunk_size": {"le": 4096},
-    "candidates": {"ge": 1},
+    **{name: _range_bounds(r) for name, r in REQUEST_RANGES.items()},
     "channels": {"max_length": 3},
 }
 
@@ -77,7 +123,9 @@ def request_model(limits: Limits = LIMITS):
     from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
     class Body(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        # NaN and infinity (Python's json reads the literals NaN, Infinity) pass a range
+        # check's comparisons silently in some paths: refuse them by name instead.
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
         @model_validator(mode="after")
         def _one_output(self):
@@ -89,9 +137,9 @@ def request_model(limits: Limits = LIMITS):
         **_FIXED_BOUNDS,
         "prompt": {"max_length": limits.prompt_chars},
         "output": {"max_length": limits.output_chars},
-        "generate": {"le": limits.generate_tokens},
-        "k": {"le": limits.k},
-        "ig_steps": {"le": limits.ig_steps},
+        "generate": {**_FIXED_BOUNDS["generate"], "le": limits.generate_tokens},
+        "k": {**_FIXED_BOUNDS["k"], "le": limits.k},
+        "ig_steps": {**_FIXED_BOUNDS["ig_steps"], "le": limits.ig_steps},
         "candidates": {**_FIXED_BOUNDS["candidates"], "le": limits.candidates},
     }
     hints = typing.get_type_hints(AttributionRequest)
@@ -102,12 +150,23 @@ def request_model(limits: Limits = LIMITS):
         checks = {"ge": meta["min"]} if "min" in meta else {}
         if "max" in meta:
             checks["le"] = meta["max"]
+        checks = _tighter(checks, bounds.get(f.name, {}))
         default = ... if f.default is MISSING else f.default
-        spec[f.name] = (
-            kind,
-            Field(default=default, description=meta.get("doc"), **checks, **bounds.get(f.name, {})),
-        )
+        spec[f.name] = (kind, Field(default=default, description=meta.get("doc"), **checks))
     return create_model("AttributeRequest", __base__=Body, **spec)
+
+
+def _tighter(request: dict, server: dict) -> dict:
+    """The request's own bounds and this server's, merged: the tighter of two ``ge``
+    / ``gt`` (larger) or ``le`` / ``lt`` / ``max_length`` (smaller), so a bound the
+    request gains later never clashes with one the server already sets."""
+    merged = dict(request)
+    for name, value in server.items():
+        if name in merged:
+            lower = name in ("ge", "gt")
+            value = max(merged[name], value) if lower else min(merged[name], value)
+        merged[name] = value
+    return merged
 
 
 def _text_only(kind):
@@ -184,6 +243,38 @@ def host_name(header: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
+def _clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, marked with how much was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more)"
+
+
+class _ModelTurns:
+    """One model pass at a time (``turn()`` holds the model lock: no interleaved autograd
+    state), and at most ``limit`` requests holding or waiting for it; one more raises
+    HTTP 503 at once instead of tying up another worker thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        self._model = threading.Lock()
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        from fastapi import HTTPException
+
+        if not self._slots.acquire(blocking=False):
+            raise HTTPException(
+                status_code=503,
+                detail=f"busy: {self.limit} model requests are running or waiting; retry later",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            with self._model:
+                yield
+        finally:
+            self._slots.release()
+
+
 def create_app(
     root: str,
     model: str | None = None,
@@ -191,11 +282,17 @@ def create_app(
     force: bool = False,
     limits: Limits = LIMITS,
     allowed_hosts: Sequence[str] = (),
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_pending: int = MAX_PENDING,
 ):
     """The FastAPI application for the index in ``root`` (index and encoder loaded now).
     Requests must name one of :data:`LOCAL_HOSTS` or ``allowed_hosts`` in their Host
-    header (anything else: HTTP 400, a JSON error naming the host)."""
+    header (anything else: HTTP 400, a JSON error naming the host). A request body over
+    ``max_request_bytes`` (1 KiB .. 1 GiB, else :class:`ConfigError` before anything
+    loads), or JSON with too many keys or too deep (:class:`BodyLimits`), gets a 413; a
+    model request beyond ``max_pending`` waiting ones gets a 503."""
     from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -204,14 +301,22 @@ def create_app(
 
     from tda import __version__
     from tda.attribution.attributor import Attributor
+    from tda.attribution.index.documents import DOCUMENT_CHUNK_LIMIT, DocumentView, document_of
     from tda.attribution.index.reader import IndexReadError
     from tda.schemas import AttributionReport, ChunkRecord, SearchHit
+    from tda.schemas.config import ConfigError
     from tda.schemas.errors import UserError
 
+    body_limits = BodyLimits(max_bytes=max_request_bytes)  # checked before the model loads
+    if max_pending < 1:
+        raise ConfigError(f"max_pending must be at least 1, got {max_pending}")
     attributor = Attributor.from_root(root, model=model, device=device, force=force)
     reader = attributor.reader
     manifest = reader.manifest
-    lock = threading.Lock()
+    turns = _ModelTurns(max_pending)
+    ChunkId = typing.Annotated[
+        int, PathParam(ge=0, le=MAX_CHUNK_ID, description="A chunk id (a non-negative int64).")
+    ]
 
     AttributeRequest = request_model(limits)
     Report = json_model(AttributionReport)  # the report's JSON: hits flat, as to_dict writes
@@ -254,7 +359,9 @@ def create_app(
         error: str
         detail: object | None = None
 
-    errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+    # 413 (body limits) and 503 (model queue full): only where they can happen
+    errors = {code: {"model": ErrorBody} for code in (400, 404, 422)}
+    model_errors = {**errors, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     app = FastAPI(
         title="tda",
         version=__version__,
@@ -276,21 +383,35 @@ def create_app(
             )
         return await call_next(request)
 
+    # Added last, so outermost: a body is bounded before anything else reads it.
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        # Runs on the event loop: a few problems, clipped, never the input echoed back
+        # (FastAPI's default handler returns every error with its whole input).
+        found = exc.errors()
         problems = [
-            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
-            for e in exc.errors()
+            {
+                "where": _clip(".".join(str(p) for p in e.get("loc", ()))),
+                "problem": _clip(str(e.get("msg", ""))),
+            }
+            for e in found[:LISTED_ERRORS]
         ]
         first = problems[0] if problems else {"where": "", "problem": "invalid"}
+        more = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
         return JSONResponse(
             status_code=422,
-            content={"error": f"{first['where']}: {first['problem']}", "detail": problems},
+            content={"error": f"{first['where']}: {first['problem']}{more}", "detail": problems},
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)})
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"error": _clip(str(exc.detail), 4 * ECHO_CHARS)},
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):  # a bug, not the client's fault
@@ -300,12 +421,15 @@ def create_app(
 
     user_errors = UserError  # ConfigError, StageError (IndexReadError is one), ...
 
+    # /health and /api/index are `async def`: answered on the event loop itself, never
+    # queued behind the worker threads that model requests hold. Keep them cheap (no
+    # disk, no model): anything slow here would stall every request.
     @app.get("/health", response_model=Health)
-    def health():
+    async def health():
         return {"status": "ok", "index_manifest_id": reader.manifest_id}
 
     @app.get("/api/index", response_model=IndexSummary)
-    def index_summary():
+    async def index_summary():
         return {
             "root": root,
             "index_manifest_id": reader.manifest_id,
@@ -328,20 +452,27 @@ def create_app(
                 {"index": i.index, "url": i.url, "format": i.format} for i in manifest.inputs
             ],
             "lineage": manifest.lineage,
-            "limits": limits.__dict__,
+            "limits": {
+                **limits.__dict__,
+                "request_bytes": body_limits.max_bytes,
+                "json_members": body_limits.max_members,
+                "json_depth": body_limits.max_depth,
+                "pending": max_pending,
+            },
         }
 
-    @app.post("/api/attribute", response_model=Report, responses=errors)
+    # Model requests are plain `def`: FastAPI runs them in worker threads, off the loop.
+    @app.post("/api/attribute", response_model=Report, responses=model_errors)
     def attribute(body: AttributeRequest):
         try:
             request = AttributionRequest(**body.model_dump())
-            with lock:
+            with turns.turn():
                 report = attributor.attribute(request)
         except user_errors as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
         return report.to_dict()
 
-    @app.get("/api/search", response_model=SearchResponse, responses=errors)
+    @app.get("/api/search", response_model=SearchResponse, responses=model_errors)
     def search(
         text: str = Query(min_length=1, max_length=limits.search_chars),
         k: int = Query(default=10, ge=1, le=limits.k),
@@ -349,7 +480,7 @@ def create_app(
         from tda.attribution.query import encode_query
 
         try:
-            with lock:
+            with turns.turn():
                 query = encode_query(reader, text, encoder=attributor.encoder)
                 hits = reader.hits(query[None], k)[0]
         except user_errors as exc:
@@ -361,7 +492,7 @@ def create_app(
         }
 
     @app.get("/api/chunks/{chunk_id}", response_model=ChunkResponse, responses=errors)
-    def chunk(chunk_id: int, context: int = Query(default=1, ge=0, le=8)):
+    def chunk(chunk_id: ChunkId, context: int = Query(default=1, ge=0, le=8)):
         try:
             record = reader.lookup.get(chunk_id)
         except IndexReadError as exc:
@@ -400,6 +531,22 @@ def create_app(
             "next": neighbours(1),
             "concepts": concepts,
         }
+
+    @app.get("/api/documents/{chunk_id}", response_model=DocumentView, responses=errors)
+    def document(
+        chunk_id: ChunkId,
+        limit: int = Query(default=DOCUMENT_CHUNK_LIMIT, ge=1, le=DOCUMENT_CHUNK_LIMIT),
+    ):
+        # the whole training document around a hit, for the viewer's document view;
+        # capped (a document can be 16 MiB) with "truncated" set when it is cut
+        try:
+            return document_of(reader.lookup, chunk_id, limit)
+        except IndexReadError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        except (ValueError, OverflowError):
+            raise HTTPException(
+                status_code=404, detail=f"chunk id {chunk_id} is not in this index"
+            ) from None
 
     @app.get("/", include_in_schema=False)
     def viewer():

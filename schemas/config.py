@@ -5,6 +5,8 @@ the pipeline and the manifest use them as they are. Every validation raises
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,8 +17,12 @@ __all__ = [
     "DEFAULT_CONCEPTS",
     "DEVICES",
     "FORMATS",
+    "MAX_NPROBE",
+    "MAX_SEED",
+    "MAX_TOKENS",
     "POOL_FEATURES",
     "POOL_METHODS",
+    "STAGE_RANGES",
     "TEXT_UNITS",
     "ChunkConfig",
     "ChunkingPolicy",
@@ -25,6 +31,7 @@ __all__ = [
     "EmbedConfig",
     "IndexConfig",
     "Pooling",
+    "Range",
     "ReadOptions",
     "TrainConfig",
 ]
@@ -35,6 +42,139 @@ TEXT_UNITS = ("file", "line")
 
 class ConfigError(UserError):
     """Bad settings; the message is one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one numeric option takes: ``lo`` to ``hi`` (None: no bound on that
+    side), both ends included unless ``lo_open`` / ``hi_open``; ``kind`` int or float (a
+    float must be finite: NaN passes every comparison, so it is refused by name).
+
+    Every limit lives in one table of these: :data:`STAGE_RANGES` (the stages' and
+    ``tda model train``'s options, by flag) and ``REQUEST_RANGES`` in
+    :mod:`tda.schemas.request` (an attribution's). The settings below check with them and
+    the command line builds its option types from them, so both refuse the same values
+    with the same words."""
+
+    lo: int | float | None
+    hi: int | float | None
+    kind: type = int
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        """The range in words: ``in 1..100`` (integers), ``in (0, 10]`` (floats),
+        ``at least 1``, ``at most 5``, ``finite``."""
+        lo, hi = (None if b is None else _number(b) for b in (self.lo, self.hi))
+        if lo is not None and hi is not None:
+            if self.kind is int:
+                return f"in {lo}..{hi}"
+            return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if lo is not None:
+            return f"{'above' if self.lo_open else 'at least'} {lo}"
+        if hi is not None:
+            return f"{'below' if self.hi_open else 'at most'} {hi}"
+        return "finite"
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` is in the range, else ``must be in 1..100, got 0``."""
+        bounds = self.describe()
+        if not _is_number(value, self.kind):
+            number = "an integer" if self.kind is int else "a finite number"
+            return f"must be {number}{'' if bounds == 'finite' else ' ' + bounds}, got {value!r}"
+        if not self.contains(value):
+            return f"must be {bounds}, got {_number(value)}"
+        return None
+
+    def contains(self, value: int | float) -> bool:
+        """Whether a number (already of the right kind) is inside the bounds."""
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def check(self, flag: str, value: Any) -> None:
+        """Raise :class:`ConfigError` ``<flag> must be in 1..100, got 0`` unless in range."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise ConfigError(f"{flag} {problem}")
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    """An integer (``kind`` int; numpy's too, not bool) or a finite real (``kind`` float)."""
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def _number(value: int | float) -> str:
+    """A bound or value as written: ints as they are, floats without a trailing ``.0``."""
+    return str(value) if isinstance(value, numbers.Integral) else f"{value:g}"
+
+
+# Tokens in one chunk or one forward-pass window: above any model's context (Steerling
+# 8B: 4096), so the model's own limit decides, yet small enough that no size product
+# overflows.
+MAX_TOKENS = 2**20
+# FAISS clamps nprobe to the index's list count; 2**20 lists is beyond the largest IVF
+# index a 1.35T-token corpus needs (~2**35 chunks at 64 tokens, ~2**17.5 per list).
+MAX_NPROBE = 2**20
+MAX_SEED = 2**63 - 1  # the largest seed (a signed 64-bit integer; torch takes [0, 2**64))
+
+# Every stage option's range, by flag (see Range). Why each upper bound: sizes of one
+# worker's memory or of FAISS / Arrow types, never a product decision.
+STAGE_RANGES: dict[str, Range] = {
+    # tda chunk / tda build
+    "--chunk-size": Range(1, MAX_TOKENS),
+    "--stride": Range(1, MAX_TOKENS),  # and at most --chunk-size (ChunkingPolicy)
+    "--dataset-id": Range(0, DEFAULT_CODEC.max_dataset),
+    # an Arrow string holds at most 2 GiB, and a record takes a few times its size
+    "--max-doc-bytes": Range(1, 2**30),
+    # tda embed / tda build
+    "--window": Range(1, MAX_TOKENS),
+    "--context": Range(0, MAX_TOKENS - 1),  # and below --window (ContextPolicy)
+    "--batch-tokens": Range(1, 2**24),
+    "--top-k-concepts": Range(1, 1024),
+    # tda index build / tda build
+    "--shards": Range(1, 2**20),
+    "--shard-size": Range(1, 2**40),
+    "--memory-budget": Range(1, 2**50),  # 1 PiB
+    "--train-sample": Range(1, 2**32),
+    "--nprobe": Range(1, MAX_NPROBE),
+    "--threads": Range(1, 4096),
+    # tda model train / tda tokenizer train
+    "--steps": Range(1, 10**7),
+    "--d-model": Range(1, 65536),
+    "--layers": Range(1, 1024),
+    "--heads": Range(1, 1024),
+    "--vocab-size": Range(260, 2**20),  # 256 bytes + the tokenizer's 4 special tokens
+    "--max-seq": Range(8, MAX_TOKENS),
+    "--batch-size": Range(1, 65536),
+    "--lr": Range(0.0, 10.0, float, lo_open=True),
+    "--holdout": Range(0.0, 0.5, float, hi_open=True),
+    "--max-train-tokens": Range(1, 2**40),
+    "--seed": Range(0, MAX_SEED),
+    "--max-docs": Range(1, None),
+    # tda scan / tda prune list
+    "--min-weight": Range(0.0, 1.0, float),
+    "--top": Range(1, 100_000),  # hits kept per exemplar, all held in memory
+    "--min-score": Range(None, None, float),
+    "--min-share": Range(0.0, 1.0, float),
+    # tda search: a chunk id is a non-negative int64
+    "--chunk-id": Range(0, 2**63 - 1),
+    # tda serve (port 0: any free port); below 1 KiB no request body fits, above 1 GiB
+    # one buffered body alone could exhaust a small server
+    "--port": Range(0, 65535),
+    "--max-request-bytes": Range(2**10, 2**30),
+}
+
+
+def _check_ranges(values: dict[str, Any]) -> None:
+    """Each ``{flag: value}`` (None skipped) against :data:`STAGE_RANGES`."""
+    for flag, value in values.items():
+        if value is not None:
+            STAGE_RANGES[flag].check(flag, value)
 
 
 @dataclass(frozen=True)
@@ -68,6 +208,7 @@ class ReadOptions:
             raise ConfigError("--source-field must not be empty")
         if self.max_doc_bytes < 1:
             raise ConfigError(f"--max-doc-bytes must be positive, got {self.max_doc_bytes}")
+        _check_ranges({"--max-doc-bytes": self.max_doc_bytes})
 
 
 @dataclass(frozen=True)
@@ -93,6 +234,7 @@ class ChunkingPolicy:
                 f"--stride must be between 1 and --chunk-size ({self.chunk_size}), "
                 f"got {self.stride}; a larger stride would drop tokens"
             )
+        _check_ranges({"--chunk-size": self.chunk_size})
 
     @property
     def step(self) -> int:
@@ -186,8 +328,7 @@ class Pooling:
                 f"--concept-pooling must be one of {', '.join(CONCEPT_REDUCERS)}, "
                 f"got {self.concept_reducer!r}"
             )
-        if not 1 <= self.top_k <= 1024:
-            raise ConfigError(f"--top-k-concepts must be in 1..1024, got {self.top_k}")
+        _check_ranges({"--top-k-concepts": self.top_k})
 
     @property
     def name(self) -> str:
@@ -262,6 +403,13 @@ class EmbedConfig:
             raise ConfigError(f"--context must not be negative, got {self.context}")
         if self.batch_tokens < 1:
             raise ConfigError(f"--batch-tokens must be positive, got {self.batch_tokens}")
+        _check_ranges(
+            {
+                "--window": self.window,
+                "--context": self.context,
+                "--batch-tokens": self.batch_tokens,
+            }
+        )
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.resume and self.overwrite:
@@ -327,6 +475,16 @@ class IndexConfig:
             raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.factory is not None and not self.factory.strip():
             raise ConfigError("--factory must not be empty")
+        _check_ranges(
+            {
+                "--shards": self.shards,
+                "--shard-size": self.shard_size,
+                "--memory-budget": self.memory_budget,
+                "--train-sample": self.train_sample,
+                "--nprobe": self.nprobe,
+                "--threads": self.threads,
+            }
+        )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
 
@@ -356,6 +514,15 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 50
     concept_weight: float = 1.0
+    # Training paths (docs/model.md): the share of sequences whose LM loss reads the known
+    # concepts alone, and the known + unknown concepts alone (the rest read h), and the
+    # weight of the residual's norm penalty, so the named concepts carry the prediction.
+    known_only: float = 0.25
+    bottleneck: float = 0.25
+    residual_weight: float = 1.0
+    # Tagger labels spread to this many tokens either side of a match: a concept is about
+    # a passage, not only the word that names it.
+    label_spread: int = 0
     holdout: float = 0.05
     # Enough text for minutes of CPU training; bounds memory for the token labels.
     max_train_tokens: int = 8_000_000
@@ -370,5 +537,31 @@ class TrainConfig:
             raise ConfigError(f"--holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        for name in ("known_only", "bottleneck"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}"
+                )
+        if self.known_only + self.bottleneck > 1:
+            raise ConfigError("--known-only plus --bottleneck must be at most 1")
+        if self.residual_weight < 0:
+            raise ConfigError(f"--residual-weight must be >= 0, got {self.residual_weight}")
+        if not 0 <= self.label_spread <= 1024:
+            raise ConfigError(f"--label-spread must be in [0, 1024], got {self.label_spread}")
         if self.max_seq < 8:
             raise ConfigError(f"--max-seq must be at least 8, got {self.max_seq}")
+        _check_ranges(
+            {
+                "--steps": self.steps,
+                "--batch-size": self.batch_size,
+                "--lr": self.lr,
+                "--holdout": self.holdout,
+                "--max-seq": self.max_seq,
+                "--vocab-size": self.vocab_size,
+                "--d-model": self.d_model,
+                "--layers": self.n_layers,
+                "--heads": self.n_heads,
+                "--max-train-tokens": self.max_train_tokens,
+                "--seed": self.seed,
+            }
+        )

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .manifest import StoredFile
 from .wire import JsonRecord, record_from_dict
 
 __all__ = [
@@ -41,7 +42,8 @@ __all__ = [
 ]
 
 SCAN_KIND = "tda.scan"
-SCAN_VERSION = 1
+# 2: calibrated scores and per-concept thresholds; sources ranked by share_lower
+SCAN_VERSION = 2
 
 # One row per chunk hit, worst first.
 HITS_SCHEMA = pa.schema(
@@ -82,6 +84,9 @@ BY_SOURCE_SCHEMA = pa.schema(
         pa.field("chunks_hit", pa.int64(), nullable=False),
         pa.field("documents_hit", pa.int64(), nullable=False),
         pa.field("share", pa.float64(), nullable=False),
+        # the 95% Wilson lower bound of share: what sources are ranked by, so one hit in a
+        # one-chunk source does not outrank hundreds in a large one
+        pa.field("share_lower", pa.float64(), nullable=False),
         pa.field("max_score", pa.float32(), nullable=False),
         pa.field("mean_score", pa.float32(), nullable=False),
     ]
@@ -126,7 +131,9 @@ class ScanConfig:
     out: str
     concepts: tuple[str, ...] = ()
     like: str | None = None
-    min_weight: float = 0.5  # concept mode: a chunk's pooled weight must reach this
+    # concept mode: a chunk's pooled weight must reach this; None: the model's calibrated
+    # threshold per concept (0.5 for a concept the model has no calibration for)
+    min_weight: float | None = None
     top: int = 1000  # like mode: nearest chunks searched per exemplar
     min_score: float | None = None  # like mode: keep hits at least this similar
     overwrite: bool = False
@@ -143,13 +150,17 @@ class ScanSettings(JsonRecord):
     mode: str  # "concept" | "like"
     concepts: tuple[str, ...]  # names (concept mode)
     concept_ids: tuple[int, ...]
-    min_weight: float
+    min_weight: float | None  # as asked (None: calibrated thresholds)
     like: str | None  # exemplar file (like mode)
     top: int
     min_score: float | None
     files: tuple[int, ...]  # input file indices with embeddings
     index_manifest_sha256: str | None
     embed_manifest_sha256: str
+    # concept mode, per concept: the cut a chunk's score must reach, and whether the
+    # score is the model's calibrated probability (else the raw pooled weight)
+    thresholds: tuple[float, ...] = ()
+    calibrated: tuple[bool, ...] = ()
     like_sha256: str | None = None  # "sha256:<hex>" of the exemplar file (like mode)
     channels: tuple[str, ...] = ()  # like mode: the channels searched and fused
 
@@ -165,6 +176,7 @@ class SourceHits(JsonRecord):
     chunks_hit: int
     documents_hit: int
     share: float
+    share_lower: float  # 95% Wilson lower bound of share (the ranking)
     max_score: float
     mean_score: float
 
@@ -221,6 +233,8 @@ class FilePruned(JsonRecord):
     removed_ids: tuple[int, ...]
     per_source: dict[str, dict[str, int]]  # source -> {"chunks": n, "documents": m}
     corpus_file: str | None  # written file (None: every record pruned, text file dropped)
+    # NEW_ROOT's chunks, dead-letter and embeddings parts of the file, sha256 and size
+    parts: tuple[StoredFile, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilePruned:

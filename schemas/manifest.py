@@ -6,11 +6,19 @@ codec, the chunking policy and the inputs. The embed and index stages extend it 
 own sections under a new ``schema_version``; :meth:`Manifest.from_json` refuses versions it
 does not know instead of guessing.
 
+Every file a stage writes is listed in its manifest with its size and sha256 (a
+:class:`StoredFile`): the chunks and dead-letter parts under each input file's
+:class:`FileCounts`, the embeddings parts under its :class:`EmbedCounts` and the concept
+names as :attr:`EmbedManifest.concepts`, the index files in :attr:`IndexManifest.files`.
+Manifests written before those checksums (chunks version 1, embeddings version 2) are
+refused with one line that says to rebuild the stage.
+
 Manifests hold no timestamps or host names: same inputs and settings, same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -19,13 +27,14 @@ from .config import ChunkingPolicy, ContextPolicy, Pooling, ReadOptions
 from .errors import UserError
 from .ids import ChunkIdCodec
 from .records import DeadLetterReason
-from .wire import JsonRecord, omitted_if_none, written_as
+from .wire import JsonRecord, omitted_if_none, record_dict, written_as
 
 __all__ = [
     "EMBED_MANIFEST_SCHEMA_VERSION",
     "INDEX_MANIFEST_SCHEMA_VERSION",
     "MANIFEST_SCHEMA_VERSION",
     "MERGED_MANIFEST_SCHEMA_VERSION",
+    "SEAL",
     "ChannelInfo",
     "EmbedCounts",
     "EmbedManifest",
@@ -38,12 +47,18 @@ __all__ = [
     "ManifestError",
     "MergedIndexManifest",
     "ShardInfo",
+    "StoredFile",
     "TokenizerInfo",
+    "sealed_json",
 ]
 
-MANIFEST_SCHEMA_VERSION = 1
+# 2: every file's size and sha256 (FileCounts.parts)
+MANIFEST_SCHEMA_VERSION = 2
 # 2: vectors stored as fixed_size_binary (D float16) instead of fixed_size_list<float16>
-EMBED_MANIFEST_SCHEMA_VERSION = 2
+# 3: every file's size and sha256 (EmbedCounts.parts, EmbedManifest.concepts)
+EMBED_MANIFEST_SCHEMA_VERSION = 3
+# The versions that predate per-file checksums: refused with "rebuild", not "upgrade".
+_UNCHECKSUMMED = {"tda.chunks": 1, "tda.embeddings": 2}
 INDEX_MANIFEST_SCHEMA_VERSION = 1
 # 1: the first versioned merged manifest; earlier ones (no schema_version) read as 1
 MERGED_MANIFEST_SCHEMA_VERSION = 1
@@ -55,17 +70,81 @@ class ManifestError(UserError):
 
 class _ManifestJson(JsonRecord):
     """A manifest's file: its JSON object (:func:`~tda.schemas.wire.record_dict`), keys
-    sorted, two-space indent, one trailing newline; same manifest, same bytes."""
+    sorted, two-space indent, one trailing newline, sealed (:func:`sealed_json`); same
+    manifest, same bytes."""
 
     __slots__ = ()
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        return sealed_json(self.to_dict())
+
+
+# A manifest's own checksum: no other file records the sha256 of the last stage's
+# manifest, so without it a flipped digit in, say, the index's nprobe would go unseen.
+SEAL = "self_sha256"
+
+
+def _canonical(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _seal_of(data: dict[str, Any]) -> str:
+    return hashlib.sha256(_canonical({**data, SEAL: ""}).encode("utf-8")).hexdigest()
+
+
+def sealed_json(data: dict[str, Any]) -> str:
+    """A manifest's JSON object -> its file's text: canonical JSON (keys sorted, two-space
+    indent, trailing newline) with ``self_sha256``, the hex sha256 of that same text
+    written with ``self_sha256`` empty."""
+    return _canonical({**data, SEAL: _seal_of(data)})
+
+
+def _check_seal(data: dict[str, Any], text: str, required: bool) -> None:
+    """Refuse a manifest whose text is not exactly what :func:`sealed_json` writes for
+    its content, or whose ``self_sha256`` is not that content's (any altered byte).
+    ``required=False`` lets a manifest without a seal through (an older tda's index)."""
+    if SEAL not in data:
+        if required:
+            raise ManifestError(
+                f"manifest has no {SEAL} (not written by this tda); rebuild this stage with "
+                f"--overwrite"
+            )
+        return
+    if _canonical(data) != text or _seal_of(data) != data[SEAL]:
+        raise ManifestError(
+            f"manifest does not match its own {SEAL} (altered or corrupt); restore it from a "
+            f"backup or rebuild this stage with --overwrite"
+        )
 
 
 def _total_as_null(file_index: int) -> int | None:
     """A per-file count's file index as JSON: a total over files (-1) has null."""
     return None if file_index < 0 else file_index
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file a stage wrote, as its manifest lists it: path relative to the build root
+    (``chunks/part-000042.parquet``), hex sha256 of its bytes, size in bytes."""
+
+    path: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredFile:
+        return cls(path=str(data["path"]), sha256=str(data["sha256"]), size=int(data["size"]))
+
+
+def _parts(data: dict[str, Any]) -> tuple[StoredFile, ...]:
+    return tuple(StoredFile.from_dict(p) for p in data.get("parts", ()))
+
+
+def _without_parts_if_total(data: dict[str, Any]) -> dict[str, Any]:
+    """A per-file count's JSON; a total over files (file index null) lists no files."""
+    if data["file_index"] is None:
+        del data["parts"]
+    return data
 
 
 @dataclass(frozen=True)
@@ -91,7 +170,9 @@ class TokenizerInfo:
 
 @dataclass(frozen=True)
 class FileCounts(JsonRecord):
-    """What one input file turned into. ``records == documents + sum(deadletters)``."""
+    """What one input file turned into. ``records == documents + sum(deadletters)``;
+    ``parts``: the files written for it (its chunks part, and its dead-letter part when
+    a record was unusable), with sha256 and size; a total has none."""
 
     file_index: int = field(metadata=written_as(_total_as_null))
     records: int = 0
@@ -99,6 +180,10 @@ class FileCounts(JsonRecord):
     chunks: int = 0
     tokens: int = 0
     deadletters: dict[str, int] = field(default_factory=dict)
+    parts: tuple[StoredFile, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_parts_if_total(record_dict(self))
 
     @property
     def deadlettered(self) -> int:
@@ -131,6 +216,7 @@ class FileCounts(JsonRecord):
             chunks=int(data["chunks"]),
             tokens=int(data["tokens"]),
             deadletters={str(k): int(v) for k, v in data["deadletters"].items()},
+            parts=_parts(data),
         )
 
 
@@ -155,6 +241,10 @@ class Manifest(_ManifestJson):
     def totals(self) -> FileCounts:
         return FileCounts.total(self.files)
 
+    def stored_files(self) -> dict[str, StoredFile]:
+        """Every file the stage wrote, by its path relative to the build root."""
+        return {p.path: p for f in self.files for p in f.parts}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         _check_kind(data, "tda.chunks", MANIFEST_SCHEMA_VERSION, "tda chunk manifest")
@@ -176,13 +266,22 @@ class Manifest(_ManifestJson):
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        return cls.from_dict(_load_json(text))
+        data = _load_json(text)
+        manifest = cls.from_dict(data)
+        _check_seal(data, text, required=True)
+        return manifest
 
 
 def _check_kind(data: dict[str, Any], kind: str, version: int, what: str) -> None:
     """Refuse a manifest of another kind, or a schema version this tda does not read."""
     if data.get("kind") != kind:
         raise ManifestError(f"not a {what} (kind={data.get('kind')!r})")
+    found = data.get("schema_version")
+    if type(found) is int and 1 <= found <= _UNCHECKSUMMED.get(kind, 0):
+        raise ManifestError(
+            f"{kind} manifest schema version {data['schema_version']} was written by an older "
+            f"tda and lists no sha256 of its files; rebuild this stage with --overwrite"
+        )
     if data.get("schema_version") != version:
         raise ManifestError(
             f"{kind} manifest schema version {data.get('schema_version')} is not supported by "
@@ -227,6 +326,10 @@ class EmbedCounts(JsonRecord):
     windows: int = 0
     batches: int = 0
     zero_vectors: int = 0  # pooled vectors of norm 0, stored as zeros
+    parts: tuple[StoredFile, ...] = ()  # the embeddings part written, sha256 and size
+
+    def to_dict(self) -> dict[str, Any]:
+        return _without_parts_if_total(record_dict(self))
 
     @property
     def padding_share(self) -> float:
@@ -235,12 +338,13 @@ class EmbedCounts(JsonRecord):
 
     @staticmethod
     def total(counts: list[EmbedCounts] | tuple[EmbedCounts, ...]) -> EmbedCounts:
-        names = [f.name for f in fields(EmbedCounts) if f.name != "file_index"]
+        names = [f.name for f in fields(EmbedCounts) if f.name not in ("file_index", "parts")]
         return EmbedCounts(-1, **{n: sum(getattr(c, n) for c in counts) for n in names})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbedCounts:
-        return cls(**{f.name: int(data[f.name]) for f in fields(cls)})
+        names = [f.name for f in fields(cls) if f.name != "parts"]
+        return cls(**{n: int(data[n]) for n in names}, parts=_parts(data))
 
 
 @dataclass(frozen=True)
@@ -257,12 +361,22 @@ class EmbedManifest(_ManifestJson):
     batch_tokens: int
     chunk_manifest_sha256: str  # the chunks/manifest.json these vectors were made from
     files: tuple[EmbedCounts, ...]
+    # embeddings/concepts.json (the encoder's concept names), sha256 and size
+    concepts: StoredFile | None = field(default=None, metadata=omitted_if_none())
     schema_version: int = EMBED_MANIFEST_SCHEMA_VERSION
     kind: str = "tda.embeddings"
 
     @property
     def totals(self) -> EmbedCounts:
         return EmbedCounts.total(self.files)
+
+    def stored_files(self) -> dict[str, StoredFile]:
+        """Every file the stage wrote (parts and concept names), by its path relative to
+        the build root."""
+        found = {p.path: p for f in self.files for p in f.parts}
+        if self.concepts is not None:
+            found[self.concepts.path] = self.concepts
+        return found
 
     @property
     def pooling_name(self) -> str:
@@ -276,7 +390,7 @@ class EmbedManifest(_ManifestJson):
             data, "tda.embeddings", EMBED_MANIFEST_SCHEMA_VERSION, "tda.embeddings manifest"
         )
         try:
-            return cls(
+            manifest = cls(
                 tda_version=str(data["tda_version"]),
                 encoder=EncoderInfo(**data["encoder"]),
                 pooling=Pooling(**data["pooling"]),
@@ -285,9 +399,12 @@ class EmbedManifest(_ManifestJson):
                 batch_tokens=int(data["batch_tokens"]),
                 chunk_manifest_sha256=str(data["chunk_manifest_sha256"]),
                 files=tuple(EmbedCounts.from_dict(f) for f in data["files"]),
+                concepts=(StoredFile.from_dict(data["concepts"]) if data.get("concepts") else None),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc
+        _check_seal(data, text, required=True)
+        return manifest
 
 
 @dataclass(frozen=True)
@@ -361,7 +478,7 @@ class IndexManifest(_ManifestJson):
         data = _load_json(text)
         _check_kind(data, "tda.index", INDEX_MANIFEST_SCHEMA_VERSION, "tda.index manifest")
         try:
-            return cls(
+            manifest = cls(
                 tda_version=str(data["tda_version"]),
                 encoder=EncoderInfo(**data["encoder"]),
                 tokenizer=TokenizerInfo(**data["tokenizer"]),
@@ -397,6 +514,8 @@ class IndexManifest(_ManifestJson):
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc
+        _check_seal(data, text, required=False)  # an older tda's index has none
+        return manifest
 
 
 @dataclass(frozen=True)
@@ -420,7 +539,7 @@ class MergedIndexManifest(_ManifestJson):
                 f"tda (it reads version {MERGED_MANIFEST_SCHEMA_VERSION}); merge again"
             )
         try:
-            return cls(
+            manifest = cls(
                 parent_manifest_id=str(data["parent_manifest_id"]),
                 vectors=int(data["vectors"]),
                 files=tuple(
@@ -430,3 +549,5 @@ class MergedIndexManifest(_ManifestJson):
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc
+        _check_seal(data, text, required=False)  # earlier merges wrote none
+        return manifest

@@ -174,6 +174,8 @@ class ConceptContribution:
     name: str  # the known concept's name; "unknown:<id>" for learned ones
     contribution: float  # summed over the chunk's tokens, in logit units
     tokens: int  # chunk tokens whose top-k held this concept
+    # unknown concepts: the model's automatic label (the tokens where it fires most)
+    label: str = ""
 
 
 @dataclass(frozen=True)

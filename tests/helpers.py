@@ -10,6 +10,7 @@ a broken tda module fails only the tests that need it, not the collection of eve
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -301,6 +302,31 @@ def embed_root(config, encoder=None):
     return finish_embed_run(plan)
 
 
+def rerecord(root: Path, relative: str) -> None:
+    """Record the current size and sha256 of ``ROOT/relative`` (a chunks or embeddings
+    part) in its stage's manifest, as if the stage had written it so: for tests of what
+    a reader does with a part whose checksum matches but whose content is wrong."""
+    from dataclasses import replace
+
+    from tda.schemas import EmbedManifest, Manifest
+    from tda.schemas.manifest import StoredFile
+
+    data = (root / relative).read_bytes()
+    entry = StoredFile(relative, hashlib.sha256(data).hexdigest(), len(data))
+    stage, parse = (
+        ("embeddings", EmbedManifest.from_json)
+        if relative.startswith("embeddings/")
+        else ("chunks", Manifest.from_json)
+    )
+    path = root / stage / "manifest.json"
+    manifest = parse(path.read_text())
+    files = tuple(
+        replace(f, parts=tuple(entry if p.path == relative else p for p in f.parts))
+        for f in manifest.files
+    )
+    path.write_text(replace(manifest, files=files).to_json())
+
+
 def clustered(n: int, dim: int, seed: int = 0, centers: int = 200) -> np.ndarray:
     """Unit vectors around random centres: the shape real embeddings have."""
     rng = np.random.default_rng(seed)
@@ -331,6 +357,11 @@ def synthetic_root(root: Path, vectors: np.ndarray, files: int) -> list[int]:
         embedding_schema,
         vectors_to_arrow,
     )
+    from tda.schemas.manifest import StoredFile
+
+    def stored(relative: str) -> StoredFile:
+        data = (root / relative).read_bytes()
+        return StoredFile(relative, hashlib.sha256(data).hexdigest(), len(data))
 
     n, dim = vectors.shape
     bounds = np.linspace(0, n, files + 1).astype(int)
@@ -368,8 +399,11 @@ def synthetic_root(root: Path, vectors: np.ndarray, files: int) -> list[int]:
             **parquet_write_options(emb.schema, ("vector",)),
         )
         inputs.append(InputFile(f, f"/corpus/f{f}.jsonl", "jsonl", 1))
-        counts.append(FileCounts(f, hi - lo, hi - lo, hi - lo, hi - lo, {}))
-        ecounts.append(EmbedCounts(f, hi - lo, hi - lo, hi - lo, 0, 1, 1, 0))
+        # every part listed with its sha256 and size, as the stages record them
+        n_rows, chunk_part = hi - lo, stored(f"chunks/part-{f:06d}.parquet")
+        counts.append(FileCounts(f, n_rows, n_rows, n_rows, n_rows, {}, parts=(chunk_part,)))
+        embed_part = stored(f"embeddings/part-{f:06d}.parquet")
+        ecounts.append(EmbedCounts(f, n_rows, n_rows, n_rows, 0, 1, 1, 0, parts=(embed_part,)))
     tok = TokenizerInfo("t", "huggingface", "t", "sha256:t", 10)
     chunks = Manifest(
         "0.1.0",
@@ -382,12 +416,14 @@ def synthetic_root(root: Path, vectors: np.ndarray, files: int) -> list[int]:
         tuple(counts),
     )
     (root / "chunks" / "manifest.json").write_text(chunks.to_json())
+    chunk_sha = hashlib.sha256((root / "chunks" / "manifest.json").read_bytes()).hexdigest()
+    (root / "embeddings" / "concepts.json").write_text('{"known": ["c0"], "harmful": []}')
     enc = EncoderInfo("builtin", "builtin:none", "sha256:e", "sha256:t", dim, 1, 1, 256, 1)
     embed = EmbedManifest(
-        "0.1.0", enc, Pooling(), ContextPolicy(256, 64), dim, 1024, "x", tuple(ecounts)
-    )
+        "0.1.0", enc, Pooling(), ContextPolicy(256, 64), dim, 1024, chunk_sha, tuple(ecounts),
+        stored("embeddings/concepts.json"),
+    )  # fmt: skip
     (root / "embeddings" / "manifest.json").write_text(embed.to_json())
-    (root / "embeddings" / "concepts.json").write_text('{"known": ["c0"], "harmful": []}')
     return all_ids
 
 

@@ -1,5 +1,5 @@
 """Corpus files in, documents (or dead letters) out, streamed: memory stays bounded by one
-block (256 KiB) plus one record (``--max-doc-bytes``), whatever the file size.
+decompressed piece (1 MiB) plus one record (``--max-doc-bytes``), whatever the file size.
 
 1. :func:`resolve_inputs` expands paths / URLs / globs / folders (any fsspec protocol) into
    the sorted list of files; a file's index is its position in that list.
@@ -11,17 +11,30 @@ Formats: JSONL (``.jsonl``/``.ndjson``, optionally ``.gz``/``.zst``/``.bz2``/``.
 Parquet (``.parquet``/``.pq``), plain text (``.txt``/``.text``/``.md``, one document per
 file or per line). Record indices: the 0-based line number (JSONL, text lines; blank lines
 count and are dead-lettered as empty), the row number (Parquet), 0 (a text file).
+
+Damaged files keep what they can: every record decoded before the damage is read as
+usual, and the rest of the file is one ``unreadable_file`` dead letter naming the byte
+offsets (:mod:`.streams` decodes compressed files so that nothing decoded is dropped);
+a damaged Parquet row group is dead-lettered row by row and the next one is read.
 """
 
 from __future__ import annotations
 
-import zlib
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from tda.attribution.corpus.streams import (
+    UNITS,
+    Damaged,
+    Line,
+    Unreadable,
+    iter_lines,
+    iter_pieces,
+)
 from tda.schemas import DeadLetter, DeadLetterReason, InputFile, ReadOptions
 from tda.schemas.errors import UserError
 from tda.schemas.records import RAW_COPY_CHARS
@@ -38,8 +51,10 @@ __all__ = [
     "set_field",
 ]
 
-# Read size. An I/O or decompression error loses at most the records of the failing block.
-BLOCK_BYTES = 256 << 10
+log = logging.getLogger("tda")
+
+# Parquet rows are read in batches of about this many bytes (at most 1024 rows).
+PARQUET_BATCH_BYTES = 8 << 20
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 FORMAT_SUFFIXES = {
     ".jsonl": "jsonl",
@@ -182,64 +197,20 @@ def resolve_inputs(patterns: Sequence[str], fmt: str = "auto") -> list[InputFile
 # Reading
 
 
-class _ReadFailure(Exception):
-    """Wraps an I/O or decoding error raised while reading a file's bytes."""
-
-
-def _read_errors() -> tuple[type[BaseException], ...]:
-    import lzma
-
+def _parquet_errors() -> tuple[type[BaseException], ...]:
     import pyarrow as pa
-    import zstandard
 
-    return (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, pa.ArrowException)
+    # ArrowInvalid is a ValueError; thrift and I/O failures come as OSError.
+    return (OSError, EOFError, ValueError, pa.ArrowException)
 
 
 def _raw_copy(data: Any) -> str:
     """Truncated copy of a bad record: bytes (undecodable bytes escaped), str, or a row."""
-    if isinstance(data, bytes):
-        data = data[: RAW_COPY_CHARS * 4].decode("utf-8", "backslashreplace")
+    if isinstance(data, bytes | bytearray):
+        data = bytes(data[: RAW_COPY_CHARS * 4]).decode("utf-8", "backslashreplace")
     elif not isinstance(data, str):
         data = str(data)
     return data[:RAW_COPY_CHARS]
-
-
-def _iter_lines(f, max_bytes: int, errors) -> Iterator[tuple[bytes, bool, int]]:
-    """Binary file -> (line, too_large, size) per line; a too-large line comes back
-    truncated (its head only) and the rest of it is skipped without being kept."""
-    pending: list[bytes] = []  # pieces of the current (incomplete) line
-    pending_size = 0
-    skipping = False
-    while True:
-        try:
-            block = f.read(BLOCK_BYTES)
-        except errors as exc:
-            raise _ReadFailure(f"{type(exc).__name__}: {exc}") from exc
-        if not block:
-            break
-        pieces = block.split(b"\n")
-        for piece in pieces[:-1]:
-            if skipping:
-                yield pending[0], True, pending_size + len(piece)
-            else:
-                line = b"".join(pending) + piece if pending else piece
-                too_large = len(line) > max_bytes
-                yield (line[: RAW_COPY_CHARS * 4] if too_large else line), too_large, len(line)
-            pending, pending_size, skipping = [], 0, False
-        tail = pieces[-1]
-        if tail:
-            pending_size += len(tail)
-            if skipping:
-                continue
-            pending.append(tail)
-            if pending_size > max_bytes:  # keep only the head of an oversized line
-                pending, skipping = [b"".join(pending)[: RAW_COPY_CHARS * 4]], True
-    if pending:
-        if skipping:
-            yield pending[0], True, pending_size
-        else:
-            line = b"".join(pending)
-            yield line, len(line) > max_bytes, len(line)
 
 
 def get_field(obj: dict, path: str) -> Any:
@@ -340,20 +311,16 @@ class _Reader:
 
     # ---- formats
 
-    def jsonl(self, f, errors) -> Iterator[Document | DeadLetter]:
+    def jsonl(self, lines: Iterator[Line]) -> Iterator[Document | DeadLetter]:
         R = DeadLetterReason
         read = self.read
-        for index, (line, too_large, size) in enumerate(_iter_lines(f, read.max_doc_bytes, errors)):
-            if too_large:
-                yield self.dead(
-                    index,
-                    R.TOO_LARGE,
-                    f"line over --max-doc-bytes={read.max_doc_bytes}",
-                    line,
-                    size,
-                )
+        limit = f"line over --max-doc-bytes={read.max_doc_bytes}"
+        for index, item in enumerate(lines):
+            line, size = item.take(), item.size
+            if item.too_large:
+                yield self.dead(index, R.TOO_LARGE, limit, line, size)
                 continue
-            if not line.strip():
+            if not line or line.isspace():
                 yield self.dead(index, R.EMPTY_DOCUMENT, "blank line", line, size)
                 continue
             try:
@@ -366,94 +333,130 @@ class _Reader:
                 else:
                     yield self.dead(index, R.MALFORMED_JSON, str(exc), line, size)
                 continue
+            # From here on the parsed text is the record: drop the line's bytes before the
+            # document is handed on (a long line would otherwise be held twice).
+            head, line = line[: RAW_COPY_CHARS * 4], None
             if not isinstance(obj, dict):
                 kind = type(obj).__name__
-                yield self.dead(index, R.NOT_AN_OBJECT, f"JSON {kind}, not an object", line, size)
+                yield self.dead(index, R.NOT_AN_OBJECT, f"JSON {kind}, not an object", head, size)
                 continue
             source = get_field(obj, read.source_field) if read.source_field else None
-            yield self.record(
-                index,
-                get_field(obj, read.text_field),
-                get_field(obj, read.id_field),
-                source,
-                line,
-                size,
-            )
+            text, doc_id = get_field(obj, read.text_field), get_field(obj, read.id_field)
+            obj = None
+            yield self.record(index, text, doc_id, source, head, size)
+            text = None  # not held while the next line is read
 
-    def text_lines(self, f, errors) -> Iterator[Document | DeadLetter]:
+    def text_lines(self, lines: Iterator[Line]) -> Iterator[Document | DeadLetter]:
         R = DeadLetterReason
-        for index, (line, too_large, size) in enumerate(
-            _iter_lines(f, self.read.max_doc_bytes, errors)
-        ):
-            if too_large:
+        for index, item in enumerate(lines):
+            line, size = item.take(), item.size
+            if item.too_large:
                 detail = f"line over --max-doc-bytes={self.read.max_doc_bytes}"
                 yield self.dead(index, R.TOO_LARGE, detail, line, size)
                 continue
-            if line.endswith(b"\r"):
-                line = line[:-1]
+            end = len(line) - 1 if line.endswith(b"\r") else len(line)
             try:
-                text = line.decode("utf-8")
+                text = str(memoryview(line)[:end], "utf-8")  # no copy of the bytes
             except UnicodeDecodeError as exc:
                 yield self.dead(index, R.INVALID_UTF8, f"line is not UTF-8: {exc}", line, size)
                 continue
-            yield self.record(index, text, MISSING, None, line, size)
+            head, line = line[: RAW_COPY_CHARS * 4], None
+            yield self.record(index, text, MISSING, None, head, size)
+            text = None  # not held while the next line is read
 
-    def text_file(self, f, errors) -> Iterator[Document | DeadLetter]:
+    def text_file(self, pieces: Iterator[tuple[bytes, int]]) -> Iterator[Document | DeadLetter]:
         R = DeadLetterReason
         limit = self.read.max_doc_bytes
+        data = bytearray()
         try:
-            data = f.read(limit + 1)
-        except errors as exc:
-            raise _ReadFailure(f"{type(exc).__name__}: {exc}") from exc
+            for piece, _ in pieces:
+                data += piece[: limit + 1 - len(data)]
+                if len(data) > limit:
+                    break
+        except Damaged as exc:
+            raise Unreadable(exc.detail, bytes(data[: RAW_COPY_CHARS * 4])) from exc
         if len(data) > limit:
             size = self.file.size_bytes if compression_of(self.file.url) is None else -1
             yield self.dead(0, R.TOO_LARGE, f"file over --max-doc-bytes={limit}", data, size)
             return
+        size = len(data)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield self.dead(0, R.INVALID_UTF8, f"file is not UTF-8: {exc}", data, len(data))
+            yield self.dead(0, R.INVALID_UTF8, f"file is not UTF-8: {exc}", data, size)
             return
-        yield self.record(0, text, MISSING, None, data, len(data))
+        head, data = data[: RAW_COPY_CHARS * 4], None
+        yield self.record(0, text, MISSING, None, head, size)
 
-    def parquet(self, f, errors) -> Iterator[Document | DeadLetter]:
+    def parquet(self, f) -> Iterator[Document | DeadLetter]:
+        """Rows in order, row group by row group: a row group that fails to read is
+        dead-lettered row by row (``unreadable_file``, the detail names the row group and
+        the error) and the next one is read, so ``records`` is the file's row count
+        whenever its footer is readable; an unreadable footer is one dead letter."""
         import pyarrow.parquet as pq
 
         read = self.read
+        errors = _parquet_errors()
         try:
-            pf = pq.ParquetFile(f)
+            # Page CRCs are checked where the writer stored them (pyarrow >= 13 can).
+            pf = pq.ParquetFile(f, page_checksum_verification=True)
+            meta = pf.metadata
+            groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+            rows = [g.num_rows for g in groups]
         except errors as exc:
-            raise _ReadFailure(f"not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
+            raise Unreadable(f"not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
+        if any(n < 0 for n in rows) or sum(rows) != meta.num_rows:
+            raise Unreadable(
+                f"damaged Parquet footer: its row groups hold {sum(rows)} rows, it says "
+                f"{meta.num_rows}"
+            )
         names = set(pf.schema_arrow.names)
         paths = [read.text_field, read.id_field] + (
             [read.source_field] if read.source_field else []
         )
         # A dotted path reads its top-level column; nested values are dicts after to_pylist().
         wanted = sorted({c for p in paths for c in (p, p.split(".", 1)[0]) if c in names})
-        batches = pf.iter_batches(batch_size=1024, columns=wanted) if wanted else None
-        if batches is None:  # none of the fields exists: every row lacks its text
-            for index in range(pf.metadata.num_rows):
-                yield self.record(index, MISSING, MISSING, None, "", -1)
-            return
-        index = 0
-        while True:
+        first = 0  # index of the row group's first row in the file
+        for g, n in enumerate(rows):
+            done = 0  # rows of this group handed on
             try:
-                batch = next(batches)
-            except StopIteration:
-                return
+                if not wanted:  # none of the fields exists: every row lacks its text
+                    while done < n:
+                        yield self.record(first + done, MISSING, MISSING, None, "", -1)
+                        done += 1
+                else:
+                    # Rows per batch from the group's mean row size, so that a batch of
+                    # long records stays near PARQUET_BATCH_BYTES.
+                    mean = groups[g].total_byte_size / max(1, n)
+                    size = max(1, min(1024, int(PARQUET_BATCH_BYTES // max(1.0, mean))))
+                    batches = pf.iter_batches(
+                        batch_size=size, row_groups=[g], columns=wanted, use_threads=False
+                    )
+                    for batch in batches:
+                        for row in batch.to_pylist():
+                            source = (
+                                get_field(row, read.source_field) if read.source_field else None
+                            )
+                            yield self.record(
+                                first + done,
+                                get_field(row, read.text_field),
+                                get_field(row, read.id_field),
+                                source,
+                                _LazyRow(row),
+                                -1,
+                            )
+                            done += 1
+                if done != n:
+                    raise OSError(f"it decoded to {done} rows, its footer says {n}")
             except errors as exc:
-                raise _ReadFailure(f"{type(exc).__name__}: {exc}") from exc
-            for row in batch.to_pylist():
-                source = get_field(row, read.source_field) if read.source_field else None
-                yield self.record(
-                    index,
-                    get_field(row, read.text_field),
-                    get_field(row, read.id_field),
-                    source,
-                    _LazyRow(row),
-                    -1,
+                detail = (
+                    f"row group {g} of {len(rows)} (rows {first}..{first + n - 1}) is "
+                    f"unreadable: {type(exc).__name__}: {exc}"
                 )
-                index += 1
+                log.warning("damaged input %s: %s", self.file.url, detail)
+                for index in range(first + done, first + n):
+                    yield self.dead(index, DeadLetterReason.UNREADABLE_FILE, detail, "", -1)
+            first += n
 
 
 class _LazyRow:
@@ -471,30 +474,47 @@ class _LazyRow:
 def iter_documents(input_file: InputFile, read: ReadOptions) -> Iterator[Document | DeadLetter]:
     """Stream one file's records as Documents and DeadLetters, in record order.
 
-    An I/O or decompression error ends the file with one ``unreadable_file`` dead letter at
-    the index of the first record that could not be read; what was read before is kept.
+    A damaged file keeps every record decoded before the damage: a decoding error, a
+    compressed stream that ends early (truncation) or an I/O error ends the file with one
+    ``unreadable_file`` dead letter at the index of the first record not read, whose
+    detail gives the compressed and decompressed byte offsets (see :mod:`.streams`) and
+    whose copy is the head of the unfinished record. Parquet: see :meth:`_Reader.parquet`.
+    A file that cannot be opened is one such dead letter at record 0.
     """
     import fsspec
 
     reader = _Reader(input_file, read)
-    errors = _read_errors()
+    codec = compression_of(input_file.url)
+    unit = UNITS.get(codec or "", "file")
     last_index = -1
     try:
-        with fsspec.open(input_file.url, "rb", compression=compression_of(input_file.url)) as f:
-            if input_file.format == "jsonl":
-                gen = reader.jsonl(f, errors)
-            elif input_file.format == "parquet":
-                gen = reader.parquet(f, errors)
-            elif read.text_unit == "line":
-                gen = reader.text_lines(f, errors)
+        # Decompression is ours (.streams), not fsspec's: see there why.
+        with fsspec.open(input_file.url, "rb") as f:
+            if input_file.format == "parquet":
+                gen = reader.parquet(f)
             else:
-                gen = reader.text_file(f, errors)
+                pieces = iter_pieces(f, codec, input_file.size_bytes)
+                if input_file.format == "jsonl":
+                    gen = reader.jsonl(iter_lines(pieces, read.max_doc_bytes, unit))
+                elif read.text_unit == "line":
+                    gen = reader.text_lines(iter_lines(pieces, read.max_doc_bytes, unit))
+                else:
+                    gen = reader.text_file(pieces)
             for item in gen:
                 last_index = item.record_index
                 yield item
-    except _ReadFailure as exc:
-        yield reader.dead(last_index + 1, DeadLetterReason.UNREADABLE_FILE, str(exc), "", -1)
-    except errors as exc:  # opening failed, or a decompressor failed at close
+                item = None  # a long document is not held while the next record is read
+    except Unreadable as exc:
+        log.warning(
+            "damaged input %s: the %d records before record %d were read; the rest of the "
+            "file is one unreadable_file dead letter: %s",
+            input_file.url,
+            last_index + 1,
+            last_index + 1,
+            exc.detail,
+        )
+        yield reader.dead(last_index + 1, DeadLetterReason.UNREADABLE_FILE, exc.detail, exc.raw, -1)
+    except OSError as exc:  # opening or closing failed
         yield reader.dead(
             last_index + 1,
             DeadLetterReason.UNREADABLE_FILE,

@@ -12,6 +12,21 @@ Offsets: :meth:`Encoded.char_starts` maps token positions to the index of the fi
 character of that token in the document text. Byte-level tokenizers can split one
 multi-byte character over two tokens; the character then counts as starting the *later*
 token, so a chunk boundary never cuts a character (README, "Chunk boundaries").
+
+Long texts, bounded memory: a Hugging Face encoding holds ~350 bytes per token (token
+strings, offsets, masks) and encoding a text takes ~160 bytes per character at its peak,
+so a 16 MiB record would need ~2.6 GB. A text longer than ``LONG_TEXT_CHARS`` is therefore
+tokenized in pieces of about ``PIECE_CHARS`` characters, ``GROUP_BYTES`` of UTF-8 at a
+time, and kept as two arrays (ids: uint16 or int32, character starts: int32): 6 or 8
+bytes per token. This gives exactly
+the tokens of the whole text when the tokenizer is *segmentable*: its pre-tokenizer is a
+regex under which no pre-token holds a non-space character followed by a space (GPT-2,
+r50k, cl100k, Llama 3, o200k patterns; HF ``Whitespace``), nothing before it rewrites the
+text across characters (no normalizer, or NFC / NFD / lowercase), no added token spans
+such a place, and BPE dropout is off. Pieces are then cut only before a space that follows
+a non-space character, where every such tokenizer cuts anyway. Other tokenizers encode
+long texts whole, as before (``tests/attribution/test_tokenizer.py`` checks the pieces
+against the whole).
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -31,6 +47,46 @@ from tda.schemas import TokenizerInfo
 from tda.schemas.errors import UserError
 
 __all__ = ["Encoded", "TextTokenizer", "TokenizerError", "load_tokenizer", "train_bpe_tokenizer"]
+
+
+# Texts longer than this many characters are tokenized in pieces when the tokenizer is
+# segmentable (module docstring); shorter ones in one call, as the Rust side likes best.
+LONG_TEXT_CHARS = 1 << 18
+PIECE_CHARS = 1 << 14  # a piece ends at the first cut point after this many characters
+# UTF-8 bytes of pieces per tokenizer call (at most this many tokens for a byte-level
+# tokenizer): bounds the encodings' working memory (~350 bytes per token) to ~45 MB.
+GROUP_BYTES = 1 << 17
+
+# Pre-tokenizer regexes under which no pre-token holds a non-space followed by a space.
+SEGMENTABLE_PATTERNS = frozenset(
+    {
+        # GPT-2 (Hugging Face ByteLevel's built-in regex)
+        r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+        # tiktoken r50k / p50k
+        r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
+        # tiktoken cl100k_base
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++"""
+        r"""[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+        # cl100k_base as first published; Llama 3's tokenizer.json
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"""
+        r"""[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""",
+        # tiktoken o200k_base
+        "|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+    }
+)
+# A place to cut: a space after a non-space character. Python's \s covers every Unicode
+# White_Space character (and a few more), so its \S is never whitespace to the regexes above.
+_CUT = re.compile(r"(?<=\S) ")
 
 
 class TokenizerError(UserError):
@@ -52,14 +108,110 @@ class Encoded(ABC):
         """Token positions (each in 0..n_tokens-1) -> character index where each starts."""
 
 
+class _PiecewiseEncoded(Encoded):
+    """A long text's tokenization, kept as its pieces' arrays (never concatenated, which
+    would hold them twice): 6-8 bytes per token."""
+
+    __slots__ = ("_firsts", "_ids", "_starts", "n_tokens")
+
+    def __init__(self, ids: list[np.ndarray], starts: list[np.ndarray]) -> None:
+        self._ids = ids  # per piece: (n_piece,) uint16 / int32 token ids
+        self._starts = starts  # per piece: (n_piece,) character starts in the whole text
+        sizes = np.array([len(i) for i in ids], dtype=np.int64)
+        self._firsts = np.cumsum(sizes) - sizes  # (P,) index of each piece's first token
+        self.n_tokens = int(sizes.sum())
+
+    @property
+    def ids(self) -> np.ndarray:
+        if not self._ids:
+            return np.zeros(0, np.int64)
+        return np.concatenate(self._ids).astype(np.int64)
+
+    def char_starts(self, positions: Sequence[int]) -> list[int]:
+        pos = np.asarray(positions, dtype=np.int64)
+        piece = np.searchsorted(self._firsts, pos, side="right") - 1
+        out = np.empty(len(pos), dtype=np.int64)
+        for k in np.unique(piece).tolist():
+            here = piece == k
+            out[here] = self._starts[k][pos[here] - self._firsts[k]]
+        return out.tolist()
+
+
+def cut_points(text: str, piece_chars: int | None = None) -> list[int]:
+    """``[0, c1, ..., len(text)]``: each inner ``c`` is a space that follows a non-space,
+    the first such at least ``piece_chars`` (default ``PIECE_CHARS``) after the previous
+    cut (a text without one stays whole)."""
+    piece_chars = piece_chars or PIECE_CHARS
+    cuts = [0]
+    while True:
+        found = _CUT.search(text, cuts[-1] + piece_chars)
+        if found is None:
+            break
+        cuts.append(found.start())
+    if cuts[-1] != len(text):
+        cuts.append(len(text))
+    return cuts
+
+
 class TextTokenizer(ABC):
-    """Encodes batches of documents (no special tokens added)."""
+    """Encodes batches of documents (no special tokens added).
+
+    ``segmentable``: long texts may be tokenized in pieces with the same result (module
+    docstring); subclasses that can tell set it."""
 
     info: TokenizerInfo
+    segmentable: bool = False
+
+    def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
+        """len(texts) documents -> one :class:`Encoded` each, same order. A text longer
+        than ``LONG_TEXT_CHARS`` is tokenized in pieces when the tokenizer is segmentable,
+        so that memory stays 6-8 bytes per token plus a constant."""
+        if not self.segmentable or all(len(t) <= LONG_TEXT_CHARS for t in texts):
+            return self._encode(texts)
+        out: list[Encoded | None] = [None] * len(texts)
+        short = [i for i, t in enumerate(texts) if len(t) <= LONG_TEXT_CHARS]
+        for i, enc in zip(short, self._encode([texts[i] for i in short]), strict=True):
+            out[i] = enc
+        for i, text in enumerate(texts):
+            if out[i] is None:
+                out[i] = self._encode_long(text)
+        return out  # type: ignore[return-value]
+
+    def _encode_long(self, text: str) -> _PiecewiseEncoded:
+        """One long text, tokenized GROUP_BYTES of pieces at a time."""
+        cuts = cut_points(text)
+        id_type = np.uint16 if self.info.vocab_size <= 1 << 16 else np.int32
+        start_type = np.int32 if len(text) < 2**31 else np.int64
+        ids: list[np.ndarray] = []
+        starts: list[np.ndarray] = []
+        group: list[int] = []  # indices of the pieces of the next call
+        pieces: list[str] = []  # their texts
+        budget = 0  # an upper bound on their UTF-8 bytes, hence on their tokens
+        for k in range(len(cuts) - 1):
+            pieces.append(text[cuts[k] : cuts[k + 1]])
+            group.append(k)
+            budget += len(pieces[-1]) * (1 if pieces[-1].isascii() else 4)
+            if budget < GROUP_BYTES and k < len(cuts) - 2:
+                continue
+            for (piece_ids, piece_starts), j in zip(
+                self._encode_arrays(pieces), group, strict=True
+            ):
+                ids.append(piece_ids.astype(id_type))
+                starts.append((piece_starts + cuts[j]).astype(start_type))
+            group, pieces, budget = [], [], 0
+        return _PiecewiseEncoded(ids, starts)
 
     @abstractmethod
-    def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
-        """len(texts) documents -> one :class:`Encoded` each, same order."""
+    def _encode(self, texts: Sequence[str]) -> list[Encoded]:
+        """len(texts) documents -> one :class:`Encoded` each, same order, in one call."""
+
+    def _encode_arrays(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Texts -> (ids, character start of every token) per text, each (n_tokens,)."""
+        out = []
+        for enc in self._encode(texts):
+            positions = np.arange(enc.n_tokens)
+            out.append((enc.ids, np.asarray(enc.char_starts(positions), dtype=np.int64)))
+        return out
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
@@ -86,6 +238,51 @@ class _HFEncoded(Encoded):
         return [to_chars(int(p))[0] for p in positions]
 
 
+_SAFE_NORMALIZERS = {"NFC", "NFD", "Lowercase"}
+
+
+def _hf_segmentable(config: dict) -> bool:
+    """Whether a tokenizer.json tokenizes a text cut before a space that follows a
+    non-space exactly as the whole text (module docstring)."""
+    model = config.get("model") or {}
+    if model.get("dropout"):  # random merges: no two encodings agree anyway
+        return False
+    normalizer = config.get("normalizer")
+    if normalizer is not None:
+        steps = (
+            normalizer.get("normalizers", [])
+            if normalizer.get("type") == "Sequence"
+            else [normalizer]
+        )
+        if any(step.get("type") not in _SAFE_NORMALIZERS for step in steps):
+            return False
+    for token in config.get("added_tokens") or []:
+        content = token.get("content", "")
+        if token.get("rstrip") or re.search(r"\S ", content):
+            return False  # it could span a cut
+    pre = config.get("pre_tokenizer")
+    if pre is None:
+        return False
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    split_by_regex = False
+    for step in steps:
+        kind = step.get("type")
+        if kind == "ByteLevel":
+            if step.get("add_prefix_space"):
+                return False  # a space added before every piece
+            split_by_regex |= step.get("use_regex", True)
+        elif kind == "Split":
+            pattern = (step.get("pattern") or {}).get("Regex")
+            if pattern not in SEGMENTABLE_PATTERNS or step.get("invert"):
+                return False
+            split_by_regex = True
+        elif kind in ("Whitespace", "WhitespaceSplit"):
+            split_by_regex = True
+        else:
+            return False
+    return split_by_regex
+
+
 class HFTokenizer(TextTokenizer):
     """A Hugging Face fast tokenizer loaded from ``tokenizer.json`` bytes."""
 
@@ -100,6 +297,7 @@ class HFTokenizer(TextTokenizer):
         tok.no_truncation()
         tok.no_padding()
         self._tok = tok
+        self.segmentable = _hf_segmentable(json.loads(data))
         self.info = TokenizerInfo(
             spec=spec,
             kind="huggingface",
@@ -108,9 +306,19 @@ class HFTokenizer(TextTokenizer):
             vocab_size=tok.get_vocab_size(with_added_tokens=True),
         )
 
-    def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
+    def _encode(self, texts: Sequence[str]) -> list[Encoded]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [_HFEncoded(e) for e in encs]
+
+    def _encode_arrays(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for enc in self._tok.encode_batch(list(texts), add_special_tokens=False):
+            n = len(enc)
+            ids = np.fromiter(enc.ids, dtype=np.int64, count=n)
+            # offsets[i][0] is what token_to_chars(i)[0] gives (_HFEncoded.char_starts).
+            starts = np.fromiter((o[0] for o in enc.offsets), dtype=np.int64, count=n)
+            out.append((ids, starts))
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -161,6 +369,7 @@ class TiktokenTokenizer(TextTokenizer):
             digest.update(base64.b64encode(value) + b"\n")
         self._token_bytes = lengths
         self._threads = max(1, os.cpu_count() or 1)
+        self.segmentable = encoding._pat_str in SEGMENTABLE_PATTERNS
         self.info = TokenizerInfo(
             spec=spec,
             kind="tiktoken",
@@ -169,7 +378,7 @@ class TiktokenTokenizer(TextTokenizer):
             vocab_size=encoding.n_vocab,
         )
 
-    def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
+    def _encode(self, texts: Sequence[str]) -> list[Encoded]:
         batch = self._enc.encode_ordinary_batch(list(texts), num_threads=self._threads)
         return [
             _TiktokenEncoded(ids, text, self._token_bytes)

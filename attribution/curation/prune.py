@@ -40,8 +40,11 @@ from tda.attribution.io.fs import (
     build_root,
     filesystem,
     open_parquet,
+    write_hashed,
 )
+from tda.attribution.io.integrity import stored_file
 from tda.attribution.io.parts import PartWriter, nonempty, read_manifest
+from tda.attribution.io.verify import verify_root
 from tda.attribution.stages.base import Meter, StageRuntime
 from tda.schemas.curation import PRUNE_LEVELS, PRUNE_SCHEMA, FilePruned, PruneConfig
 
@@ -143,6 +146,13 @@ class PruneStage(StageRuntime[PrunePlan, int, FilePruned]):
             raise PruneError("--reason is required: the audit log records why data was removed")
         fs, broot = build_root(root)
         (chunks_m, chunk_sha), (_, embed_sha), (_, index_sha) = _root_manifests(fs, broot)
+        # a damaged file would be copied into NEW_ROOT under a fresh, matching sha256
+        damaged = [p for p in verify_root(root) if p.severity == "error"]
+        if damaged:
+            raise PruneError(
+                f"{root} fails verification ({len(damaged)} problem(s); first: "
+                f"{damaged[0].line}); see `tda verify {root}`"
+            )
         given = [f.url for f in resolve_inputs(list(corpus), chunks_m.read.format)]
         expected = [f.url for f in chunks_m.inputs]
         if given != expected:
@@ -257,6 +267,7 @@ def _prune_file(plan: PrunePlan, file_index: int, meter: Meter) -> FilePruned:
             url, fmt, f"{plan.corpus_out}/{rel}", drop, cuts, plan.text_field, plan.text_unit
         )
         keep = pa.array(~remove)
+        parts = []  # hashed as written, for NEW_ROOT's manifests
         for path, table in (
             (nroot.chunk_part(file_index), chunks.filter(keep)),
             (nroot.embed_part(file_index), embeds.filter(keep)),
@@ -266,12 +277,11 @@ def _prune_file(plan: PrunePlan, file_index: int, meter: Meter) -> FilePruned:
             for batch in table.to_batches():
                 writer.write(batch)
             writer.commit()
+            parts.append(stored_file(nroot, path, writer.written))
         if fs.exists(broot.deadletter_part(file_index)):  # bad records stay as they were
-            with (
-                fs.open(broot.deadletter_part(file_index), "rb") as src,
-                atomic_open(nfs, nroot.deadletter_part(file_index)) as dst,
-            ):
-                dst.write(src.read())
+            with fs.open(broot.deadletter_part(file_index), "rb") as src:
+                path = nroot.deadletter_part(file_index)
+                parts.append(stored_file(nroot, path, write_hashed(nfs, path, _copy(src))))
     return FilePruned(
         file_index=file_index,
         records_in=n_in,
@@ -284,7 +294,23 @@ def _prune_file(plan: PrunePlan, file_index: int, meter: Meter) -> FilePruned:
         removed_ids=tuple(int(i) for i in removed["chunk_id"].to_numpy()),
         per_source=per_source,
         corpus_file=written,
+        parts=tuple(parts),
     )
+
+
+def _copy(src):
+    """``write_hashed``'s producer of ``src``'s bytes, in 4 MiB blocks."""
+
+    def produce(write) -> None:
+        for block in iter(lambda: src.read(1 << 22), b""):
+            write(block)
+
+    return produce
+
+
+def _parts_in(result: FilePruned, *folders: str) -> tuple:
+    """The parts of ``result`` under ``folders`` (``chunks``, ``deadletter``, ...)."""
+    return tuple(p for p in result.parts if p.path.split("/", 1)[0] in folders)
 
 
 def _pruned_rows(plan: PrunePlan, file_index: int, chunks: pa.Table) -> np.ndarray:
@@ -411,6 +437,7 @@ def finish_prune(
                 documents=c.documents - r.documents_removed,
                 chunks=r.chunks_kept,
                 tokens=c.tokens - r.tokens_removed,
+                parts=_parts_in(r, "chunks", "deadletter"),
             )
         )
     new_chunks = replace(chunks_m, files=tuple(new_counts))
@@ -425,6 +452,7 @@ def finish_prune(
                 e,
                 chunks=by_file[e.file_index].chunks_kept,
                 tokens=max(0, e.tokens - by_file[e.file_index].tokens_removed),
+                parts=_parts_in(by_file[e.file_index], "embeddings"),
             )
             for e in embed_m.files
         ),

@@ -4,7 +4,12 @@ source does it touch?
 Two ways in, one output:
 
 * **concept scan** (:func:`scan_concept_file`, a Beam job per embeddings file): chunks
-  whose pooled weight for one of the named known concepts is at least ``min_weight``.
+  whose score for one of the named known concepts reaches that concept's threshold. The
+  score is the model's calibrated probability of the chunk's pooled weight and the
+  threshold the one fitted on held-out text when the model was trained (see
+  :mod:`tda.attribution.encoders.builtin.calibrate`; the embed stage copies both into
+  ``embeddings/concepts.json``); ``min_weight`` overrides it with a cut on the raw
+  weight, and a model without calibration gets the raw weight and 0.5.
   Weights come from each chunk's stored top-k known concepts (``concept_ids`` /
   ``concept_weights``); a concept outside a chunk's top-k counts as 0 there (its weight is
   below the chunk's k-th, which the embed manifest's ``top_k`` bounds).
@@ -21,7 +26,9 @@ Both write to ``OUT/``:
 * ``prevalence.png``: a bar chart of the share of each source's chunks hit.
 
 Shares are against every chunk of the document / source in the index's chunk tables, so
-"3% of arxiv" means 3% of arxiv's chunks.
+"3% of arxiv" means 3% of arxiv's chunks. Sources are ranked by the 95% Wilson lower bound
+of that share (``share_lower``), so a one-document source with one hit cannot outrank a
+large source with hundreds.
 
 :class:`ScanStage` is the concept scan on the shared stage runtime (one unit per
 embeddings file); the tables' schemas, the settings and ``scan.json``
@@ -90,20 +97,26 @@ class ScanPlan:
     mode: str  # "concept" | "like"
     concepts: tuple[str, ...]  # names (concept mode)
     concept_ids: tuple[int, ...]
-    min_weight: float
+    min_weight: float | None
     like: str | None  # exemplar file (like mode)
     top: int
     min_score: float | None
     files: tuple[int, ...]  # input file indices with embeddings
     index_manifest_sha256: str | None
     embed_manifest_sha256: str
+    thresholds: tuple[float, ...] = ()  # per concept (see ScanSettings)
+    calibrated: tuple[bool, ...] = ()
+    # per concept: the calibration's (a, b), or None (see ConceptCalibration)
+    platt: tuple[tuple[float, float] | None, ...] = ()
     channels: tuple[str, ...] | None = None  # like mode: as asked (None: the index's)
 
     def settings(self, like_sha256: str | None = None) -> ScanSettings:
         """What ``scan.json`` records of this plan: every field but ``out``, and the
         exemplar file's sha256 (like mode)."""
         kept = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("out", "channels")
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("out", "channels", "platt")
         }
         return ScanSettings(**kept, like_sha256=like_sha256, channels=self.channels or ())
 
@@ -117,7 +130,7 @@ def plan_scan(
     out: str,
     concepts: Sequence[str] = (),
     like: str | None = None,
-    min_weight: float = 0.5,
+    min_weight: float | None = None,
     top: int = 1000,
     min_score: float | None = None,
     overwrite: bool = False,
@@ -147,7 +160,7 @@ class ScanStage(StageRuntime[ScanPlan, int, int]):
         min_weight, top, min_score = config.min_weight, config.top, config.min_score
         if bool(concepts) == bool(like):
             raise ScanError("give --concept NAME... or --like FILE (one of them)")
-        if not 0.0 <= min_weight <= 1.0:
+        if min_weight is not None and not 0.0 <= min_weight <= 1.0:
             raise ScanError(f"--min-weight must be in [0, 1], got {min_weight}")
         if top < 1:
             raise ScanError(f"--top must be at least 1, got {top}")
@@ -163,8 +176,13 @@ class ScanStage(StageRuntime[ScanPlan, int, int]):
         elif like:
             raise ScanError(f"{root} has no index; --like searches it (run `tda index build`)")
         ids: list[int] = []
+        thresholds: list[float] = []
+        calibrated: list[bool] = []
+        platt: list[tuple[float, float] | None] = []
         if concepts:
-            known = read_json(fs, broot.embed_concepts)["known"]
+            stored = read_json(fs, broot.embed_concepts)
+            known = stored["known"]
+            calibration = stored.get("calibration", {})
             lookup = {name: i for i, name in enumerate(known)}
             for name in concepts:
                 if name not in lookup:
@@ -175,6 +193,15 @@ class ScanStage(StageRuntime[ScanPlan, int, int]):
                         f"({len(known)} concepts: `tda model info` lists them){hint}"
                     )
                 ids.append(lookup[name])
+                cal = calibration.get(name)
+                # --min-weight overrides (on the raw weight); else the model's fitted cut
+                # on its calibrated probability; a model without one keeps the old 0.5
+                use = cal is not None and min_weight is None
+                calibrated.append(use)
+                platt.append((float(cal["a"]), float(cal["b"])) if use else None)
+                thresholds.append(
+                    float(cal["threshold"]) if use else (0.5 if min_weight is None else min_weight)
+                )
         ofs, opath = filesystem(out)[0], out.rstrip("/")
         if nonempty(ofs, opath):
             if not config.overwrite:
@@ -187,13 +214,16 @@ class ScanStage(StageRuntime[ScanPlan, int, int]):
             mode="concept" if concepts else "like",
             concepts=tuple(concepts),
             concept_ids=tuple(ids),
-            min_weight=float(min_weight),
+            min_weight=None if min_weight is None else float(min_weight),
             like=like,
             top=int(top),
             min_score=None if min_score is None else float(min_score),
             files=tuple(f.file_index for f in embed.files),
             index_manifest_sha256=index_sha,
             embed_manifest_sha256=embed_sha,
+            thresholds=tuple(thresholds),
+            calibrated=tuple(calibrated),
+            platt=tuple(platt),
             channels=config.channels if like else None,
         )
 
@@ -309,8 +339,20 @@ def _concept_hits(plan: ScanPlan, file_index: int, table: pa.Table, chunks: pa.T
     flat_w = float16_values(weights_col.flatten()).astype(np.float32)
     lengths = pc.list_value_length(ids_col).to_numpy(zero_copy_only=False)
     row_of = np.repeat(np.arange(len(lengths)), lengths)
-    wanted = np.asarray(plan.concept_ids, dtype=np.int64)
-    hit = np.isin(flat_ids, wanted) & (flat_w >= plan.min_weight)
+    # each stored (chunk, concept) pair's score: the calibrated probability of the scanned
+    # concepts that have one, the raw weight otherwise; a hit reaches its concept's cut
+    score = np.zeros(len(flat_ids), dtype=np.float32)
+    cut = np.full(len(flat_ids), np.inf, dtype=np.float32)
+    for cid, threshold, ab in zip(plan.concept_ids, plan.thresholds, plan.platt, strict=True):
+        at = flat_ids == cid
+        w = flat_w[at].astype(np.float64)
+        if ab is not None:
+            w = np.clip(w, 1e-6, 1 - 1e-6)
+            w = 1.0 / (1.0 + np.exp(-(ab[0] * np.log(w / (1 - w)) + ab[1])))
+        score[at] = w
+        cut[at] = threshold
+    hit = score >= cut
+    flat_w = score
     # per chunk, its strongest qualifying concept (ties: the stored top-k order)
     pos = np.flatnonzero(hit)
     order = np.lexsort((-flat_w[pos], row_of[pos]))
@@ -504,11 +546,12 @@ def finish_scan(plan: ScanPlan) -> ScanSummary:
                 chunks_hit=chunks_hit,
                 documents_hit=int(src_docs.get(row["source"], 0)),
                 share=chunks_hit / row["chunks_sum"] if row["chunks_sum"] else 0.0,
+                share_lower=wilson_lower(chunks_hit, int(row["chunks_sum"])),
                 max_score=float(h.get("score_max") or 0.0),
                 mean_score=float(h.get("score_mean") or 0.0),
             )
         )
-    rows.sort(key=lambda r: (-r.share, -r.chunks_hit, r.source))
+    rows.sort(key=lambda r: (-r.share_lower, -r.share, -r.chunks_hit, r.source))
     by_source = pa.Table.from_pylist([r.to_dict() for r in rows], schema=BY_SOURCE_SCHEMA)
 
     for name, table in (("hits", hits), ("by_document", by_document), ("by_source", by_source)):
@@ -531,6 +574,17 @@ def finish_scan(plan: ScanPlan) -> ScanSummary:
     atomic_write_text(fs, f"{plan.out}/scan.json", summary.to_json())
     fs.rm(_parts_dir(plan.out), recursive=True)
     return summary
+
+
+def wilson_lower(hits: int, n: int, z: float = 1.96) -> float:
+    """The lower end of the 95% Wilson score interval of a share ``hits / n`` (0 when n
+    is 0): a small source's share counts for what it can show."""
+    if n <= 0:
+        return 0.0
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    margin = z * ((p * (1 - p) + z * z / (4 * n)) / n) ** 0.5
+    return max(0.0, (centre - margin) / (1 + z * z / n))
 
 
 def _chart(plan: ScanPlan, rows: list[SourceHits]) -> None:

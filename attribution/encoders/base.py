@@ -53,6 +53,11 @@ class ConceptActivations:
     unknown_ids: torch.Tensor  # (B, T, ku) int64
     unknown_weights: torch.Tensor  # (B, T, ku) float32
     logits: torch.Tensor | None = None  # (B, T, V), only when asked for
+    # (D,) each, or None: how pooled hidden-state vectors are centred and scaled before
+    # they are normalised (the model's statistics over held-out text; see
+    # tda.attribution.encoders.builtin.calibrate.hidden_statistics)
+    pool_mean: torch.Tensor | None = None
+    pool_scale: torch.Tensor | None = None
 
     @property
     def residual(self) -> torch.Tensor:
@@ -74,6 +79,12 @@ class ConceptEncoder(ABC):
     pad_safe: bool = True
     pad_id: int = 0
     mask_id: int | None = None  # the "no information" token for attribution baselines
+    # known concept name -> its calibration (tda.attribution.encoders.builtin.calibrate.
+    # ConceptCalibration: probability and threshold of a chunk's weight); empty when the
+    # model has none
+    concept_calibration: dict = {}  # noqa: RUF012 (read-only default)
+    # a short label per unknown concept (from where it fires most); empty when none
+    unknown_labels: tuple[str, ...] = ()
     device: torch.device
 
     @abstractmethod
@@ -89,12 +100,21 @@ class ConceptEncoder(ABC):
         to the rest of their 64-token block); windows never mix documents."""
 
     def generate(
-        self, prompt_ids: Sequence[int], n: int, temperature: float, seed: int, window: int
+        self,
+        prompt_ids: Sequence[int],
+        n: int,
+        temperature: float,
+        seed: int,
+        window: int,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
     ) -> list[int]:
         """Continue ``prompt_ids`` (non-empty) by up to ``n`` tokens; deterministic for
         the same arguments. Default: left-to-right, one forward per token over the last
-        ``window`` tokens, greedy at ``temperature`` 0, else sampled from
-        softmax(logits / temperature) with a generator seeded by ``seed``."""
+        ``window`` tokens; the logits of tokens already in the window are divided (if
+        positive) or multiplied (if negative) by ``repetition_penalty``; then greedy at
+        ``temperature`` 0, else sampled from softmax(logits / temperature) cut to its top
+        ``top_p`` mass, with a generator seeded by ``seed``."""
         import torch
 
         generator = torch.Generator().manual_seed(seed)
@@ -103,13 +123,29 @@ class ConceptEncoder(ABC):
             for _ in range(n):
                 context = torch.tensor([ids[-window:]], dtype=torch.int64, device=self.device)
                 logits = self.forward(context, with_logits=True).logits[0, -1].float().cpu()
+                if repetition_penalty != 1.0:
+                    seen = torch.unique(context[0].cpu())
+                    got = logits[seen]
+                    logits[seen] = torch.where(
+                        got > 0, got / repetition_penalty, got * repetition_penalty
+                    )
                 if temperature == 0:
                     token = int(torch.argmax(logits))
                 else:
                     probs = torch.softmax(logits / temperature, dim=-1)
+                    if top_p < 1.0:
+                        # keep the smallest set of most likely tokens whose mass reaches top_p
+                        sorted_p, order = torch.sort(probs, descending=True, stable=True)
+                        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p
+                        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
                     token = int(torch.multinomial(probs, 1, generator=generator))
                 ids.append(token)
         return ids[len(prompt_ids) :]
+
+    @property
+    def generation_defaults(self) -> dict[str, float]:
+        """``top_p`` and ``repetition_penalty`` when a request leaves them unset."""
+        return {"top_p": 1.0, "repetition_penalty": 1.0}
 
     @property
     @abstractmethod

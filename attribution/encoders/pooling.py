@@ -107,6 +107,11 @@ def pool_chunks(
             "hidden": lambda: hidden,
         }[pooling.features]()
         feats = source.reshape(B * T, D)
+        if pooling.features == "hidden" and acts.pool_mean is not None:
+            # Centre and scale by the model's own statistics first: raw hidden states share
+            # a few dominant directions, so on a briefly trained model every chunk's mean
+            # points the same way and different chunks coincide at float16 precision.
+            feats = (feats - acts.pool_mean.to(feats.dtype)) / acts.pool_scale.to(feats.dtype)
         if pooling.method == "last":
             vectors = feats[torch.as_tensor(rows * T + ends - 1, device=device)].float()
         elif pooling.method == "max":

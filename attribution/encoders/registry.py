@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
 from typing import TYPE_CHECKING
 
 from tda.attribution.encoders.base import ConceptEncoder, EncoderError
@@ -13,8 +15,7 @@ from tda.attribution.encoders.base import ConceptEncoder, EncoderError
 if TYPE_CHECKING:
     pass
 
-
-__all__ = ["load_encoder", "model_tokenizer_spec"]
+__all__ = ["MODEL_SCHEMES", "check_scheme", "load_encoder", "model_tokenizer_spec"]
 
 # Each encoder's loader by module path: the registry imports an implementation only when a
 # SPEC asks for it (torch, safetensors or steerling load then), and no implementation
@@ -23,6 +24,26 @@ IMPLEMENTATIONS = {
     "builtin": "tda.attribution.encoders.builtin.model:load_builtin",
     "steerling": "tda.attribution.encoders.steerling:load_steerling",
 }
+
+
+# What a SPEC may start with: ``builtin:`` or ``steerling:``; anything else is a
+# directory or an fsspec URL (``gs://...``, ``memory://...``).
+MODEL_SCHEMES = tuple(IMPLEMENTATIONS)
+# "name:" at the start of a SPEC that is not a URL ("gs://") nor a Windows drive ("C:\").
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(?!//)")
+
+
+def check_scheme(spec: str) -> None:
+    """Refuse a SPEC that starts with a scheme tda does not know (``foo:bar``), with one
+    line naming it and the known ones, instead of looking for ``foo:bar/config.json``.
+    A directory that exists under that very name is still a model directory."""
+    match = _SCHEME.match(spec)
+    if match and match.group(1) not in MODEL_SCHEMES and not os.path.exists(spec):
+        known = ", ".join(f"{name}:" for name in MODEL_SCHEMES)
+        raise EncoderError(
+            f"--model {spec}: unknown model scheme {match.group(1)!r}; known: {known} "
+            f"(builtin:DIR, steerling:ID_OR_PATH), or a model directory or URL"
+        )
 
 
 def _implementation(name: str):
@@ -45,6 +66,7 @@ def load_encoder(
     """
     if not spec:
         raise EncoderError("--model SPEC is required (builtin:DIR or steerling:ID_OR_PATH)")
+    check_scheme(spec)
     if spec.startswith("steerling:"):
         return _implementation("steerling")(spec, device, trust_remote_code)
     location = spec[len("builtin:") :] if spec.startswith("builtin:") else spec
@@ -67,6 +89,7 @@ def model_tokenizer_spec(spec: str) -> str:
     Steerlings), else Steerling's own ``tiktoken:cl100k_base``."""
     import fsspec
 
+    check_scheme(spec)
     steerling = spec.startswith("steerling:")
     location = spec.split(":", 1)[1] if steerling or spec.startswith("builtin:") else spec
     try:

@@ -91,11 +91,17 @@ class SteerlingEncoder(ConceptEncoder):
     def vocab_size(self) -> int:
         return int(self.model.transformer.tok_emb.num_embeddings)
 
-    def generate(self, prompt_ids, n, temperature, seed, window) -> list[int]:
+    @property
+    def generation_defaults(self) -> dict[str, float]:
+        return {"top_p": 0.8, "repetition_penalty": 1.1}  # Steerling's GenerationConfig's
+
+    def generate(
+        self, prompt_ids, n, temperature, seed, window, top_p=0.8, repetition_penalty=1.1
+    ) -> list[int]:
         """Steerling's own generator (block diffusion: each 64-token block unmasked by
         confidence, ``n`` rounded up to whole blocks, then cut to ``n``), greedy at
-        temperature 0; sampling uses Steerling's defaults (top-p 0.8, repetition penalty
-        1.1) with ``seed``."""
+        temperature 0, else sampled with ``seed``, ``top_p`` and
+        ``repetition_penalty``."""
         from steerling.configs.generation import GenerationConfig
         from steerling.inference.causal_diffusion import SteerlingGenerator
 
@@ -109,6 +115,8 @@ class SteerlingEncoder(ConceptEncoder):
             steps=blocks * block,
             temperature=temperature,
             seed=seed,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
         )
         generator = SteerlingGenerator(
             self.model,

@@ -7,7 +7,10 @@ top-k exactly, and turn chunk ids back into provenance.
 * :meth:`IndexReader.search`: every shard searched in its own thread (FAISS releases the
   GIL), results merged exactly by :func:`merge_topk`.
 * :class:`ChunkLookup`: id -> chunk row by decoding the id to (input file, ordinal) and
-  reading that row's Parquet row group, never by scanning.
+  reading that row's Parquet row group, never by scanning. Each chunks / embeddings part
+  is checked against its size and sha256 in its stage's manifest before it is read (the
+  hash once per process, :mod:`tda.attribution.io.integrity`); the chunks manifest must
+  be the one the index was built from.
 * :func:`verify_index`: sha256 of every file against the manifest.
 
 Its records (:class:`~tda.schemas.ChunkRecord`, :class:`~tda.schemas.SearchHit`) are
@@ -25,11 +28,14 @@ import numpy as np
 
 from tda.attribution.index.channels import OpenedChannels, open_channels
 from tda.attribution.io.fs import build_root, is_local, local_sha256, open_parquet, sha256_file
+from tda.attribution.io.integrity import ListedFiles, fix_for, parquet_errors
 from tda.attribution.io.parts import ROW_GROUP_ROWS, StageError, read_manifest
 from tda.schemas import (
     ChunkRecord,
+    EmbedManifest,
     EncoderInfo,
     IndexManifest,
+    Manifest,
     ManifestError,
     MergedIndexManifest,
     SearchHit,
@@ -75,15 +81,28 @@ class PartRows:
     Full parts hold a chunk at row ``ordinal`` (one row-group read); parts written by
     ``tda prune apply`` lack the pruned rows, so there the row group is found from the
     chunk-id statistics and the row by binary search (ids ascend within a part). Never a
-    scan."""
+    scan.
 
-    def __init__(self, fs, part_path) -> None:
+    ``listed``: the manifest's records the parts are checked against before each open
+    (size; sha256 once per process); a part that fails, or that pyarrow cannot read, is
+    a :class:`~tda.attribution.io.integrity.CorruptFileError` naming it."""
+
+    def __init__(self, fs, part_path, listed: ListedFiles | None = None) -> None:
         self._fs, self._path = fs, part_path  # part_path: file index -> part path
+        self._listed = listed
         self.group = lru_cache(maxsize=64)(self._read_group)
         self._ranges = lru_cache(maxsize=256)(self._read_ranges)
 
+    def _open(self, file_index: int):
+        """(path, fix) of a part, checked against its manifest."""
+        path = self._path(file_index)
+        if self._listed is None:
+            return path, "restore it from a backup"
+        return path, self._listed.check(path)
+
     def _read_group(self, file_index: int, group: int):
-        with open_parquet(self._fs, self._path(file_index)) as parquet:
+        path, fix = self._open(file_index)
+        with parquet_errors(path, fix), open_parquet(self._fs, path) as parquet:
             if group >= parquet.num_row_groups:
                 return None
             # kept as Arrow: converting a whole 8,192-row group to Python cost ~50 ms a hit
@@ -91,7 +110,8 @@ class PartRows:
 
     def _read_ranges(self, file_index: int) -> list[tuple[int, int] | None]:
         """Per row group, its (min, max) chunk id from the Parquet statistics."""
-        with open_parquet(self._fs, self._path(file_index)) as parquet:
+        path, fix = self._open(file_index)
+        with parquet_errors(path, fix), open_parquet(self._fs, path) as parquet:
             column = parquet.schema_arrow.get_field_index("chunk_id")
             ranges = []
             for g in range(parquet.num_row_groups):
@@ -122,14 +142,21 @@ class PartRows:
 
 
 class ChunkLookup:
-    """chunk id -> :class:`ChunkRecord`, by decoding the id (no scan)."""
+    """chunk id -> :class:`ChunkRecord`, by decoding the id (no scan). ``chunks`` /
+    ``embeddings``: the records their parts are checked against (None: unchecked)."""
 
-    def __init__(self, root: str, manifest: IndexManifest) -> None:
+    def __init__(
+        self,
+        root: str,
+        manifest: IndexManifest,
+        chunks: ListedFiles | None = None,
+        embeddings: ListedFiles | None = None,
+    ) -> None:
         fs, broot = build_root(root)
         self._codec = manifest.id_codec
         self._urls = {f.index: f.url for f in manifest.inputs}
-        self.chunks = PartRows(fs, broot.chunk_part)
-        self.embeddings = PartRows(fs, broot.embed_part)
+        self.chunks = PartRows(fs, broot.chunk_part, chunks)
+        self.embeddings = PartRows(fs, broot.embed_part, embeddings)
 
     def has_file(self, file_index: int) -> bool:
         return file_index in self._urls
@@ -187,8 +214,10 @@ class IndexReader:
 
     def __init__(
         self, root: str, manifest: IndexManifest, manifest_id: str, shards: list,
-        channels: OpenedChannels | None = None,
+        channels: OpenedChannels | None = None, parts: tuple | None = None,
     ) -> None:  # fmt: skip
+        """``parts``: (chunks, embeddings) :class:`ListedFiles` the lookups check parts
+        against (:meth:`open` reads them from the stages' manifests)."""
         self.root = root
         self.manifest = manifest
         self.manifest_id = manifest_id  # sha256 of manifest.json: names this exact index
@@ -196,7 +225,7 @@ class IndexReader:
         # the span / lexical channels beside the dense shards (none for an older index)
         self.channels = channels or OpenedChannels(None, None)
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)))
-        self.lookup = ChunkLookup(root, manifest)
+        self.lookup = ChunkLookup(root, manifest, *(parts or (None, None)))
 
     @classmethod
     def open(
@@ -223,7 +252,7 @@ class IndexReader:
                 f"({manifest.encoder.fingerprint[:19]}), not {encoder.spec} "
                 f"({encoder.fingerprint[:19]}): its vectors are not comparable"
             )
-        _check_current(fs, root, manifest, root_url)
+        parts = _listed_parts(fs, root, manifest, root_url)
         try:
             channels = open_channels(fs, root, manifest, verify, cache_dir)
         except StageError as exc:
@@ -231,7 +260,7 @@ class IndexReader:
         if merged:
             index = _open_merged(root_url, manifest_id, verify)
             _set_nprobe(index, manifest.nprobe)
-            return cls(root_url, manifest, manifest_id, [index], channels)
+            return cls(root_url, manifest, manifest_id, [index], channels, parts)
         local = is_local(fs)
         shards = []
         sizes = {f.path: f for f in manifest.files}
@@ -264,7 +293,7 @@ class IndexReader:
                 )
             _set_nprobe(index, manifest.nprobe)
             shards.append(index)
-        return cls(root_url, manifest, manifest_id, shards, channels)
+        return cls(root_url, manifest, manifest_id, shards, channels, parts)
 
     def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None):
         """queries (q, D) float32 -> (scores (q, k), ids (q, k)), best first, over all shards."""
@@ -286,6 +315,10 @@ class IndexReader:
         import faiss
 
         shards = self._shards
+        if isinstance(shards[0], faiss.IndexIVF):
+            # FAISS probes at most nlist lists and reads a preassigned coarse table with
+            # that row width: a wider one (nprobe > nlist) was read misaligned, wrong hits
+            nprobe = min(nprobe, shards[0].nlist)
         params = _search_params(shards[0], nprobe)
         if len(shards) == 1:  # no thread hand-off (~3 ms) for one shard
             return [shards[0].search(queries, k, params=params)]
@@ -342,17 +375,53 @@ class IndexReader:
         return ids, float16_values(weights).astype(np.float32)
 
 
-def _check_current(fs, root, manifest: IndexManifest, root_url: str) -> None:
-    """Refuse an index whose embeddings were rebuilt after it (ids would point at chunks
-    that may no longer exist). A ROOT shipped without embeddings/ is not checked."""
+def _listed_parts(
+    fs, root, manifest: IndexManifest, root_url: str
+) -> tuple[ListedFiles, ListedFiles]:
+    """The chunks and embeddings parts' records, from the manifests the index was built
+    from (compared by sha256 before they are parsed): a missing or other chunks manifest
+    is refused here (the chunk texts could not be checked), and so are embeddings rebuilt
+    after the index (ids would point at chunks that may no longer exist). A ROOT shipped
+    without embeddings/ opens; reading a vector from it then says why not."""
+    pruned = manifest.lineage is not None
+    fix = fix_for("chunks/manifest.json", root_url, pruned)
+    if not fs.exists(root.chunk_manifest):
+        raise IndexReadError(
+            f"{root.chunk_manifest} is missing, so the chunk texts cannot be checked "
+            f"against their sha256; {fix}"
+        )
+    if sha256_file(fs, root.chunk_manifest)[0] != manifest.chunk_manifest_sha256:
+        raise IndexReadError(
+            f"{root.chunk_manifest} is not the chunks manifest the index was built from "
+            f"(its sha256 differs: altered, or the chunks were rebuilt); {fix}, then "
+            f"`tda embed` and `tda index build` again with --overwrite"
+        )
+    chunks, _ = read_manifest(
+        fs, root.chunk_manifest, Manifest.from_json, "tda chunk", IndexReadError
+    )
+    listed_chunks = ListedFiles(
+        fs, root, root_url, root.chunk_manifest, chunks.stored_files(), pruned=pruned
+    )
     if not fs.exists(root.embed_manifest):
-        return
+        why = (
+            f"{root.embed_manifest} is missing, so the stored vectors cannot be read or "
+            f"checked; {fix_for('embeddings/manifest.json', root_url, pruned)}"
+        )
+        return listed_chunks, ListedFiles(fs, root, root_url, root.embed_manifest, None, why)
     if sha256_file(fs, root.embed_manifest)[0] != manifest.embed_manifest_sha256:
         raise IndexReadError(
             f"the index in {root_url} was built from other embeddings than {root.embeddings_dir} "
-            f"now holds (re-run after `tda embed`?); rebuild it with `tda index build "
-            f"{root_url} --overwrite`"
+            f"now holds ({root.embed_manifest} differs from the one it records: re-embedded "
+            f"after the index, or altered); rebuild it with `tda index build {root_url} "
+            f"--overwrite`, or restore the manifest from a backup"
         )
+    embed, _ = read_manifest(
+        fs, root.embed_manifest, EmbedManifest.from_json, "tda embed", IndexReadError
+    )
+    listed_embed = ListedFiles(
+        fs, root, root_url, root.embed_manifest, embed.stored_files(), pruned=pruned
+    )
+    return listed_chunks, listed_embed
 
 
 def _set_nprobe(index, nprobe: int) -> None:

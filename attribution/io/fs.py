@@ -134,7 +134,8 @@ class HashingWriter:
     Small writes are gathered into ``block``-byte pieces; each piece is hashed in a
     background thread while the next is written (hashlib and file writes release the
     GIL). Measured on a 35 MB FAISS shard: 45 ms against 75 ms for write, then re-read
-    and hash.
+    and hash. It is file-like enough for ``pyarrow.parquet.ParquetWriter`` (``write``,
+    ``tell``, ``flush``, ``closed``), so Parquet parts are hashed as they are written.
     """
 
     def __init__(self, file, block: int = 1 << 22) -> None:
@@ -146,7 +147,18 @@ class HashingWriter:
         self._digest = hashlib.sha256()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
         self._pending = None
+        self._result: tuple[str, int] | None = None
         self.size = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._result is not None
+
+    def tell(self) -> int:
+        return self.size + len(self._buffer)
+
+    def flush(self) -> None:
+        """Nothing to do: pieces reach the file in :meth:`close` or when a block fills."""
 
     def write(self, data) -> int:
         self._buffer += data
@@ -164,7 +176,9 @@ class HashingWriter:
         self.size += len(piece)
 
     def close(self) -> tuple[str, int]:
-        """Write what is gathered; -> (hex sha256, size in bytes)."""
+        """Write what is gathered; -> (hex sha256, size in bytes). Idempotent."""
+        if self._result is not None:
+            return self._result
         try:
             if self._buffer:
                 self._flush()
@@ -172,7 +186,8 @@ class HashingWriter:
                 self._pending.result()
         finally:
             self._pool.shutdown()
-        return self._digest.hexdigest(), self.size
+        self._result = (self._digest.hexdigest(), self.size)
+        return self._result
 
 
 def write_hashed(fs, path: str, produce) -> tuple[str, int]:

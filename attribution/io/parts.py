@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tda.attribution.io.fs import AtomicFile
+from tda.attribution.io.fs import AtomicFile, HashingWriter
 from tda.schemas.errors import UserError
 
 __all__ = [
@@ -45,6 +46,11 @@ def read_manifest(fs, path: str, parse, command: str, error: type[Exception]):
         data = f.read()
     try:
         return parse(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
+    except UnicodeDecodeError:  # a damaged byte: the manifest's own check never ran
+        raise error(
+            f"{path}: manifest is not valid UTF-8 (corrupt); restore it from a backup or "
+            f"rebuild this stage with --overwrite"
+        ) from None
     except ManifestError as exc:
         raise error(f"{path}: {exc}") from None
 
@@ -54,13 +60,59 @@ def nonempty(fs, path: str) -> bool:
 
 
 def check_resumable(new: dict, old: dict, where: str, error: type[StageError]) -> None:
-    """Refuse ``--resume`` when the recorded run differs from this one (names the keys)."""
-    differing = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
+    """Refuse ``--resume`` when the recorded run (``old``, the run record's JSON) differs
+    from this one (``new``): one line naming each differing setting by its dotted path with
+    both values, e.g. ``settings.chunking.chunk_size: 64 (in the existing run) vs 128
+    (now)``; nested dicts and equal-length lists are compared item by item."""
+    differing = list(_differences(old, new, ""))
     if differing:
+        shown = [
+            f"{path}: {_shown(before)} (in the existing run) vs {_shown(after)} (now)"
+            for path, before, after in differing[:_LISTED]
+        ]
+        if len(differing) > _LISTED:
+            shown.append(f"and {len(differing) - _LISTED} more")
         raise error(
             f"--resume needs the same inputs and settings as the run in {where}; "
-            f"these differ: {', '.join(differing)} (use --overwrite to start over)"
+            f"these differ: {'; '.join(shown)} (use --overwrite to start over)"
         )
+
+
+# A resume message lists at most this many differences, each value cut to _SHOWN_CHARS
+# characters: a run over thousands of inputs must still give one readable line.
+_LISTED = 8
+_SHOWN_CHARS = 80
+_ABSENT = object()
+
+
+class _Items(int):
+    """A list's length, shown as ``N items`` when two lists differ in length."""
+
+
+def _differences(old, new, path: str):
+    """(dotted path, old value, new value) of each leaf where ``old`` and ``new`` differ,
+    in sorted key order; a key only one side has is ``_ABSENT`` on the other."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(old.keys() | new.keys(), key=str):
+            inner = f"{path}.{key}" if path else str(key)
+            yield from _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), inner)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            yield from _differences(a, b, f"{path}[{i}]")
+    elif isinstance(old, list) and isinstance(new, list):
+        yield path, _Items(len(old)), _Items(len(new))
+    elif old != new:
+        yield path, old, new
+
+
+def _shown(value) -> str:
+    """A run-record value as JSON (strings quoted, null for None), cut to _SHOWN_CHARS."""
+    if value is _ABSENT:
+        return "(absent)"
+    if isinstance(value, _Items):
+        return f"{int(value)} items"
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
 
 
 def remove_temp_files(fs, folders) -> None:
@@ -88,7 +140,11 @@ def parquet_write_options(schema: pa.Schema, raw_columns: tuple[str, ...] = ()) 
 class PartWriter:
     """One Parquet part written through an :class:`AtomicFile`, in row groups of
     ROW_GROUP_ROWS rows. With ``keep_empty=False`` a part without rows is not created
-    (dead letters); chunk parts always exist, one per input file."""
+    (dead letters); chunk parts always exist, one per input file.
+
+    The bytes are hashed as they are written (:class:`HashingWriter`): after
+    :meth:`commit`, ``written`` is the part's (hex sha256, size), or None when no file
+    was created, for the stage's manifest."""
 
     def __init__(
         self,
@@ -104,7 +160,9 @@ class PartWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._file: AtomicFile | None = None
+        self._hashing: HashingWriter | None = None
         self._writer: pq.ParquetWriter | None = None
+        self.written: tuple[str, int] | None = None
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._pending.append(batch)
@@ -127,8 +185,9 @@ class PartWriter:
     def _open(self) -> None:
         if self._writer is None:
             self._file = AtomicFile(self.fs, self.path)
+            self._hashing = HashingWriter(self._file.file)
             self._writer = pq.ParquetWriter(
-                self._file.file,
+                self._hashing,
                 self.schema,
                 **parquet_write_options(self.schema, self.raw_columns),
             )
@@ -140,6 +199,7 @@ class PartWriter:
         self._flush(final=True)
         if self._writer is not None:
             self._writer.close()
+            self.written = self._hashing.close()
             self._file.commit()
         elif self.fs.exists(self.path):  # left by an earlier run that was overwritten
             self.fs.rm(self.path)
@@ -148,4 +208,6 @@ class PartWriter:
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
+            with contextlib.suppress(Exception):
+                self._hashing.close()  # stops its hashing thread
             self._file.abort()

@@ -12,6 +12,9 @@ same steps for callers that run them in a loop.
    atomically, then the completion marker ``chunks/_completions/N.json``.
 3. :func:`finish_chunk_run` (driver): gather the markers into ``chunks/manifest.json``,
    written last.
+
+Each part is hashed while it is written; its sha256 and size travel in the file's
+completion marker (:attr:`FileCounts.parts`) into the manifest.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tda.attribution.corpus.tokenizer import (
     load_tokenizer,
 )
 from tda.attribution.io.fs import atomic_write_text, build_root, filesystem, read_json
+from tda.attribution.io.integrity import stored_file
 from tda.attribution.io.parts import PartWriter, StageError
 from tda.attribution.stages.base import Counter, Meter, StageRuntime
 from tda.schemas import (
@@ -173,6 +177,11 @@ class ChunkStage(StageRuntime[ChunkPlan, InputFile, FileCounts]):
             if counts is None:
                 raise ChunkRunError(
                     f"input file {f.index} ({f.url}) did not finish; rerun with --resume"
+                )
+            if not counts.parts:  # a marker of an older tda: its parts were never hashed
+                raise ChunkRunError(
+                    f"input file {f.index}'s completion marker records no sha256 of its "
+                    f"parts (an older tda wrote it); rerun with --overwrite"
                 )
             files.append(counts)
         manifest = Manifest(
@@ -341,6 +350,11 @@ def _chunk_file(
         chunks=n_chunks,
         tokens=n_tokens,
         deadletters={r.value: reasons[r.value] for r in DeadLetterReason if r.value in reasons},
+        parts=tuple(
+            stored_file(root, writer.path, writer.written)
+            for writer in (chunks, dead)
+            if writer.written is not None
+        ),
     )
     if not counts.reconciles():  # a bug, never bad input: fail loudly
         raise AssertionError(f"file {input_file.index}: counts do not reconcile: {counts}")

@@ -18,6 +18,10 @@ to an :class:`EmbedStage`.
    chunk, same order) atomically, then ``embeddings/_completions/N.json``.
 3. :func:`finish_embed_run` (driver): gather the markers into ``embeddings/manifest.json``,
    written last.
+
+A chunks part is checked against its size and sha256 in the chunks manifest before it is
+read; each embeddings part is hashed while it is written, and its sha256 and size travel
+in the file's completion marker (:attr:`EmbedCounts.parts`) into the manifest.
 """
 
 from __future__ import annotations
@@ -32,7 +36,21 @@ import pyarrow as pa
 
 from tda import __version__
 from tda.attribution.encoders import ConceptEncoder, DocumentTokens, encode_documents, load_encoder
-from tda.attribution.io.fs import atomic_write_text, bound_heap, build_root, open_parquet, read_json
+from tda.attribution.io.fs import (
+    atomic_write_text,
+    bound_heap,
+    build_root,
+    open_parquet,
+    read_json,
+    sha256_file,
+)
+from tda.attribution.io.integrity import (
+    check_file,
+    fix_for,
+    guarded,
+    relative_to_root,
+    stored_file,
+)
 from tda.attribution.io.parts import PartWriter, StageError, read_manifest
 from tda.attribution.stages.base import Counter, Meter, StageRuntime
 from tda.schemas import (
@@ -120,6 +138,12 @@ def concepts_json(encoder: ConceptEncoder) -> str:
         "known": list(encoder.concept_names),
         "harmful": sorted(encoder.harmful_concepts),
     }
+    if encoder.concept_calibration:  # what scans use as scores and default thresholds
+        data["calibration"] = {
+            name: cal.to_dict() for name, cal in sorted(encoder.concept_calibration.items())
+        }
+    if encoder.unknown_labels:
+        data["unknown_labels"] = list(encoder.unknown_labels)
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -308,12 +332,18 @@ class EmbedStage(StageRuntime[EmbedPlan, int, EmbedCounts]):
     def finish(self, plan: EmbedPlan) -> EmbedManifest:
         """Gather every file's completion marker into ``embeddings/manifest.json``
         (written last)."""
+        fs, root = build_root(plan.config.root)
         files = []
         for f in plan.chunks.files:
             counts = read_embed_completion(plan.config, f.file_index)
             if counts is None:
                 raise EmbedRunError(
                     f"input file {f.file_index} was not embedded; rerun with --resume"
+                )
+            if not counts.parts:  # a marker of an older tda: its part was never hashed
+                raise EmbedRunError(
+                    f"input file {f.file_index}'s completion marker records no sha256 of its "
+                    f"part (an older tda wrote it); rerun with --overwrite"
                 )
             files.append(counts)
         manifest = EmbedManifest(
@@ -325,8 +355,8 @@ class EmbedStage(StageRuntime[EmbedPlan, int, EmbedCounts]):
             batch_tokens=plan.config.batch_tokens,
             chunk_manifest_sha256=plan.chunk_manifest_sha256,
             files=tuple(files),
+            concepts=stored_file(root, root.embed_concepts, sha256_file(fs, root.embed_concepts)),
         )
-        fs, root = build_root(plan.config.root)
         atomic_write_text(fs, root.embed_manifest, manifest.to_json())
         return manifest
 
@@ -417,8 +447,13 @@ def _embed_file(
         bound_heap()
     group: list[ChunkDocument] = []
     group_size = 0
+    source = root.chunk_part(file_index)
+    relative = relative_to_root(root, source)
+    fix = fix_for(relative, config.root)
+    with meter.phase("read"):  # a damaged chunks part is refused, never embedded
+        check_file(fs, source, plan.chunks.stored_files().get(relative), root.chunk_manifest, fix)
     try:
-        documents = iter_chunk_documents(fs, root.chunk_part(file_index))
+        documents = guarded(iter_chunk_documents(fs, source), source, fix)
         for doc in meter.timed("read", documents):
             group.append(doc)
             group_size += int(doc.spans[-1, 1])
@@ -432,7 +467,12 @@ def _embed_file(
     except BaseException:
         writer.abort()
         raise
-    counts = EmbedCounts(file_index=file_index, zero_vectors=zero_vectors, **totals)
+    counts = EmbedCounts(
+        file_index=file_index,
+        zero_vectors=zero_vectors,
+        **totals,
+        parts=(stored_file(root, writer.path, writer.written),),
+    )
     expected = plan.chunks.files[_file_position(plan, file_index)].chunks
     if counts.chunks != expected:  # a bug or a changed chunks table: fail loudly
         raise EmbedRunError(

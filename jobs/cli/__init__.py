@@ -10,11 +10,15 @@
 Options become frozen config dataclasses (:mod:`tda.schemas.config`), which validate
 themselves; the work is in ``pipeline/`` and ``attribution/``; what a command prints is
 in :mod:`tda.jobs.render`. Every error that is the user's to fix derives from
-:class:`~tda.schemas.errors.UserError` and becomes one line here, in :class:`TdaGroup`.
+:class:`~tda.schemas.errors.UserError` and becomes one line here, in :class:`TdaGroup`,
+as do click's own usage errors (a bad or missing option value): ``Error: <message>`` on
+stderr, or with ``--json`` the JSON object ``{"error": "<message>", "kind": "<kind>"}``
+on stdout, where a program reading the command's JSON looks for it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import click
@@ -24,19 +28,50 @@ from tda.schemas.errors import UserError
 
 from . import build, curate, model, query
 
-__all__ = ["TdaGroup", "main", "run"]
+__all__ = ["OneLineError", "TdaGroup", "main", "run"]
+
+
+class OneLineError(click.ClickException):
+    """An error shown as one line: ``Error: <message>`` on stderr, or with ``as_json`` a
+    single JSON object ``{"error": message, "kind": kind}`` on stdout. ``kind`` names the
+    error's class: the :class:`UserError` subclass (``ConfigError``, ``EncoderError``,
+    ``StageError``, ...), ``UsageError`` for a bad or missing option value, ``Error`` for
+    anything else a command refuses."""
+
+    def __init__(self, message: str, kind: str, as_json: bool, exit_code: int = 1) -> None:
+        # a message is one line by contract; a stray newline must not break that
+        super().__init__(" ".join(message.split()))
+        self.kind, self.as_json, self.exit_code = kind, as_json, exit_code
+
+    def show(self, file=None) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"error": self.message, "kind": self.kind}))
+        else:
+            click.echo(f"Error: {self.message}", err=True)
 
 
 class TdaGroup(click.Group):
-    """The root command group; the one place a :class:`UserError` raised anywhere in a
-    command becomes ``Error: <message>`` on stderr with exit status 1 (any other
-    exception is a bug and keeps its traceback)."""
+    """The root command group; the one place where an error the user can fix becomes one
+    line (:class:`OneLineError`, JSON with ``--json``): a :class:`UserError` raised
+    anywhere in a command (exit status 1), a bad or missing option value or another usage
+    error (click's, exit status 2; the message names the option and what it takes). Any
+    other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx: click.Context):
+        # Read --json from the words given, not the parsed options: a usage error is
+        # raised before the command's options are parsed.
+        args = (*getattr(ctx, "_protected_args", ()), *ctx.args)
+        as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
         try:
             return super().invoke(ctx)
+        except OneLineError:
+            raise
         except UserError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise OneLineError(str(exc), type(exc).__name__, as_json) from None
+        except click.UsageError as exc:
+            raise OneLineError(exc.format_message(), "UsageError", as_json, exc.exit_code) from None
+        except click.ClickException as exc:
+            raise OneLineError(exc.format_message(), "Error", as_json, exc.exit_code) from None
 
 
 def _setup_logging(verbose: int) -> None:

@@ -1,5 +1,5 @@
-"""The data engineer's commands: ``chunk``, ``embed``, ``index build|info|verify|merge``
-and ``build`` (the three stages in one command).
+"""The data engineer's commands: ``chunk``, ``embed``, ``index build|info|verify|merge``,
+``build`` (the three stages in one command) and ``verify`` (a whole root).
 
 The stage options map onto the frozen, self-validating :class:`~tda.schemas.ChunkConfig`,
 :class:`~tda.schemas.EmbedConfig` and :class:`~tda.schemas.IndexConfig`; the stages run
@@ -15,16 +15,17 @@ from tda.schemas import INDEX_CHANNELS, ChunkConfig, ChunkingPolicy, IndexConfig
 from .. import render
 from ..beam_args import BeamCommand, quiet_beam_import
 from .options import (
-    SIZE,
     beam_args,
     device_option,
     read_config,
     read_options,
     run_stage,
+    size_type,
     stack,
+    stage_type,
 )
 
-__all__ = ["COMMANDS", "build", "chunk", "embed", "index"]
+__all__ = ["COMMANDS", "build", "chunk", "embed", "index", "verify"]
 
 MODEL_HELP = "builtin:DIR (or a DIR made by `tda model train`), or steerling:ID_OR_PATH."
 
@@ -33,11 +34,15 @@ def chunk_options(func):
     """The chunk stage's policy options (shared by `tda chunk` and `tda build`)."""
     options = [
         click.option(
-            "--chunk-size", type=int, default=64, show_default=True, help="Tokens per chunk."
+            "--chunk-size",
+            type=stage_type("--chunk-size"),
+            default=64,
+            show_default=True,
+            help="Tokens per chunk.",
         ),
         click.option(
             "--stride",
-            type=int,
+            type=stage_type("--stride"),
             default=None,
             help="Tokens between chunk starts [default: the chunk size; smaller overlaps].",
         ),
@@ -50,7 +55,7 @@ def chunk_options(func):
         ),
         click.option(
             "--dataset-id",
-            type=int,
+            type=stage_type("--dataset-id"),
             default=0,
             show_default=True,
             help="Dataset number encoded in every chunk id.",
@@ -82,21 +87,21 @@ def embed_options(func):
     options = [
         click.option(
             "--window",
-            type=int,
+            type=stage_type("--window"),
             default=None,
             help="Tokens per forward pass [default: the chunk size, so each chunk is encoded "
             "alone; with only --context: the model's context limit, at most 1024].",
         ),
         click.option(
             "--context",
-            type=int,
+            type=stage_type("--context"),
             default=None,
             help="Left-context tokens for chunks at a window start [default: 0 without "
             "--window, else a quarter window].",
         ),
         click.option(
             "--batch-tokens",
-            type=int,
+            type=stage_type("--batch-tokens"),
             default=16384,
             show_default=True,
             help="Token budget of one forward pass, padding included.",
@@ -119,7 +124,7 @@ def embed_options(func):
         ),
         click.option(
             "--top-k-concepts",
-            type=int,
+            type=stage_type("--top-k-concepts"),
             default=32,
             show_default=True,
             help="Concepts kept per chunk.",
@@ -161,18 +166,33 @@ def index_options(func):
         click.option(
             "--factory", default=None, metavar="STR", help="FAISS factory string [default: chosen]."
         ),
-        click.option("--shards", type=int, default=None, help="Number of shards."),
         click.option(
-            "--shard-size", type=int, default=None, help="Vectors per shard (instead of --shards)."
+            "--shards", type=stage_type("--shards"), default=None, help="Number of shards."
         ),
         click.option(
-            "--memory-budget", type=SIZE, default="4GB", show_default=True, help="Per worker."
+            "--shard-size",
+            type=stage_type("--shard-size"),
+            default=None,
+            help="Vectors per shard (instead of --shards).",
         ),
         click.option(
-            "--train-sample", type=int, default=None, help="Training vectors [default: chosen]."
+            "--memory-budget",
+            type=size_type("--memory-budget"),
+            default="4GB",
+            show_default=True,
+            help="Per worker.",
         ),
         click.option(
-            "--nprobe", type=int, default=None, help="Default nprobe recorded for searches."
+            "--train-sample",
+            type=stage_type("--train-sample"),
+            default=None,
+            help="Training vectors [default: chosen].",
+        ),
+        click.option(
+            "--nprobe",
+            type=stage_type("--nprobe"),
+            default=None,
+            help="Default nprobe recorded for searches.",
         ),
         click.option("--metric", type=click.Choice(["ip", "l2"]), default="ip", show_default=True),
         click.option(
@@ -184,7 +204,7 @@ def index_options(func):
         ),
         click.option(
             "--threads",
-            type=int,
+            type=stage_type("--threads"),
             default=None,
             help="Shards a worker fills at once [default: its cores, within the memory budget].",
         ),
@@ -371,4 +391,28 @@ def build(ctx, inputs, model, out, tokenizer, resume, overwrite, as_json, **kw) 
     render.report_build(result, out, as_json)
 
 
-COMMANDS = (chunk, embed, index, build)
+@click.command()
+@click.argument("root", metavar="ROOT")
+@click.option(
+    "--hashes/--sizes-only",
+    default=True,
+    show_default=True,
+    help="Compare every file's sha256 (reads the whole root), or only sizes and manifests.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the problems and counts as JSON.")
+@click.pass_context
+def verify(ctx: click.Context, root, hashes, as_json) -> None:
+    """Check a whole build root against its manifests: every manifest present and
+    readable, each the one the later stages recorded, every file's size and sha256
+    (chunks, dead letters, embeddings, index shards, every channel file), and files no
+    manifest lists (warnings). One line per problem, naming the file and the fix; exit
+    status 1 on any error."""
+    from tda.attribution.io.verify import check_root
+
+    result = check_root(root, hashes)
+    render.report_verify(result, root, as_json)
+    if not result.ok:
+        ctx.exit(1)
+
+
+COMMANDS = (chunk, embed, index, build, verify)

@@ -11,7 +11,7 @@ import click
 
 from .. import render
 from ..beam_args import BeamCommand
-from .options import device_option, pipeline_options
+from .options import device_option, pipeline_options, stage_type
 
 __all__ = ["COMMANDS", "prune", "scan"]
 
@@ -27,15 +27,19 @@ __all__ = ["COMMANDS", "prune", "scan"]
     help="Exemplar texts (one per line, or JSONL with 'text') to search for.",
 )  # fmt: skip
 @click.option(
-    "--min-weight", type=float, default=0.5, show_default=True,
-    help="--concept: a chunk's pooled concept weight must reach this.",
+    "--min-weight", type=stage_type("--min-weight"), default=None,
+    help="--concept: a chunk's pooled concept weight must reach this (overrides the "
+    "model's calibrated threshold per concept; 0.5 for a model without one).",
 )  # fmt: skip
 @click.option(
-    "--top", type=int, default=1000, show_default=True,
+    "--top", type=stage_type("--top"), default=1000, show_default=True,
     help="--like: nearest chunks searched per exemplar.",
 )  # fmt: skip
 @click.option(
-    "--min-score", type=float, default=None, help="--like: keep hits at least this similar."
+    "--min-score",
+    type=stage_type("--min-score"),
+    default=None,
+    help="--like: keep hits at least this similar.",
 )
 @click.option(
     "--channels", default=None, metavar="LIST",
@@ -77,9 +81,14 @@ def prune() -> None:
     "--level", type=click.Choice(["chunk", "document", "source"]), default="document",
     show_default=True,
 )  # fmt: skip
-@click.option("--min-share", type=float, default=0.0, show_default=True,
+@click.option("--min-share", type=stage_type("--min-share"), default=0.0, show_default=True,
               help="document / source: share of its chunks hit.")  # fmt: skip
-@click.option("--min-score", type=float, default=None, help="Score a hit (or max) must reach.")
+@click.option(
+    "--min-score",
+    type=stage_type("--min-score"),
+    default=None,
+    help="Score a hit (or max) must reach.",
+)
 @click.option("--out", required=True, metavar="FILE", help="prune.parquet to write.")
 @click.option("--csv", "as_csv", is_flag=True, help="Also write FILE as CSV (editable).")
 def prune_list(scan_dir, level, min_share, min_score, out, as_csv) -> None:

@@ -12,7 +12,7 @@ import click
 from tda.schemas import TrainConfig
 
 from .. import render
-from .options import read_config, read_options
+from .options import read_config, read_options, stage_type
 
 __all__ = ["COMMANDS", "model", "tokenizer"]
 
@@ -25,8 +25,13 @@ def tokenizer() -> None:
 @tokenizer.command("train")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", required=True, metavar="DIR", help="Directory to write tokenizer.json into.")
-@click.option("--vocab-size", type=int, default=8192, show_default=True)
-@click.option("--max-docs", type=int, default=None, help="Train on at most this many documents.")
+@click.option("--vocab-size", type=stage_type("--vocab-size"), default=8192, show_default=True)
+@click.option(
+    "--max-docs",
+    type=stage_type("--max-docs"),
+    default=None,
+    help="Train on at most this many documents.",
+)
 @read_options
 def tokenizer_train(inputs, out, vocab_size, max_docs, **kw) -> None:
     """Train a byte-level BPE tokenizer (no unknown tokens, exact offsets) on a corpus.
@@ -71,23 +76,30 @@ def model() -> None:
     metavar="YAML",
     help="Concept set: name -> terms / regexes (default: the packaged set).",
 )
-@click.option("--steps", type=int, default=500, show_default=True)
-@click.option("--d-model", type=int, default=128, show_default=True)
-@click.option("--layers", type=int, default=4, show_default=True)
-@click.option("--heads", type=int, default=4, show_default=True)
-@click.option("--vocab-size", type=int, default=4096, show_default=True)
-@click.option("--max-seq", type=int, default=256, show_default=True, help="Context limit.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--steps", type=stage_type("--steps"), default=500, show_default=True)
+@click.option("--d-model", type=stage_type("--d-model"), default=128, show_default=True)
+@click.option("--layers", type=stage_type("--layers"), default=4, show_default=True)
+@click.option("--heads", type=stage_type("--heads"), default=4, show_default=True)
+@click.option("--vocab-size", type=stage_type("--vocab-size"), default=4096, show_default=True)
+@click.option(
+    "--max-seq", type=stage_type("--max-seq"), default=256, show_default=True, help="Context limit."
+)
+@click.option("--batch-size", type=stage_type("--batch-size"), default=16, show_default=True)
+@click.option("--lr", type=stage_type("--lr"), default=3e-3, show_default=True)
 @click.option(
     "--holdout",
-    type=float,
+    type=stage_type("--holdout"),
     default=0.05,
     show_default=True,
     help="Share of every document's tokens held out for evaluation.",
 )
-@click.option("--max-train-tokens", type=int, default=8_000_000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--max-train-tokens",
+    type=stage_type("--max-train-tokens"),
+    default=8_000_000,
+    show_default=True,
+)
+@click.option("--seed", type=stage_type("--seed"), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 @read_options
 def model_train(

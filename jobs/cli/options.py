@@ -1,39 +1,152 @@
-"""Option helpers shared by the command modules: sizes, the corpus-reading options, the
+"""Option helpers shared by the command modules: numeric option types built from the one
+table of limits (:data:`~tda.schemas.config.STAGE_RANGES`,
+:data:`~tda.schemas.request.REQUEST_RANGES`), sizes, the corpus-reading options, the
 ``--device`` choice, and the Beam pipeline options a command was given."""
 
 from __future__ import annotations
+
+import math
 
 import click
 
 from tda.attribution.io.sizes import parse_size
 from tda.schemas import ReadOptions
+from tda.schemas.config import STAGE_RANGES, Range
+from tda.schemas.request import REQUEST_RANGES
 
 from ..beam_args import quiet_beam_import
 
 __all__ = [
     "SIZE",
+    "OptionError",
+    "RangedFloat",
+    "RangedInt",
     "device_option",
     "pipeline_options",
     "read_config",
     "read_options",
+    "request_type",
     "run_stage",
+    "size_type",
     "stack",
+    "stage_type",
 ]
 
 
-class _SizeType(click.ParamType):
-    """A human size (``4096``, ``64KiB``, ``4GB``) -> bytes (int)."""
+class OptionError(click.BadParameter):
+    """A bad option value whose message already names the option and what it takes
+    (``-k must be in 1..100, got 0``); the root group prints it as that one line."""
 
-    name = "SIZE"
+    def format_message(self) -> str:
+        return self.message
+
+
+def _flag(param: click.Parameter | None) -> str:
+    """The option's longest name (``--nprobe``, ``-k``), as the messages name it."""
+    if param is None or not getattr(param, "opts", None):
+        return "the value"
+    return max(param.opts, key=len)
+
+
+def _fail(rng: Range, number, value, param, ctx) -> None:
+    """Raise :class:`OptionError` unless ``number`` (None: not a number) is in ``rng``."""
+    problem = rng.problem(value if number is None else number)
+    if problem is not None:
+        raise OptionError(f"{_flag(param)} {problem}", ctx, param)
+
+
+class RangedInt(click.IntRange):
+    """An integer option limited to a :class:`~tda.schemas.config.Range`: click's IntRange
+    (``--help`` shows the range) with the one-line message the settings use."""
+
+    def __init__(self, rng: Range) -> None:
+        super().__init__(rng.lo, rng.hi, rng.lo_open, rng.hi_open)
+        self.range = rng
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip(), 10)
+            except ValueError:
+                number = None
+        _fail(self.range, number, value, param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        return self.range.describe()
+
+
+class RangedFloat(click.FloatRange):
+    """A float option limited to a :class:`~tda.schemas.config.Range`; NaN and infinity
+    are refused (click's FloatRange lets NaN through: it fails no comparison)."""
+
+    def __init__(self, rng: Range) -> None:
+        super().__init__(rng.lo, rng.hi, rng.lo_open, rng.hi_open)
+        self.range = rng
 
     def convert(self, value, param, ctx):
         try:
-            return parse_size(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        _fail(self.range, number if number is None or math.isfinite(number) else None,
+              value, param, ctx)  # fmt: skip
+        return number
+
+    def _describe_range(self) -> str:
+        return self.range.describe()
+
+
+def ranged(rng: Range) -> click.ParamType:
+    """A :class:`Range` -> the click type that parses and checks it."""
+    return RangedInt(rng) if rng.kind is int else RangedFloat(rng)
+
+
+def stage_type(flag: str) -> click.ParamType:
+    """The click type of a stage option, from :data:`~tda.schemas.config.STAGE_RANGES`."""
+    return ranged(STAGE_RANGES[flag])
+
+
+def request_type(name: str) -> click.ParamType:
+    """The click type of an attribution request field, from
+    :data:`~tda.schemas.request.REQUEST_RANGES` (tda serve has the same bounds)."""
+    return ranged(REQUEST_RANGES[name])
+
+
+class _SizeType(click.IntRange):
+    """A human size (``4096``, ``64KiB``, ``4GB``) -> bytes (int), within ``rng`` when
+    given (``--help`` then states it)."""
+
+    name = "SIZE"
+
+    def __init__(self, rng: Range | None = None) -> None:
+        super().__init__(*((rng.lo, rng.hi) if rng is not None else ()))
+        self.range = rng
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = parse_size(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if self.range is not None:
+            _fail(self.range, number, value, param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        return "" if self.range is None else self.range.describe()
 
 
 SIZE = _SizeType()
+
+
+def size_type(flag: str) -> click.ParamType:
+    """A SIZE option limited to its :data:`~tda.schemas.config.STAGE_RANGES` range."""
+    return _SizeType(STAGE_RANGES[flag])
 
 
 def stack(options, func):
@@ -92,7 +205,7 @@ def read_options(func):
         ),
         click.option(
             "--max-doc-bytes",
-            type=SIZE,
+            type=size_type("--max-doc-bytes"),
             default="16MiB",
             show_default=True,
             help="Records larger than this are dead-lettered (bounds memory).",
@@ -144,3 +257,26 @@ def run_stage(ctx: click.Context, stage: str, config):
 
         module = importlib.import_module(f"tda.pipeline.{stage}")
     return getattr(module, f"run_{stage}")(config, PipelineOptions(beam_args(ctx)))
+
+
+def limits_table(main: click.Group) -> str:
+    """Every numeric option of every command of ``main`` (the ``tda`` group) and the
+    values it takes, as the Markdown table of docs/limits.md (one row per command and
+    option, sorted)."""
+    rows = []
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> None:
+        for name, command in sorted(group.commands.items()):
+            if isinstance(command, click.Group):
+                walk(command, (*path, name))
+                continue
+            for param in command.params:
+                rng = getattr(param.type, "range", None)
+                if isinstance(param, click.Option) and rng is not None:
+                    default = "" if param.default is None else f"`{param.default}`"
+                    flag = max(param.opts, key=len)
+                    rows.append(f"| `tda {' '.join((*path, name))}` | `{flag}` | "
+                                f"{rng.describe()} | {default} |")  # fmt: skip
+
+    walk(main, ())
+    return "\n".join(["| command | option | takes | default |", "|---|---|---|---|", *rows])

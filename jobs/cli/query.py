@@ -21,7 +21,7 @@ from tda.schemas import (
 from tda.schemas.request import parse_channels
 
 from .. import render
-from .options import device_option
+from .options import device_option, request_type, size_type, stage_type
 
 __all__ = ["COMMANDS", "attribute", "eval_quality", "search", "serve"]
 
@@ -34,9 +34,19 @@ ASK = AttributionRequest.defaults()
 @click.option(
     "--text", default=None, help="Search for this text (encoded with the index's encoder)."
 )
-@click.option("--chunk-id", type=int, default=None, help="Search with a stored chunk's vector.")
-@click.option("-k", "k", type=int, default=10, show_default=True)
-@click.option("--nprobe", type=int, default=None, help="Override the index's default nprobe.")
+@click.option(
+    "--chunk-id",
+    type=stage_type("--chunk-id"),
+    default=None,
+    help="Search with a stored chunk's vector.",
+)
+@click.option("-k", "k", type=request_type("k"), default=10, show_default=True)
+@click.option(
+    "--nprobe",
+    type=request_type("nprobe"),
+    default=None,
+    help="Override the index's default nprobe.",
+)
 @device_option()
 @click.option("--merged", is_flag=True, help="Search the merged on-disk variant (tda index merge).")
 @click.option(
@@ -52,8 +62,6 @@ def search(root, text, chunk_id, k, nprobe, device, merged, channels, as_json) -
     chunk (its vector)."""
     if (text is None) == (chunk_id is None):
         raise click.UsageError("give exactly one of --text or --chunk-id")
-    if k < 1:
-        raise click.UsageError("-k must be positive")
     from tda.attribution.index.reader import IndexReader
     from tda.attribution.query import search_text
 
@@ -71,31 +79,61 @@ def search(root, text, chunk_id, k, nprobe, device, merged, channels, as_json) -
 @click.option("--output", default=None, help="The output text to attribute.")
 @click.option(
     "--generate",
-    type=int,
+    type=request_type("generate"),
     default=None,
     metavar="N",
     help="Instead of --output: let the model write N tokens after the prompt.",
 )
 @click.option(
     "--temperature",
-    type=float,
+    type=request_type("temperature"),
     default=ASK["temperature"],
     show_default=True,
     help="For --generate: 0 is greedy, above 0 samples.",
 )
 @click.option(
-    "--seed", type=int, default=ASK["seed"], show_default=True, help="For sampled --generate."
+    "--top-p",
+    type=request_type("top_p"),
+    default=None,
+    help="For sampled --generate: nucleus mass [default: the model's, 0.9 for builtin].",
+)
+@click.option(
+    "--repetition-penalty",
+    type=request_type("repetition_penalty"),
+    default=None,
+    help="For --generate: divide the logits of tokens already in the sequence by this "
+    "[default: the model's, 1.3 for builtin; 1 is off].",
+)
+@click.option(
+    "--seed",
+    type=request_type("seed"),
+    default=ASK["seed"],
+    show_default=True,
+    help="For sampled --generate.",
 )
 @click.option(
     "--model", default=None, metavar="SPEC", help="Encoder [default: the one the index names]."
 )
 @click.option("--force", is_flag=True, help="Use --model even if it is not the index's encoder.")
 @click.option(
-    "-k", "k", type=int, default=ASK["k"], show_default=True, help="Training chunks per chunk."
+    "-k",
+    "k",
+    type=request_type("k"),
+    default=ASK["k"],
+    show_default=True,
+    help="Training chunks per chunk.",
 )
-@click.option("--nprobe", type=int, default=None, help="Override the index's default nprobe.")
 @click.option(
-    "--chunk-size", type=int, default=None, help="Output chunk tokens [default: the index's]."
+    "--nprobe",
+    type=request_type("nprobe"),
+    default=None,
+    help="Override the index's default nprobe.",
+)
+@click.option(
+    "--chunk-size",
+    type=request_type("chunk_size"),
+    default=None,
+    help="Output chunk tokens [default: the index's].",
 )
 @click.option(
     "--input-attribution",
@@ -104,14 +142,21 @@ def search(root, text, chunk_id, k, nprobe, device, merged, channels, as_json) -
     show_default=True,
     help="Prompt-token scores: gradient x input, integrated gradients, or none.",
 )
-@click.option("--ig-steps", type=int, default=ASK["ig_steps"], show_default=True)
+@click.option(
+    "--ig-steps", type=request_type("ig_steps"), default=ASK["ig_steps"], show_default=True
+)
 @click.option(
     "--ig-baseline",
     type=click.Choice(IG_BASELINES),
     default=ASK["ig_baseline"],
     show_default=True,
 )
-@click.option("--top-concepts", type=int, default=ASK["top_concepts"], show_default=True)
+@click.option(
+    "--top-concepts",
+    type=request_type("top_concepts"),
+    default=ASK["top_concepts"],
+    show_default=True,
+)
 @click.option(
     "--query-span",
     type=click.Choice(QUERY_SPANS),
@@ -133,7 +178,7 @@ def search(root, text, chunk_id, k, nprobe, device, merged, channels, as_json) -
 )
 @click.option(
     "--candidates",
-    type=int,
+    type=request_type("candidates"),
     default=ASK["candidates"],
     show_default=True,
     help="Candidates per retrieval channel that fusion (and a --rerank) orders.",
@@ -147,7 +192,8 @@ def search(root, text, chunk_id, k, nprobe, device, merged, channels, as_json) -
 )
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def attribute(root, prompt, output, generate, temperature, seed, model, force, k, nprobe,
+def attribute(root, prompt, output, generate, temperature, top_p, repetition_penalty, seed,
+              model, force, k, nprobe,
               chunk_size, input_attribution, ig_steps, ig_baseline, top_concepts, query_span,
               rerank, candidates, channels, device, as_json) -> None:  # fmt: skip
     """Attribute a model output to training chunks, concepts, prompt tokens and sources.
@@ -167,6 +213,8 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
         output=output,
         generate=generate,
         temperature=temperature,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
         seed=seed,
         k=k,
         nprobe=nprobe,
@@ -187,7 +235,7 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
 @click.command()
 @click.argument("root", metavar="ROOT")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=stage_type("--port"), default=8080, show_default=True)
 @click.option(
     "--model", default=None, metavar="SPEC", help="Encoder [default: the one the index names]."
 )
@@ -197,8 +245,13 @@ def attribute(root, prompt, output, generate, temperature, seed, model, force, k
     help="A host name clients may use besides 127.0.0.1, localhost and ::1 (repeat; "
     "--host's own name is added). Other Host headers are refused (DNS rebinding).",
 )  # fmt: skip
+@click.option(
+    "--max-request-bytes", type=size_type("--max-request-bytes"), default="1MiB",
+    show_default=True,
+    help="Largest request body (1KiB..1GiB); a larger one gets HTTP 413 unread.",
+)  # fmt: skip
 @device_option()
-def serve(root, host, port, model, force, allowed_hosts, device) -> None:
+def serve(root, host, port, model, force, allowed_hosts, max_request_bytes, device) -> None:
     """Serve the attribution API and the web viewer for ROOT's index (localhost only by
     default): open http://HOST:PORT/ and click an output chunk."""
     try:
@@ -210,7 +263,10 @@ def serve(root, host, port, model, force, allowed_hosts, device) -> None:
             f"tda serve needs the serve extra ({exc}): pip install 'tda[serve]'"
         ) from None
     allowed = (*allowed_hosts, *(() if host in ("0.0.0.0", "::") else (host,)))
-    app = create_app(root, model=model, device=device, force=force, allowed_hosts=allowed)
+    app = create_app(
+        root, model=model, device=device, force=force, allowed_hosts=allowed,
+        max_request_bytes=max_request_bytes,
+    )  # fmt: skip
     click.echo(f"tda serve: http://{host}:{port}/ (index {root}); Ctrl-C to stop")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

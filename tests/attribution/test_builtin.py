@@ -192,3 +192,63 @@ def test_steerling_concepts_cover_its_features(steerling_dir):
     rebuilt = (acts.known_weights.unsqueeze(-1) * vectors).sum(-2)
     torch.testing.assert_close(rebuilt, acts.known_features, atol=1e-5, rtol=1e-4)
     assert encoder.info.block_align == 64 and not encoder.pad_safe
+
+
+def _self_search_share(root: Path) -> tuple[float, int]:
+    """Exact cosine search of every stored (float16) chunk vector against all others: the
+    share whose nearest chunk is itself or a chunk with identical text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tda.schemas import EmbedManifest, vectors_from_arrow
+
+    manifest = EmbedManifest.from_json((root / "embeddings" / "manifest.json").read_text())
+    table = pa.concat_tables(
+        pq.read_table(root / "embeddings" / f"part-{f.file_index:06d}.parquet")
+        for f in manifest.files
+    )
+    texts = pa.concat_tables(pq.read_table(p) for p in sorted((root / "chunks").glob("part-*")))
+    text = dict(zip(texts["chunk_id"].to_pylist(), texts["text"].to_pylist(), strict=True))
+    ids = table["chunk_id"].to_pylist()
+    v = vectors_from_arrow(table["vector"], manifest.dim).astype(np.float32)
+    first = np.argmax(v @ v.T, axis=1)  # ties: the lowest row, as a flat index breaks them
+    ok = sum(first[i] == i or text[ids[first[i]]] == text[ids[i]] for i in range(len(ids)))
+    return ok / len(ids), len(ids)
+
+
+def test_self_search_finds_each_chunk_with_a_briefly_trained_model(
+    tmp_path, builtin_dir, real_docs
+):
+    """Issue 19: with a model trained 40 steps, pooled hidden states of different chunks
+    coincided at float16 precision (another chunk came first at cosine 1.0000 for about
+    half of them); centred and scaled by the model's statistics they stay apart."""
+    from tda.schemas import EmbedConfig
+    from tests.helpers import chunk_root, embed_root, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [(k, v[:4000]) for k, v in real_docs[:12]])
+    root = tmp_path / "root"
+    chunk_root(root, [corpus], builtin_dir)
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir))
+    share, n = _self_search_share(root)
+    assert n > 150
+    assert share >= 0.99
+
+
+def test_trained_model_records_its_calibration_labels_and_shares(builtin_dir):
+    """tda model train stores what it measured on held-out text: per-concept calibration
+    (used by scans), a label per unknown concept, the logit shares and pooling statistics."""
+    encoder = load_encoder(f"builtin:{builtin_dir}", "cpu")
+    training = json.loads((Path(builtin_dir) / "training.json").read_text())
+    held = training["heldout"]
+    share = held["logit_share"]
+    assert share["known"] + share["unknown"] + share["residual"] == pytest.approx(1, abs=1e-3)
+    assert share["chunks"] > 0 and "definition" in share
+    assert set(held["targets"]) >= {"known_share >= 0.30", "residual_share <= 0.25"}
+    assert len(encoder.unknown_labels) == encoder.info.n_unknown
+    assert all(isinstance(x, str) and x for x in encoder.unknown_labels)
+    assert encoder.concept_calibration  # concepts with held-out positives are calibrated
+    for name, cal in encoder.concept_calibration.items():
+        assert name in encoder.concept_names
+        assert 0 <= cal.threshold <= 1 and cal.positives >= 1
+    # pooling statistics were set (not the identity the model starts with)
+    assert not torch.equal(encoder.model.pool_scale, torch.ones_like(encoder.model.pool_scale))

@@ -21,7 +21,7 @@ from tda.schemas import (
     EmbedManifest,
     vectors_from_arrow,
 )
-from tests.helpers import chunk_root, embed_root
+from tests.helpers import chunk_root, embed_root, rerecord
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,8 @@ def test_changed_chunks_table_is_detected(tmp_path, docs_jsonl, builtin_dir):
     texts[0] = "X" + texts[0][1:]  # no longer the text the chunk stage tokenized
     table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(texts))
     pq.write_table(table, path)
+    # recorded as written: the re-tokenizing check refuses it, not the part's sha256
+    rerecord(root, "chunks/part-000000.parquet")
     config = EmbedConfig(root=str(root), model=builtin_dir)
     encoder = load_encoder(builtin_dir, "cpu")
     plan = plan_embed_run(config, encoder)

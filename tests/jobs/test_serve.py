@@ -119,6 +119,34 @@ def test_endpoints_match_their_openapi_description(server, openapi, planted_root
     )
 
 
+def test_document_of_a_hit_is_the_training_document(server, openapi, planted_root, planted_corpus):
+    """GET /api/documents/{chunk_id}: the chunk's whole document, its chunks in order and
+    their text joined equal to the corpus record; a cap returns a window around the chunk
+    and says truncated."""
+    rows = pq.read_table(planted_root / "chunks" / "part-000000.parquet").to_pylist()
+    docs = {
+        json.loads(line)["id"]: json.loads(line)["text"]
+        for line in (planted_corpus / "docs.jsonl").read_text().splitlines()
+    }
+    middle = next(r for r in rows if r["chunk_index"] == 2)
+    ids = [r["chunk_id"] for r in rows if r["doc_id"] == middle["doc_id"]]
+    assert len(ids) >= 4
+    r = httpx.get(f"{server}/api/documents/{middle['chunk_id']}")
+    doc = _check(openapi, "/api/documents/{chunk_id}", "get", r)
+    assert [c["chunk_id"] for c in doc["chunks"]] == ids
+    assert [c["chunk_index"] for c in doc["chunks"]] == list(range(len(ids)))
+    assert doc["text"] == docs[middle["doc_id"]] and doc["text_start"] == 0
+    assert (doc["doc_id"], doc["chunk_id"], doc["truncated"]) == (
+        middle["doc_id"], middle["chunk_id"], False,
+    )  # fmt: skip
+    assert doc["url"].endswith("docs.jsonl") and doc["record_index"] == middle["record_index"]
+    r = httpx.get(f"{server}/api/documents/{middle['chunk_id']}", params={"limit": 3})
+    doc = _check(openapi, "/api/documents/{chunk_id}", "get", r)
+    assert [c["chunk_index"] for c in doc["chunks"]] == [1, 2, 3] and doc["truncated"]
+    text = docs[middle["doc_id"]]
+    assert doc["text"] == text[doc["chunks"][0]["char_start"] : doc["chunks"][-1]["char_end"]]
+
+
 def test_request_body_is_derived_from_the_attribution_request(openapi):
     """The body's fields, defaults and choices are AttributionRequest's; a report's hits
     are described flat (the chunk record's keys beside rank and score), as sent."""
@@ -167,8 +195,12 @@ def _body(**fields) -> dict:
         ("post", ATTR, _body(prompt="a", output=""), 400, "no tokens"),
         ("post", ATTR, _body(prompt="a", output="word " * 3000), 400, "context holds"),
         ("get", "/api/chunks/123456789", {}, 404, "not in this index"),
-        ("get", "/api/chunks/-5", {}, 404, "not in this index"),
+        ("get", "/api/chunks/-5", {}, 422, "chunk_id"),  # ids are non-negative int64
         ("get", "/api/chunks/abc", {}, 422, "chunk_id"),
+        ("get", "/api/documents/123456789", {}, 404, "not in this index"),
+        ("get", "/api/documents/-5", {}, 422, "chunk_id"),
+        ("get", "/api/documents/0", {"params": {"limit": 0}}, 422, "limit"),
+        ("get", "/api/documents/0", {"params": {"limit": 2001}}, 422, "limit"),
         ("get", "/api/search", {"params": {"k": 3}}, 422, "text"),
         ("get", "/api/search", {"params": {"text": "a", "k": 10_000}}, 422, "k"),
         ("get", "/nowhere", {}, 404, "Not Found"),
@@ -284,9 +316,9 @@ def test_viewer_in_headless_chromium(server, planted_root, planted_corpus):
         assert driver.find_elements(By.CSS_SELECTOR, "#concepts .bar-row")
         assert driver.find_elements(By.CSS_SELECTOR, "#prompt-tokens span")
         assert driver.find_elements(By.CSS_SELECTOR, "#sources .bar-row")
-        # the document-context link opens the chunk among its neighbours
-        driver.find_element(By.CSS_SELECTOR, "#hits li.hit a").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#context-body mark"))
+        # a hit opens its whole document with its chunk marked (test_viewer_browser.py)
+        driver.find_element(By.CSS_SELECTOR, "#hits li.hit button.open-document").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#document-body mark.current"))
     finally:
         driver.quit()
 

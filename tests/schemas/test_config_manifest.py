@@ -238,7 +238,7 @@ def test_manifest_json_round_trip():
 def test_manifest_json_content():
     data = json.loads(_manifest().to_json())
     assert data["kind"] == "tda.chunks"
-    assert data["schema_version"] == MANIFEST_SCHEMA_VERSION == 1
+    assert data["schema_version"] == MANIFEST_SCHEMA_VERSION == 2
     assert data["id_codec"] == {"dataset_bits": 6, "file_bits": 22, "ordinal_bits": 35}
     assert data["chunking"] == {"chunk_size": 32, "stride": 8, "store_text": False}
     assert data["totals"] == {
@@ -268,7 +268,7 @@ def _manifest_dict() -> dict:
     return json.loads(_manifest().to_json())
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "1", None])
 def test_manifest_refuses_other_schema_version(version):
     data = _manifest_dict()
     data["schema_version"] = version

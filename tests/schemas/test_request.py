@@ -72,7 +72,10 @@ def test_token_ids_become_tuples_and_chunk_size_zero_means_the_index():
         ({"generate": 3, "seed": -1}, "--seed must be at least 0, got -1"),
         ({"generate": 3, "seed": 10**23}, "--seed must be at most 9223372036854775807"),
         ({"generate": 9000}, "--generate is limited to 8192 tokens"),
-        ({"generate": 4, "temperature": -1.0}, "--temperature must be >= 0"),
+        ({"generate": 4, "temperature": -1.0}, "--temperature must be a finite number >= 0"),
+        ({"generate": 4, "temperature": float("nan")}, "got nan"),
+        ({"output": "x", "nprobe": 0}, "--nprobe must be at least 1, got 0"),
+        ({"output": "x", "nprobe": 2**20 + 1}, "--nprobe must be at most 1048576"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(kwargs, message):
@@ -108,5 +111,7 @@ def test_field_metadata_names_choices_and_minimums():
     assert {n for n, m in meta.items() if "min" in m} == {
         "generate", "temperature", "seed", "k", "ig_steps", "top_concepts", "chunk_size",
     }  # fmt: skip
-    assert {n: m["max"] for n, m in meta.items() if "max" in m} == {"seed": 2**63 - 1}
+    assert {n: m["max"] for n, m in meta.items() if "max" in m} == {
+        "seed": 2**63 - 1, "nprobe": 2**20,
+    }  # fmt: skip
     assert all(m["doc"] for m in meta.values())

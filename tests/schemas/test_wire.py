@@ -32,6 +32,7 @@ from tda.schemas import (
     TokenizerInfo,
     TrainingHit,
 )
+from tda.schemas.manifest import sealed_json
 from tda.schemas.wire import inline, omitted_if_none, record_dict, record_from_dict, written_as
 
 TOKENIZER = TokenizerInfo("tok.json", "huggingface", "tok", "sha256:t", 1000)
@@ -41,7 +42,14 @@ INPUTS = (InputFile(0, "gs://b/a.jsonl", "jsonl", 12), InputFile(1, "gs://b/Zür
 
 def _as_written(data: dict) -> str:
     """What the hand-written to_json wrote for the dict its to_dict built."""
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return sealed_json(data)  # canonical JSON plus its own sha256 (self_sha256)
+
+
+def _total(m) -> dict:
+    """A manifest's totals as written: file index null, no parts (a total lists no files)."""
+    data = {**asdict(m.totals), "file_index": None}
+    del data["parts"]
+    return data
 
 
 def _index_manifest(lineage=None) -> IndexManifest:
@@ -71,7 +79,7 @@ def test_chunk_manifest_dict_is_what_the_hand_written_one_was():
         "chunking": asdict(m.chunking),
         "inputs": [asdict(i) for i in m.inputs],
         "files": [asdict(f) for f in m.files],
-        "totals": {**asdict(m.totals), "file_index": None},
+        "totals": _total(m),
     })  # fmt: skip
     assert Manifest.from_json(m.to_json()).to_json() == m.to_json()
 
@@ -92,7 +100,7 @@ def test_embed_manifest_dict_is_what_the_hand_written_one_was():
         "batch_tokens": m.batch_tokens,
         "chunk_manifest_sha256": m.chunk_manifest_sha256,
         "files": [asdict(f) for f in m.files],
-        "totals": {**asdict(m.totals), "file_index": None},
+        "totals": _total(m),
     })  # fmt: skip
 
 
@@ -169,7 +177,7 @@ def test_field_metadata_of_the_json_form():
 def test_merged_manifest_has_a_version_and_reads_the_unversioned_ones():
     record = MergedIndexManifest("ab" * 32, 8000, (IndexFile("merged.faiss", "cd" * 32, 99),))
     text = record.to_json()
-    assert json.loads(text) == {
+    assert {k: v for k, v in json.loads(text).items() if k != "self_sha256"} == {
         "parent_manifest_id": "ab" * 32,
         "vectors": 8000,
         "files": [{"path": "merged.faiss", "sha256": "cd" * 32, "size": 99}],
@@ -179,7 +187,7 @@ def test_merged_manifest_has_a_version_and_reads_the_unversioned_ones():
     assert MergedIndexManifest.from_json(text) == record
     # written before the version field: the same bytes without it
     old = json.loads(text)
-    del old["schema_version"]
+    del old["schema_version"], old["self_sha256"]  # (nor its own sha256)
     assert MergedIndexManifest.from_json(json.dumps(old, indent=2, sort_keys=True)) == record
     with pytest.raises(ManifestError, match="schema version 2"):
         MergedIndexManifest.from_json(json.dumps({**old, "schema_version": 2}))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,9 @@ __all__ = [
 ]
 
 BUILTIN_KIND = "tda.builtin"
-FORMAT_VERSION = 1
+# 2: pooling statistics in the weights; concept calibration and unknown-concept labels
+# in config.json; the known concepts carry the prediction (trained through them).
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,10 @@ class ConceptLM(nn.Module):
         self.known_emb = nn.Parameter(torch.empty(cfg.n_known, cfg.d_model))
         self.unknown_pred = nn.Linear(cfg.d_model, cfg.n_unknown)
         self.unknown_emb = nn.Parameter(torch.empty(cfg.n_unknown, cfg.d_model))
+        # Pooling statistics of h over held-out text, set once training ends (identity
+        # until then): see calibrate.hidden_statistics.
+        self.register_buffer("pool_mean", torch.zeros(cfg.d_model))
+        self.register_buffer("pool_scale", torch.ones(cfg.d_model))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -176,6 +183,8 @@ class BuiltinEncoder(ConceptEncoder):
         harmful: frozenset[str],
         tokenizer_json: bytes,
         device: torch.device,
+        calibration: dict | None = None,
+        unknown_labels: tuple[str, ...] = (),
     ) -> None:
         self.model = model.to(device).eval()
         self.info = info
@@ -183,6 +192,9 @@ class BuiltinEncoder(ConceptEncoder):
         self.harmful_concepts = harmful
         self.device = device
         self._tokenizer_json = tokenizer_json
+        # name -> ConceptCalibration, fitted on held-out text when the model was trained
+        self.concept_calibration = calibration or {}
+        self.unknown_labels = unknown_labels
 
     def forward(self, ids, *, embeds=None, with_logits=False) -> ConceptActivations:
         h = self.model.hidden(ids, embeds)
@@ -196,11 +208,20 @@ class BuiltinEncoder(ConceptEncoder):
             unknown_ids=ui,
             unknown_weights=uw,
             logits=self.model.logits(h) if with_logits else None,
+            pool_mean=self.model.pool_mean,
+            pool_scale=self.model.pool_scale,
         )
 
     @property
     def vocab_size(self) -> int:
         return int(self.model.tok_emb.num_embeddings)
+
+    @property
+    def generation_defaults(self) -> dict[str, float]:
+        # A small model left to greedy decoding loops on its most frequent phrase
+        # (", and the United States" eight times); a CTRL-style penalty on repeats and a
+        # 0.9 nucleus keep its outputs varied (docs/model.md: distinct-2).
+        return {"top_p": 0.9, "repetition_penalty": 1.3}
 
     def token_embeddings(self, ids):
         return self.model.tok_emb(ids)
@@ -231,6 +252,8 @@ def save_builtin(
     tokenizer_json: bytes,
     tokenizer_fingerprint: str,
     training: dict,
+    calibration: dict | None = None,
+    unknown_labels: Sequence[str] = (),
 ) -> str:
     """Write a model directory (see the module docstring); returns the weights' fingerprint.
 
@@ -249,9 +272,19 @@ def save_builtin(
         "format_version": FORMAT_VERSION,
         "model": asdict(model.cfg),
         "concepts": [
-            {"name": c.name, "description": c.description, "harmful": c.harmful}
+            {
+                "name": c.name,
+                "description": c.description,
+                "harmful": c.harmful,
+                **(
+                    {"calibration": calibration[c.name].to_dict()}
+                    if calibration and c.name in calibration
+                    else {}
+                ),
+            }
             for c in concept_set.concepts
         ],
+        "unknown_labels": list(unknown_labels),
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "weights_fingerprint": fingerprint,
     }
@@ -313,6 +346,13 @@ def load_builtin(spec: str, location: str, device: str = "auto") -> BuiltinEncod
     model = ConceptLM(cfg)
     model.load_state_dict(load(weights), strict=True)
     concepts = config["concepts"]
+    from tda.attribution.encoders.builtin.calibrate import ConceptCalibration
+
+    calibration = {
+        c["name"]: ConceptCalibration.from_dict(c["calibration"])
+        for c in concepts
+        if "calibration" in c
+    }
     info = EncoderInfo(
         name="builtin",
         spec=spec,
@@ -331,4 +371,6 @@ def load_builtin(spec: str, location: str, device: str = "auto") -> BuiltinEncod
         frozenset(c["name"] for c in concepts if c["harmful"]),
         tokenizer_json,
         resolve_device(device),
+        calibration,
+        tuple(config.get("unknown_labels", ())),
     )
