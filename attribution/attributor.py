@@ -63,6 +63,7 @@ from tda.attribution.encoders import (
     logit_split,
 )
 from tda.attribution.encoders import pool_chunks as _pool_chunks
+from tda.attribution.encoders.builtin.calibrate import firing_cuts
 from tda.attribution.evidence import evidence_scores
 from tda.attribution.index.reader import IndexReader, IndexReadError
 from tda.attribution.index.retrieval import ChunkQuery, Retrieved, Retriever
@@ -153,6 +154,8 @@ class Attributor:
         self.tokenizer = encoder.load_tokenizer()
         self.manifest = reader.manifest
         self.retriever = Retriever(reader)
+        # from which weight each known concept counts as firing (shared concepts)
+        self._cuts = firing_cuts(encoder.concept_names, encoder.concept_calibration)
         # Only input gradients are ever taken: parameters need no autograd bookkeeping
         # (measured: the grad path's backward ~40% cheaper).
         model = getattr(encoder, "model", None)  # the torch module behind the encoder
@@ -461,7 +464,7 @@ class Attributor:
         """The kept fused candidates as hits (:func:`~tda.attribution.results.training_hits`)."""
         return training_hits(
             self.reader, self.retriever, self.encoder.concept_names, kept, vector,
-            out_concepts, rerank_scores, retrieved, text, multi,
+            out_concepts, rerank_scores, retrieved, text, multi, self._cuts,
         )  # fmt: skip
 
     def _concepts(self, forward: _Forward, s: int, e: int, top: int):

@@ -37,7 +37,7 @@ def _index_encoder(reader: IndexReader, device: str, encoder=None):
 
 def _tokens(encoder, text: str) -> np.ndarray:
     """The text's token ids (n,), refused when empty or longer than the model's context."""
-    (enc,) = encoder.load_tokenizer().encode_batch([text])
+    (enc,) = encoder.tokenizer.encode_batch([text])
     if enc.n_tokens == 0:
         raise ConfigError("--text has no tokens")
     limit = encoder.info.max_window

@@ -44,14 +44,17 @@ MIN_MATCH_WORDS = 3
 def training_hits(
     reader: IndexReader, retriever: Retriever, names: Sequence[str], kept: Sequence[Fused],
     vector: np.ndarray, out_concepts: dict[int, float], rerank_scores,
-    retrieved: Retrieved, text: str, multi: bool,
+    retrieved: Retrieved, text: str, multi: bool, cuts: np.ndarray | None = None,
 ) -> tuple[TrainingHit, ...]:  # fmt: skip
     """The kept fused candidates, in order, as hits: the chunk record, its similarity
     to the chunk's search vector ``vector`` (D,) (read from its stored vector when the
     dense channel did not return it), each channel's rank and score, the words it
     shares with the output chunk's ``text`` on both sides, and the known concepts it
     shares with the output chunk (``out_concepts``: id -> pooled weight), strongest
-    shared first."""
+    shared first. A concept is shared when it fires on both sides: its weight reaches
+    its cut in ``cuts`` (C,) (the model's calibrated threshold as a raw weight; see
+    :func:`~tda.attribution.encoders.builtin.calibrate.firing_cuts`), not merely when
+    both chunks stored it among their top-k."""
     hits = []
     for rank, found in enumerate(kept, start=1):
         chunk_id = found.chunk_id
@@ -67,6 +70,7 @@ def training_hits(
             )
             for cid, w in zip(train_ids.tolist(), train_weights.tolist(), strict=True)
             if int(cid) in out_concepts
+            and (cuts is None or min(out_concepts[int(cid)], w) >= cuts[int(cid)])
         ]
         shared.sort(key=lambda s: -min(s.output_weight, s.training_weight))
         span = retrieved.spans.get(int(chunk_id))

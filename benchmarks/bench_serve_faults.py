@@ -5,8 +5,9 @@
 Index: the attribution benchmark's (documentation topics, default-shaped builtin model;
 built under build/bench-serve-faults). Two real ``tda serve`` processes on 127.0.0.1,
 one with the default ``--max-request-bytes`` (1 MiB) and one with 16 MiB. For each
-scenario a thread sends the slow request(s) while this process polls ``GET /health``
-every 10 ms (one keep-alive connection); reports /health p50 / p99 / max latency, the
+scenario this process sends the slow request(s) while another process polls ``GET
+/health`` every 10 ms (one keep-alive connection; apart, so that the load generator's own
+threads cannot delay the polls); reports /health p50 / p99 / max latency, the
 number of polls and of polls over 50 ms, and each slow request's status and time:
 
 * ``idle``: nothing else running (2 s);
@@ -29,7 +30,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,43 +69,51 @@ def _serve(root: Path, *flags: str) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def _during(base: str, work, min_seconds: float = 0.0) -> dict:
-    """Poll /health every 10 ms while ``work()`` runs in a thread -> latency figures and
-    what ``work`` returned."""
+def _poll(base: str, stop, conn) -> None:
+    """In its own process (so the load this one generates cannot delay it): GET /health
+    every 10 ms on one keep-alive connection until ``stop`` is set; send the latencies."""
     import httpx
-    import numpy as np
-
-    done = threading.Event()
-    out: dict = {}
-
-    def run() -> None:
-        start = time.perf_counter()
-        try:
-            out["result"] = work()
-        finally:
-            out["work_s"] = round(time.perf_counter() - start, 3)
-            done.set()
 
     ms: list[float] = []
     with httpx.Client(timeout=60) as client:
         client.get(f"{base}/health")  # connect first: time the answers, not the handshake
-        thread = threading.Thread(target=run)
-        start = time.perf_counter()
-        thread.start()
-        while not done.is_set() or time.perf_counter() - start < min_seconds:
+        conn.send("ready")
+        while not stop.is_set():
             t = time.perf_counter()
             assert client.get(f"{base}/health").status_code == 200
             ms.append((time.perf_counter() - t) * 1000)
             time.sleep(0.01)
-        thread.join()
+    conn.send(ms)
+
+
+def _during(base: str, work, min_seconds: float = 0.0) -> dict:
+    """Poll /health every 10 ms (another process) while ``work()`` runs here -> latency
+    figures and what ``work`` returned."""
+    import multiprocessing
+
+    import numpy as np
+
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    here, there = ctx.Pipe()
+    poller = ctx.Process(target=_poll, args=(base, stop, there))
+    poller.start()
+    assert here.recv() == "ready"
+    start = time.perf_counter()
+    result = work()
+    work_s = time.perf_counter() - start
+    time.sleep(max(0.0, min_seconds - work_s))
+    stop.set()
+    ms = here.recv()
+    poller.join()
     return {
         "health_polls": len(ms),
         "health_p50_ms": round(float(np.percentile(ms, 50)), 1),
         "health_p99_ms": round(float(np.percentile(ms, 99)), 1),
         "health_max_ms": round(max(ms), 1),
         "health_over_50ms": sum(m > 50 for m in ms),
-        "work_s": out["work_s"],
-        **out.get("result", {}),
+        "work_s": round(work_s, 3),
+        **result,
     }
 
 

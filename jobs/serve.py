@@ -36,6 +36,7 @@ of bounded size (at most :data:`LISTED_ERRORS` problems, each clipped to
 # No `from __future__ import annotations`: FastAPI reads the request and response models
 # defined inside create_app from real annotations.
 
+import json
 import threading
 import types
 import typing
@@ -248,6 +249,23 @@ def _clip(text: str, limit: int = ECHO_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more)"
 
 
+def _json_response(content: dict):
+    """``content`` as a JSON ``Response``, encoded here, in the calling worker thread, by
+    the pure-Python encoder: it gives the event loop the interpreter lock every few
+    milliseconds. Returning the dict instead lets FastAPI validate it against the
+    response model in one C call holding the lock: 150 ms for a k=100, 192-token report
+    (850 kB), during which /health could not answer. Content json cannot write exactly
+    (a non-finite float) goes the validated way (pydantic writes NaN as null)."""
+    from fastapi.responses import Response
+
+    encoder = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    try:
+        body = "".join(encoder.iterencode(content)).encode()
+    except (TypeError, ValueError):  # NaN, or a value json does not know: validate it
+        return content
+    return Response(content=body, media_type="application/json")
+
+
 class _ModelTurns:
     """One model pass at a time (``turn()`` holds the model lock: no interleaved autograd
     state), and at most ``limit`` requests holding or waiting for it; one more raises
@@ -291,6 +309,7 @@ def create_app(
     ``max_request_bytes`` (1 KiB .. 1 GiB, else :class:`ConfigError` before anything
     loads), or JSON with too many keys or too deep (:class:`BodyLimits`), gets a 413; a
     model request beyond ``max_pending`` waiting ones gets a 503."""
+    import anyio
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
@@ -303,9 +322,12 @@ def create_app(
     from tda.attribution.attributor import Attributor
     from tda.attribution.index.documents import DOCUMENT_CHUNK_LIMIT, DocumentView, document_of
     from tda.attribution.index.reader import IndexReadError
+    from tda.attribution.io.integrity import CorruptFileError
     from tda.schemas import AttributionReport, ChunkRecord, SearchHit
     from tda.schemas.config import ConfigError
     from tda.schemas.errors import UserError
+
+    from .health import RootHealth
 
     body_limits = BodyLimits(max_bytes=max_request_bytes)  # checked before the model loads
     if max_pending < 1:
@@ -352,8 +374,10 @@ def create_app(
         limits: dict
 
     class Health(BaseModel):
-        status: str
+        status: str  # "ok" | "unhealthy" (HTTP 503: the root fails `tda verify --sizes-only`)
         index_manifest_id: str
+        problems: list[str] = []  # the first few, one line each (tda verify's)
+        more_problems: int = 0
 
     class ErrorBody(BaseModel):
         error: str
@@ -415,18 +439,29 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):  # a bug, not the client's fault
-        return JSONResponse(
-            status_code=500, content={"error": f"internal error: {type(exc).__name__}"}
-        )
+        # ... or a damaged root: its one line names the file and the fix
+        error = str(exc) if isinstance(exc, CorruptFileError) else type(exc).__name__
+        return JSONResponse(status_code=500, content={"error": f"internal error: {error}"})
 
     user_errors = UserError  # ConfigError, StageError (IndexReadError is one), ...
+    root_health = RootHealth(root)
 
     # /health and /api/index are `async def`: answered on the event loop itself, never
     # queued behind the worker threads that model requests hold. Keep them cheap (no
     # disk, no model): anything slow here would stall every request.
-    @app.get("/health", response_model=Health)
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health():
-        return {"status": "ok", "index_manifest_id": reader.manifest_id}
+        if root_health.stale():  # at most every few seconds, in a worker thread
+            state = await anyio.to_thread.run_sync(root_health.check)
+        else:
+            state = root_health.check()
+        body = {
+            "status": "ok" if state.ok else "unhealthy",
+            "index_manifest_id": reader.manifest_id,
+            "problems": list(state.problems),
+            "more_problems": state.more,
+        }
+        return body if state.ok else JSONResponse(status_code=503, content=body)
 
     @app.get("/api/index", response_model=IndexSummary)
     async def index_summary():
@@ -468,9 +503,10 @@ def create_app(
             request = AttributionRequest(**body.model_dump())
             with turns.turn():
                 report = attributor.attribute(request)
-        except user_errors as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
-        return report.to_dict()
+        except user_errors as exc:  # a damaged root (CorruptFileError) is a 500
+            status = 500 if isinstance(exc, CorruptFileError) else 400
+            raise HTTPException(status, str(exc)) from None
+        return _json_response(report.to_dict())
 
     @app.get("/api/search", response_model=SearchResponse, responses=model_errors)
     def search(
@@ -483,8 +519,9 @@ def create_app(
             with turns.turn():
                 query = encode_query(reader, text, encoder=attributor.encoder)
                 hits = reader.hits(query[None], k)[0]
-        except user_errors as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
+        except user_errors as exc:  # a damaged root (CorruptFileError) is a 500
+            status = 500 if isinstance(exc, CorruptFileError) else 400
+            raise HTTPException(status, str(exc)) from None
         return {
             "index_manifest_id": reader.manifest_id,
             "text": text,
@@ -495,6 +532,8 @@ def create_app(
     def chunk(chunk_id: ChunkId, context: int = Query(default=1, ge=0, le=8)):
         try:
             record = reader.lookup.get(chunk_id)
+        except CorruptFileError:  # a ValueError too, but the root's fault: a 500
+            raise
         except IndexReadError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
         except (ValueError, OverflowError):
@@ -541,6 +580,8 @@ def create_app(
         # capped (a document can be 16 MiB) with "truncated" set when it is cut
         try:
             return document_of(reader.lookup, chunk_id, limit)
+        except CorruptFileError:  # a ValueError too, but the root's fault: a 500
+            raise
         except IndexReadError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
         except (ValueError, OverflowError):

@@ -154,6 +154,10 @@ STAGE_RANGES: dict[str, Range] = {
     "--lr": Range(0.0, 10.0, float, lo_open=True),
     "--holdout": Range(0.0, 0.5, float, hi_open=True),
     "--max-train-tokens": Range(1, 2**40),
+    "--known-only": Range(0.0, 1.0, float),
+    "--bottleneck": Range(0.0, 1.0, float),
+    "--residual-weight": Range(0.0, 100.0, float),
+    "--label-spread": Range(0, 1024),
     "--seed": Range(0, MAX_SEED),
     "--max-docs": Range(1, None),
     # tda scan / tda prune list
@@ -523,6 +527,8 @@ class TrainConfig:
     # Tagger labels spread to this many tokens either side of a match: a concept is about
     # a passage, not only the word that names it.
     label_spread: int = 0
+    # the known head also reads the input token's embedding (BuiltinConfig.token_head)
+    token_head: bool = False
     holdout: float = 0.05
     # Enough text for minutes of CPU training; bounds memory for the token labels.
     max_train_tokens: int = 8_000_000
@@ -537,17 +543,6 @@ class TrainConfig:
             raise ConfigError(f"--holdout must be in [0, 0.5), got {self.holdout}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
-        for name in ("known_only", "bottleneck"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}"
-                )
-        if self.known_only + self.bottleneck > 1:
-            raise ConfigError("--known-only plus --bottleneck must be at most 1")
-        if self.residual_weight < 0:
-            raise ConfigError(f"--residual-weight must be >= 0, got {self.residual_weight}")
-        if not 0 <= self.label_spread <= 1024:
-            raise ConfigError(f"--label-spread must be in [0, 1024], got {self.label_spread}")
         if self.max_seq < 8:
             raise ConfigError(f"--max-seq must be at least 8, got {self.max_seq}")
         _check_ranges(
@@ -563,5 +558,14 @@ class TrainConfig:
                 "--heads": self.n_heads,
                 "--max-train-tokens": self.max_train_tokens,
                 "--seed": self.seed,
+                "--known-only": self.known_only,
+                "--bottleneck": self.bottleneck,
+                "--residual-weight": self.residual_weight,
+                "--label-spread": self.label_spread,
             }
         )
+        if self.known_only + self.bottleneck > 1:
+            raise ConfigError(
+                f"--known-only plus --bottleneck must be at most 1, got "
+                f"{self.known_only} + {self.bottleneck}"
+            )

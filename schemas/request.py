@@ -213,13 +213,13 @@ class AttributionRequest:
                 raise ConfigError(
                     f"--temperature must be a finite number >= 0, got {self.temperature}"
                 )
-            for name in ("top_p", "repetition_penalty"):
-                value = getattr(self, name)
-                if value is not None and not math.isfinite(value):
-                    raise ConfigError(
-                        f"--{name.replace('_', '-')} must be a finite number, got {value}"
-                    )
-                self._check(name)
+        for name in ("top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a finite number, got {value}"
+                )
+            self._check(name)
 
     def _check(self, name: str) -> None:
         """The field's ``choices`` or ``min`` (from its metadata), as one-line errors."""

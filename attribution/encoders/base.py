@@ -143,6 +143,15 @@ class ConceptEncoder(ABC):
         return ids[len(prompt_ids) :]
 
     @property
+    def tokenizer(self) -> TextTokenizer:
+        """The model's tokenizer, loaded once (each :meth:`load_tokenizer` call builds a
+        new one: ~10-25 ms for a 270 kB tokenizer.json, per search before this)."""
+        cached = self.__dict__.get("_tokenizer_cache")
+        if cached is None:  # two threads may both load it once; either result is the same
+            cached = self.__dict__["_tokenizer_cache"] = self.load_tokenizer()
+        return cached
+
+    @property
     def generation_defaults(self) -> dict[str, float]:
         """``top_p`` and ``repetition_penalty`` when a request leaves them unset."""
         return {"top_p": 1.0, "repetition_penalty": 1.0}

@@ -99,12 +99,36 @@ def model() -> None:
     default=8_000_000,
     show_default=True,
 )
+@click.option(
+    "--known-only", type=stage_type("--known-only"), default=TrainConfig.known_only,
+    show_default=True,
+    help="Share of training sequences whose LM loss reads the known concepts alone.",
+)  # fmt: skip
+@click.option(
+    "--bottleneck", type=stage_type("--bottleneck"), default=TrainConfig.bottleneck,
+    show_default=True,
+    help="Share of training sequences whose LM loss reads known + unknown concepts alone.",
+)  # fmt: skip
+@click.option(
+    "--residual-weight", type=stage_type("--residual-weight"),
+    default=TrainConfig.residual_weight, show_default=True,
+    help="Weight of the residual's norm penalty (Steerling's epsilon).",
+)  # fmt: skip
+@click.option(
+    "--label-spread", type=stage_type("--label-spread"), default=TrainConfig.label_spread,
+    show_default=True, help="Spread each tagger label to this many tokens either side.",
+)  # fmt: skip
+@click.option(
+    "--token-head/--no-token-head", default=TrainConfig.token_head, show_default=True,
+    help="The known-concept head also reads the input token's embedding.",
+)  # fmt: skip
 @click.option("--seed", type=stage_type("--seed"), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 @read_options
 def model_train(
     inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
-    holdout, max_train_tokens, seed, as_json, **kw,
+    holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread, token_head,
+    seed, as_json, **kw,
 ) -> None:  # fmt: skip
     """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
 
@@ -127,6 +151,11 @@ def model_train(
         lr=lr,
         holdout=holdout,
         max_train_tokens=max_train_tokens,
+        known_only=known_only,
+        bottleneck=bottleneck,
+        residual_weight=residual_weight,
+        label_spread=label_spread,
+        token_head=token_head,
         seed=seed,
     )
     result = _train_with_progress(config, quiet=as_json)

@@ -90,3 +90,14 @@ def test_wilson_lower_bound_ranks_a_large_source_above_a_lucky_small_one():
     assert wilson_lower(1, 1) < wilson_lower(300, 1000)
     assert wilson_lower(0, 10) == 0.0 and wilson_lower(0, 0) == 0.0
     assert 0.0 < wilson_lower(30, 100) < 0.3
+
+
+def test_weight_cut_is_the_raw_weight_where_the_probability_reaches_the_threshold():
+    from tda.attribution.encoders.builtin.calibrate import firing_cuts
+
+    cal = ConceptCalibration(2.0, -1.0, 0.7, 1.0, 1.0, 1.0, 5, 50)
+    w = cal.weight_cut()
+    assert cal.probability(np.array([w]))[0] == pytest.approx(0.7)
+    falling = ConceptCalibration(-1.0, 0.0, 0.5, 0, 0, 0, 1, 2)
+    cuts = firing_cuts(["a", "b", "c"], {"a": cal, "b": falling})
+    assert cuts[0] == pytest.approx(w) and cuts[1] == np.inf and cuts[2] == 0.5

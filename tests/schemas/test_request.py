@@ -26,6 +26,8 @@ def test_defaults_live_on_the_request():
         "output": None,
         "generate": None,
         "temperature": 0.0,
+        "top_p": None,
+        "repetition_penalty": None,
         "seed": 0,
         "k": 10,
         "nprobe": None,
@@ -110,8 +112,25 @@ def test_field_metadata_names_choices_and_minimums():
     assert meta["rerank"]["choices"] == RERANKS
     assert {n for n, m in meta.items() if "min" in m} == {
         "generate", "temperature", "seed", "k", "ig_steps", "top_concepts", "chunk_size",
+        "top_p", "repetition_penalty",
     }  # fmt: skip
     assert {n: m["max"] for n, m in meta.items() if "max" in m} == {
-        "seed": 2**63 - 1, "nprobe": 2**20,
+        "seed": 2**63 - 1, "nprobe": 2**20, "top_p": 1.0, "repetition_penalty": 10.0,
     }  # fmt: skip
     assert all(m["doc"] for m in meta.values())
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("top_p", 0.0, "--top-p must be at least 0.01"),
+        ("top_p", 1.5, "--top-p must be at most 1.0"),
+        ("top_p", float("nan"), "--top-p must be a finite number"),
+        ("repetition_penalty", 0.5, "--repetition-penalty must be at least 1.0"),
+        ("repetition_penalty", float("inf"), "--repetition-penalty must be a finite number"),
+    ],
+)
+def test_generation_controls_are_range_checked(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        AttributionRequest("Call me", generate=4, **{field: value})
+    AttributionRequest("Call me", generate=4, top_p=0.9, repetition_penalty=1.3)  # fine

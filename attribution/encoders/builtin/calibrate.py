@@ -32,6 +32,7 @@ __all__ = [
     "SHARE_DEFINITION",
     "ConceptCalibration",
     "calibrate_concepts",
+    "firing_cuts",
     "fit_platt",
     "hidden_statistics",
     "label_unknown_concepts",
@@ -69,6 +70,14 @@ class ConceptCalibration:
         w = np.clip(np.asarray(weights, dtype=np.float64), _EPS, 1 - _EPS)
         return _sigmoid(self.a * np.log(w / (1 - w)) + self.b)
 
+    def weight_cut(self) -> float:
+        """The raw weight at which ``p`` reaches the threshold (the calibration is
+        monotone in the weight); inf when it does not rise with the weight."""
+        if self.a <= 0:
+            return float("inf")
+        t = min(max(self.threshold, _EPS), 1 - _EPS)
+        return float(_sigmoid(np.asarray((np.log(t / (1 - t)) - self.b) / self.a)))
+
     def to_dict(self) -> dict:
         # a, b and the threshold exactly (a rounded cut would move chunks across it)
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -76,6 +85,15 @@ class ConceptCalibration:
     @classmethod
     def from_dict(cls, data: dict) -> ConceptCalibration:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def firing_cuts(names: Sequence[str], calibration: dict, default: float = 0.5) -> np.ndarray:
+    """(C,) per known concept (by id), the raw chunk weight from which it counts as firing:
+    its calibrated threshold, else ``default``."""
+    return np.array(
+        [calibration[n].weight_cut() if n in calibration else default for n in names],
+        dtype=np.float64,
+    )
 
 
 def fit_platt(

@@ -74,6 +74,10 @@ class BuiltinConfig:
     known_topk: int = 8  # a token rarely carries more than a few tagged concepts
     unknown_topk: int = 32
     mlp_ratio: int = 4
+    # The known head also reads the input token's embedding (a linear term beside h's):
+    # the taggers label words, and a 4-layer model's last hidden state is already about
+    # the next token (docs/model.md: per-concept AUROC with and without it).
+    token_head: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -119,6 +123,7 @@ class ConceptLM(nn.Module):
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.known_pred = nn.Linear(cfg.d_model, cfg.n_known)
+        self.known_token = nn.Linear(cfg.d_model, cfg.n_known) if cfg.token_head else None
         self.known_emb = nn.Parameter(torch.empty(cfg.n_known, cfg.d_model))
         self.unknown_pred = nn.Linear(cfg.d_model, cfg.n_unknown)
         self.unknown_emb = nn.Parameter(torch.empty(cfg.n_unknown, cfg.d_model))
@@ -150,10 +155,13 @@ class ConceptLM(nn.Module):
             x = block(x)
         return self.ln_f(x)
 
-    def heads(self, h: torch.Tensor):
-        """h (B, T, D) -> (known_logits (B, T, C), known top-k (ids, weights),
+    def heads(self, h: torch.Tensor, x0: torch.Tensor | None = None):
+        """h (B, T, D), and the input token embeddings x0 (B, T, D) for a model whose
+        known head reads them -> (known_logits (B, T, C), known top-k (ids, weights),
         known_features, unknown top-k (ids, weights), unknown_features)."""
         known_logits = self.known_pred(h)  # (B, T, C)
+        if self.known_token is not None:
+            known_logits = known_logits + self.known_token(x0)
         kw, ki = torch.topk(torch.sigmoid(known_logits), min(self.cfg.known_topk, self.cfg.n_known))
         known_features = torch.einsum("btk,btkd->btd", kw, self.known_emb[ki])
         # The unknown head reads a detached h (as Steerling's does): it explains h, it
@@ -197,8 +205,9 @@ class BuiltinEncoder(ConceptEncoder):
         self.unknown_labels = unknown_labels
 
     def forward(self, ids, *, embeds=None, with_logits=False) -> ConceptActivations:
-        h = self.model.hidden(ids, embeds)
-        _, (ki, kw), known, (ui, uw), unknown = self.model.heads(h)
+        x0 = self.model.tok_emb(ids) if embeds is None else embeds
+        h = self.model.hidden(None, x0)
+        _, (ki, kw), known, (ui, uw), unknown = self.model.heads(h, x0)
         return ConceptActivations(
             hidden=h,
             known_features=known,

@@ -186,8 +186,9 @@ def _losses(model, ids, labels, mask, cfg: TrainConfig, pos_weight=None, paths=N
     import torch
     import torch.nn.functional as F
 
-    h = model.hidden(ids)
-    known_logits, (ki, kw), known, _, unknown = model.heads(h)
+    x0 = model.tok_emb(ids)
+    h = model.hidden(None, x0)
+    known_logits, (ki, kw), known, _, unknown = model.heads(h, x0)
     z = h
     if paths is not None:
         # The LM loss trains the concept vectors through these paths, not the concept
@@ -243,6 +244,7 @@ def train_builtin(
         n_heads=cfg.n_heads,
         max_seq=cfg.max_seq,
         n_unknown=cfg.n_unknown,
+        token_head=cfg.token_head,
     )
     torch.manual_seed(cfg.seed)
     # Some CPU backward kernels (index accumulation) are not repeatable by default.
@@ -373,7 +375,7 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
             hm = h[mask].double().numpy()
             sum_h += hm.sum(0)
             sum_h2 += (hm**2).sum(0)
-            _, (ki, kw), _, (ui, uw), _ = model.heads(h)
+            _, (ki, kw), _, (ui, uw), _ = model.heads(h, model.tok_emb(ids))
             unk_ids.append(ui[mask].numpy())
             unk_w.append(uw[mask].numpy())
             unk_tok.append(ids[mask].numpy())
