@@ -526,16 +526,17 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
 
 
 def attribute_generated(out: Path, root: Path, prompt: str, name: str) -> str:
-    """``tda attribute --generate 40 --json`` after ``prompt`` (greedy with the model's
-    repetition penalty: the same every run), the report saved as out/NAME.json and shown
-    as the terminal report; returns the generated text."""
+    """``tda attribute --generate 40 --temperature 0.7 --json`` after ``prompt`` (sampled
+    with seed 0 and the model's top-p and repetition penalty: the same every run; greedy
+    decoding makes this small model loop on newlines), the report saved as out/NAME.json
+    and shown as the terminal report; returns the generated text."""
     from rich.console import Console
 
     from tda.jobs.report_view import render_report
     from tda.schemas import AttributionReport
 
-    cmd = [*TDA, "attribute", str(root), "--prompt", prompt, "--generate", "40", "-k", "3",
-           "--top-concepts", "6", "--json"]  # fmt: skip
+    cmd = [*TDA, "attribute", str(root), "--prompt", prompt, "--generate", "40",
+           "--temperature", "0.7", "-k", "3", "--top-concepts", "6", "--json"]  # fmt: skip
     print(f"\n$ tda {' '.join(repr(c) if ' ' in c else c for c in cmd[3:])} > {name}.json")
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     (out / f"{name}.json").write_text(text)

@@ -437,8 +437,13 @@ def report_model_train(result, out: str, as_json: bool) -> None:
         )
         for target, met in held["targets"].items():
             click.echo(f"  {'met   ' if met else 'MISSED'} {target}")
-        for name, value in held.get("auroc_below_0.9", {}).items():
-            click.echo(f"         AUROC {value:.3f} {name}")
+        below = sorted(held.get("auroc_below_0.9", {}).items(), key=lambda kv: kv[1])
+        if below:
+            worst = ", ".join(f"{name} {value:.3f}" for name, value in below[:5])
+            click.echo(
+                f"         {len(below)} concepts below AUROC 0.9; lowest: {worst} "
+                f"(training.json lists every concept's)"
+            )
 
 
 def report_model_info(encoder, as_json: bool) -> None:

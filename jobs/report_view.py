@@ -23,6 +23,14 @@ def _bar(value: float, largest: float) -> str:
     return ("█" * n) if value >= 0 else ("░" * n)
 
 
+def visible_breaks(text: str) -> str:
+    """``text`` with each run of 3 or more line breaks shown as one ``↵×N`` mark and a
+    break (as the viewer does), so a generated run of newlines is not a tall empty box."""
+    import re
+
+    return re.sub(r"\n{3,}", lambda m: f"↵×{len(m.group())}\n", text)
+
+
 def _excerpt(text: str | None, limit: int = 220) -> str:
     text = (text or "").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -124,7 +132,7 @@ def render_report(report: AttributionReport, console) -> None:
     body.append(report.prompt, style="dim")
     for c in report.chunks:
         body.append(f"[{c.index}]", style="bold cyan")
-        body.append(c.text, style=CHUNK_STYLES[c.index % 2])
+        body.append(visible_breaks(c.text), style=CHUNK_STYLES[c.index % 2])
     console.print(
         Panel(
             body,

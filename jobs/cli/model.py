@@ -119,6 +119,10 @@ def model() -> None:
     show_default=True, help="Spread each tagger label to this many tokens either side.",
 )  # fmt: skip
 @click.option(
+    "--known-topk", type=stage_type("--known-topk"), default=TrainConfig.known_topk,
+    show_default=True, help="Known concepts each token's features use (top-k of the head).",
+)  # fmt: skip
+@click.option(
     "--token-head/--no-token-head", default=TrainConfig.token_head, show_default=True,
     help="The known-concept head also reads the input token's embedding.",
 )  # fmt: skip
@@ -127,8 +131,8 @@ def model() -> None:
 @read_options
 def model_train(
     inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
-    holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread, token_head,
-    seed, as_json, **kw,
+    holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread, known_topk,
+    token_head, seed, as_json, **kw,
 ) -> None:  # fmt: skip
     """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
 
@@ -155,6 +159,7 @@ def model_train(
         bottleneck=bottleneck,
         residual_weight=residual_weight,
         label_spread=label_spread,
+        known_topk=known_topk,
         token_head=token_head,
         seed=seed,
     )

@@ -101,3 +101,18 @@ def test_weight_cut_is_the_raw_weight_where_the_probability_reaches_the_threshol
     falling = ConceptCalibration(-1.0, 0.0, 0.5, 0, 0, 0, 1, 2)
     cuts = firing_cuts(["a", "b", "c"], {"a": cal, "b": falling})
     assert cuts[0] == pytest.approx(w) and cuts[1] == np.inf and cuts[2] == 0.5
+
+
+def test_platt_on_degenerate_chunks_stays_bounded():
+    """The demo's violence concept: almost every held-out chunk at the clipped minimum
+    weight and the few positives among them. Newton without step control diverged there
+    (a = -456,692, b = -2.9e12, every probability 0)."""
+    x = np.full(3000, np.log(1e-6 / (1 - 1e-6)))
+    x[:40] = 0.3  # a few chunks where the concept fired
+    y = np.zeros(3000, dtype=bool)
+    y[:20] = True  # half of them tagged
+    y[100:113] = True  # and some tagged chunks where the head did not fire
+    a, b = fit_platt(x, y)
+    assert np.isfinite([a, b]).all() and abs(a) < 10 and abs(b) < 50
+    p = 1 / (1 + np.exp(-(a * x + b)))
+    assert p[:40].mean() > p[40:].mean()  # firing chunks are likelier

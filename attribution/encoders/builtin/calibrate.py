@@ -13,9 +13,10 @@
   tokens the known concepts, the unknown concepts and the residual carry (the definition
   is in :data:`SHARE_DEFINITION`).
 * **Pooling statistics** (:func:`hidden_statistics`): the per-dimension mean and spread
-  of the final hidden states, so pooled chunk vectors are centred and scaled before they
-  are normalised (without it a briefly trained model's chunk vectors share one dominant
-  direction and coincide at float16 precision).
+  of held-out chunks' mean hidden states, so pooled chunk vectors are standardised before
+  they are normalised (without it a briefly trained model's chunk vectors share one
+  dominant direction and coincide at float16 precision, and every search score sits
+  near 1).
 
 Everything here is numpy on arrays the trainer collects in one pass over held-out text.
 """
@@ -97,25 +98,41 @@ def firing_cuts(names: Sequence[str], calibration: dict, default: float = 0.5) -
 
 
 def fit_platt(
-    x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 100
+    x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 100
 ) -> tuple[float, float]:
-    """Logistic regression of labels ``y`` (n,) bool on one feature ``x`` (n,) by Newton's
-    method with a small L2 penalty on the slope (so separable data stays finite).
-    Returns (a, b) with ``P(y) = sigmoid(a * x + b)``."""
+    """Logistic regression of labels ``y`` (n,) bool on one feature ``x`` (n,): Newton's
+    method with step halving (the penalised loss never rises) and an L2 penalty ``l2``
+    on the slope, so separable or degenerate data (every chunk at one weight) stays
+    finite. Returns (a, b) with ``P(y) = sigmoid(a * x + b)``."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     # Platt's targets: (n+ + 1) / (n+ + 2) and 1 / (n- + 2), not 1 and 0, against overfit.
     pos, neg = y.sum(), len(y) - y.sum()
     t = np.where(y > 0, (pos + 1) / (pos + 2), 1 / (neg + 2))
-    a, b = 1.0, 0.0
     X = np.stack([x, np.ones_like(x)], axis=1)
+
+    def loss(a: float, b: float) -> float:
+        z = a * x + b
+        return float(np.sum(np.logaddexp(0.0, z) - t * z) + 0.5 * l2 * a * a)
+
+    a, b = 0.0, float(np.log((pos + 1) / (neg + 1)))  # start at the base rate
+    current = loss(a, b)
     for _ in range(iters):
         p = _sigmoid(a * x + b)
         grad = X.T @ (p - t) + np.array([l2 * a, 0.0])
         hess = (X * (p * (1 - p))[:, None]).T @ X + np.diag([l2, 1e-9])
         step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-9:
+        scale = 1.0
+        while scale > 1e-6:
+            new = loss(a - scale * step[0], b - scale * step[1])
+            if new <= current:
+                break
+            scale /= 2
+        else:
+            break  # no step lowers the loss: converged
+        a, b = a - scale * step[0], b - scale * step[1]
+        improved, current = current - new, new
+        if improved < 1e-10 * max(1.0, abs(current)):
             break
     return float(a), float(b)
 
@@ -124,10 +141,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
 
 
+# The threshold maximises F-beta with beta 0.5: precision counts twice as much as recall,
+# since a scan's hits go into prune lists (F1's cut kept 86% of every mail source's chunks
+# for scam_fraud on the demo, spam and ordinary mail alike).
+F_BETA = 0.5
+
+
 def _best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
-    """The cut on ``p`` with the best F1 (the highest cut on ties): (t, precision, recall,
-    f1). The cut sits halfway between the last chunk kept and the next one, not on the
-    last kept chunk itself, so it does not fit the held-out sample's edge exactly."""
+    """The cut on ``p`` with the best F-beta (:data:`F_BETA`; the highest cut on ties):
+    (t, precision, recall, f-beta). The cut sits halfway between the last chunk kept and
+    the next one, not on the last kept chunk itself, so it does not fit the held-out
+    sample's edge exactly."""
     order = np.argsort(-p, kind="stable")
     ps, ys = p[order], y[order].astype(np.float64)
     tp = np.cumsum(ys)
@@ -135,7 +159,10 @@ def _best_threshold(p: np.ndarray, y: np.ndarray) -> tuple[float, float, float, 
     # only cut between distinct values of p
     last = np.append(ps[1:] != ps[:-1], True)
     precision, recall = tp / k, tp / max(ys.sum(), 1)
-    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    b2 = F_BETA**2
+    f1 = np.where(
+        tp > 0, (1 + b2) * precision * recall / np.maximum(b2 * precision + recall, 1e-12), 0
+    )
     f1 = np.where(last, f1, -1)
     i = int(np.argmax(f1))
     cut = (ps[i] + ps[i + 1]) / 2 if i + 1 < len(ps) else ps[i]
@@ -214,7 +241,7 @@ def logit_shares(known: np.ndarray, unknown: np.ndarray, residual: np.ndarray) -
 def hidden_statistics(
     sum_h: np.ndarray, sum_h2: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Running sums of hidden states (D,) and their squares (D,) over ``n`` tokens ->
+    """Running sums of vectors (D,) and their squares (D,) over ``n`` of them ->
     (mean, scale) float32, scale = the standard deviation (at least 1e-3 of the largest,
     so a dead dimension is not blown up)."""
     mean = sum_h / max(n, 1)

@@ -245,6 +245,7 @@ def train_builtin(
         max_seq=cfg.max_seq,
         n_unknown=cfg.n_unknown,
         token_head=cfg.token_head,
+        known_topk=cfg.known_topk,
     )
     torch.manual_seed(cfg.seed)
     # Some CPU backward kernels (index accumulation) are not repeatable by default.
@@ -359,7 +360,8 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
     shares: list[np.ndarray] = []  # (3,) per chunk: known, unknown, residual logit sums
     chunk_w, chunk_y = [], []  # per chunk: (C,) max weight, (C,) any tagged token
     unk_ids, unk_w, unk_tok = [], [], []
-    sum_h, sum_h2 = np.zeros(D), np.zeros(D)
+    # over held-out chunks: the sum of chunk-mean hidden states and of their squares
+    sum_h, sum_h2, n_chunks = np.zeros(D), np.zeros(D), 0
     with torch.inference_mode():
         for i in range(0, len(segments), cfg.batch_size):
             part = segments[i : i + cfg.batch_size]
@@ -372,9 +374,6 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
             weights = torch.sigmoid(known_logits)
             scores.append(weights[mask].numpy())
             labels.append(lab[mask].numpy())
-            hm = h[mask].double().numpy()
-            sum_h += hm.sum(0)
-            sum_h2 += (hm**2).sum(0)
             _, (ki, kw), _, (ui, uw), _ = model.heads(h, model.tok_emb(ids))
             unk_ids.append(ui[mask].numpy())
             unk_w.append(uw[mask].numpy())
@@ -393,6 +392,10 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
                     lo, hi = max(c0 - 1, 0), c1 - 1
                     if hi > lo:
                         shares.append(parts[b, lo:hi].double().sum(0).numpy())
+                    pooled = h[b, c0:c1].double().mean(0).numpy()
+                    sum_h += pooled
+                    sum_h2 += pooled**2
+                    n_chunks += 1
                     chunk_w.append(topk[b, c0:c1].max(0).values.numpy())
                     chunk_y.append(lab[b, c0:c1].max(0).values.numpy() > 0)
     s, y = np.concatenate(scores), np.concatenate(labels)
@@ -402,8 +405,9 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
         value = auroc(s[:, c], y[:, c])
         if value is not None:
             per_concept[name] = round(value, 4)
-    model.pool_mean.copy_(torch.from_numpy(hidden_statistics(sum_h, sum_h2, tokens)[0]))
-    model.pool_scale.copy_(torch.from_numpy(hidden_statistics(sum_h, sum_h2, tokens)[1]))
+    mean, scale = hidden_statistics(sum_h, sum_h2, n_chunks)
+    model.pool_mean.copy_(torch.from_numpy(mean))
+    model.pool_scale.copy_(torch.from_numpy(scale))
     split = np.stack(shares) if shares else np.zeros((0, 3))
     share = logit_shares(split[:, 0], split[:, 1], split[:, 2])
     share["definition"] = SHARE_DEFINITION.replace("CHUNK", str(chunk))
