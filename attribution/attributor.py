@@ -434,7 +434,8 @@ class Attributor:
         valid = valid[: request.candidates]
         if rerank == "concepts":
             signal = [
-                concept_overlap(out_concepts, *self.reader.concepts(int(ids[i]))) for i in valid
+                concept_overlap(out_concepts, *self.reader.concepts(int(ids[i])), self._cuts)
+                for i in valid
             ]
         elif rerank == "span":
             query = words(query_text)

@@ -37,15 +37,20 @@ _WORD = re.compile(r"\w+")  # the words of :func:`words`, with their offsets
 
 
 def concept_overlap(
-    output: dict[int, float], train_ids: np.ndarray, train_weights: np.ndarray
+    output: dict[int, float],
+    train_ids: np.ndarray,
+    train_weights: np.ndarray,
+    cuts: np.ndarray | None = None,
 ) -> float:
     """Sparse overlap of an output chunk's known concepts ``{id: weight}`` with a training
-    chunk's (ids (k,), weights (k,)): sum over shared ids of the smaller weight."""
+    chunk's (ids (k,), weights (k,)): sum over shared ids of the smaller weight, counting
+    only concepts that fire on both sides (the smaller weight reaches the concept's cut
+    in ``cuts`` (C,), as a hit's shared concepts do; None: every shared id)."""
     return float(
         sum(
             min(output[int(c)], float(w))
             for c, w in zip(train_ids.tolist(), train_weights.tolist(), strict=True)
-            if int(c) in output
+            if int(c) in output and (cuts is None or min(output[int(c)], float(w)) >= cuts[int(c)])
         )
     )
 

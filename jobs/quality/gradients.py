@@ -138,7 +138,8 @@ class TRAKRanker(_PerChunk):
         def probability(params, data):
             return torch.exp(-loss(params, data))
 
-        state = {n: p.detach().clone() for n, p in lm.named_parameters()}
+        # dattri loads the checkpoint strictly: the pooling statistics (buffers) too
+        state = {n: t.detach().clone() for n, t in lm.state_dict().items()}
         task = AttributionTask(loss_func=loss, model=lm, checkpoints=state)
         self.attributor = TRAKAttributor(
             task=task,

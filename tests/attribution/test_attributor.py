@@ -323,7 +323,10 @@ def test_generation_is_deterministic_and_attributed(attributor):
     report = attributor.attribute("The while statement", generate=20)
     again = attributor.attribute("The while statement", generate=20)
     assert report.output == again.output and report.output_token_count == 20
-    assert report.settings.generate == {"tokens": 20, "temperature": 0.0, "seed": 0}
+    # the builtin model's own defaults are recorded (docs/model.md, Generation)
+    assert report.settings.generate == {
+        "tokens": 20, "temperature": 0.0, "seed": 0, "top_p": 0.9, "repetition_penalty": 1.3,
+    }  # fmt: skip
     sampled = [
         generate_tokens(attributor.encoder, [5, 6, 7], 12, temperature=1.0, seed=s)
         for s in (1, 1, 2)
@@ -520,3 +523,19 @@ def test_steerling_index_attribution_and_own_generator(tmp_path, docs_jsonl, ste
             t.logit, rel=1e-3, abs=1e-3
         )
         assert c.hits and len(c.prompt_tokens) == P
+
+
+def test_repetition_penalty_and_top_p_change_what_is_generated(attributor):
+    """Greedy with no penalty repeats tokens; the penalty changes the continuation, and a
+    sampled one at a low temperature with top-p 0.01 equals greedy (the nucleus then holds
+    the top token only)."""
+    plain = attributor.attribute("The while statement", generate=24, repetition_penalty=1.0)
+    penalised = attributor.attribute("The while statement", generate=24, repetition_penalty=3.0)
+    assert plain.output != penalised.output
+    ids = attributor.tokenizer.encode_batch([penalised.output])[0].ids.tolist()
+    plain_ids = attributor.tokenizer.encode_batch([plain.output])[0].ids.tolist()
+    assert len(set(ids)) >= len(set(plain_ids))
+    nucleus = attributor.attribute(
+        "The while statement", generate=24, temperature=0.05, top_p=0.01, repetition_penalty=1.0
+    )
+    assert nucleus.output == plain.output

@@ -159,6 +159,9 @@ def _reference_pool(acts, rows, starts, ends, pooling: Pooling, C: int):
                 "known": acts.known_features,
                 "hidden": acts.hidden,
             }[pooling.features][b, s:e].numpy()
+            if pooling.features == "hidden" and acts.pool_mean is not None:
+                # standardised by the model's pooling statistics first (docs/model.md)
+                feats = (feats - acts.pool_mean.numpy()) / acts.pool_scale.numpy()
             v = {"mean": feats.mean(0), "max": feats.max(0), "last": feats[-1]}[pooling.method]
         vecs.append(v / np.linalg.norm(v))
         cw = dense.max(0) if pooling.concept_reducer == "max" else dense.mean(0)

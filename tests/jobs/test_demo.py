@@ -18,6 +18,18 @@ SPEECHES = [("1790-washington", "Fellow-Citizens of the Senate and House."), ("1
             "Fellow-Citizens of the Senate and House of Representatives: in vain.")]  # fmt: skip
 
 
+# SpamAssassin groups: one spam message, one plain mailing-list message, and one that is
+# too short to keep (the demo keeps plain-text bodies of 200 characters or more)
+MAIL = {
+    "spam-1": [
+        "From: a@b\nSubject: Make money fast\n\n" + "Click here to be removed from our list. " * 8,
+        "From: a@b\nSubject: hi\n\nshort",
+    ],
+    "spam-2": [],
+    "easy-ham-1": ["From: c@d\nSubject: Re: kernel\n\n" + "The patch builds on 2.4 here. " * 10],
+}
+
+
 def _cache(downloads, texts):
     """The npm packages' cached folders (what ``fetch_npm`` reuses instead of npm): Moby
     Dick's chapters 1, 2 and 10 and two addresses, cut from ``texts``."""
@@ -27,6 +39,11 @@ def _cache(downloads, texts):
         if name == "moby_dick":
             for n, text in zip((1, 2, 10), texts, strict=False):
                 (data / f"chapter_{n}.txt").write_text(text)
+        elif name == "spam_assassin":
+            for group, body in MAIL.items():
+                (data / group).mkdir()
+                for n, text in enumerate(body):
+                    (data / group / f"{n:05d}.abc.txt").write_text(text)
         else:
             for stem, text in SPEECHES:
                 (data / f"{stem}.txt").write_text(text)
@@ -42,8 +59,11 @@ def demo_corpus(tmp_path, monkeypatch):
 
 def test_corpus_mixes_formats_from_the_cache_and_is_the_same_bytes_each_run(tmp_path, demo_corpus):
     names = sorted(p.name for p in demo_corpus.iterdir())
-    assert names == ["broken.jsonl", "moby_dick.jsonl.gz", "python_docs.jsonl.zst",
-                     "sotu.parquet", "zen_of_python.txt"]  # fmt: skip
+    assert names == ["broken.jsonl", "mail_ham.jsonl", "mail_spam.jsonl", "moby_dick.jsonl.gz",
+                     "python_docs.jsonl.zst", "sotu.parquet", "zen_of_python.txt"]  # fmt: skip
+    spam = [json.loads(line) for line in (demo_corpus / "mail_spam.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in spam] == ["spam-1/00000"]  # the short one is not kept
+    assert spam[0]["text"].startswith("Subject: Make money fast\n\nClick here")
     with gzip.open(demo_corpus / "moby_dick.jsonl.gz") as f:
         chapters = [json.loads(line)["id"] for line in f]
     assert chapters == ["chapter_1", "chapter_2", "chapter_10"]  # in chapter order
@@ -88,20 +108,26 @@ def test_main_runs_the_commands_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "_run", lambda cmd: ran.append(cmd[3:]))
     monkeypatch.setattr(demo, "show", lambda root, corpus: shown.append((root, corpus)))
     monkeypatch.setattr(demo, "verbatim_passage", lambda root: ("P", "O"))
+    generated = []
+    monkeypatch.setattr(
+        demo, "attribute_generated",
+        lambda out, root, prompt, name: generated.append((prompt, name)) or f"text of {name}",
+    )  # fmt: skip
     demo.main(["--out", str(tmp_path), "--steps", "7"])
     out, corpus, model, root = (str(tmp_path / p) for p in ("", "corpus", "model", "root"))
     assert ran == [
-        ["model", "train", corpus, "--out", model, "--steps", "7"],
+        ["model", "train", corpus, "--out", model, "--steps", "7", *demo.MODEL_RECIPE],
         ["build", corpus, "--model", f"builtin:{model}", "--out", root, "--overwrite"],
         ["index", "verify", root],
         ["attribute", root, "--prompt", "P", "--output", "O", "-k", "3", "--top-concepts", "3",
          "--input-attribution", "none"],
-        ["attribute", root, "--prompt", "Call me Ishmael. Some years ago", "--generate", "40",
-         "-k", "3", "--top-concepts", "6"],
-        ["attribute", root, "--prompt", "Fellow-Citizens of the Senate and", "--generate",
-         "40", "-k", "3", "--top-concepts", "6"],
-        ["scan", root, "--concept", "violence", "--min-weight", "0.15", "--out",
-         f"{out}/scan-violence", "--overwrite"],
+        ["scan", root, "--concept", "scam_fraud", "--out", f"{out}/scan-scam_fraud",
+         "--overwrite"],
+        ["scan", root, "--concept", "violence", "--out", f"{out}/scan-violence", "--overwrite"],
+    ]  # fmt: skip
+    # the two generations run through attribute_generated (their reports are parsed)
+    assert [p for p, _ in generated] == [
+        "Call me Ishmael. Some years ago", "Fellow-Citizens of the Senate and",
     ]  # fmt: skip
     assert [(str(r), str(c)) for r, c in shown] == [(root, corpus)]
     lines = capsys.readouterr().out.splitlines()
@@ -130,3 +156,9 @@ def test_the_verbatim_passage_is_cut_from_the_stored_chunks(tmp_path):
     prompt, output = demo.verbatim_passage(tmp_path)
     assert prompt.endswith("Call me Ishmael. Some years ago") and text.startswith(prompt)
     assert output == text[len(prompt) : len(prompt) + 400]
+
+
+def test_distinct_n_scores_a_looping_generator_near_zero():
+    assert demo.distinct_n(["a b c d", "e f g"]) == 1.0
+    assert demo.distinct_n([", and the United States" * 8]) < 0.2
+    assert demo.distinct_n(["one"]) == 1.0  # no pairs at all
