@@ -528,18 +528,23 @@ def create_app(
             "hits": hits,
         }
 
-    @app.get("/api/chunks/{chunk_id}", response_model=ChunkResponse, responses=errors)
-    def chunk(chunk_id: ChunkId, context: int = Query(default=1, ge=0, le=8)):
+    @contextmanager
+    def _missing_is_404(chunk_id: int) -> Iterator[None]:
+        """A chunk id the index does not hold -> 404 naming it; a damaged root's
+        CorruptFileError (a ValueError too) passes on to the 500 handler."""
         try:
-            record = reader.lookup.get(chunk_id)
-        except CorruptFileError:  # a ValueError too, but the root's fault: a 500
+            yield
+        except CorruptFileError:
             raise
         except IndexReadError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
         except (ValueError, OverflowError):
-            raise HTTPException(
-                status_code=404, detail=f"chunk id {chunk_id} is not in this index"
-            ) from None
+            raise HTTPException(404, f"chunk id {chunk_id} is not in this index") from None
+
+    @app.get("/api/chunks/{chunk_id}", response_model=ChunkResponse, responses=errors)
+    def chunk(chunk_id: ChunkId, context: int = Query(default=1, ge=0, le=8)):
+        with _missing_is_404(chunk_id):
+            record = reader.lookup.get(chunk_id)
 
         def neighbours(step: int) -> list:
             out = []
@@ -578,16 +583,8 @@ def create_app(
     ):
         # the whole training document around a hit, for the viewer's document view;
         # capped (a document can be 16 MiB) with "truncated" set when it is cut
-        try:
+        with _missing_is_404(chunk_id):
             return document_of(reader.lookup, chunk_id, limit)
-        except CorruptFileError:  # a ValueError too, but the root's fault: a 500
-            raise
-        except IndexReadError as exc:
-            raise HTTPException(status_code=404, detail=str(exc)) from None
-        except (ValueError, OverflowError):
-            raise HTTPException(
-                status_code=404, detail=f"chunk id {chunk_id} is not in this index"
-            ) from None
 
     @app.get("/", include_in_schema=False)
     def viewer():

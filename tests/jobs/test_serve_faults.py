@@ -372,12 +372,19 @@ def test_full_model_queue_answers_503_with_retry_after(roomy):
 
     def slow() -> None:
         try:
-            results["slow"] = httpx.post(f"{roomy}/api/attribute", json=SLOW, timeout=300)
+            # a probing search may hold the one slot when this arrives: then it gets the
+            # 503 itself; retry (bounded) until it holds the model
+            for _ in range(200):
+                results["slow"] = httpx.post(f"{roomy}/api/attribute", json=SLOW, timeout=300)
+                if results["slow"].status_code != 503:
+                    break
+                time.sleep(0.01)
         finally:
             done.set()
 
     worker = threading.Thread(target=slow)
     worker.start()
+    time.sleep(0.2)  # let the slow request take the slot before probing
     busy = None
     for _ in range(2000):  # bounded: until the slow request is seen holding the model
         if done.is_set():
