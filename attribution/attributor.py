@@ -575,6 +575,7 @@ def _detached(acts: ConceptActivations) -> ConceptActivations:
             for name in (
                 "hidden", "known_features", "unknown_features", "known_ids", "known_weights",
                 "unknown_ids", "unknown_weights", "logits", "pool_mean", "pool_scale",
+                "known_all",
             )
         }
     )  # fmt: skip

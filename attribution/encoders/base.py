@@ -58,6 +58,10 @@ class ConceptActivations:
     # tda.attribution.encoders.builtin.calibrate.hidden_statistics)
     pool_mean: torch.Tensor | None = None
     pool_scale: torch.Tensor | None = None
+    # (B, T, C) every known concept's weight, or None: models with a small concept set
+    # (builtin) give it, so a chunk's concept weights do not depend on which concepts
+    # made each token's top-k (a rare concept outranked on every token was never stored)
+    known_all: torch.Tensor | None = None
 
     @property
     def residual(self) -> torch.Tensor:

@@ -90,7 +90,16 @@ def pool_chunks(
     flat_concept = (pair_chunk.unsqueeze(1) * n_known + ids_pairs).reshape(-1)
 
     def concept_matrix(reduce: str) -> torch.Tensor:
-        """(n, n_known) chunk x known-concept weight: max or mean over the chunk's tokens."""
+        """(n, n_known) chunk x known-concept weight: max or mean over the chunk's tokens
+        (of every concept's weight when the model gives them all, else of each token's
+        top-k)."""
+        if acts.known_all is not None:
+            every = acts.known_all.reshape(B * T, -1)[pair_flat].float()  # (P, C)
+            out = torch.zeros((n, every.shape[1]), device=device, dtype=torch.float32)
+            if reduce == "max":
+                index = pair_chunk.unsqueeze(1).expand(-1, every.shape[1])
+                return out.scatter_reduce_(0, index, every, "amax", include_self=False)
+            return out.index_add_(0, pair_chunk, every) / denom
         out = torch.zeros(n * n_known, device=device, dtype=torch.float32)
         if reduce == "max":
             out.scatter_reduce_(0, flat_concept, w_pairs.reshape(-1), "amax")

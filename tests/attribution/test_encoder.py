@@ -151,6 +151,8 @@ def _reference_pool(acts, rows, starts, ends, pooling: Pooling, C: int):
         w = acts.known_weights[b, s:e].numpy()
         for t in range(e - s):
             dense[t, ids[t]] = w[t]
+        if acts.known_all is not None:  # every concept's weight, not the top-k
+            dense = acts.known_all[b, s:e].numpy().astype(np.float64)
         if pooling.method == "weights":
             v = dense.mean(0)
         else:

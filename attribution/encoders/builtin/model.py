@@ -207,7 +207,7 @@ class BuiltinEncoder(ConceptEncoder):
     def forward(self, ids, *, embeds=None, with_logits=False) -> ConceptActivations:
         x0 = self.model.tok_emb(ids) if embeds is None else embeds
         h = self.model.hidden(None, x0)
-        _, (ki, kw), known, (ui, uw), unknown = self.model.heads(h, x0)
+        known_logits, (ki, kw), known, (ui, uw), unknown = self.model.heads(h, x0)
         return ConceptActivations(
             hidden=h,
             known_features=known,
@@ -219,6 +219,7 @@ class BuiltinEncoder(ConceptEncoder):
             logits=self.model.logits(h) if with_logits else None,
             pool_mean=self.model.pool_mean,
             pool_scale=self.model.pool_scale,
+            known_all=torch.sigmoid(known_logits),
         )
 
     @property

@@ -374,12 +374,12 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
             weights = torch.sigmoid(known_logits)
             scores.append(weights[mask].numpy())
             labels.append(lab[mask].numpy())
-            _, (ki, kw), _, (ui, uw), _ = model.heads(h, model.tok_emb(ids))
+            _, _, _, (ui, uw), _ = model.heads(h, model.tok_emb(ids))
             unk_ids.append(ui[mask].numpy())
             unk_w.append(uw[mask].numpy())
             unk_tok.append(ids[mask].numpy())
-            # the weights pooling sees: each token's top-k known concepts only
-            topk = torch.zeros_like(weights).scatter_(-1, ki, kw)
+            # the weights pooling sees: every concept's (BuiltinEncoder gives them all)
+            topk = weights
             # each part's contribution to the logit of the actual next token
             w_y = model.tok_emb.weight[ids[:, 1:]]  # (B, T-1, D)
             res = h - known - unknown
