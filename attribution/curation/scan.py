@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tda import __version__
+from tda.attribution.encoders.builtin.calibrate import platt_probability
 from tda.attribution.io.fs import (
     atomic_open,
     atomic_write_text,
@@ -345,11 +346,8 @@ def _concept_hits(plan: ScanPlan, file_index: int, table: pa.Table, chunks: pa.T
     cut = np.full(len(flat_ids), np.inf, dtype=np.float32)
     for cid, threshold, ab in zip(plan.concept_ids, plan.thresholds, plan.platt, strict=True):
         at = flat_ids == cid
-        w = flat_w[at].astype(np.float64)
-        if ab is not None:
-            w = np.clip(w, 1e-6, 1 - 1e-6)
-            w = 1.0 / (1.0 + np.exp(-(ab[0] * np.log(w / (1 - w)) + ab[1])))
-        score[at] = w
+        w = flat_w[at]
+        score[at] = w if ab is None else platt_probability(w, *ab)
         cut[at] = threshold
     hit = score >= cut
     flat_w = score

@@ -38,6 +38,7 @@ __all__ = [
     "hidden_statistics",
     "label_unknown_concepts",
     "logit_shares",
+    "platt_probability",
 ]
 
 SHARE_DEFINITION = (
@@ -68,8 +69,7 @@ class ConceptCalibration:
 
     def probability(self, weights: np.ndarray) -> np.ndarray:
         """(n,) weights in [0, 1] -> (n,) calibrated probabilities."""
-        w = np.clip(np.asarray(weights, dtype=np.float64), _EPS, 1 - _EPS)
-        return _sigmoid(self.a * np.log(w / (1 - w)) + self.b)
+        return platt_probability(weights, self.a, self.b)
 
     def weight_cut(self) -> float:
         """The raw weight at which ``p`` reaches the threshold (the calibration is
@@ -86,6 +86,13 @@ class ConceptCalibration:
     @classmethod
     def from_dict(cls, data: dict) -> ConceptCalibration:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def platt_probability(weights: np.ndarray, a: float, b: float) -> np.ndarray:
+    """(n,) weights in [0, 1] -> (n,) ``sigmoid(a * logit(w) + b)`` (weights clipped so a
+    saturated 0 or 1 stays finite)."""
+    w = np.clip(np.asarray(weights, dtype=np.float64), _EPS, 1 - _EPS)
+    return _sigmoid(a * np.log(w / (1 - w)) + b)
 
 
 def firing_cuts(names: Sequence[str], calibration: dict, default: float = 0.5) -> np.ndarray:

@@ -181,14 +181,14 @@ def _losses(model, ids, labels, mask, cfg: TrainConfig, pos_weight=None, paths=N
     unknown), 2 the known concepts alone. Training some sequences through the concepts
     alone is what makes them carry the prediction: through h alone the concept vectors
     get no gradient from the LM loss at all, and the split of a logit is then whatever
-    is left over. ``parts`` = (h, known, unknown) features (B, T, D) each, for
-    evaluation."""
+    is left over. ``parts`` = (h, known, unknown) features (B, T, D) each and the unknown
+    head's top-k (ids, weights) (B, T, k) each, for evaluation."""
     import torch
     import torch.nn.functional as F
 
     x0 = model.tok_emb(ids)
     h = model.hidden(None, x0)
-    known_logits, (ki, kw), known, _, unknown = model.heads(h, x0)
+    known_logits, (ki, kw), known, (ui, uw), unknown = model.heads(h, x0)
     z = h
     if paths is not None:
         # The LM loss trains the concept vectors through these paths, not the concept
@@ -216,7 +216,7 @@ def _losses(model, ids, labels, mask, cfg: TrainConfig, pos_weight=None, paths=N
         total = total + cfg.residual_weight * ((res**2) * m).sum() / (
             (h.detach() ** 2) * m
         ).sum().clamp_min(1e-8)
-    return total, lm, concept, known_logits, (h, known, unknown)
+    return total, lm, concept, known_logits, (h, known, unknown, ui, uw)
 
 
 def train_builtin(
@@ -367,14 +367,15 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
             part = segments[i : i + cfg.batch_size]
             picks = list(range(len(part)))
             ids, lab, mask = _batch(corpus, part, picks, [0] * len(part), cfg.max_seq, C)
-            _, lm, _, known_logits, (h, known, unknown) = _losses(model, ids, lab, mask, cfg)
+            _, lm, _, known_logits, (h, known, unknown, ui, uw) = _losses(
+                model, ids, lab, mask, cfg
+            )
             n = int(mask.sum())
             lm_losses.append(float(lm) * n)
             tokens += n
             weights = torch.sigmoid(known_logits)
             scores.append(weights[mask].numpy())
             labels.append(lab[mask].numpy())
-            _, _, _, (ui, uw), _ = model.heads(h, model.tok_emb(ids))
             unk_ids.append(ui[mask].numpy())
             unk_w.append(uw[mask].numpy())
             unk_tok.append(ids[mask].numpy())
