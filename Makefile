@@ -19,7 +19,7 @@ install: $(VENV)/.installed ## Create .venv and install tda with its test extras
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet $(TORCH) -e '.[test,gcs,steerling,cpu,serve]'
+	$(BIN)/pip install --quiet $(TORCH) -e '.[test,gcs,steerling,cpu,serve,dask]'
 	# steerling declares Python >= 3.13 and pins torch 2.8 / transformers 4, yet runs on
 	# Python 3.11 with what is installed above: take the package alone.
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python $(STEERLING)

@@ -96,6 +96,7 @@ from tda.schemas import (
     AttributionReport,
     AttributionRequest,
     AttributionSettings,
+    CheckSettings,
     OutputChunk,
     Timings,
     TokenScore,
@@ -216,14 +217,28 @@ class Attributor:
         ``attribute(request)`` with an :class:`~tda.schemas.AttributionRequest`, or its
         fields as arguments, ``attribute(prompt, output, k=5, ...)`` /
         ``attribute(prompt, generate=20)``, which builds (and so validates) the request:
-        a bad value raises :class:`~tda.schemas.ConfigError` with one line."""
+        a bad value raises :class:`~tda.schemas.ConfigError` with one line. ``check``
+        (True or :class:`~tda.schemas.CheckSettings`): also run :meth:`check`."""
+        check = options.pop("check", None)
         if isinstance(prompt, AttributionRequest):
             if output is not None or options:
                 raise TypeError("give an AttributionRequest alone, or its fields as arguments")
             request = prompt
         else:
             request = AttributionRequest(prompt, output, **options)
-        return self._attribute(request)
+        report = self._attribute(request)
+        return self.check(report, None if check is True else check) if check else report
+
+    def check(
+        self, report: AttributionReport, settings: CheckSettings | None = None
+    ) -> AttributionReport:
+        """``report`` (made on this index and model) with its counterfactual check: per
+        output chunk, the drop in its log-probability when a copy of the model unlearns its
+        hits, against BM25's and random chunks (:mod:`~tda.attribution.check`)."""
+        from tda.attribution.check import check_report
+
+        return check_report(self.encoder, self.reader, report, settings or CheckSettings(),
+                            LEXICAL_CONTEXT)  # fmt: skip
 
     def _attribute(self, request: AttributionRequest) -> AttributionReport:
         import torch

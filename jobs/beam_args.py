@@ -2,8 +2,10 @@
 
 ``tda chunk data/ --out ROOT --runner DirectRunner --direct_num_workers 2`` mixes tda's
 options with Beam's. Beam's own argument parser knows every registered option (DirectRunner,
-Dataflow, Spark, Flink, portable) and whether it takes a value, so the split is exact: a
-token is Beam's if Beam registers it and the command does not define it itself.
+Dataflow, Spark, Flink, portable, and Dask's once its runner module is imported, which
+:func:`beam_option_actions` does when dask is installed) and whether it takes a value, so
+the split is exact: a token is Beam's if Beam registers it and the command does not define
+it itself.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def beam_option_actions() -> dict[str, bool]:
     """Every Beam option string -> whether it takes a value (``--runner X`` vs ``--streaming``)."""
     with quiet_beam_import():
         from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+        # Beam registers DaskOptions (--dask_client_address, ...) only in the Dask runner's
+        # module; without it those options would be refused as unknown.
+        with contextlib.suppress(ImportError):  # the dask extra is not installed
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
 
     def subclasses(cls):
         for sub in cls.__subclasses__():
@@ -94,7 +101,7 @@ class BeamCommand(click.Command):
                 expose_value=False,
                 callback=_store_config,
                 help="Runner config: YAML of Beam options, or a bundled one (direct, "
-                "dataflow, spark, flink). Beam options on the command line win.",
+                "dask, dataflow, spark, flink). Beam options on the command line win.",
             )
         )
 
@@ -112,5 +119,6 @@ class BeamCommand(click.Command):
         formatter.write_text(
             "Beam pipeline options are passed to Beam unchanged, e.g. --runner DirectRunner "
             "--direct_num_workers 2 --direct_running_mode multi_processing, or Dataflow / "
-            "Spark / Flink options (--project, --region, --temp_location, --job_endpoint, ...)."
+            "Spark / Flink / Dask options (--project, --region, --temp_location, --job_endpoint, "
+            "--dask_client_address, ...)."
         )

@@ -1,5 +1,6 @@
 """The terminal rendering of an :class:`~tda.schemas.AttributionReport` with rich: the
-output with its chunk boundaries, then per chunk its confidence, its training chunks (the
+output with its chunk boundaries, then per chunk its confidence, its check (when
+checked), its training chunks (the
 channels that found each, the words it shares with the output chunk highlighted on both
 sides), its concepts, its prompt tokens and its sources. ``tda attribute`` prints it
 (:func:`tda.jobs.render.report_attribution`).
@@ -7,9 +8,9 @@ sides), its concepts, its prompt tokens and its sources. ``tda attribute`` print
 
 from __future__ import annotations
 
-from tda.schemas import AttributionReport, OutputChunk
+from tda.schemas import AttributionReport, ChunkCheck, OutputChunk
 
-__all__ = ["render_report"]
+__all__ = ["check_line", "render_report"]
 
 # Alternating backgrounds so adjacent output chunks are told apart.
 CHUNK_STYLES = ("on grey23", "on dark_blue")
@@ -85,6 +86,22 @@ def _prompt_text(chunk: OutputChunk):
     return text
 
 
+# The check's verdicts as the terminal colours them.
+CHECK_STYLES = {"supported": "bold green", "weak": "yellow", "not supported": "bold red"}
+
+
+def check_line(check: ChunkCheck) -> str:
+    """One output chunk's counterfactual check in words (the terminal and the demo)."""
+    bm25 = "-" if check.bm25_drop is None else f"{check.bm25_drop:.3f}"
+    z = "-" if check.z is None else f"{check.z:.1f}"
+    return (
+        f"unlearning its {check.chunks} hits lowers its log p by {check.attributed_drop:.3f} "
+        f"(BM25's {check.chunks}: {bm25}; random: {check.random_mean:.3f} ± "
+        f"{check.random_std:.3f} over {len(check.random_drops)} draws; z {z}, p "
+        f"{check.p_value:.3f})"
+    )
+
+
 def render_report(report: AttributionReport, console) -> None:
     """Print ``report`` to a rich ``console``."""
     from rich.panel import Panel
@@ -124,6 +141,12 @@ def render_report(report: AttributionReport, console) -> None:
         + f"forward {t.forward:.0f} ms, backward {t.backward:.0f} ms, search {t.search:.1f} ms, "
         f"metadata {t.metadata:.1f} ms, total {t.total:.0f} ms"
     )
+    if report.check is not None:
+        k = report.check
+        head.append("\ncheck ", style="bold")
+        head.append(f"gradient ascent on a copy of the model, {k.steps} steps of {k.lr} x the "
+                    f"weights' norm ({k.scope}), {k.draws} random draws, seed {k.seed}: "
+                    f"{k.seconds:.1f} s")  # fmt: skip
     console.print(Panel(head, title="tda attribute", title_align="left"))
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
@@ -162,6 +185,9 @@ def render_report(report: AttributionReport, console) -> None:
                     f" ({conf.score:.2f}): {conf.reason}",
                 )
             )
+        if c.check is not None:
+            console.print(Text.assemble(("check ", "bold"), (c.check.verdict, CHECK_STYLES.get(
+                c.check.verdict, "")), f": {check_line(c.check)}"))  # fmt: skip
         hits = Table(
             title="training chunks (highlighted: the words shared with the output chunk)",
             header_style="bold", show_lines=True, expand=True,

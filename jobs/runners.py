@@ -1,8 +1,10 @@
 """Runner configs: YAML files of Beam pipeline options, loaded with ``--config``.
 
 One file per runner ships with the package (``jobs/configs/``): ``direct`` (DirectRunner,
-one process per core), ``dataflow`` (GPU workers), ``spark`` and ``flink`` (portable job
-servers). ``--config NAME`` picks a bundled one; ``--config FILE`` reads your own::
+one process per core), ``dask`` (a dask.distributed cluster: a LocalCluster with one worker
+process per core, or ``--dask_client_address HOST:PORT``), ``dataflow`` (GPU workers),
+``spark`` and ``flink`` (portable job servers). ``--config NAME`` picks a bundled one;
+``--config FILE`` reads your own::
 
     description: one line
     beam_options:
@@ -12,23 +14,42 @@ servers). ``--config NAME`` picks a bundled one; ``--config FILE`` reads your ow
       experiments: [use_runner_v2]         # a list repeats the option
 
 Every key must be a Beam option; Beam options on the command line win over the file's.
+
+``--runner DaskRunner`` (or ``dask``, or Beam's own qualified name) runs tda's Dask runner,
+:class:`tda.pipeline.dask_runner.DaskRunner` (Beam's, with the fixes its docstring lists);
+:func:`dask_cluster` starts the LocalCluster a command runs on when no scheduler is named.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tda.schemas import ConfigError
 
 from .beam_args import beam_option_actions
 
-__all__ = ["CONFIG_DIR", "bundled_configs", "config_path", "runner_args"]
+__all__ = [
+    "CONFIG_DIR",
+    "DASK_RUNNER",
+    "bundled_configs",
+    "config_path",
+    "dask_cluster",
+    "resolve_runner",
+    "runner_args",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DASK_RUNNER = "tda.pipeline.dask_runner.DaskRunner"
+# --runner values that mean Dask (compared lower-case). Beam resolves none of the short
+# ones, and its own runner drops what a DoFn emits in finish_bundle (RunInference's last
+# batch), so every spelling runs tda's.
+_DASK_NAMES = {"dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner"}
 
 
 def bundled_configs() -> list[str]:
@@ -76,7 +97,7 @@ def runner_args(
     option; ``${VAR}`` is expanded only for the options used.
     """
     if config is None:
-        return list(cli_args)
+        return resolve_runner(list(cli_args))
     environ = os.environ if environ is None else environ
     path = config_path(config)
     import yaml
@@ -113,4 +134,81 @@ def runner_args(
             text = _expand(raw, where, environ)
             if text != "":
                 out.append(f"--{key}={text}")
-    return out + list(cli_args)
+    return resolve_runner(out + list(cli_args))
+
+
+def resolve_runner(args: list[str]) -> list[str]:
+    """Beam tokens with every Dask ``--runner`` spelling (``DaskRunner``, ``dask``, Beam's
+    qualified name) replaced by :data:`DASK_RUNNER`; ConfigError when the dask extra is
+    missing."""
+    out, dask = list(args), False
+    for i, token in enumerate(out):
+        if token.startswith("--runner="):
+            name, at = token.split("=", 1)[1], i
+        elif token == "--runner" and i + 1 < len(out):
+            name, at = out[i + 1], i + 1
+        else:
+            continue
+        if name.lower() in _DASK_NAMES:
+            out[at] = f"--runner={DASK_RUNNER}" if at == i else DASK_RUNNER
+            dask = True
+    if dask:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--runner DaskRunner needs dask.distributed: pip install 'tda[dask]'"
+            ) from None
+    return out
+
+
+def _runner(args: list[str]) -> str | None:
+    """The last ``--runner`` value in Beam tokens (argparse keeps the last), or None."""
+    name = None
+    for i, token in enumerate(args):
+        if token.startswith("--runner="):
+            name = token.split("=", 1)[1]
+        elif token == "--runner" and i + 1 < len(args):
+            name = args[i + 1]
+    return name
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def dask_cluster(args: list[str]) -> Iterator[list[str]]:
+    """Resolved Beam tokens -> the same tokens, plus ``--dask_client_address`` of a
+    dask.distributed LocalCluster started here (one single-threaded worker process per
+    core) when they pick the Dask runner without naming a scheduler
+    (``--dask_client_address`` / ``--dask_scheduler_file``); the cluster is closed on
+    exit. One cluster serves every pipeline of the command (a build's three stages)."""
+    named = _given(args) & {"dask_client_address", "dask_scheduler_file"}
+    if _runner(args) != DASK_RUNNER or named:
+        yield list(args)
+        return
+    from distributed import LocalCluster
+
+    # Workers run one task at a time: a task is a whole file, and the model inside it
+    # uses the core (Dask's nanny also caps each worker's BLAS / OpenMP threads at 1).
+    # The scheduler and nannies run in this process and log every worker's comings and
+    # goings at INFO; a command shows only their errors.
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with LocalCluster(
+            n_workers=_cores(),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster:
+            yield [*args, f"--dask_client_address={cluster.scheduler_address}"]
+    finally:
+        quiet.setLevel(level)

@@ -328,6 +328,7 @@ def create_app(
     from tda.schemas.errors import UserError
 
     from .health import RootHealth
+    from .serve_check import add_check_route
 
     body_limits = BodyLimits(max_bytes=max_request_bytes)  # checked before the model loads
     if max_pending < 1:
@@ -585,6 +586,9 @@ def create_app(
         # capped (a document can be 16 MiB) with "truncated" set when it is cut
         with _missing_is_404(chunk_id):
             return document_of(reader.lookup, chunk_id, limit)
+
+    add_check_route(app, attributor, turns, Report, model_errors, _json_response,
+                    lambda exc: isinstance(exc, CorruptFileError), user_errors)  # fmt: skip
 
     @app.get("/", include_in_schema=False)
     def viewer():

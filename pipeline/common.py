@@ -193,4 +193,5 @@ def run_stage(
         options,
         test_pipeline,
     )
+    runtime.sweep_temp_files()  # what workers lost mid-write left (their units were rerun)
     return transform.result(runtime.finish(plan), counters, timings)

@@ -143,6 +143,7 @@ STAGE_RANGES: dict[str, Range] = {
     "--train-sample": Range(1, 2**32),
     "--nprobe": Range(1, MAX_NPROBE),
     "--threads": Range(1, 4096),
+    "--reduce": Range(1, 65536),  # and below the embedding dimension (the index plan)
     # tda model train / tda tokenizer train
     "--steps": Range(1, 10**7),
     "--d-model": Range(1, 65536),
@@ -427,6 +428,10 @@ METRICS = ("ip", "l2")
 # token ids (a suffix table per shard) and BM25 over words (term postings per shard).
 CHANNELS = ("dense", "span", "lexical")
 INDEX_CHANNELS = ("span", "lexical")  # built beside the dense shards unless left out
+# How the dense channel re-ranks its compressed candidates exactly (``--refine``): by
+# stored codes of the (transformed) vectors in float16 or 8 bits per dimension, memory-
+# mapped beside each shard, or by the embeddings table's float16 vectors (no extra file).
+REFINES = ("none", "fp16", "sq8", "embeddings")
 
 
 @dataclass(frozen=True)
@@ -451,12 +456,20 @@ class IndexConfig:
     threads: int | None = None
     # the channels built beside the dense shards (``--channels``); "dense" is implied
     channels: tuple[str, ...] = INDEX_CHANNELS
+    # Exact re-ranking of the IVF candidates (one of REFINES; None: what choose_factory
+    # measured the factory to need: PQ codes alone reach recall@10 0.54, docs/scale.md).
+    refine: str | None = None
+    # Stored dimension: an uncentred PCA to this many dimensions, fitted once on the
+    # training sample, applied to every vector and query (None: the embeddings' D).
+    reduce: int | None = None
     resume: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ConfigError("ROOT is required")
+        if self.refine is not None and self.refine not in REFINES:
+            raise ConfigError(f"--refine takes {', '.join(REFINES)}, got {self.refine!r}")
         wanted = tuple(c for c in self.channels if c != "dense")
         for channel in wanted:
             if channel not in INDEX_CHANNELS:
@@ -489,6 +502,7 @@ class IndexConfig:
                 "--train-sample": self.train_sample,
                 "--nprobe": self.nprobe,
                 "--threads": self.threads,
+                "--reduce": self.reduce,
             }
         )
         if self.resume and self.overwrite:

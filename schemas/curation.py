@@ -216,6 +216,13 @@ class PruneConfig:
     out: str
     reason: str
     overwrite: bool = False
+    resume: bool = False  # keep the input files an interrupted run finished (markers)
+
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            from .config import ConfigError
+
+            raise ConfigError("--resume and --overwrite exclude each other: pick one")
 
 
 @dataclass(frozen=True)

@@ -470,6 +470,16 @@ class IndexManifest(_ManifestJson):
     channels: tuple[ChannelInfo, ...] = ()
     # how queries fuse the channels' lists: {"method": "rrf", "k": 60, "weights": {...}}
     fusion: dict[str, Any] | None = field(default=None, metadata=omitted_if_none())
+    # the file (in ROOT/index) holding the trained quantizer every shard shares: shards
+    # then hold only their inverted lists and ids. None (older indexes): every shard file
+    # is a whole FAISS index with its own copy of the quantizer.
+    quantizer: str | None = field(default=None, metadata=omitted_if_none())
+    # exact re-ranking of candidates: {"codes": "fp16" | "sq8" | "embeddings",
+    # "factor": candidates per hit, "file": the trained code file (stored codes only)}
+    refine: dict[str, Any] | None = field(default=None, metadata=omitted_if_none())
+    # dimension reduction in front of the factory: {"method": "pca", "dim": stored D,
+    # "sample": vectors it was fitted on}; queries are reduced by the trained quantizer
+    reduce: dict[str, Any] | None = field(default=None, metadata=omitted_if_none())
     schema_version: int = INDEX_MANIFEST_SCHEMA_VERSION
     kind: str = "tda.index"
 
@@ -511,6 +521,9 @@ class IndexManifest(_ManifestJson):
                     for c in data.get("channels", ())
                 ),
                 fusion=data.get("fusion"),
+                quantizer=data.get("quantizer"),
+                refine=data.get("refine"),
+                reduce=data.get("reduce"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest is missing or has a malformed field: {exc}") from exc

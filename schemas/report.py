@@ -16,7 +16,10 @@ every setting used, and carries per output chunk:
   ``known_total + unknown_total + residual == logit`` (see :class:`LogitTotals`);
 * ``prompt_tokens``: an attribution score per prompt token (gradient x input or
   integrated gradients of the chunk's log-probability), or none;
-* ``sources``: the hits' scores summed per source and normalised to 1.
+* ``sources``: the hits' scores summed per source and normalised to 1;
+* ``check`` (``tda attribute --check`` / ``tda check``, else absent): the counterfactual
+  check of the hits (:class:`ChunkCheck`), with its settings in the report's ``check``
+  (:class:`CheckSettings`).
 
 Serialised with :meth:`AttributionReport.to_json`; :meth:`AttributionReport.from_json`
 reads it back (schema version checked).
@@ -28,6 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import MAX_SEED, ConfigError, Range
 from .errors import UserError
 from .records import ChunkRecord
 from .request import (  # the request's choices, also importable from here as before
@@ -37,9 +41,11 @@ from .request import (  # the request's choices, also importable from here as be
     QUERY_SPANS,
     RERANKS,
 )
-from .wire import JsonRecord, inline, record_from_dict
+from .wire import JsonRecord, inline, omitted_if_none, record_from_dict
 
 __all__ = [
+    "CHECK_RANGES",
+    "CHECK_SCOPES",
     "DEFAULT_CANDIDATES",
     "DEFAULT_QUERY_SPAN",
     "DEFAULT_RERANK",
@@ -49,6 +55,8 @@ __all__ = [
     "AttributionReport",
     "AttributionSettings",
     "ChannelScore",
+    "CheckSettings",
+    "ChunkCheck",
     "ConceptContribution",
     "Confidence",
     "LogitTotals",
@@ -65,8 +73,10 @@ __all__ = [
 # query_token_start (version 1 reports read with their defaults).
 # 3: retrieval channels and fusion: per-hit channels / fused_score / match, per-chunk
 # confidence, settings channels / fusion (older reports read with their defaults).
-REPORT_SCHEMA_VERSION = 3
-READ_VERSIONS = (1, 2, 3)
+# 4: the counterfactual check: per-chunk ``check``, the report's ``check`` settings (both
+# absent from an unchecked report; older reports read without them).
+REPORT_SCHEMA_VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)
 
 
 class ReportError(UserError):
@@ -191,6 +201,69 @@ class LogitTotals:
 
 
 @dataclass(frozen=True)
+class ChunkCheck:
+    """The counterfactual check of one output chunk (:mod:`tda.attribution.check`): the
+    drop in its log-probability (``log_prob`` before, in nats; a drop is before - after,
+    positive when the chunk became less likely) after a copy of the model unlearns a set
+    of training chunks by a few steps of gradient ascent: its hits (``attributed_drop``),
+    ``chunks`` chosen by BM25 (``bm25_drop``; None when the index has no lexical channel),
+    and ``draws`` sets of as many random chunks cut to the hits' lengths
+    (``random_drops``). ``z`` = (attributed - mean of random) / their standard deviation
+    (None when they do not vary); ``p_value`` = (1 + random draws with a drop at least the
+    attributed one) / (1 + draws), the empirical p-value of "the hits matter no more than
+    random chunks". ``verdict``: ``supported`` (above every random draw), ``weak`` (above
+    their mean), ``not supported``, or ``no hits``."""
+
+    chunks: int  # training chunks in each set (the chunk's hits)
+    log_prob: float
+    attributed_drop: float
+    bm25_drop: float | None
+    random_drops: tuple[float, ...]
+    random_mean: float
+    random_std: float
+    z: float | None
+    p_value: float
+    verdict: str
+    bm25_chunk_ids: tuple[int, ...] = ()
+
+
+# What a check may ask for (tda check's options and tda serve's body take the same bounds).
+CHECK_RANGES: dict[str, Range] = {
+    "steps": Range(1, 50),  # gradient-ascent steps per unlearned set
+    "lr": Range(0.0, 0.5, float, lo_open=True),  # each step's length / the weights' norm
+    "draws": Range(2, 256),  # random sets: the p-value's resolution is 1 / (draws + 1)
+    "seed": Range(0, MAX_SEED),
+}
+# Weights the ascent moves: every parameter, or the last transformer block and the
+# parameters outside the blocks (embeddings, concept heads, LM head): cheaper on a big model.
+CHECK_SCOPES = ("all", "last")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """How a report's hits were checked (validated on construction: a bad value raises
+    :class:`ConfigError` with one line). ``seconds``: the check's wall time (0 in a
+    request)."""
+
+    steps: int = 3
+    lr: float = 0.001
+    draws: int = 8
+    seed: int = 0
+    scope: str = "all"
+    method: str = "ascent"  # normalised gradient ascent on a copy of the model
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, rng in CHECK_RANGES.items():
+            rng.check(f"--{name}", getattr(self, name))
+        if self.scope not in CHECK_SCOPES:
+            choices = ", ".join(CHECK_SCOPES)
+            raise ConfigError(f"--scope must be one of {choices}, got {self.scope!r}")
+        if self.method != "ascent":
+            raise ConfigError(f"check method must be 'ascent', got {self.method!r}")
+
+
+@dataclass(frozen=True)
 class TokenScore:
     position: int  # token position in the prompt (0-based, after any truncation)
     token: str
@@ -217,6 +290,7 @@ class OutputChunk:
     # where the search vector's pooling starts, in output tokens (negative: in the prompt)
     query_token_start: int | None = None
     confidence: Confidence | None = None
+    check: ChunkCheck | None = field(default=None, metadata=omitted_if_none())
 
 
 @dataclass(frozen=True)
@@ -274,6 +348,7 @@ class AttributionReport(JsonRecord):
     kind: str = "tda.attribution"
     schema_version: int = REPORT_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    check: CheckSettings | None = field(default=None, metadata=omitted_if_none())
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, ensure_ascii=False)

@@ -92,6 +92,7 @@ class PrunePlan:
     parent_index_id: str
     parent_embed_sha256: str
     parent_chunk_sha256: str
+    resume: bool = False  # skip the files whose marker an interrupted run left
 
 
 def _root_manifests(fs, broot) -> tuple[tuple, tuple, tuple]:
@@ -127,7 +128,8 @@ def plan_prune(
 class PruneStage(StageRuntime[PrunePlan, int, FilePruned]):
     """``tda prune apply``: one unit per input file of ROOT (its index), its result a
     :class:`FilePruned` (its marker ``NEW_ROOT/_prune/N.json``, gathered and removed by
-    :meth:`finish`). Not resumed: planning empties NEW_ROOT."""
+    :meth:`finish`). ``--resume`` keeps the files an interrupted run finished (their
+    markers; the run record ``NEW_ROOT/_prune/_run.json`` must be this run's)."""
 
     name = "prune"
     done = "files"
@@ -181,15 +183,7 @@ class PruneStage(StageRuntime[PrunePlan, int, FilePruned]):
                         f"--list: chunk id {row['chunk_id']} is not in file {row['file_index']}"
                     )
                 chunk_ids.setdefault(row["file_index"], set()).add(int(row["chunk_id"]))
-        for target in (out, corpus_out):
-            tfs, tpath = filesystem(target)
-            if tpath.rstrip("/") == filesystem(root)[1].rstrip("/"):
-                raise PruneError(f"{target} is ROOT itself; the old root is never modified")
-            if nonempty(tfs, tpath):
-                if not config.overwrite:
-                    raise PruneError(f"{target} is not empty; pass --overwrite to replace it")
-                tfs.rm(tpath, recursive=True)
-        return PrunePlan(
+        plan = PrunePlan(
             root=root,
             out=out.rstrip("/"),
             corpus_out=corpus_out.rstrip("/"),
@@ -208,6 +202,10 @@ class PruneStage(StageRuntime[PrunePlan, int, FilePruned]):
             parent_embed_sha256=embed_sha,
             parent_chunk_sha256=chunk_sha,
         )
+        return replace(plan, resume=_prepare_out(plan, config))
+
+    def resuming(self, plan: PrunePlan) -> bool:
+        return plan.resume
 
     def units(self, plan: PrunePlan) -> list[int]:
         return list(plan.files)
@@ -232,6 +230,57 @@ class PruneStage(StageRuntime[PrunePlan, int, FilePruned]):
         """NEW_ROOT's manifests, index and audit log from the files' markers; -> the
         audit entry (:func:`finish_prune`)."""
         return finish_prune(plan, read_file_markers(plan))
+
+
+def _run_record(plan: PrunePlan) -> str:
+    """``NEW_ROOT/_prune/_run.json``: what ``--resume`` must find unchanged."""
+    record = {
+        "tda_version": __version__,
+        "parent_manifest_id": plan.parent_index_id,
+        "prune_list_sha256": plan.list_sha256,
+        "corpus_out": plan.corpus_out,
+        "level": plan.level,
+    }
+    return json.dumps(record, indent=2, sort_keys=True) + "\n"
+
+
+def _prepare_out(plan: PrunePlan, config: PruneConfig) -> bool:
+    """Make NEW_ROOT and the corpus copy's folder ready: empty is fine, ``overwrite``
+    empties them, ``resume`` needs this run's record in NEW_ROOT (and removes what a
+    killed run left half-written); else one line. Returns True when resuming."""
+    from tda.attribution.io.fs import read_json
+    from tda.attribution.io.parts import check_resumable, remove_temp_files
+
+    nfs, nroot = build_root(plan.out)
+    record_path = f"{nroot.root}/_prune/_run.json"
+    resumed = False
+    for target in (plan.out, plan.corpus_out):
+        tfs, tpath = filesystem(target)
+        if tpath.rstrip("/") == filesystem(plan.root)[1].rstrip("/"):
+            raise PruneError(f"{target} is ROOT itself; the old root is never modified")
+        if not nonempty(tfs, tpath):
+            continue
+        if config.overwrite:
+            tfs.rm(tpath, recursive=True)
+        elif config.resume and nfs.exists(record_path):
+            resumed = True
+        elif config.resume:
+            raise PruneError(
+                f"{target} holds output without a prune run record; use --overwrite to start over"
+            )
+        else:
+            raise PruneError(
+                f"{target} is not empty; pass --resume to continue an interrupted prune or "
+                f"--overwrite to replace it"
+            )
+    if resumed:
+        check_resumable(
+            json.loads(_run_record(plan)), read_json(nfs, record_path), plan.out, PruneError
+        )
+        remove_temp_files(nfs, (nroot.chunks_dir, nroot.deadletter_dir, nroot.embeddings_dir))
+    else:
+        atomic_write_text(nfs, record_path, _run_record(plan))
+    return resumed
 
 
 def prune_file(plan: PrunePlan, file_index: int) -> FilePruned:
@@ -263,9 +312,12 @@ def _prune_file(plan: PrunePlan, file_index: int, meter: Meter) -> FilePruned:
     with meter.phase("write"):
         url, fmt = plan.inputs[file_index]
         rel = relative_path(url, [u for u, _ in plan.inputs.values()])
-        n_in, n_out, written = rewrite_corpus_file(
-            url, fmt, f"{plan.corpus_out}/{rel}", drop, cuts, plan.text_field, plan.text_unit
-        )
+        if plan.corpus_out:
+            n_in, n_out, written = rewrite_corpus_file(
+                url, fmt, f"{plan.corpus_out}/{rel}", drop, cuts, plan.text_field, plan.text_unit
+            )
+        else:  # no corpus copy asked for (tda takedown without --corpus-out)
+            n_in, n_out, written = 0, 0, None
         keep = pa.array(~remove)
         parts = []  # hashed as written, for NEW_ROOT's manifests
         for path, table in (
@@ -411,12 +463,54 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def pruned_chunk_manifest(chunks_m, by_file: dict[int, FilePruned]):
+    """The chunks manifest after pruning: each file in ``by_file`` (file index -> what
+    pruning did to it) with its counts less the removed and its new parts; the other
+    files as they were."""
+    files = []
+    for c in chunks_m.files:
+        r = by_file.get(c.file_index)
+        files.append(
+            c
+            if r is None
+            else replace(
+                c,
+                records=c.records - r.documents_removed,
+                documents=c.documents - r.documents_removed,
+                chunks=r.chunks_kept,
+                tokens=c.tokens - r.tokens_removed,
+                parts=_parts_in(r, "chunks", "deadletter"),
+            )
+        )
+    return replace(chunks_m, files=tuple(files))
+
+
+def pruned_embed_manifest(embed_m, by_file: dict[int, FilePruned], chunk_sha: str):
+    """The embeddings manifest after pruning (see :func:`pruned_chunk_manifest`),
+    recording the new chunks manifest's sha256 ``chunk_sha``."""
+    files = []
+    for e in embed_m.files:
+        r = by_file.get(e.file_index)
+        files.append(
+            e
+            if r is None
+            else replace(
+                e,
+                chunks=r.chunks_kept,
+                tokens=max(0, e.tokens - r.tokens_removed),
+                parts=_parts_in(r, "embeddings"),
+            )
+        )
+    return replace(embed_m, chunk_manifest_sha256=chunk_sha, files=tuple(files))
+
+
 def finish_prune(
     plan: PrunePlan, results: Sequence[FilePruned], threads: int | None = None
 ) -> dict:
     """NEW_ROOT's manifests, index (affected shards refilled, others copied) and audit
     log; -> the audit entry."""
-    from tda.attribution.stages.index import IndexPlan, IndexStage, ShardMarker
+    from tda.attribution.stages.index import IndexStage
+    from tda.attribution.stages.index_reuse import copy_index_files, copy_shard, plan_from_index
     from tda.schemas import IndexConfig
 
     index_stage = IndexStage()
@@ -427,36 +521,11 @@ def finish_prune(
     if sorted(by_file) != sorted(plan.files):
         raise PruneError("not every input file was pruned; run `tda prune apply` again")
     (chunks_m, _), (embed_m, _), (index_m, _) = _root_manifests(fs, broot)
-    new_counts = []
-    for c in chunks_m.files:
-        r = by_file[c.file_index]
-        new_counts.append(
-            replace(
-                c,
-                records=c.records - r.documents_removed,
-                documents=c.documents - r.documents_removed,
-                chunks=r.chunks_kept,
-                tokens=c.tokens - r.tokens_removed,
-                parts=_parts_in(r, "chunks", "deadletter"),
-            )
-        )
-    new_chunks = replace(chunks_m, files=tuple(new_counts))
+    new_chunks = pruned_chunk_manifest(chunks_m, by_file)
     atomic_write_text(nfs, nroot.chunk_manifest, new_chunks.to_json())
     with nfs.open(nroot.chunk_manifest, "rb") as f:
         chunk_sha = hashlib.sha256(f.read()).hexdigest()  # as read_manifest gives it
-    new_embed = replace(
-        embed_m,
-        chunk_manifest_sha256=chunk_sha,
-        files=tuple(
-            replace(
-                e,
-                chunks=by_file[e.file_index].chunks_kept,
-                tokens=max(0, e.tokens - by_file[e.file_index].tokens_removed),
-                parts=_parts_in(by_file[e.file_index], "embeddings"),
-            )
-            for e in embed_m.files
-        ),
-    )
+    new_embed = pruned_embed_manifest(embed_m, by_file, chunk_sha)
     with fs.open(broot.embed_concepts, "rb") as src, atomic_open(nfs, nroot.embed_concepts) as dst:
         dst.write(src.read())
     atomic_write_text(nfs, nroot.embed_manifest, new_embed.to_json())
@@ -464,42 +533,18 @@ def finish_prune(
         embed_sha = hashlib.sha256(f.read()).hexdigest()
 
     # index: the parent's quantizer; shards with a pruned chunk refilled, the rest copied
-    nfs.makedirs(f"{nroot.index_dir}/shards", exist_ok=True)
-    for name in ("trained.faiss", "concepts.json"):
-        with (
-            fs.open(f"{broot.index_dir}/{name}", "rb") as src,
-            atomic_open(nfs, f"{nroot.index_dir}/{name}") as dst,
-        ):
-            dst.write(src.read())
+    copy_index_files(fs, broot.index_dir, nfs, nroot.index_dir, index_m)
     removed_files = {r.file_index for r in results if r.chunks_removed}
-    counts = {e.file_index: e.chunks for e in new_embed.files}
     shards = tuple(s.embed_files for s in index_m.shards)
     config = IndexConfig(
         root=plan.out, factory=index_m.factory, shards=len(shards), nprobe=index_m.nprobe,
         metric=index_m.metric, threads=threads,
     )  # fmt: skip
-    iplan = IndexPlan(
-        config=config,
-        embed=new_embed,
-        chunks=new_chunks,
-        embed_manifest_sha256=embed_sha,
-        factory=index_m.factory,
-        nprobe=index_m.nprobe,
-        train_size=index_m.train_vectors,
-        shards=shards,
-        shard_counts=tuple(sum(counts[f] for f in s) for s in shards),
-    )
+    iplan = plan_from_index(index_m, config, new_embed, new_chunks, embed_sha, shards)
     refill = [i for i, s in enumerate(shards) if set(s) & removed_files]
-    files = {f.path: f for f in index_m.files}
-    for i, shard in enumerate(index_m.shards):
-        if i in refill:
-            continue
-        with (
-            fs.open(f"{broot.index_dir}/{shard.path}", "rb") as src,
-            atomic_open(nfs, f"{nroot.index_dir}/{shard.path}") as dst,
-        ):
-            dst.write(src.read())
-        index_stage.write_marker(iplan, i, ShardMarker(shard, files[shard.path]))
+    for i in range(len(index_m.shards)):
+        if i not in refill:  # copied unchanged, with its re-rank codes
+            copy_shard(iplan, i, index_m, fs, broot.index_dir)
     for _ in index_stage.fill(iplan, refill, iplan.fill_threads()):
         pass
 

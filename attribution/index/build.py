@@ -6,6 +6,7 @@ training an empty index on a sample, reading embedding parts as float32 vectors.
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,13 +22,21 @@ from tda.schemas import (
 )
 
 __all__ = [
+    "DEFAULT_REFINE",
     "FLAT_MAX",
+    "MEASURED_RECALL",
+    "RECALL_TARGET",
+    "FactoryChoice",
     "IndexRunError",
     "build_empty_index",
     "bytes_per_vector",
     "choose_factory",
     "faiss_metric",
+    "group_files",
     "iter_embedding_file",
+    "refine_for",
+    "sample_vectors",
+    "split_files",
     "train_index",
     "whitened",
     "widen",
@@ -46,27 +55,63 @@ def _pow2(x: float) -> int:
     return 2 ** max(0, round(math.log2(max(1.0, x))))
 
 
-def choose_factory(n: int, dim: int, memory_budget: int) -> tuple[str, int, int]:
-    """(vector count, dimension, bytes one worker may hold) -> (factory, nprobe, train size).
+# recall@10 against exact search at the default nprobe, by the codes a factory stores,
+# measured without a re-rank (docs/scale.md; 1M x 256-d clustered vectors):
+# benchmarks/bench_index.py (SQfp16), benchmarks/bench_index_pq.py (PQ64: 0.54 at every
+# nprobe 16-512; bench_index_scale.py measured 10M the same way).
+MEASURED_RECALL = {"Flat": 1.0, "SQfp16": 0.978, "PQ": 0.544}
+RECALL_TARGET = 0.95
+# The re-rank a factory gets when its codes alone measured below the target: float16
+# codes of the stored vectors, memory-mapped beside each shard (docs/scale.md: against
+# sq8 and the embeddings table, by recall and latency at 10M vectors).
+DEFAULT_REFINE = "fp16"
+
+
+class FactoryChoice(NamedTuple):
+    """What :func:`choose_factory` picks: FAISS factory string, default nprobe, training
+    vectors, and the exact re-rank (``"none"`` or one of the stored codes)."""
+
+    factory: str
+    nprobe: int
+    train: int
+    refine: str
+
+
+def refine_for(factory: str) -> str:
+    """The re-rank ``factory`` needs: :data:`DEFAULT_REFINE` when the codes it stores (its
+    last component: ``PQ64``, ``SQfp16``, ``Flat``) measured recall@10 below
+    :data:`RECALL_TARGET` (or were never measured and are lossy: any PQ), else ``"none"``."""
+    codes = factory.split(",")[-1].strip()
+    family = "PQ" if "PQ" in codes else codes
+    recall = MEASURED_RECALL.get(family, 0.0 if family == "PQ" else 1.0)
+    return DEFAULT_REFINE if recall < RECALL_TARGET else "none"
+
+
+def choose_factory(n: int, dim: int, memory_budget: int) -> FactoryChoice:
+    """(vector count, dimension, bytes one worker may hold) -> :class:`FactoryChoice`.
 
     The autofaiss way: exact ``Flat`` when small; ``IVF{nlist},SQfp16`` while the vectors
     fit the budget (fp16 codes lose nothing: the embeddings are stored in fp16; nlist ~
     4 sqrt(n), a power of two; nprobe = nlist / 8, which keeps recall@10 >= 0.95 on
     clustered embeddings); beyond that an HNSW coarse quantizer with OPQ + PQ codes of 64
-    bytes (or dim/4 when smaller), ``OPQ{m}_{d},IVF{nlist}_HNSW32,PQ{m}``.
-    Training takes 64 vectors per list (at least 10,000, at most n).
+    bytes (or dim/4 when smaller), ``OPQ{m}_{d},IVF{nlist}_HNSW32,PQ{m}``, whose codes
+    alone measured recall@10 0.54, so it always comes with an exact re-rank of
+    ``refine_k`` candidates (:func:`refine_for`); its nprobe is nlist / 64 (at least 16):
+    the re-rank needs the right lists, not more of them (measured at 10M vectors,
+    docs/scale.md). Training takes 64 vectors per list (at least 10,000, at most n).
     """
     if n <= FLAT_MAX:
-        return "IDMap2,Flat", 1, 0
+        return FactoryChoice("IDMap2,Flat", 1, 0, "none")
     nlist = min(65536, max(64, _pow2(4 * math.sqrt(n))))
-    nprobe = max(16, nlist // 8)
     train = min(n, max(10_000, 64 * nlist))
     if n * (2 * dim + 8) <= memory_budget:
-        return f"IVF{nlist},SQfp16", nprobe, train
+        factory = f"IVF{nlist},SQfp16"
+        return FactoryChoice(factory, max(16, nlist // 8), train, refine_for(factory))
     m = 64 if dim >= 256 else max(4, dim // 4)
     while dim % m:
         m -= 1
-    return f"OPQ{m}_{dim},IVF{nlist}_HNSW32,PQ{m}", nprobe, train
+    factory = f"OPQ{m}_{dim},IVF{nlist}_HNSW32,PQ{m}"
+    return FactoryChoice(factory, max(16, nlist // 64), train, refine_for(factory))
 
 
 def whitened(factory: str, dim: int) -> str:
@@ -144,3 +189,49 @@ def bytes_per_vector(index, dim: int) -> int:
     except RuntimeError:  # not an IVF index
         code = 4 * dim
     return int(code) + 8
+
+
+def group_files(counts: list[tuple[int, int]], target: int) -> list[tuple[int, ...]]:
+    """(file index, vectors) in file order -> groups of consecutive files of at most
+    ``target`` vectors each (a single larger file forms its own group)."""
+    groups: list[list[int]] = [[]]
+    size = 0
+    for index, n in counts:
+        if groups[-1] and size + n > target:
+            groups.append([])
+            size = 0
+        groups[-1].append(index)
+        size += n
+    return [tuple(g) for g in groups]
+
+
+def split_files(counts: list[tuple[int, int]], shards: int) -> list[tuple[int, ...]]:
+    """(file index, vectors) in file order -> ``shards`` groups of consecutive files with
+    balanced vector counts (fewer when there are fewer files): a file goes to the group
+    its middle vector falls in."""
+    total = max(1, sum(n for _, n in counts))
+    groups: dict[int, list[int]] = {}
+    cum = 0
+    for index, n in counts:
+        g = min(shards - 1, int((cum + n / 2) * shards // total))
+        groups.setdefault(g, []).append(index)
+        cum += n
+    return [tuple(groups[g]) for g in sorted(groups)]
+
+
+def sample_vectors(fs, root, plan_files: list[tuple[int, int]], dim: int, size: int) -> np.ndarray:
+    """``size`` vectors evenly spaced over all vectors in file order (deterministic)."""
+    total = sum(n for _, n in plan_files)
+    wanted = np.unique((np.arange(size, dtype=np.int64) * total) // max(1, size))
+    out, offset, pos = [], 0, 0
+    for index, n in plan_files:
+        if n == 0:
+            continue
+        for _, vectors in iter_embedding_file(fs, root.embed_part(index), dim):
+            lo, hi = offset, offset + len(vectors)
+            stop = int(np.searchsorted(wanted, hi))
+            if stop > pos:
+                out.append(vectors[wanted[pos:stop] - lo])
+                pos = stop
+            offset = hi
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)

@@ -27,6 +27,13 @@ from functools import lru_cache
 import numpy as np
 
 from tda.attribution.index.channels import OpenedChannels, open_channels
+from tda.attribution.index.dense import (
+    DenseSearch,
+    IndexReadError,
+    _search_preassigned,
+    merge_topk,
+    open_dense,
+)
 from tda.attribution.io.fs import build_root, is_local, local_sha256, open_parquet, sha256_file
 from tda.attribution.io.integrity import ListedFiles, fix_for, parquet_errors
 from tda.attribution.io.parts import ROW_GROUP_ROWS, StageError, read_manifest
@@ -51,27 +58,6 @@ __all__ = [
     "read_index_manifest",
     "verify_index",
 ]
-
-
-class IndexReadError(StageError):
-    """An index that cannot be used as asked (missing, corrupt, other encoder)."""
-
-
-def merge_topk(scores: np.ndarray, ids: np.ndarray, k: int, metric: str):
-    """Exact merge of per-shard results.
-
-    scores, ids: (S, q, k_s) per shard (ids -1 = empty slot). Returns (q, k) scores and ids,
-    best first (largest inner product / smallest L2), ties broken by smaller id."""
-    S, q, ks = scores.shape
-    flat_s = scores.transpose(1, 0, 2).reshape(q, S * ks)
-    flat_i = ids.transpose(1, 0, 2).reshape(q, S * ks)
-    key = -flat_s if metric == "ip" else flat_s.copy()
-    key = np.where(flat_i < 0, np.inf, key)
-    order = np.lexsort((flat_i, key), axis=-1)[:, :k]
-    out_s = np.take_along_axis(flat_s, order, 1)
-    out_i = np.take_along_axis(flat_i, order, 1)
-    out_i = np.where(np.take_along_axis(key, order, 1) == np.inf, -1, out_i)
-    return out_s, out_i
 
 
 class PartRows:
@@ -226,6 +212,8 @@ class IndexReader:
         self.channels = channels or OpenedChannels(None, None)
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(shards), os.cpu_count() or 1)))
         self.lookup = ChunkLookup(root, manifest, *(parts or (None, None)))
+        # the shared-quantizer search with its re-rank (:mod:`.dense`); None: older layout
+        self._dense: DenseSearch | None = None
 
     @classmethod
     def open(
@@ -242,7 +230,6 @@ class IndexReader:
         sha256 too, so a corrupt byte is refused before any search (about 1 s per GB;
         remote shards are verified once, when copied into the cache). With ``merged``, the
         on-disk merged variant (``tda index merge``) is searched instead of the shards."""
-        import faiss
 
         fs, root = build_root(root_url)
         manifest, manifest_id = _read_manifest(fs, root)
@@ -257,49 +244,29 @@ class IndexReader:
             channels = open_channels(fs, root, manifest, verify, cache_dir)
         except StageError as exc:
             raise IndexReadError(str(exc)) from None
+        sizes = {f.path: f for f in manifest.files}
+
+        def local(relative: str) -> str:
+            return _checked_file(fs, root, sizes[relative], verify, cache_dir, root_url)
+
         if merged:
             index = _open_merged(root_url, manifest_id, verify)
             _set_nprobe(index, manifest.nprobe)
-            return cls(root_url, manifest, manifest_id, [index], channels, parts)
-        local = is_local(fs)
-        shards = []
-        sizes = {f.path: f for f in manifest.files}
-        for shard in manifest.shards:
-            entry = sizes[shard.path]
-            remote = f"{root.index_dir}/{shard.path}"
-            if not fs.exists(remote):
-                raise IndexReadError(
-                    f"{remote} is missing; the index is incomplete (tda index verify)"
-                )
-            if fs.size(remote) != entry.size:
-                raise IndexReadError(
-                    f"{remote} is {fs.size(remote)} bytes, the manifest says {entry.size}; "
-                    f"refusing a shard that does not match (tda index verify)"
-                )
-            path = remote if local else _cached(fs, remote, entry, cache_dir)
-            # (remote shards were checked when copied into the cache)
-            if verify and local and local_sha256(path) != entry.sha256:
-                raise IndexReadError(
-                    f"{remote} does not match its sha256 in the manifest (corrupt); "
-                    f"refusing to search it (tda index verify {root_url})"
-                )
-            try:
-                index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-            except RuntimeError as exc:
-                raise IndexReadError(f"{remote} cannot be read as a FAISS index ({exc})") from None
-            if index.ntotal != shard.vectors:
-                raise IndexReadError(
-                    f"{remote} holds {index.ntotal} vectors, the manifest says {shard.vectors}"
-                )
-            _set_nprobe(index, manifest.nprobe)
-            shards.append(index)
-        return cls(root_url, manifest, manifest_id, shards, channels, parts)
+            shards = [index]
+        else:
+            shards = [_read_shard(local(s.path), s, root, manifest.nprobe) for s in manifest.shards]
+        reader = cls(root_url, manifest, manifest_id, shards, channels, parts)
+        if manifest.quantizer is not None or (merged and manifest.refine is not None):
+            reader._dense = open_dense(manifest, local, shards, merged, reader.vector, reader._pool)
+        return reader
 
     def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None):
         """queries (q, D) float32 -> (scores (q, k), ids (q, k)), best first, over all shards."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest.dim:
             raise IndexReadError(f"queries must be (q, {self.manifest.dim}), got {queries.shape}")
+        if self._dense is not None:
+            return self._dense.search(queries, k, nprobe or self.manifest.nprobe)
         results = self._search_shards(queries, k, nprobe or self.manifest.nprobe)
         scores = np.stack([r[0] for r in results])
         ids = np.stack([r[1] for r in results])
@@ -443,23 +410,43 @@ def _search_params(index, nprobe: int):
     return faiss.SearchParametersIVF(nprobe=int(nprobe))
 
 
-def _search_preassigned(ivf, queries, k: int, coarse_i, coarse_d, params):
-    """``ivf.search_preassigned`` with per-call parameters: FAISS's Python wrapper refuses
-    ``params`` and checks the coarse width against the shared ``ivf.nprobe``, so call the
-    C++ method, which reads nprobe from ``params``. queries (q, D) float32, coarse_i /
-    coarse_d (q, nprobe) -> (scores (q, k), ids (q, k))."""
+def _checked_file(fs, root, entry, verify: bool, cache_dir: str | None, root_url: str) -> str:
+    """A local path of the index file ``entry`` (relative to ROOT/index), refused with one
+    line when missing or of another size than the manifest's, or (``verify``) another
+    sha256; remote files are copied into the cache (and checked) once."""
+    remote = f"{root.index_dir}/{entry.path}"
+    if not fs.exists(remote):
+        raise IndexReadError(f"{remote} is missing; the index is incomplete (tda index verify)")
+    if fs.size(remote) != entry.size:
+        raise IndexReadError(
+            f"{remote} is {fs.size(remote)} bytes, the manifest says {entry.size}; "
+            f"refusing a file that does not match (tda index verify)"
+        )
+    if not is_local(fs):
+        return _cached(fs, remote, entry, cache_dir)  # checked when copied into the cache
+    if verify and local_sha256(remote) != entry.sha256:
+        raise IndexReadError(
+            f"{remote} does not match its sha256 in the manifest (corrupt); "
+            f"refusing to search it (tda index verify {root_url})"
+        )
+    return remote
+
+
+def _read_shard(path: str, shard, root, nprobe: int):
+    """A shard file, memory-mapped, checked against its vector count."""
     import faiss
 
-    n = queries.shape[0]
-    scores = np.empty((n, k), dtype=np.float32)
-    ids = np.empty((n, k), dtype=np.int64)
-    coarse_i = np.ascontiguousarray(coarse_i, dtype=np.int64)
-    coarse_d = np.ascontiguousarray(coarse_d, dtype=np.float32)
-    ivf.search_preassigned_c(
-        n, faiss.swig_ptr(queries), k, faiss.swig_ptr(coarse_i), faiss.swig_ptr(coarse_d),
-        faiss.swig_ptr(scores), faiss.swig_ptr(ids), False, params,
-    )  # fmt: skip
-    return scores, ids
+    remote = f"{root.index_dir}/{shard.path}"
+    try:
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as exc:
+        raise IndexReadError(f"{remote} cannot be read as a FAISS index ({exc})") from None
+    if index.ntotal != shard.vectors:
+        raise IndexReadError(
+            f"{remote} holds {index.ntotal} vectors, the manifest says {shard.vectors}"
+        )
+    _set_nprobe(index, nprobe)
+    return index
 
 
 def _cached(fs, remote: str, entry, cache_dir: str | None) -> str:

@@ -38,6 +38,11 @@ def read_manifest(fs, path: str, parse, command: str, error: type[Exception]):
     from tda.schemas import ManifestError
 
     if not fs.exists(path):
+        stale = path.rsplit("/", 1)[0] + "/_stale.json"
+        if fs.exists(stale):  # set aside by an --overwrite of the stage it was built from
+            with fs.open(stale, "rb") as f:
+                note = json.loads(f.read())
+            raise error(f"{path} is stale ({note['why']}); rebuild it: {note['rebuild']}")
         raise error(
             f"{path} not found: run `{command}` into this root first (or let it finish: "
             f"the manifest is written last)"

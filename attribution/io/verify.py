@@ -16,7 +16,11 @@ the fix:
 4. files present that no manifest lists: warnings (names starting with ``_`` or ``.``,
    such as ``_run.json`` and ``_completions/``, and the root's ``audit.jsonl`` are the
    stages' own bookkeeping and are not reported; a ``_tmp-`` file is what a killed run
-   left, and is).
+   left, and is);
+5. the earlier generations kept under ``generations/`` by ``tda add`` / ``tda
+   takedown`` / ``tda index retrain``: every file each one lists still present with its
+   size and sha256 (found where :mod:`tda.attribution.curation.generations` resolves
+   it); a damaged one is a warning (queries read only the live generation).
 
 Errors mean the root cannot be trusted as it is; warnings do not stop a query.
 """
@@ -24,10 +28,12 @@ Errors mean the root cannot be trusted as it is; warnings do not stop a query.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 from tda.attribution.io.fs import build_root, sha256_file
 from tda.attribution.io.integrity import fix_for, known_damage, relative_to_root
+from tda.attribution.io.parts import StageError
 from tda.schemas import EmbedManifest, IndexManifest, Manifest, ManifestError
 from tda.schemas.manifest import SEAL, MergedIndexManifest, StoredFile
 from tda.schemas.wire import JsonRecord
@@ -110,6 +116,12 @@ class _Walk:
         self.listed.add(relative)
         path = self.path(relative)
         if not self.fs.exists(path):
+            stale = f"{path.rsplit('/', 1)[0]}/_stale.json"
+            if self.fs.exists(stale):  # set aside by an --overwrite of an earlier stage
+                with self.fs.open(stale, "rb") as f:
+                    note = json.loads(f.read())
+                self.error(relative, f"stale: {note['why']}", f"rebuild it: {note['rebuild']}")
+                return None, None
             return None, ""
         with self.fs.open(path, "rb") as f:
             data = f.read()
@@ -168,7 +180,12 @@ def check_root(root_url: str, hashes: bool = True) -> RootCheck:
         )
         return _result(walk, stages)
     index, index_sha = walk.manifest("index/manifest.json", IndexManifest.from_json)
-    walk.pruned = index is not None and index.lineage is not None
+    # written by `tda prune apply` (lineage without a kind): the fix names it
+    walk.pruned = (
+        index is not None
+        and index.lineage is not None
+        and (index.lineage.get("kind", "prune") == "prune")
+    )
     chunks, chunk_sha = walk.manifest("chunks/manifest.json", Manifest.from_json)
     embed, embed_sha = walk.manifest("embeddings/manifest.json", EmbedManifest.from_json)
     present = {
@@ -189,6 +206,7 @@ def check_root(root_url: str, hashes: bool = True) -> RootCheck:
     _index(walk, index, index_sha, present, stages)
     _chain(walk, chunk_sha, embed, embed_sha, index)
     _merged(walk, index_sha, stages)
+    _generations(walk, root_url)
     if not hashes:
         for path, message in sorted(known_damage().items()):
             relative = relative_to_root(root, path)
@@ -333,13 +351,35 @@ def _merged(walk: _Walk, index_sha, stages: list[str]) -> None:
         walk.check(f"index/merged/{entry.path}", entry)
 
 
+def _generations(walk: _Walk, root_url: str) -> None:
+    """Each earlier generation intact (see the module docstring, step 5)."""
+    if not walk.fs.exists(walk.path("generations")):
+        return
+    from tda.attribution.io.generations import check_generation, list_generations
+
+    for record in list_generations(root_url):
+        try:
+            problems = check_generation(root_url, record["id"], walk.hashes)
+        except (StageError, ManifestError) as exc:
+            problems = [(walk.path(f"generations/{record['id']}"), str(exc))]
+        for path, problem in problems:
+            walk.problems.append(
+                Problem(
+                    path,
+                    f"{problem} (generation {record['id'][:16]}..., kept for lineage)",
+                    "restore it from a backup; the live generation is not affected",
+                    "warning",
+                )
+            )
+
+
 def _unlisted(walk: _Walk) -> None:
     """Warn of files no manifest accounts for (a ``_tmp-`` file: a killed run's)."""
     prefix = walk.root.root.rstrip("/") + "/"
     for path in sorted(walk.fs.find(walk.root.root)):
         relative = path[len(prefix) :] if path.startswith(prefix) else path
         parts = relative.split("/")
-        if relative in walk.listed or relative == "audit.jsonl":
+        if relative in walk.listed or relative == "audit.jsonl" or parts[0] == "generations":
             continue
         name = parts[-1]
         if name.startswith("_tmp-"):

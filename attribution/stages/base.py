@@ -47,6 +47,7 @@ from tda.attribution.io.fs import atomic_write_text, read_json
 from tda.attribution.io.parts import StageError, check_resumable, nonempty, remove_temp_files
 
 __all__ = [
+    "LATER_STAGES",
     "PHASES",
     "Counter",
     "Meter",
@@ -54,6 +55,7 @@ __all__ = [
     "UnitRun",
     "as_meter",
     "discard",
+    "invalidate_later",
 ]
 
 Counter = Callable[[str, int], None]
@@ -64,6 +66,37 @@ ResultT = TypeVar("ResultT")
 # Where a unit's time goes: reading its input, computing, writing its outputs (and
 # marker). A stage's process() puts each step in one phase; phases do not nest.
 PHASES = ("read", "compute", "write")
+
+
+# The stages built from each stage's output (ROOT/<folder>), in flow order: what an
+# --overwrite of it leaves stale, with the command that rebuilds each.
+LATER_STAGES = {
+    "chunks": (("embeddings", "tda embed ROOT --model SPEC --overwrite"),
+               ("index", "tda index build ROOT --overwrite")),
+    "embeddings": (("index", "tda index build ROOT --overwrite"),),
+}  # fmt: skip
+
+
+def invalidate_later(fs, root: str, stage: str) -> list[str]:
+    """``stage`` (``chunks`` | ``embeddings``) of the build root ``root`` is being
+    overwritten: the later stages' manifests, which record the old output's sha256, are
+    moved aside to ``_stale-manifest.json`` with a ``_stale.json`` note beside them, so
+    every reader refuses them with one line naming the rebuild (instead of reading
+    vectors of chunks that no longer exist). -> the manifests invalidated."""
+    done = []
+    for later, command in LATER_STAGES.get(stage, ()):
+        folder = f"{root.rstrip('/')}/{later}"
+        manifest = f"{folder}/manifest.json"
+        if not fs.exists(manifest):
+            continue
+        note = {
+            "why": f"{stage}/ was rebuilt with --overwrite after {later}/ was built from it",
+            "rebuild": command.replace("ROOT", root),
+        }
+        atomic_write_text(fs, f"{folder}/_stale.json", json.dumps(note, sort_keys=True) + "\n")
+        fs.mv(manifest, f"{folder}/_stale-manifest.json")
+        done.append(manifest)
+    return done
 
 
 def discard(name: str, n: int) -> None:
@@ -272,6 +305,13 @@ class StageRuntime(Generic[PlanT, UnitT, ResultT]):
 
     # ---- the driver's checks --------------------------------------------------------
 
+    def sweep_temp_files(self) -> None:
+        """Driver, once every unit is committed: delete the ``_tmp-`` files of the
+        ``temp_folders`` :meth:`prepare_root` was given. A worker killed mid-write leaves
+        one; the runner reran its unit (same bytes, another temp name), so it is debris."""
+        if getattr(self, "_temp_folders", None) is not None:
+            remove_temp_files(*self._temp_folders)
+
     def prepare_root(
         self,
         fs,
@@ -287,6 +327,7 @@ class StageRuntime(Generic[PlanT, UnitT, ResultT]):
         ``config.resume`` needs the same run record at ``run_record`` (and removes what a
         killed run left half-written in ``temp_folders``); else a one-line error.
         Returns True when resuming."""
+        self._temp_folders = (fs, tuple(temp_folders))  # for sweep_temp_files
         main = folders[0]
         if not any(nonempty(fs, folder) for folder in folders):
             return False

@@ -36,7 +36,7 @@ from tda.attribution.corpus.tokenizer import (
 from tda.attribution.io.fs import atomic_write_text, build_root, filesystem, read_json
 from tda.attribution.io.integrity import stored_file
 from tda.attribution.io.parts import PartWriter, StageError
-from tda.attribution.stages.base import Counter, Meter, StageRuntime
+from tda.attribution.stages.base import Counter, Meter, StageRuntime, invalidate_later
 from tda.schemas import (
     CHUNK_SCHEMA,
     DEADLETTER_SCHEMA,
@@ -132,6 +132,8 @@ class ChunkStage(StageRuntime[ChunkPlan, InputFile, FileCounts]):
             plan.run_record(),
             (root.chunks_dir, root.deadletter_dir, root.completions_dir),
         )
+        if config.overwrite:  # embeddings / index built from the old chunks are stale now
+            invalidate_later(fs, root.root, "chunks")
         fs.makedirs(root.chunks_dir, exist_ok=True)
         atomic_write_text(fs, root.chunk_run_record, plan.run_record())
         return plan

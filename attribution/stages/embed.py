@@ -52,7 +52,7 @@ from tda.attribution.io.integrity import (
     stored_file,
 )
 from tda.attribution.io.parts import PartWriter, StageError, read_manifest
-from tda.attribution.stages.base import Counter, Meter, StageRuntime
+from tda.attribution.stages.base import Counter, Meter, StageRuntime, invalidate_later
 from tda.schemas import (
     MAX_CONCEPT_ID,
     ConfigError,
@@ -299,6 +299,8 @@ class EmbedStage(StageRuntime[EmbedPlan, int, EmbedCounts]):
             plan.run_record(),
             (out_dir, root.embed_completions_dir),
         )
+        if config.overwrite:  # an index built from the old embeddings is stale now
+            invalidate_later(fs, root.root, "embeddings")
         fs.makedirs(out_dir, exist_ok=True)
         atomic_write_text(fs, root.embed_concepts, concepts_json(encoder))
         atomic_write_text(fs, root.embed_run_record, plan.run_record())

@@ -34,13 +34,32 @@ from tda.attribution.index.build import (
     bytes_per_vector,
     choose_factory,
     iter_embedding_file,
-    train_index,
+    refine_for,
     whitened,
+)
+from tda.attribution.index.build import (
+    group_files as _group_files,
+)
+from tda.attribution.index.build import (
+    sample_vectors as _sample,
+)
+from tda.attribution.index.build import (
+    split_files as _split_files,
 )
 from tda.attribution.index.channels import (
     build_shard_channels,
     channel_settings,
     channel_tokenizer,
+)
+from tda.attribution.index.dense import (
+    REFINE_FACTOR,
+    REFINE_FILE,
+    RefineWriter,
+    apply_chain,
+    refine_paths,
+    split_trained,
+    strip_quantizer,
+    train_dense,
 )
 from tda.attribution.index.fusion import default_fusion
 from tda.attribution.io.fs import (
@@ -90,6 +109,14 @@ class IndexPlan:
     shard_counts: tuple[int, ...]
     bytes_per_vector: int = 0  # a filled shard's memory per vector (code + id)
     channels: tuple[str, ...] = ()  # the span / lexical channels built beside the shards
+    refine: str = "none"  # the exact re-rank (REFINES): "fp16" / "sq8" write codes per shard
+    refine_factor: int = 0  # candidates per hit before the re-rank (0: no re-rank)
+    reduce: dict | None = None  # {"method": "pca", "dim": d, "sample": n} (None: none)
+
+    @property
+    def stored_codes(self) -> bool:
+        """Whether each shard gets refine code files (fp16 / sq8)."""
+        return self.refine in ("fp16", "sq8")
 
     def fill_threads(self, cores: int | None = None) -> int:
         """Shards to fill at once on a worker with ``cores`` cores (default: this one's):
@@ -112,6 +139,10 @@ class IndexPlan:
         }
         if self.channels:  # (an index without channels keeps its run record as before)
             record["channels"] = list(self.channels)
+        if self.refine != "none":
+            record["refine"] = {"codes": self.refine, "factor": self.refine_factor}
+        if self.reduce is not None:
+            record["reduce"] = self.reduce
         return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
 
@@ -125,52 +156,6 @@ def _read_manifests(fs, root) -> tuple[EmbedManifest, Manifest, str]:
     return embed, chunks, sha
 
 
-def _group_files(counts: list[tuple[int, int]], target: int) -> list[tuple[int, ...]]:
-    """(file index, vectors) in file order -> groups of consecutive files of at most
-    ``target`` vectors each (a single larger file forms its own group)."""
-    groups: list[list[int]] = [[]]
-    size = 0
-    for index, n in counts:
-        if groups[-1] and size + n > target:
-            groups.append([])
-            size = 0
-        groups[-1].append(index)
-        size += n
-    return [tuple(g) for g in groups]
-
-
-def _split_files(counts: list[tuple[int, int]], shards: int) -> list[tuple[int, ...]]:
-    """(file index, vectors) in file order -> ``shards`` groups of consecutive files with
-    balanced vector counts (fewer when there are fewer files): a file goes to the group
-    its middle vector falls in."""
-    total = max(1, sum(n for _, n in counts))
-    groups: dict[int, list[int]] = {}
-    cum = 0
-    for index, n in counts:
-        g = min(shards - 1, int((cum + n / 2) * shards // total))
-        groups.setdefault(g, []).append(index)
-        cum += n
-    return [tuple(groups[g]) for g in sorted(groups)]
-
-
-def _sample(fs, root, plan_files: list[tuple[int, int]], dim: int, size: int) -> np.ndarray:
-    """``size`` vectors evenly spaced over all vectors in file order (deterministic)."""
-    total = sum(n for _, n in plan_files)
-    wanted = np.unique((np.arange(size, dtype=np.int64) * total) // max(1, size))
-    out, offset, pos = [], 0, 0
-    for index, n in plan_files:
-        if n == 0:
-            continue
-        for _, vectors in iter_embedding_file(fs, root.embed_part(index), dim):
-            lo, hi = offset, offset + len(vectors)
-            stop = int(np.searchsorted(wanted, hi))
-            if stop > pos:
-                out.append(vectors[wanted[pos:stop] - lo])
-                pos = stop
-            offset = hi
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
-
-
 @dataclass(frozen=True)
 class ShardMarker(JsonRecord):
     """A filled shard's completion marker (``index/_completions/N.json``): the shard as
@@ -181,6 +166,8 @@ class ShardMarker(JsonRecord):
     # the span / lexical channels' files of this shard: channel -> role -> path
     channels: dict[str, dict[str, str]] = field(default_factory=dict)
     channel_files: tuple[IndexFile, ...] = ()
+    # the shard's refine codes and sorted ids (``--refine fp16`` / ``sq8``)
+    refine_files: tuple[IndexFile, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict) -> ShardMarker:
@@ -202,7 +189,6 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
     def plan(self, config: IndexConfig) -> IndexPlan:
         """Check the embeddings, choose factory and shards, train and write the
         quantizer. Raises one-line errors before any shard is filled."""
-        import faiss
 
         fs, root = build_root(config.root)
         embed, chunks, embed_sha = _read_manifests(fs, root)
@@ -212,22 +198,38 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
         n = sum(c for _, c in files)
         if n == 0:
             raise IndexRunError(f"{config.root} has no embedded chunks to index")
-        factory, nprobe, train = choose_factory(n, embed.dim, config.memory_budget)
+        dim = embed.dim  # the dimension the factory works in (after any reduction)
+        if config.reduce is not None:
+            if config.reduce >= embed.dim:
+                raise IndexRunError(
+                    f"--reduce {config.reduce} must be below the embeddings' dimension {embed.dim}"
+                )
+            dim = config.reduce
+        factory, nprobe, train, refine = choose_factory(n, dim, config.memory_budget)
         if config.factory is not None:
             factory = config.factory
+            refine = refine_for(factory)
         if config.whiten:
-            if n < 2 * embed.dim:
+            if n < 2 * dim:
                 raise IndexRunError(
-                    f"--whiten needs at least 2 x D = {2 * embed.dim} vectors to train its PCA; "
+                    f"--whiten needs at least 2 x D = {2 * dim} vectors to train its PCA; "
                     f"{config.root} has {n} (use --no-whiten)"
                 )
-            factory = whitened(factory, embed.dim)
+            factory = whitened(factory, dim)
         nprobe = config.nprobe or nprobe
         train = min(n, config.train_sample or train or 0)
-        probe = build_empty_index(factory, embed.dim, config.metric)
-        if not probe.is_trained and train == 0:
+        probe = build_empty_index(factory, dim, config.metric)
+        if (not probe.is_trained or config.reduce is not None) and train == 0:
             train = min(n, 10_000)
-        per_vector = bytes_per_vector(probe, embed.dim)
+        if config.reduce is not None and train < config.reduce:
+            raise IndexRunError(
+                f"--reduce {config.reduce} needs at least that many training vectors; "
+                f"{config.root} gives {train} (raise --train-sample, or reduce less)"
+            )
+        refine = config.refine or refine
+        if split_trained(probe) is None:
+            refine = "none"  # an exact flat index has nothing to re-rank
+        per_vector = bytes_per_vector(probe, dim)
         if config.shards is not None:
             shards = _split_files(files, config.shards)
         else:
@@ -249,11 +251,18 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
             embed_manifest_sha256=embed_sha,
             factory=factory,
             nprobe=nprobe,
-            train_size=train if not probe.is_trained else 0,
+            train_size=train if not probe.is_trained or config.reduce is not None else 0,
             shards=tuple(shards),
             shard_counts=tuple(sum(counts[i] for i in s) for s in shards),
             bytes_per_vector=per_vector,
             channels=config.channels,
+            refine=refine,
+            refine_factor=REFINE_FACTOR if refine != "none" else 0,
+            reduce=(
+                {"method": "pca", "dim": config.reduce, "sample": train}
+                if config.reduce is not None
+                else None
+            ),
         )
         out = root.index_dir
         resumed = self.prepare_root(
@@ -268,10 +277,15 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
         if resumed:  # the quantizer, concepts and run record are the recorded run's
             return plan
         fs.makedirs(f"{out}/shards", exist_ok=True)
-        if not probe.is_trained:
-            train_index(probe, _sample(fs, root, files, embed.dim, plan.train_size))
+        sample = _sample(fs, root, files, embed.dim, plan.train_size) if plan.train_size else None
+        trained, encoder = train_dense(
+            probe, sample, plan.reduce["dim"] if plan.reduce else None, plan.refine
+        )
         with atomic_open(fs, root.index_trained) as f:
-            f.write(faiss.serialize_index(probe).tobytes())
+            f.write(trained)
+        if encoder is not None:
+            with atomic_open(fs, f"{out}/{REFINE_FILE}") as f:
+                f.write(encoder)
         with fs.open(root.embed_concepts, "rb") as f:
             concepts = f.read()
         with atomic_open(fs, root.index_concepts) as f:
@@ -355,6 +369,8 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
             [],
             [_file_entry(fs, root, "trained.faiss"), _file_entry(fs, root, "concepts.json")],
         )
+        if plan.stored_codes:
+            files.append(_file_entry(fs, root, REFINE_FILE))
         channel_shards: dict[str, list[dict[str, str]]] = {c: [] for c in plan.channels}
         for shard in range(len(plan.shards)):
             path = root.index_completion(shard)
@@ -370,6 +386,9 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
                     )
                 channel_shards[channel].append(marker.channels[channel])
             files.extend(marker.channel_files)
+            if plan.stored_codes and not marker.refine_files:
+                raise IndexRunError(f"shard {shard} has no refine codes; rebuild with --overwrite")
+            files.extend(marker.refine_files)
         embed, chunks = plan.embed, plan.chunks
         manifest = IndexManifest(
             tda_version=__version__,
@@ -397,6 +416,14 @@ class IndexStage(StageRuntime[IndexPlan, int, ShardMarker]):
                 for c in plan.channels
             ),
             fusion=default_fusion(("dense", *plan.channels)) if plan.channels else None,
+            quantizer="trained.faiss" if _shares_quantizer(fs, root) else None,
+            refine=(
+                {"codes": plan.refine, "factor": plan.refine_factor}
+                | ({"file": REFINE_FILE} if plan.stored_codes else {})
+                if plan.refine != "none"
+                else None
+            ),
+            reduce=plan.reduce,
         )
         atomic_write_text(fs, root.index_manifest, manifest.to_json())
         return manifest
@@ -446,42 +473,71 @@ def _fill(plan: IndexPlan, shard: int, meter: Meter) -> ShardMarker:
     fs, root = build_root(plan.config.root)
     with meter.phase("read"), fs.open(root.index_trained, "rb") as f:
         index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+    # Shared layout (an IVF level): the pre-transforms run here once per batch, the bare
+    # IVF takes the transformed vectors and is written without its coarse quantizer.
+    shared = split_trained(index)
+    chain, target = shared if shared is not None else ((), index)
+    writer = None
+    if plan.stored_codes and shared is not None:
+        with fs.open(f"{root.index_dir}/{REFINE_FILE}", "rb") as f:
+            encoder = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+        writer = RefineWriter(encoder, plan.shard_counts[shard])
     added = 0
     batches = (
         batch
         for file_index in plan.shards[shard]
         for batch in iter_embedding_file(fs, root.embed_part(file_index), plan.embed.dim)
     )
-    # Read in the same thread: a prefetching reader thread made FAISS's OpenMP adds ~10%
-    # slower on 2 cores (its threads spin at barriers), more than the reads it hid.
-    for ids, vectors in meter.timed("read", batches):
-        with meter.phase("compute"):
-            index.add_with_ids(vectors, ids)
-        added += len(ids)
-        meter("vectors_added", len(ids))
-    if added != plan.shard_counts[shard]:
-        raise IndexRunError(
-            f"shard {shard}: added {added} vectors, the embed manifest says "
-            f"{plan.shard_counts[shard]}; re-run `tda embed --overwrite`"
-        )
-    path = root.index_shard(shard)
+    try:
+        # Read in the same thread: a prefetching reader thread made FAISS's OpenMP adds
+        # ~10% slower on 2 cores (its threads spin at barriers), more than the reads hid.
+        for ids, vectors in meter.timed("read", batches):
+            with meter.phase("compute"):
+                if shared is not None:
+                    vectors = apply_chain(chain, vectors)
+                target.add_with_ids(vectors, ids)
+                if writer is not None and added + len(ids) <= plan.shard_counts[shard]:
+                    writer.add(ids, vectors)
+            added += len(ids)
+            meter("vectors_added", len(ids))
+        if added != plan.shard_counts[shard]:
+            raise IndexRunError(
+                f"shard {shard}: added {added} vectors, the embed manifest says "
+                f"{plan.shard_counts[shard]}; re-run `tda embed --overwrite`"
+            )
+        path = root.index_shard(shard)
 
-    def produce(write) -> None:
-        writer = faiss.PyCallbackIOWriter(write)
-        faiss.write_index(index, writer)
-        del writer  # drops faiss's reference to ``write``
+        def produce(write) -> None:
+            def write_index(ivf) -> None:
+                sink = faiss.PyCallbackIOWriter(write)
+                faiss.write_index(ivf, sink)
+                del sink  # drops faiss's reference to ``write``
 
-    # Streamed and hashed in one pass, local or remote: no serialize_index buffer (0.16 s
-    # per 37 MB shard) and no re-read for the checksum.
-    with meter.phase("write"):
-        digest, size = write_hashed(fs, path, produce)
+            if shared is None:
+                write_index(index)
+            else:
+                strip_quantizer(target, write_index)
+
+        # Streamed and hashed in one pass, local or remote: no serialize_index buffer
+        # (0.16 s per 37 MB shard) and no re-read for the checksum.
+        with meter.phase("write"):
+            digest, size = write_hashed(fs, path, produce)
+            refine_files = ()
+            if writer is not None:
+                written = writer.commit(fs, *refine_paths(path))
+                refine_files = tuple(
+                    IndexFile(p.rsplit("/index/", 1)[1], sha, n) for p, sha, n in written
+                )
+    finally:
+        if writer is not None:
+            writer.close()
     info = ShardInfo(
         shard=shard,
         path=path.rsplit("/index/", 1)[1],
         vectors=added,
         embed_files=plan.shards[shard],
     )
-    index.reset()  # the shard is written: free its codes before the channels' build
+    target.reset()  # the shard is written: free its codes before the channels' build
     channels, channel_files = {}, []
     if plan.channels:
         with meter.phase("compute"):  # chunk reads, tokenizing, suffix sort, postings
@@ -493,7 +549,18 @@ def _fill(plan: IndexPlan, shard: int, meter: Meter) -> ShardMarker:
             )
         for name, n in built.items():
             meter(name, n)
-    return ShardMarker(info, IndexFile(info.path, digest, size), channels, tuple(channel_files))
+    return ShardMarker(
+        info, IndexFile(info.path, digest, size), channels, tuple(channel_files), refine_files
+    )
+
+
+def _shares_quantizer(fs, root) -> bool:
+    """Whether the trained index has an IVF level, so shards were written without it."""
+    import faiss
+
+    with fs.open(root.index_trained, "rb") as f:
+        index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
+    return split_trained(index) is not None
 
 
 def _file_entry(fs, root, relative: str) -> IndexFile:

@@ -100,6 +100,7 @@ def main(verbose: int) -> None:
 
 for _command in (*build.COMMANDS, *query.COMMANDS, *curate.COMMANDS, *model.COMMANDS):
     main.add_command(_command)
+build.index.add_command(curate.retrain)  # `tda index retrain`: a change by generations
 
 
 def run(argv: list[str] | None = None) -> int:

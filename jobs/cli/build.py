@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from tda.schemas import INDEX_CHANNELS, ChunkConfig, ChunkingPolicy, IndexConfig
+from tda.schemas.config import REFINES
 
 from .. import render
 from ..beam_args import BeamCommand, quiet_beam_import
@@ -209,6 +210,22 @@ def index_options(func):
             help="Shards a worker fills at once [default: its cores, within the memory budget].",
         ),
         click.option(
+            "--refine",
+            type=click.Choice(list(REFINES)),
+            default=None,
+            help="Exact re-rank of the IVF candidates: fp16 / sq8 codes stored beside each "
+            "shard (memory-mapped), or the embeddings table's vectors [default: fp16 for PQ "
+            "factories, none otherwise].",
+        ),
+        click.option(
+            "--reduce",
+            type=stage_type("--reduce"),
+            default=None,
+            metavar="DIM",
+            help="Store and search DIM-dimensional vectors: an uncentred PCA fitted on the "
+            "training sample, applied to queries too [default: the embeddings' dimension].",
+        ),
+        click.option(
             "--channels",
             default=",".join(("dense", *INDEX_CHANNELS)),
             show_default=True,
@@ -233,6 +250,8 @@ def index_config(root: str, resume: bool, overwrite: bool, kw: dict):
         metric=kw.pop("metric"),
         whiten=kw.pop("whiten"),
         threads=kw.pop("threads"),
+        refine=kw.pop("refine"),
+        reduce=kw.pop("reduce"),
         channels=tuple(c.strip() for c in kw.pop("channels").split(",") if c.strip()),
         resume=resume,
         overwrite=overwrite,

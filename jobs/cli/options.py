@@ -229,10 +229,12 @@ def read_config(kw: dict) -> ReadOptions:
 
 def beam_args(ctx: click.Context) -> list[str]:
     """The Beam options given (after a ``--config`` runner file's), plus quiet SDK-harness
-    logs unless -vv or set explicitly."""
-    from ..runners import runner_args
+    logs unless -vv or set explicitly. The Dask runner without a scheduler address gets a
+    LocalCluster that lives as long as the command (:func:`~tda.jobs.runners.dask_cluster`)."""
+    from ..runners import dask_cluster, runner_args
 
     args = runner_args(ctx.meta.get("beam_config"), list(ctx.meta["beam_args"]))
+    args = ctx.with_resource(dask_cluster(args))
     verbose = ctx.find_root().params.get("verbose", 0)
     if verbose < 2 and not any(a.startswith("--default_sdk_harness_log_level") for a in args):
         args.append("--default_sdk_harness_log_level=WARNING")

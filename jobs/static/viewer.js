@@ -1,5 +1,6 @@
-// tda viewer: one page, no build step. Talks to /api/attribute, /api/documents,
-// /api/index and /openapi.json (the request's choices, limits and defaults).
+// tda viewer: one page, no build step. Talks to /api/attribute, /api/check,
+// /api/documents, /api/index and /openapi.json (the request's choices, limits and
+// defaults).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +9,7 @@ let reportText = ""; // its JSON exactly as the server sent it (the download)
 let downloadUrl = null;
 let fields = {}; // POST /api/attribute body: field name -> its JSON schema
 let lastHash = null; // the permalink of the request last run (or running)
+let selected = null; // the output chunk shown in the detail panels
 
 // Labels for choices the API names tersely; any other choice shows as its own name.
 const CHOICE_LABELS = {
@@ -332,7 +334,9 @@ function select(i) {
   document.querySelectorAll(".chunk").forEach((node) =>
     node.setAttribute("aria-pressed", String(node.dataset.chunk === String(i))));
   const chunk = report.chunks[i];
+  selected = i;
   $("chunk-detail").hidden = false;
+  renderCheck(chunk.check);
   markChunk(i);
   const conf = chunk.confidence;
   $("confidence").replaceChildren(...(conf ? [
@@ -464,6 +468,47 @@ async function openDocument(hit, chunk) {
 
 // --- start ---------------------------------------------------------------------------------
 
+// --- the counterfactual check (POST /api/check) ------------------------------------
+
+function renderCheck(check) {
+  // one line per output chunk: its hits' drop against BM25's and the random draws'
+  if (!check) { $("check-result").replaceChildren(); return; }
+  const f = (x) => (x == null ? "-" : x.toFixed(3));
+  $("check-result").replaceChildren(
+    el("span", { class: `verdict ${check.verdict.replace(" ", "-")}`, text: check.verdict }),
+    ` unlearning the ${check.chunks} hits lowers the chunk's log p by ${f(check.attributed_drop)}` +
+    ` · BM25's ${check.chunks}: ${f(check.bm25_drop)} · random: ${f(check.random_mean)} ± ` +
+    `${f(check.random_std)} (${check.random_drops.length} draws) · z ${check.z == null ? "-" :
+      check.z.toFixed(1)}, p ${check.p_value.toFixed(3)}`);
+}
+
+async function checkHits() {
+  const shown = report;
+  setStatus("checking the hits (unlearning them on a copy of the model)…");
+  $("check").disabled = true;
+  try {
+    // the report goes back as the text the server sent: int64 chunk ids stay exact
+    const { body: data, text } = await api("/api/check", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ report: reportText }),
+    });
+    if (report !== shown) return; // another attribution replaced it meanwhile
+    report = data;
+    reportText = text;
+    const supported = report.chunks.filter((c) => c.check && c.check.verdict === "supported");
+    setStatus(`checked in ${report.check.seconds.toFixed(1)} s: ${supported.length} of ` +
+      `${report.chunks.length} chunks' hits lower its log-probability more than every ` +
+      `random draw`);
+    renderReport(lastHash);
+    if (selected != null && selected < report.chunks.length) select(selected);
+  } catch (error) {
+    setStatus(error.message, true);
+  } finally {
+    $("check").disabled = false;
+  }
+}
+
 async function start() {
   let index = null;
   try {
@@ -489,4 +534,5 @@ async function start() {
 }
 
 $("document-close").addEventListener("click", () => $("document-dialog").close());
+$("check").addEventListener("click", checkHits);
 start();

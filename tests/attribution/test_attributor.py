@@ -227,12 +227,12 @@ def test_report_fields_and_json_round_trip(root, attributor, docs_jsonl):
             for key in ("channels", "fused_score", "match"):
                 del h[key]
     read = AttributionReport.from_dict(old)
-    assert read.schema_version == 3 and read.settings.rerank == "none"
+    assert read.schema_version == 4 and read.settings.rerank == "none"
     assert read.settings.channels == ("dense",) and read.chunks[0].confidence is None
     assert read.chunks[0].query_token_start is None and read.chunks[0].hits[0].rerank_score is None
     assert read.chunks[0].hits[0].channels == {} and read.chunks[0].hits[0].match is None
-    with pytest.raises(ReportError, match="schema version 4"):
-        AttributionReport.from_dict({**old, "schema_version": 4})
+    with pytest.raises(ReportError, match="schema version 5"):
+        AttributionReport.from_dict({**old, "schema_version": 5})
 
 
 def test_concept_contributions_plus_residual_equal_the_logits(attributor):

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from tda.jobs.cli import main
 from tda.jobs.cli.options import RangedFloat, RangedInt, _SizeType
 from tda.schemas.config import MAX_NPROBE, STAGE_RANGES, ConfigError
+from tda.schemas.report import CHECK_RANGES
 from tda.schemas.request import REQUEST_RANGES, AttributionRequest
 
 
@@ -223,6 +224,8 @@ def test_every_numeric_option_has_a_range_from_the_table():
         field = flag.lstrip("-").replace("-", "_")
         if path in (("attribute",), ("search",)) and field in REQUEST_RANGES:
             assert rng == REQUEST_RANGES[field], (path, flag)
+        elif path == ("check",):  # tda check: the check's own table (schemas/report.py)
+            assert rng == CHECK_RANGES[field], (path, flag)
         else:
             assert rng == STAGE_RANGES[flag], (path, flag)
         # the help states the range

@@ -5,6 +5,7 @@ options, the way the runner would submit it (nothing is submitted)."""
 from __future__ import annotations
 
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.portable_runner import PortableRunner
 from apache_beam.transforms import environments
 
-from tda.jobs.runners import bundled_configs, config_path, runner_args
+from tda.jobs.beam_args import split_beam_args
+from tda.jobs.runners import DASK_RUNNER, bundled_configs, config_path, dask_cluster, runner_args
 from tda.pipeline.build import run_build, stage_pipeline
 from tda.schemas import ChunkConfig, ConfigError, EmbedConfig, IndexConfig
 
@@ -42,8 +44,8 @@ def options(name: str, cli: list[str] | None = None, env=ENV) -> PipelineOptions
     return PipelineOptions(runner_args(name, cli or [], env))
 
 
-def test_bundled_configs_are_the_four_runners():
-    assert bundled_configs() == ["dataflow", "direct", "flink", "spark"]
+def test_bundled_configs_are_the_five_runners():
+    assert bundled_configs() == ["dask", "dataflow", "direct", "flink", "spark"]
 
 
 def test_every_bundled_config_parses_without_unknown_options():
@@ -58,6 +60,51 @@ def test_direct_config_runs_one_process_per_core():
     direct = options("direct").view_as(DirectOptions)
     assert options("direct").view_as(StandardOptions).runner == "DirectRunner"
     assert direct.direct_num_workers == 0 and direct.direct_running_mode == "multi_processing"
+
+
+def test_dask_config_runs_tdas_dask_runner_on_a_local_or_named_cluster():
+    pytest.importorskip("distributed", reason="needs the dask extra")
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    local = options("dask", env={})
+    assert local.view_as(StandardOptions).runner == DASK_RUNNER
+    dask = local.get_all_options()
+    assert dask["address"] is None and dask["partition_size"] == 1  # LocalCluster, a file a task
+    named = options("dask", env={"TDA_DASK_SCHEDULER": "tcp://sched:8786"})
+    assert named.view_as(DaskOptions).address == "tcp://sched:8786"
+    # the command line wins, and the Dask options are Beam options like any other
+    cli = ["--dask_client_address", "tcp://other:8786", "--dask_connection_timeout", "30"]
+    args = runner_args("dask", cli, {"TDA_DASK_SCHEDULER": "tcp://sched:8786"})
+    assert PipelineOptions(args).get_all_options()["address"] == "tcp://other:8786"
+    beam, rest = split_beam_args(["root", *cli, "--out", "x"], {"--out"})
+    assert (beam, rest) == (cli, ["root", "--out", "x"])
+
+
+@pytest.mark.parametrize(
+    "given",
+    [["--runner", "DaskRunner"], ["--runner=dask"],
+     ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner"]],
+)  # fmt: skip
+def test_every_dask_runner_spelling_resolves_to_tdas(given):
+    pytest.importorskip("distributed", reason="needs the dask extra")
+    args = runner_args(None, given)
+    assert PipelineOptions(args).view_as(StandardOptions).runner == DASK_RUNNER
+    assert runner_args(None, ["--runner", "DirectRunner"]) == ["--runner", "DirectRunner"]
+
+
+def test_dask_runner_without_the_extra_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    with pytest.raises(ConfigError, match=r"pip install 'tda\[dask\]'"):
+        runner_args(None, ["--runner", "DaskRunner"])
+
+
+def test_dask_cluster_starts_a_local_cluster_only_without_a_scheduler():
+    pytest.importorskip("distributed", reason="needs the dask extra")
+    named = runner_args(None, ["--runner=DaskRunner", "--dask_client_address=tcp://h:1"])
+    with dask_cluster(named) as args:
+        assert args == named  # an existing cluster: nothing started
+    with dask_cluster(["--runner=DirectRunner"]) as args:
+        assert args == ["--runner=DirectRunner"]
 
 
 def test_dataflow_config_asks_for_gpu_workers_and_the_worker_image():

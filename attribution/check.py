@@ -1,0 +1,385 @@
+"""The counterfactual check of an attribution: did the named training chunks drive the
+output? ``tda attribute --check``, ``tda check REPORT.json``, :meth:`Attributor.check`.
+
+Retraining without the hits is the real test (``make eval`` does it: minutes on a toy
+corpus, impossible on a real model). This is its cheap stand-in, approximate unlearning
+on a copy of the model, per output chunk:
+
+1. :class:`ModelCopy`: a deep copy of the encoder's model (the original's weights are
+   never written), the weights that move (``scope``: all, or the last block plus the
+   parameters outside the blocks) snapshotted so that every set starts from the same
+   weights.
+2. The sets to unlearn, ``k`` training chunks each: the chunk's hits (attributed); ``k``
+   chunks the index's lexical channel (BM25) returns for the chunk's text; ``draws``
+   sets of ``k`` random chunks of the index (:class:`ChunkSampler`, seeded), each cut to
+   the length of the hit it stands for, so that random sets hold the same token counts.
+3. :func:`unlearn`: ``steps`` steps of normalised gradient ascent on the set's mean token
+   loss, each step ``lr`` times the moved weights' norm long: every set gets the same
+   budget of weight change, so a set moves the output only as far as its gradient points
+   where the output's does (a larger loss does not buy a larger step).
+4. The output chunk's log-probability (its tokens after everything before them, one
+   forward pass over prompt + output) before and after: the drop.
+5. The attributed drop against the random draws: z-score and empirical p-value
+   (:func:`significance`); a random set depends only on the hits' lengths, so output
+   chunks whose hits have the same lengths share the random draws (one unlearning per
+   draw serves all their log-probabilities).
+
+Seeded and deterministic: the random sets come from a ``numpy`` generator seeded by
+``seed``; the ascent has no randomness; figures are rounded to 5 decimals.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from tda.attribution.encoders import ConceptEncoder
+from tda.attribution.index.reader import IndexReader
+from tda.attribution.io.fs import build_root
+from tda.schemas import (
+    AttributionReport,
+    AttributionRequest,
+    CheckSettings,
+    ChunkCheck,
+    UserError,
+)
+
+__all__ = [
+    "CheckError",
+    "CheckTarget",
+    "ChunkSampler",
+    "ModelCopy",
+    "check_chunks",
+    "check_report",
+    "significance",
+    "unlearn",
+]
+
+# A block's parameters are named "<...>.<blocks|layers|h>.<i>.<...>" in the models we load
+# (builtin: blocks.3.attn..., Steerling: transformer.blocks.3...).
+_BLOCK = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.")
+# Random candidates tried per stand-in before taking the longest seen (nearly every
+# training chunk is full length, so the first usually fits).
+_TRIES = 32
+
+
+class CheckError(UserError):
+    """A report or index the check cannot run on (chunks stored without text, a report
+    whose output no longer tokenizes to its chunks)."""
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    """One output chunk to check: its token span [start, end) in the checked sequence,
+    its hits' chunk ids (the attributed set) and the text its BM25 query searches."""
+
+    start: int
+    end: int
+    hits: tuple[int, ...]
+    lexical_text: str
+
+
+class ModelCopy:
+    """A copy of ``encoder`` whose model is a deep copy: unlearning writes only to it.
+    ``scope`` ``all`` moves every parameter; ``last`` the last transformer block's and
+    those outside the blocks (embeddings, concept heads, LM head)."""
+
+    def __init__(self, encoder: ConceptEncoder, scope: str) -> None:
+        import torch
+
+        model = getattr(encoder, "model", None)
+        if model is None:
+            raise CheckError(f"encoder {encoder.info.spec} has no torch model to copy")
+        self.encoder = copy.copy(encoder)  # shares the tokenizer and concept tables
+        self.encoder.model = copy.deepcopy(model)  # type: ignore[attr-defined]
+        named = list(self.encoder.model.named_parameters())
+        blocks = [int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))]
+        last = max(blocks, default=None)
+        self.params = []
+        for name, param in named:
+            found = _BLOCK.search(name)
+            moves = scope == "all" or found is None or int(found.group(1)) == last
+            param.requires_grad_(moves)
+            if moves:
+                self.params.append(param)
+        with torch.no_grad():
+            self._snapshot = [p.detach().clone() for p in self.params]
+            self.norm = float(torch.sqrt(sum((p.double() ** 2).sum() for p in self.params)))
+
+    def reset(self) -> None:
+        """Back to the original weights (before the next set is unlearned)."""
+        import torch
+
+        with torch.no_grad():
+            for p, saved in zip(self.params, self._snapshot, strict=True):
+                p.copy_(saved)
+
+    def chunk_log_probs(self, ids: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """ids (T,) -> (n,) float64: per span [s, e), the sum of log p(token t | tokens < t)
+        over t in [max(s, 1), e), under the copy's current weights (one forward pass)."""
+        import torch
+
+        enc = self.encoder
+        x = torch.as_tensor(np.asarray(ids, dtype=np.int64)[None], device=enc.device)  # (1, T)
+        with torch.no_grad():
+            logits = enc.forward(x, with_logits=True).logits[0, :-1].float()  # (T-1, V)
+            lp = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None])[:, 0].double()
+        lp = torch.cat([lp.new_zeros(1), lp]).cpu().numpy()  # (T,): 0 for the first token
+        return np.array([lp[s:e].sum() for s, e in spans], dtype=np.float64)
+
+
+def unlearn(model: ModelCopy, sequences: Sequence[np.ndarray], steps: int, lr: float) -> None:
+    """``steps`` steps of normalised gradient ascent on ``model`` (from its current
+    weights): each raises the mean token loss of ``sequences`` (each (L_i,) int64, a
+    training chunk's tokens; batched by length, so no padding reaches a real token) by a
+    step of length ``lr * model.norm`` along the loss gradient."""
+    import torch
+
+    enc = model.encoder
+    by_length: dict[int, list[np.ndarray]] = {}
+    for seq in sequences:
+        if len(seq) >= 2:
+            by_length.setdefault(len(seq), []).append(np.asarray(seq, dtype=np.int64))
+    tokens = sum((length - 1) * len(group) for length, group in by_length.items())
+    if tokens == 0:
+        return
+    batches = [
+        torch.as_tensor(np.stack(group), device=enc.device)  # (n, L)
+        for _, group in sorted(by_length.items())
+    ]
+    for _ in range(steps):
+        for p in model.params:
+            p.grad = None
+        with torch.enable_grad():
+            for x in batches:
+                logits = enc.forward(x, with_logits=True).logits[:, :-1].float()  # (n, L-1, V)
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+                )
+                (loss / tokens).backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.params]
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        if norm == 0.0 or not math.isfinite(norm):
+            break
+        with torch.no_grad():
+            for p, g in zip(model.params, grads, strict=True):
+                p.add_(g, alpha=lr * model.norm / norm)  # ascent: up the loss
+    for p in model.params:
+        p.grad = None
+
+
+class ChunkSampler:
+    """Uniformly random training chunks of an index (every chunk part's rows, pruned parts
+    included), with their texts; a ``numpy`` generator seeded by the caller."""
+
+    def __init__(self, reader: IndexReader) -> None:
+        import pyarrow.parquet as pq
+
+        fs, root = build_root(reader.root)
+        self._reader = reader
+        self._groups: list[tuple[int, int, int]] = []  # (file index, row group, rows)
+        for f in sorted(reader.manifest.inputs, key=lambda f: f.index):
+            path = root.chunk_part(f.index)
+            if not fs.exists(path):
+                continue
+            with fs.open(path, "rb") as handle:
+                meta = pq.ParquetFile(handle).metadata
+                for g in range(meta.num_row_groups):
+                    self._groups.append((f.index, g, meta.row_group(g).num_rows))
+        self._ends = np.cumsum([n for _, _, n in self._groups])
+        if not self._groups or self._ends[-1] == 0:
+            raise CheckError(f"the index in {reader.root} has no chunk rows to sample from")
+        self.total = int(self._ends[-1])
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, str]:
+        """One random chunk: (chunk id, its text; empty when stored without text)."""
+        row = int(rng.integers(self.total))
+        g = int(np.searchsorted(self._ends, row, side="right"))
+        file_index, group, _ = self._groups[g]
+        offset = row - (int(self._ends[g - 1]) if g else 0)
+        table = self._reader.lookup.chunks.group(file_index, group)
+        text = table["text"][offset].as_py() if "text" in table.column_names else None
+        return int(table["chunk_id"][offset].as_py()), text or ""
+
+
+def significance(attributed: float, random: Sequence[float]) -> tuple[float | None, float]:
+    """(z, p) of an attributed drop against random drops (R,): z = (attributed - mean) /
+    sample standard deviation (None when they do not vary), p = (1 + #{random >=
+    attributed}) / (1 + R)."""
+    values = np.asarray(random, dtype=np.float64)
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    z = None if std <= 1e-12 else (attributed - float(values.mean())) / std
+    p = (1 + int((values >= attributed).sum())) / (1 + len(values))
+    return z, p
+
+
+def _verdict(n_hits: int, attributed: float, random: Sequence[float]) -> str:
+    if n_hits == 0:
+        return "no hits"
+    if attributed > 0 and all(attributed > r for r in random):
+        return "supported"
+    if attributed > float(np.mean(random)):
+        return "weak"
+    return "not supported"
+
+
+def check_chunks(
+    encoder: ConceptEncoder, reader: IndexReader, ids: np.ndarray,
+    targets: Sequence[CheckTarget], settings: CheckSettings,
+) -> tuple[list[ChunkCheck], CheckSettings]:  # fmt: skip
+    """The check of every target chunk of the sequence ``ids`` (T,) (the module's steps);
+    -> (one :class:`ChunkCheck` per target, ``settings`` with the wall time)."""
+    started = time.perf_counter()
+    tokenizer = encoder.tokenizer
+    window = encoder.info.max_window
+
+    def tokens(texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids[:window], dtype=np.int64) for e in tokenizer.encode_batch(texts)]
+
+    def texts_of(chunk_ids: Sequence[int]) -> list[str]:
+        texts = [reader.lookup.get(int(c)).text for c in chunk_ids]
+        if any(t is None for t in texts):
+            raise CheckError(
+                f"the chunks of {reader.root} were stored without text (--no-text): the "
+                f"check unlearns a chunk's tokens and cannot read them"
+            )
+        return [t or "" for t in texts]
+
+    spans = [(t.start, t.end) for t in targets]
+    model = ModelCopy(encoder, settings.scope)
+    before = model.chunk_log_probs(ids, spans)  # (n,)
+
+    def drops(sequences: Sequence[np.ndarray]) -> np.ndarray:
+        """(n,) every target's drop after unlearning ``sequences`` (from the original)."""
+        model.reset()
+        unlearn(model, sequences, settings.steps, settings.lr)
+        return before - model.chunk_log_probs(ids, spans)
+
+    known: dict[tuple[int, ...], np.ndarray] = {}  # a set of chunk ids -> its drops (n,)
+
+    def set_drops(chunk_ids: tuple[int, ...]) -> np.ndarray:
+        """:func:`drops` of a set of index chunks, once per distinct set (chunks whose hits,
+        or BM25 lists, are the same set share one unlearning)."""
+        key = tuple(sorted(chunk_ids))
+        if key not in known:
+            known[key] = drops(tokens(texts_of(chunk_ids)))
+        return known[key]
+
+    hit_tokens = [tokens(texts_of(t.hits)) for t in targets]
+    lexical = reader.channels.lexical
+    excluded = {c for t in targets for c in t.hits}
+    sampler = ChunkSampler(reader) if any(t.hits for t in targets) else None
+    shared: dict[tuple[int, ...], np.ndarray] = {}  # hit lengths -> (draws, n) drops
+    results = []
+    for c, target in enumerate(targets):
+        k = len(target.hits)
+        if k == 0:
+            results.append(ChunkCheck(0, round(float(before[c]), 5), 0.0, None, (), 0.0, 0.0,
+                                      None, 1.0, "no hits"))  # fmt: skip
+            continue
+        attributed = float(set_drops(target.hits)[c])
+        bm25, bm25_ids = None, ()
+        if lexical is not None:
+            bm25_ids = tuple(h.chunk_id for h in lexical.search(target.lexical_text, k))
+            bm25 = float(set_drops(bm25_ids)[c]) if bm25_ids else None
+        lengths = tuple(sorted((len(s) for s in hit_tokens[c]), reverse=True))
+        if lengths not in shared:
+            # seeded per length profile: the draws do not depend on which chunks came first
+            rng = np.random.default_rng([settings.seed, *lengths])
+            sets = [_random_set(sampler, rng, lengths, excluded, tokens)
+                    for _ in range(settings.draws)]  # fmt: skip
+            shared[lengths] = np.stack([drops(s) for s in sets])
+        random = [float(x) for x in shared[lengths][:, c]]
+        z, p = significance(attributed, random)
+        results.append(
+            ChunkCheck(
+                chunks=k,
+                log_prob=round(float(before[c]), 5),
+                attributed_drop=round(attributed, 5),
+                bm25_drop=None if bm25 is None else round(bm25, 5),
+                random_drops=tuple(round(r, 5) for r in random),
+                random_mean=round(float(np.mean(random)), 5),
+                random_std=round(float(np.std(random, ddof=1)), 5),
+                z=None if z is None else round(z, 3),
+                p_value=round(p, 5),
+                verdict=_verdict(k, attributed, random),
+                bm25_chunk_ids=bm25_ids,
+            )
+        )
+    model.reset()
+    seconds = round(time.perf_counter() - started, 3)
+    return results, CheckSettings(settings.steps, settings.lr, settings.draws, settings.seed,
+                                  settings.scope, settings.method, seconds)  # fmt: skip
+
+
+def _random_set(
+    sampler: ChunkSampler, rng: np.random.Generator, lengths: Sequence[int],
+    excluded: set[int], tokens,
+) -> list[np.ndarray]:  # fmt: skip
+    """One random set: per hit length L, a random chunk (not a hit, not already drawn) of
+    at least L tokens cut to L (the longest of :data:`_TRIES` candidates when none is)."""
+    chosen: list[np.ndarray] = []
+    taken = set(excluded)
+    for length in lengths:
+        best: tuple[int, np.ndarray] | None = None
+        for _ in range(_TRIES):
+            cid, text = sampler.draw(rng)
+            if cid in taken:
+                continue
+            seq = tokens([text])[0]
+            if best is None or len(seq) > len(best[1]):
+                best = (cid, seq)
+            if len(seq) >= length:
+                break
+        if best is not None:
+            taken.add(best[0])
+            chosen.append(best[1][:length])
+    return chosen
+
+
+def check_report(
+    encoder: ConceptEncoder, reader: IndexReader, report: AttributionReport,
+    settings: CheckSettings, lexical_context: int,
+) -> AttributionReport:  # fmt: skip
+    """``report`` with its check: every output chunk's :class:`ChunkCheck` and the report's
+    ``check`` settings (:func:`check_chunks`). Prompt and output are tokenized again as
+    the attributor did; the BM25 query is the chunk's text with at most
+    ``lexical_context`` tokens before it (the attributor's lexical query). Refused with one
+    line when the report was made on another index or model, or its output no longer
+    tokenizes to its chunks (a generated output that does not survive decoding)."""
+    from tda.attribution.sequence import build_sequence
+
+    if report.index_manifest_id != reader.manifest_id:
+        raise CheckError(
+            f"the report was made on index manifest {report.index_manifest_id[:12]}, the "
+            f"index in {reader.root} is {reader.manifest_id[:12]}: its hits may not exist "
+            f"there; attribute again on this index"
+        )
+    if report.encoder_fingerprint != encoder.info.fingerprint:
+        raise CheckError(
+            f"the report was made with model {report.encoder_fingerprint[:19]}, not "
+            f"{encoder.info.fingerprint[:19]} ({encoder.info.spec}): pass the report's --model"
+        )
+    request = AttributionRequest(prompt=report.prompt, output=report.output, k=1)
+    seq = build_sequence(encoder, encoder.tokenizer, request)
+    P = seq.prompt_len
+    if len(seq.ids) - P != report.output_token_count or seq.truncated != report.prompt_truncated:
+        raise CheckError(
+            f"the report's output is {report.output_token_count} tokens, its text tokenizes "
+            f"to {len(seq.ids) - P} now: the chunks cannot be placed (re-attribute it with "
+            f"--check)"
+        )
+    targets = []
+    for chunk in report.chunks:
+        s, e = P + chunk.token_start, P + chunk.token_end
+        lexical = encoder.tokenizer.decode(seq.ids[max(0, s - lexical_context) : e].tolist())
+        targets.append(CheckTarget(s, e, tuple(h.chunk_id for h in chunk.hits), lexical))
+    checks, done = check_chunks(encoder, reader, seq.ids, targets, settings)
+    chunks = tuple(replace(c, check=k) for c, k in zip(report.chunks, checks, strict=True))
+    return replace(report, chunks=chunks, check=done)

@@ -1,0 +1,276 @@
+"""Validate the counterfactual check (``tda check``, :mod:`tda.attribution.check`)
+against the real thing: the retraining counterfactual of a finished ``make eval`` run.
+
+``python -m tda.jobs.quality.check_validation --eval build/eval`` reuses that run's
+files (nothing is retrained): its model, its default build root (the one with the lexical
+channel), its chunk table and the models it retrained without each method's top-k chunks
+per reproduced fact (OUT/counterfactual-N, named by their prune lists' reason). Then:
+
+1. The reproduced facts (greedy after the verbatim prompt, as the harness scores them)
+   and each method's top-k per fact, ranked again as the harness ranked them (the
+   default tda option, tda's span channel, BM25, exact span; the true sources for the
+   oracle); every fact's ranking must lie inside that method's prune list (checked: the
+   retrained model removed exactly these chunks).
+2. Retraining: per fact, the change of the answer's log-probability after its verbatim
+   prompt in each retrained model against the original.
+3. The check: per fact, :func:`~tda.attribution.check.check_chunks` on the answer
+   tokens with each method's top-k as the attributed set (random draws matched to the
+   set's lengths, as ``tda check`` draws them).
+4. Per method: Spearman correlation over facts between the check's drop and the
+   retraining's drop; the methods ranked by mean drop both ways; and the share of facts
+   where the oracle's sources are ``supported`` (their drop above every random draw).
+
+Prints a Markdown table (docs/quality.md publishes it) and writes OUT/check_validation.json.
+
+``--build N`` first makes a reduced harness run in OUT (:func:`build`): N facts, no
+passages or paraphrases, ``--steps`` training steps, the default index only, and the
+retrainings without the default tda option's top-k, BM25's, the true sources and random
+chunks (``make eval``'s counterfactual less its exact-span and best-option rows): the
+same pieces as the harness, a quarter of its cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _slots(out: Path) -> dict[str, Path]:
+    """Prune-list reason (the counterfactual row's name) -> its retrained model."""
+    import pyarrow.parquet as pq
+
+    slots = {}
+    for cf in sorted(out.glob("counterfactual-*")):
+        reasons = pq.read_table(cf / "prune.parquet", columns=["reason"])["reason"]
+        if len(reasons) and (cf / "model").exists():
+            slots[reasons[0].as_py()] = cf / "model"
+    return slots
+
+
+def _pruned(out: Path, reason: str) -> set[int]:
+    import pyarrow.parquet as pq
+
+    for cf in sorted(out.glob("counterfactual-*")):
+        table = pq.read_table(cf / "prune.parquet", columns=["reason", "chunk_id"])
+        if len(table) and table["reason"][0].as_py() == reason:
+            return set(table["chunk_id"].to_pylist())
+    return set()
+
+
+def build(out: Path, facts_n: int, steps: int, lr: float, k: int, seed: int, jobs: int) -> None:
+    """A reduced ``make eval`` in ``out`` (the module docstring): corpus, model, the
+    default build root, and the counterfactual retrainings; OUT/quality.json records what
+    the validation reads back (seed, facts)."""
+    from tda.attribution.encoders import load_encoder
+    from tda.schemas import DEFAULT_QUERY_SPAN
+
+    from .chunks import ChunkTable
+    from .commands import Tda, Training
+    from .counterfactual import run_counterfactual
+    from .facts import build_corpus, make_facts
+    from .outputs import Query, reproduced_verbatim
+    from .rankers import BM25Ranker, TdaRanker
+    from .variants import build_roots, cut_chunks, default_variant, make_variants
+
+    out.mkdir(parents=True, exist_ok=True)
+    facts = make_facts(facts_n, seed)
+    corpus = build_corpus(out, facts, 3, seed, 0, 3, ())
+    tda = Tda(1, Training(steps, seed, lr, 128))
+    tda.train(corpus, out / "model")
+    encoder = load_encoder(str(out / "model"), "cpu")
+    answers = reproduced_verbatim(encoder, encoder.load_tokenizer(), facts)
+    print(f"facts reproduced: {len(answers)} of {len(facts)}", flush=True)
+    if len(answers) < 3:
+        raise SystemExit(f"only {len(answers)} facts reproduced: train longer (--train-steps)")
+    verbatim = [Query("verbatim", f, f.verbatim_prompt, answers[f.index])
+                for f in facts if f.index in answers]  # fmt: skip
+    variants = make_variants(["mean:hidden"], False)
+    dv = default_variant(variants)
+    base = cut_chunks(tda, corpus, out / "model", out)
+    root = build_roots(tda, base, out / "model", out, [dv], jobs, channels=dv)[dv]
+    table = ChunkTable(base)
+    from tda.attribution.attributor import Attributor
+
+    attributor = Attributor.from_root(str(root), device="cpu")
+    ranked = {
+        "tda channels dense+span+lexical (default)": TdaRanker(
+            attributor, DEFAULT_QUERY_SPAN, "none", 100, None),
+        "BM25": BM25Ranker(table),
+    }  # fmt: skip
+    removed = {name: {q: r.rank_output(q.prompt, q.output, k) for q in verbatim}
+               for name, r in ranked.items()}  # fmt: skip
+    rows = run_counterfactual(tda, k, seed, jobs, verbatim, removed, table, encoder, root,
+                              corpus, out)  # fmt: skip
+    summary = {"seed": seed, "facts": facts_n, "steps": steps, "lr": lr, "reduced": True,
+               "counterfactual": {r.name: r.to_json() for r in rows}}  # fmt: skip
+    (out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eval", default="build/eval", help="A finished make eval's OUT.")
+    parser.add_argument("--k", type=int, default=10, help="The harness's --counterfactual-k.")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None, help="Check only the first N facts.")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--build",
+        type=int,
+        default=None,
+        metavar="FACTS",
+        help="First make a reduced harness run of FACTS facts in --eval.",
+    )
+    parser.add_argument("--train-steps", type=int, default=800, help="With --build.")
+    parser.add_argument("--train-lr", type=float, default=0.003, help="With --build.")
+    parser.add_argument("--jobs", type=int, default=2, help="With --build: trainings at once.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the validation (see the module) and return what it writes."""
+    args = parse(argv)
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+
+    from tda.attribution.attributor import LEXICAL_CONTEXT, Attributor
+    from tda.attribution.check import CheckTarget, check_chunks
+    from tda.attribution.encoders import load_encoder
+    from tda.schemas import CheckSettings
+
+    from .chunks import ChunkTable
+    from .counterfactual import ORACLE
+    from .facts import make_facts
+    from .outputs import Query, answer_log_prob, reproduced_verbatim
+    from .rankers import BM25Ranker, ExactSpanRanker, TdaRanker
+
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    out = Path(args.eval).resolve()
+    if args.build is not None:
+        build(out, args.build, args.train_steps, args.train_lr, args.k, 0, args.jobs)
+    quality = json.loads((out / "quality.json").read_text())
+    encoder = load_encoder(str(out / "model"), "cpu")
+    tokenizer = encoder.load_tokenizer()
+    facts = make_facts(quality["facts"], quality["seed"])
+    answers = reproduced_verbatim(encoder, tokenizer, facts)
+    queries = [Query("verbatim", f, f.verbatim_prompt, answers[f.index])
+               for f in facts if f.index in answers][: args.limit]  # fmt: skip
+    table = ChunkTable(out / "root-chunks")
+    root = next(p for p in sorted(out.glob("root-*")) if (p / "index" / "lexical").exists())
+    attributor = Attributor.from_root(str(root), device="cpu")
+    k = args.k
+    default = "tda channels dense+span+lexical (default)"
+    rankers = {
+        default: TdaRanker(attributor, "output", "none", 100, None),
+        "tda channels span": TdaRanker(attributor, "output", "none", 100, ("span",)),
+        "BM25": BM25Ranker(table),
+        "exact span": ExactSpanRanker(table),
+    }
+    slots = _slots(out)
+    sets = {name: {q: r.rank_output(q.prompt, q.output, k)[:k] for q in queries}
+            for name, r in rankers.items() if f"{name} top-{k}" in slots}  # fmt: skip
+    sets[ORACLE] = {q: sorted(table.relevant(q.fact)) for q in queries}
+    rows = {name if name == ORACLE else f"{name} top-{k}": ranked for name, ranked in sets.items()}
+    consistent = {}
+    for row, ranked in rows.items():
+        removed = _pruned(out, row)
+        consistent[row] = all(set(ids) <= removed for ids in ranked.values())
+    missing = [row for row in rows if row not in slots]
+    if missing:
+        raise SystemExit(f"{out} has no retrained model for {missing[0]!r}: run make eval")
+
+    def log_probs(enc) -> list[float]:
+        return [answer_log_prob(enc, q.prompt, q.fact.place) for q in queries]
+
+    original = np.array(log_probs(encoder))
+    retrain = {
+        row: original - np.array(log_probs(load_encoder(str(slots[row]), "cpu"))) for row in rows
+    }  # fmt: skip (a drop: before - after)
+    random_row = next(name for name in slots if name.startswith("random "))
+    retrain_random = original - np.array(log_probs(load_encoder(str(slots[random_row]), "cpu")))
+
+    settings = CheckSettings(steps=args.steps, lr=args.lr, draws=args.draws, seed=quality["seed"])
+    cheap = {row: [] for row in rows}
+    cheap_random, separated, seconds = [], [], []
+    for q in queries:
+        p = tokenizer.encode_batch([q.prompt])[0].ids.tolist()
+        a = tokenizer.encode_batch([" " + q.fact.place])[0].ids.tolist()
+        ids = np.array(p + a, dtype=np.int64)
+        s, e = len(p), len(p) + len(a)
+        lexical = tokenizer.decode(ids[max(0, s - LEXICAL_CONTEXT) : e].tolist())
+        targets = [CheckTarget(s, e, tuple(ranked[q]), lexical) for ranked in rows.values()]
+        checks, done = check_chunks(encoder, attributor.reader, ids, targets, settings)
+        seconds.append(done.seconds)
+        for row, check in zip(rows, checks, strict=True):
+            cheap[row].append(check.attributed_drop)
+        oracle = checks[list(rows).index(ORACLE)]
+        separated.append(oracle.verdict == "supported")
+        cheap_random.append(checks[0].random_mean)
+        print(f"{q.fact.entity}: oracle {oracle.attributed_drop:.3f} vs random "
+              f"{oracle.random_mean:.3f} ± {oracle.random_std:.3f} ({oracle.verdict})",
+              flush=True)  # fmt: skip
+
+    def rho(x, y) -> float | None:
+        value = spearmanr(x, y).statistic
+        return None if np.isnan(value) else round(float(value), 3)
+
+    methods = []
+    for row in rows:
+        methods.append({
+            "method": row, "facts": len(queries), "consistent_with_prune_list": consistent[row],
+            "check_mean_drop": round(float(np.mean(cheap[row])), 4),
+            "retrain_mean_drop": round(float(np.mean(retrain[row])), 4),
+            "spearman_per_fact": rho(cheap[row], retrain[row]),
+        })  # fmt: skip
+    methods.append({
+        "method": f"random (check: {args.draws} draws of k; retraining: {random_row})",
+        "facts": len(queries), "consistent_with_prune_list": None,
+        "check_mean_drop": round(float(np.mean(cheap_random)), 4),
+        "retrain_mean_drop": round(float(np.mean(retrain_random)), 4),
+        "spearman_per_fact": rho(cheap_random, retrain_random),
+    })  # fmt: skip
+    result = {
+        "eval": str(out), "k": k, "settings": {"steps": args.steps, "lr": args.lr,
+                                                "draws": args.draws, "seed": quality["seed"]},
+        "facts": len(queries), "methods": methods,
+        "method_ranking_spearman": rho([m["check_mean_drop"] for m in methods],
+                                       [m["retrain_mean_drop"] for m in methods]),
+        "oracle_separated": round(sum(separated) / max(len(separated), 1), 4),
+        "check_seconds_per_fact": round(float(np.mean(seconds)), 2),
+        "seconds": round(time.time() - started),
+    }  # fmt: skip
+    (out / "check_validation.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    """The validation as docs/quality.md's table."""
+    lines = [
+        "| method (retrained without its top-k per fact) | check: mean drop | retraining: "
+        "mean drop | Spearman per fact |",
+        "|---|---|---|---|",
+    ]
+    for m in result["methods"]:
+        rho = "n/a" if m["spearman_per_fact"] is None else f"{m['spearman_per_fact']:.3f}"
+        lines.append(f"| {m['method']} | {m['check_mean_drop']:.3f} | "
+                     f"{m['retrain_mean_drop']:.3f} | {rho} |")  # fmt: skip
+    lines += [
+        "",
+        f"Facts: {result['facts']}; methods ranked by mean drop, Spearman: "
+        f"{result['method_ranking_spearman']}; oracle's sources above every random draw: "
+        f"{result['oracle_separated']:.0%}; check: {result['check_seconds_per_fact']} s per "
+        f"fact ({len(result['methods']) - 1} sets + BM25 + random draws).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

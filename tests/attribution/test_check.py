@@ -1,0 +1,130 @@
+"""The counterfactual check (issue 24): unlearning an output's own source on a copy of the
+model lowers the output's log-probability more than unlearning random chunks; the
+original weights are never written; same inputs, same figures; the report carries the
+check and reads back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tda.attribution.attributor import Attributor
+from tda.attribution.check import CheckError, ModelCopy, significance, unlearn
+from tda.attribution.encoders import load_encoder
+from tda.pipeline.index import run_index
+from tda.schemas import (
+    AttributionReport,
+    CheckSettings,
+    ConfigError,
+    EmbedConfig,
+    IndexConfig,
+    Pooling,
+)
+from tests.helpers import chunk_root, embed_root
+
+FAST = CheckSettings(steps=2, draws=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, docs_jsonl, builtin_dir) -> Path:
+    root = tmp_path_factory.mktemp("check") / "root"
+    chunk_root(root, [docs_jsonl], builtin_dir)
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir, pooling=Pooling.parse("max:hidden")))
+    run_index(IndexConfig(root=str(root), shards=2))
+    return root
+
+
+@pytest.fixture(scope="module")
+def attributor(root) -> Attributor:
+    return Attributor.from_root(str(root), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def verbatim(docs_jsonl) -> tuple[str, str]:
+    """(prompt, output): a training document's opening and the 40 words after it."""
+    text = json.loads(Path(docs_jsonl).read_text().splitlines()[3])["text"]
+    words = text.split(" ")
+    return " ".join(words[:30]), " " + " ".join(words[30:70])
+
+
+def _weights(attributor: Attributor) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in attributor.encoder.model.state_dict().items()}
+
+
+def test_check_finds_the_source_and_leaves_the_model_alone(attributor, verbatim):
+    before = _weights(attributor)
+    report = attributor.attribute(*verbatim, k=5, input_attribution="none", check=FAST)
+    after = attributor.encoder.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # never written
+    assert report.check is not None and report.check.steps == 2 and report.check.seconds > 0
+    first = report.chunks[0].check
+    assert first is not None and first.chunks == len(report.chunks[0].hits) == 5
+    assert len(first.random_drops) == 4 and first.bm25_drop is not None
+    assert len(first.bm25_chunk_ids) == 5
+    # the hits hold the output's own text: unlearning them costs it more than any random set
+    assert first.attributed_drop > max(first.random_drops), first
+    assert first.verdict == "supported" and first.p_value == pytest.approx(1 / 5)
+    # the log-probability before is the report's own (same model, same tokens)
+    assert first.log_prob == pytest.approx(report.chunks[0].totals.log_prob, abs=1e-3)
+
+
+def test_check_is_deterministic_and_reads_back(attributor, verbatim):
+    report = attributor.attribute(*verbatim, k=3, input_attribution="none")
+    assert report.check is None and "check" not in report.to_dict()
+    one, two = attributor.check(report, FAST), attributor.check(report, FAST)
+    strip = {"seconds": 0.0}
+    assert replace(one, check=replace(one.check, **strip)) == replace(
+        two, check=replace(two.check, **strip)
+    )
+    read = AttributionReport.from_json(one.to_json())
+    assert read.schema_version == 4 and read.chunks == one.chunks and read.check == one.check
+    # another seed draws other random chunks
+    other = attributor.check(report, replace(FAST, seed=4))
+    assert other.chunks[0].check.random_drops != one.chunks[0].check.random_drops
+    assert other.chunks[0].check.attributed_drop == one.chunks[0].check.attributed_drop
+
+
+def test_check_refuses_a_report_of_another_index(attributor, verbatim):
+    report = attributor.attribute(*verbatim, k=2, input_attribution="none")
+    with pytest.raises(CheckError, match="index manifest"):
+        attributor.check(replace(report, index_manifest_id="0" * 64), FAST)
+    with pytest.raises(CheckError, match="tokenizes"):
+        attributor.check(replace(report, output_token_count=report.output_token_count + 1))
+
+
+def test_check_settings_refuse_bad_values():
+    with pytest.raises(ConfigError, match=r"--draws must be in 2\.\.256, got 1"):
+        CheckSettings(draws=1)
+    with pytest.raises(ConfigError, match="--lr must be in"):
+        CheckSettings(lr=0.0)
+    with pytest.raises(ConfigError, match="--scope must be one of all, last"):
+        CheckSettings(scope="half")
+
+
+def test_significance_by_hand():
+    z, p = significance(3.0, [1.0, 2.0, 3.0, 0.0])
+    assert z == pytest.approx((3.0 - 1.5) / np.std([1, 2, 3, 0], ddof=1))
+    assert p == pytest.approx(2 / 5)  # one draw reaches 3.0: (1 + 1) / (1 + 4)
+    assert significance(1.0, [0.5, 0.5]) == (None, pytest.approx(1 / 3))
+
+
+@pytest.mark.parametrize("scope", ["all", "last"])
+def test_unlearning_moves_only_the_copy(model_spec, scope):
+    encoder = load_encoder(model_spec, "cpu")
+    original = {k: v.clone() for k, v in encoder.model.state_dict().items()}
+    copy = ModelCopy(encoder, scope)
+    total = sum(1 for _ in encoder.model.parameters())
+    assert 0 < len(copy.params) <= total and (len(copy.params) < total) == (scope == "last")
+    ids = np.arange(5, 69, dtype=np.int64)
+    before = copy.chunk_log_probs(ids, [(32, 64)])
+    unlearn(copy, [ids[32:64]], steps=2, lr=0.01)
+    after = copy.chunk_log_probs(ids, [(32, 64)])
+    assert after[0] < before[0]  # ascent on these tokens makes them less likely
+    assert all(torch.equal(original[k], v) for k, v in encoder.model.state_dict().items())
+    copy.reset()
+    assert copy.chunk_log_probs(ids, [(32, 64)])[0] == pytest.approx(before[0], abs=1e-4)
