@@ -226,21 +226,24 @@ class Attributor:
             request = prompt
         else:
             request = AttributionRequest(prompt, output, **options)
-        report = self._attribute(request)
-        return self.check(report, None if check is True else check) if check else report
+        report, seq = self._attribute(request)
+        # checked on the tokens attributed: a generated output may not survive re-tokenizing
+        return self.check(report, None if check is True else check, seq) if check else report
 
     def check(
-        self, report: AttributionReport, settings: CheckSettings | None = None
-    ) -> AttributionReport:
+        self, report: AttributionReport, settings: CheckSettings | None = None,
+        seq: TokenSequence | None = None,
+    ) -> AttributionReport:  # fmt: skip
         """``report`` (made on this index and model) with its counterfactual check: per
         output chunk, the drop in its log-probability when a copy of the model unlearns its
-        hits, against BM25's and random chunks (:mod:`~tda.attribution.check`)."""
+        hits, against BM25's and random chunks (:mod:`~tda.attribution.check`). ``seq``:
+        the tokens the report was made on (else its text is tokenized again)."""
         from tda.attribution.check import check_report
 
         return check_report(self.encoder, self.reader, report, settings or CheckSettings(),
-                            LEXICAL_CONTEXT)  # fmt: skip
+                            LEXICAL_CONTEXT, seq)  # fmt: skip
 
-    def _attribute(self, request: AttributionRequest) -> AttributionReport:
+    def _attribute(self, request: AttributionRequest) -> tuple[AttributionReport, TokenSequence]:
         import torch
 
         clock = _Clock()
@@ -267,7 +270,7 @@ class Attributor:
                 )
                 for c in range(len(spans))
             )  # fmt: skip
-        return self._report(request, seq, spans, chunk_size, chunks, clock, channels)
+        return self._report(request, seq, spans, chunk_size, chunks, clock, channels), seq
 
     # --- step 3 -----------------------------------------------------------------------
 

@@ -345,14 +345,16 @@ def _random_set(
 
 def check_report(
     encoder: ConceptEncoder, reader: IndexReader, report: AttributionReport,
-    settings: CheckSettings, lexical_context: int,
+    settings: CheckSettings, lexical_context: int, seq=None,
 ) -> AttributionReport:  # fmt: skip
     """``report`` with its check: every output chunk's :class:`ChunkCheck` and the report's
     ``check`` settings (:func:`check_chunks`). Prompt and output are tokenized again as
     the attributor did; the BM25 query is the chunk's text with at most
     ``lexical_context`` tokens before it (the attributor's lexical query). Refused with one
     line when the report was made on another index or model, or its output no longer
-    tokenizes to its chunks (a generated output that does not survive decoding)."""
+    tokenizes to its chunks (a generated output that does not survive decoding). ``seq``
+    (a :class:`~tda.attribution.sequence.TokenSequence`): the tokens the report was made
+    on, used as they are (``Attributor.attribute(check=True)``: no tokenizing again)."""
     from tda.attribution.sequence import build_sequence
 
     if report.index_manifest_id != reader.manifest_id:
@@ -366,8 +368,9 @@ def check_report(
             f"the report was made with model {report.encoder_fingerprint[:19]}, not "
             f"{encoder.info.fingerprint[:19]} ({encoder.info.spec}): pass the report's --model"
         )
-    request = AttributionRequest(prompt=report.prompt, output=report.output, k=1)
-    seq = build_sequence(encoder, encoder.tokenizer, request)
+    if seq is None:
+        request = AttributionRequest(prompt=report.prompt, output=report.output, k=1)
+        seq = build_sequence(encoder, encoder.tokenizer, request)
     P = seq.prompt_len
     if len(seq.ids) - P != report.output_token_count or seq.truncated != report.prompt_truncated:
         raise CheckError(

@@ -90,7 +90,9 @@ def _sq8_store(reader, work: Path):
             work / Path(codes_path).name, mode="w+", dtype=np.uint8, shape=(len(codes), fp16.d)
         )
         for lo in range(0, len(codes), 500_000):
-            out[lo : lo + 500_000] = sq8.sa_encode(fp16.sa_decode(np.asarray(codes[lo : lo + 500_000])))
+            out[lo : lo + 500_000] = sq8.sa_encode(
+                fp16.sa_decode(np.asarray(codes[lo : lo + 500_000]))
+            )
         out.flush()
         files.append((str(work / Path(codes_path).name), str(index_dir / ids_path)))
     return RefineStore(m.metric, sq8, files, shard_lookup(m.id_codec, m.shards))

@@ -29,9 +29,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from tda import __version__
 from tda.attribution.io.fs import (
@@ -50,6 +48,7 @@ from tda.schemas.curation import PRUNE_LEVELS, PRUNE_SCHEMA, FilePruned, PruneCo
 
 from .prune_corpus import relative_path, rewrite_corpus_file
 from .prune_list import PruneError, make_prune_list, read_prune_list
+from .prune_rows import corpus_edits, per_source, pruned_rows, tokens_removed
 
 __all__ = [
     "LEVELS",
@@ -304,11 +303,11 @@ def _prune_file(plan: PrunePlan, file_index: int, meter: Meter) -> FilePruned:
             f"chunks and embeddings of input file {file_index} disagree in {plan.root}"
         )
     with meter.phase("compute"):
-        remove = _pruned_rows(plan, file_index, chunks)
+        remove = pruned_rows(plan, file_index, chunks)
         removed = chunks.filter(pa.array(remove))
-        per_source = _per_source(plan, removed)
-        drop, cuts = _corpus_edits(plan, removed)
-        tokens = _tokens_removed(plan, removed)
+        sources = per_source(plan, removed)
+        drop, cuts = corpus_edits(plan, removed)
+        tokens = tokens_removed(plan, removed)
     with meter.phase("write"):
         url, fmt = plan.inputs[file_index]
         rel = relative_path(url, [u for u, _ in plan.inputs.values()])
@@ -344,7 +343,7 @@ def _prune_file(plan: PrunePlan, file_index: int, meter: Meter) -> FilePruned:
         chunks_kept=int((~remove).sum()),
         tokens_removed=tokens,
         removed_ids=tuple(int(i) for i in removed["chunk_id"].to_numpy()),
-        per_source=per_source,
+        per_source=sources,
         corpus_file=written,
         parts=tuple(parts),
     )
@@ -365,67 +364,6 @@ def _parts_in(result: FilePruned, *folders: str) -> tuple:
     return tuple(p for p in result.parts if p.path.split("/", 1)[0] in folders)
 
 
-def _pruned_rows(plan: PrunePlan, file_index: int, chunks: pa.Table) -> np.ndarray:
-    """(rows,) bool: the chunks of one file's table that the prune list removes."""
-    if plan.level == "source":
-        remove = pc.is_in(chunks["source"], pa.array(sorted(plan.sources))).to_numpy(
-            zero_copy_only=False
-        )
-    elif plan.level == "document":
-        wanted = np.fromiter(plan.documents.get(file_index, ()), dtype=np.int64)
-        remove = np.isin(chunks["record_index"].to_numpy(), wanted)
-    else:
-        wanted = np.fromiter(plan.chunks.get(file_index, ()), dtype=np.int64)
-        remove = np.isin(chunks["chunk_id"].to_numpy(), wanted)
-    return np.asarray(remove, dtype=bool)
-
-
-def _per_source(plan: PrunePlan, removed: pa.Table) -> dict[str, dict[str, int]]:
-    """Removed chunks -> per source {"chunks": n, "documents": m} (documents: 0 at chunk
-    level, where documents are edited, not removed)."""
-    per_source: dict[str, dict[str, int]] = {}
-    for row in (
-        removed.group_by("source", use_threads=False)
-        .aggregate([("chunk_id", "count"), ("record_index", "count_distinct")])
-        .to_pylist()
-    ):
-        per_source[row["source"]] = {
-            "chunks": int(row["chunk_id_count"]),
-            "documents": int(row["record_index_count_distinct"]) if plan.level != "chunk" else 0,
-        }
-    return per_source
-
-
-def _corpus_edits(plan: PrunePlan, removed: pa.Table):
-    """Removed chunks -> (records to drop, {record: character spans to cut}): chunk level
-    cuts spans out of documents, the other levels drop whole records."""
-    drop: set[int] = set()
-    cuts: dict[int, list[tuple[int, int]]] = {}
-    if plan.level == "chunk":
-        for row in removed.select(["record_index", "char_start", "char_end"]).to_pylist():
-            cuts.setdefault(int(row["record_index"]), []).append(
-                (row["char_start"], row["char_end"])
-            )
-    else:
-        drop = {int(r) for r in np.unique(removed["record_index"].to_numpy())}
-    return drop, cuts
-
-
-def _tokens_removed(plan: PrunePlan, removed: pa.Table) -> int:
-    """Tokens the removed chunks covered (overlapping chunks counted once; a removed
-    document counts its every token)."""
-    if plan.level == "chunk":
-        return sum(sum(e - s for s, e in _merge(spans)) for spans in _token_spans(removed).values())
-    return int(
-        sum(
-            r["token_end_max"]
-            for r in removed.group_by("record_index", use_threads=False)
-            .aggregate([("token_end", "max")])
-            .to_pylist()
-        )
-    )
-
-
 def write_file_marker(plan: PrunePlan, result: FilePruned) -> None:
     """One input file's marker ``NEW_ROOT/_prune/N.json``."""
     PruneStage().write_marker(plan, result.file_index, result)
@@ -443,23 +381,6 @@ def read_file_markers(plan: PrunePlan) -> list[FilePruned]:
         out.append(result)
     nfs, folder = stage.markers(plan)
     nfs.rm(folder, recursive=True)
-    return out
-
-
-def _token_spans(removed: pa.Table) -> dict[int, list[tuple[int, int]]]:
-    spans: dict[int, list[tuple[int, int]]] = {}
-    for row in removed.select(["record_index", "token_start", "token_end"]).to_pylist():
-        spans.setdefault(row["record_index"], []).append((row["token_start"], row["token_end"]))
-    return spans
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(spans):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
     return out
 
 

@@ -146,7 +146,7 @@ def read_prune_list(path: str) -> tuple[pa.Table, str, str]:
         else:
             table = pq.read_table(pa.BufferReader(data))
         table = table.select(PRUNE_SCHEMA.names).cast(PRUNE_SCHEMA.remove_metadata())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PruneError(f"--list {path} is not a prune list ({first})") from None
     levels = set(table["level"].to_pylist())

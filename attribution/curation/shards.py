@@ -68,40 +68,18 @@ def write_generation_index(
     lexical channels built, where the index has them) and the others kept as the parent
     ``index`` lists them; then ``index/manifest.json`` (last) with ``lineage``.
     ``embed`` / ``chunks`` / ``embed_sha``: the new generation's manifests."""
-    from dataclasses import fields
-
-    from tda.attribution.stages.index import IndexPlan, IndexStage, ShardMarker
+    from tda.attribution.stages.index import IndexStage, ShardMarker
+    from tda.attribution.stages.index_reuse import plan_from_index
 
     stage = IndexStage()
-    # what the index format records beyond the shards (re-rank codes, a reduction),
-    # carried over as the parent's manifest has it, where this tda's plan has the field
-    extra: dict = {}
-    plan_fields = {f.name for f in fields(IndexPlan)}
-    refine = getattr(index, "refine", None)
-    if "refine" in plan_fields and refine:
-        extra["refine"] = refine.get("codes", "none")
-        extra["refine_factor"] = int(refine.get("factor", 0))
-    if "reduce" in plan_fields and getattr(index, "reduce", None):
-        extra["reduce"] = index.reduce
-    companions_field = "refine_files" in {f.name for f in fields(ShardMarker)}
-    counts = {e.file_index: e.chunks for e in embed.files}
     channels = tuple(c.name for c in index.channels)
     config = IndexConfig(
         root=root, factory=index.factory, shards=len(shards), nprobe=index.nprobe,
         metric=index.metric, threads=threads, channels=channels,
     )  # fmt: skip
-    plan = IndexPlan(
-        config=config,
-        embed=embed,
-        chunks=chunks,
-        embed_manifest_sha256=embed_sha,
-        factory=index.factory,
-        nprobe=index.nprobe,
-        train_size=index.train_vectors,
-        shards=tuple(tuple(s) for s in shards),
-        shard_counts=tuple(sum(counts[f] for f in s) for s in shards),
-        channels=channels,
-        **extra,
+    # the parent's factory, nprobe, re-rank codes and reduction, for the new grouping
+    plan = plan_from_index(
+        index, config, embed, chunks, embed_sha, tuple(tuple(s) for s in shards), channels
     )
     files = {f.path: f for f in index.files}
     refill = sorted(set(refill))
@@ -114,7 +92,7 @@ def write_generation_index(
             files[info.path],
             roles,
             tuple(files[p] for r in roles.values() for p in r.values()),
-            **({"refine_files": tuple(_companions(index, i))} if companions_field else {}),
+            tuple(_companions(index, i)),
         )
         stage.write_marker(plan, i, marker)
     for _ in stage.fill(plan, refill, plan.fill_threads()):

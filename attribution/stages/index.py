@@ -8,7 +8,11 @@
 2. :func:`fill_shard` (worker, once per shard): start from the trained index, add every
    vector of the shard's files with ``add_with_ids(chunk ids)`` (ids are explicit: FAISS
    merge offsets are never relied on), write ``index/shards/shard-N.faiss`` once,
-   atomically, then the completion marker with its count, size and sha256.
+   atomically, then the completion marker with its count, size and sha256. With an IVF
+   level the shard file is the bare IVF without its coarse quantizer (stored once, in
+   ``trained.faiss``: :mod:`tda.attribution.index.dense`), and ``--refine fp16|sq8``
+   writes the re-rank codes and sorted ids beside it (``shard-N.refine.npy``,
+   ``shard-N.ids.npy``; the encoder once, in ``index/refine.faiss``).
 3. :func:`finish_index_run` (driver): ``index/manifest.json``, written last, with the
    sha256 and size of every file.
 

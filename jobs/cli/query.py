@@ -242,8 +242,9 @@ def attribute(root, prompt, output, generate, temperature, top_p, repetition_pen
         channels=channels,
     )  # validated here, before the model loads
     attributor = Attributor.from_root(root, model=model, device=device, force=force)
-    report = attributor.attribute(request)
-    render.report_attribution(attributor.check(report) if check_hits else report, as_json)
+    # checked inside attribute: on the tokens attributed, which a generated output's
+    # text need not tokenize back to
+    render.report_attribution(attributor.attribute(request, check=check_hits), as_json)
 
 
 _CHECK = CheckSettings()

@@ -6,6 +6,7 @@ chunked and embedded by the tiny builtin model (``builtin_dir``)."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +100,9 @@ def test_a_grown_flat_root_searches_like_one_built_from_scratch(corpus, builtin_
         assert hashlib.sha256((kept / rel).read_bytes()).hexdigest() == before[rel]
     assert check_generation(str(grown), parent) == []
     old = checkout_generation(str(grown), parent, str(tmp_path / "old"))
-    assert IndexReader.open(old).manifest.vectors == entry["vectors"] - entry["counts"][
-        "chunks_added"
-    ]
+    assert (
+        IndexReader.open(old).manifest.vectors == entry["vectors"] - entry["counts"]["chunks_added"]
+    )
 
     # the new file got the next file index: the same chunk ids as the scratch build,
     # the same chunks part byte for byte, and the same search results
@@ -154,7 +155,7 @@ def test_a_grown_ivf_root_has_the_codes_of_a_scratch_build_with_its_quantizer(
     for element in stage.elements(plan):
         list(stage.run_element(plan, element))
     stage.finish(plan)
-    ids, queries = vectors(scratch)
+    _, queries = vectors(scratch)
     gs, gi = IndexReader.open(str(grown)).search(queries, 10, nprobe=1)
     ss, si = IndexReader.open(str(scratch)).search(queries, 10, nprobe=1)
     assert np.array_equal(gi, si) and np.allclose(gs, ss)
@@ -171,6 +172,50 @@ def test_a_grown_ivf_root_has_the_codes_of_a_scratch_build_with_its_quantizer(
     assert np.array_equal(ri, fi) and np.allclose(rs, fs_)
     assert check_generation(str(grown), parent) == []  # the pre-retrain index is kept
     assert [p.line for p in verify_root(str(grown)) if p.severity == "error"] == []
+
+
+def test_a_grown_and_taken_down_root_keeps_its_exact_re_rank(corpus, builtin_dir, tmp_path):
+    """An index with compressed codes and an fp16 re-rank (``--refine fp16``): the shard
+    ``tda add`` fills and the shard ``tda takedown`` refills get their re-rank codes
+    too, so every hit of the new generations is still scored exactly."""
+    root = tmp_path / "root"
+    a, b, c = corpus / "a.jsonl", corpus / "b.jsonl", corpus / "c.jsonl"
+    chunk_root(root, [a, b], builtin_dir)
+    embed_root(EmbedConfig(root=str(root), model=builtin_dir, device="cpu"))
+    stage = IndexStage()
+    plan = stage.plan(
+        IndexConfig(root=str(root), factory="IVF4,SQ4", shards=2, nprobe=4, refine="fp16")
+    )
+    for element in stage.elements(plan):
+        list(stage.run_element(plan, element))
+    stage.finish(plan)
+    refine = IndexReader.open(str(root)).manifest.refine
+    assert refine["codes"] == "fp16"
+
+    def exact_scores(reader: IndexReader) -> None:
+        ids, vecs = vectors(root)
+        by_id = dict(zip(ids.tolist(), vecs, strict=True))
+        scores, got = reader.search(vecs[::7], 5, nprobe=4)
+        want = np.array([[by_id[i] @ q for i in row] for row, q in zip(got, vecs[::7], strict=True)])
+        np.testing.assert_allclose(scores, want, atol=2e-3)  # SQ4 alone is far coarser
+        assert np.array_equal(got[:, 0], ids[::7])  # each chunk finds itself first
+
+    add(root, c)
+    grown = IndexReader.open(str(root))
+    assert grown.manifest.refine == refine and len(grown.manifest.shards) == 3
+    listed = {f.path for f in grown.manifest.files}
+    for shard in grown.manifest.shards:
+        stem = shard.path.rsplit(".", 1)[0]
+        assert {f"{stem}.refine.npy", f"{stem}.ids.npy"} <= listed
+    exact_scores(grown)
+
+    doc = pq.read_table(root / "chunks/part-000002.parquet")["doc_id"][0].as_py()
+    run_takedown(TakedownConfig(root=str(root), reason="request", doc_ids=(doc,)))
+    taken = IndexReader.open(str(root))
+    assert taken.manifest.refine == refine
+    assert taken.manifest.vectors < grown.manifest.vectors
+    exact_scores(taken)
+    assert [p.line for p in verify_root(str(root)) if p.severity == "error"] == []
 
 
 def test_drift_figures_separate_a_shifted_distribution():
@@ -208,8 +253,9 @@ def test_takedown_removes_the_documents_from_every_channel_and_keeps_the_old_gen
     stamps = {p: (root / p).stat().st_mtime_ns for p in before}
 
     entry = run_takedown(
-        TakedownConfig(root=str(root), reason="copyright claim #12", doc_ids=(doc, "nope"),
-                       by="legal")  # fmt: skip
+        TakedownConfig(
+            root=str(root), reason="copyright claim #12", doc_ids=(doc, "nope"), by="legal"
+        )
     )
     assert entry["by"] == "legal" and entry["reason"] == "copyright claim #12"
     assert sorted(d for ds in entry["documents"].values() for d in ds) == [doc]
@@ -234,7 +280,7 @@ def test_takedown_removes_the_documents_from_every_channel_and_keeps_the_old_gen
     for chunk_id in gone:
         with pytest.raises(IndexReadError):
             new.lookup.get(chunk_id)
-    ids, queries = vectors(root)
+    ids, _ = vectors(root)
     assert not gone & set(ids.tolist())
     for channels in (("dense",), ("span",), ("lexical",), None):
         hits = search_text(new, text[:300], 20, channels, device="cpu")
@@ -275,7 +321,7 @@ def test_overwriting_the_chunks_makes_the_later_stages_refuse_to_be_read(
     root = tmp_path / "root"
     build(root, [corpus / "a.jsonl"], builtin_dir, "IDMap2,Flat", 1)
     chunk_root(root, [corpus / "a.jsonl", corpus / "b.jsonl"], builtin_dir)  # --overwrite
-    with pytest.raises(IndexReadError, match="stale .*tda index build .* --overwrite"):
+    with pytest.raises(IndexReadError, match=r"stale .*tda index build .* --overwrite"):
         IndexReader.open(str(root))
     errors = [p.line for p in verify_root(str(root)) if p.severity == "error"]
     assert any("stale" in line and "tda embed" in line for line in errors)
@@ -284,3 +330,85 @@ def test_overwriting_the_chunks_makes_the_later_stages_refuse_to_be_read(
     embed_root(EmbedConfig(root=str(root), model=builtin_dir, device="cpu", overwrite=True))
     with pytest.raises(IndexReadError, match="stale"):  # still: the index is not rebuilt
         IndexReader.open(str(root))
+
+
+def _prune_list(path: Path, rows: list[tuple[int, int]], sources="abc") -> str:
+    """A document-level prune list as a person writes it: (file index, record index);
+    the source of file i is ``sources[i]`` (the corpus's file stems)."""
+    header = (
+        "level,source,file_index,record_index,doc_id,chunk_id,char_start,char_end,score,"
+        "share,reason\n"
+    )
+    body = "".join(f"document,{sources[f]},{f},{r},,,,,,,takedown\n" for f, r in rows)
+    path.write_text(header + body)
+    return str(path)
+
+
+def test_an_interrupted_prune_resumes_to_the_bytes_of_an_uninterrupted_one(
+    corpus, builtin_dir, tmp_path
+):
+    from tda.attribution.curation.prune import PruneError, PruneStage, read_prune_list
+    from tda.pipeline.prune import run_prune
+    from tda.schemas.curation import PruneConfig
+
+    root = tmp_path / "root"
+    files = [corpus / "a.jsonl", corpus / "b.jsonl", corpus / "c.jsonl"]
+    build(root, files, builtin_dir, "IDMap2,Flat", 3)
+    listed = _prune_list(tmp_path / "p.csv", [(0, 1), (1, 0), (1, 4), (2, 2)])
+
+    def config(name: str, **kw) -> PruneConfig:
+        return PruneConfig(str(root), listed, (str(corpus),), str(tmp_path / f"{name}-corpus"),
+                           str(tmp_path / name), "test", **kw)  # fmt: skip
+
+    stage = PruneStage()  # uninterrupted, without Beam
+    plan = stage.plan(config("whole"))
+    whole = (*(stage.run(plan, unit) for unit in stage.units(plan)), stage.finish(plan))[-1]
+    blank = _prune_list(tmp_path / "blank.csv", [(0, 1)], sources=("",))
+    with pytest.raises(PruneError, match="is not a prune list"):  # one line, no traceback
+        read_prune_list(blank)
+
+    # a run killed after files 0 and 2 (their markers written), mid-write of file 1
+    plan = stage.plan(config("resumed"))
+    for unit in (0, 2):
+        stage.run(plan, unit)
+    resumed = tmp_path / "resumed"
+    (resumed / "chunks/_tmp-part-000001.parquet").write_bytes(b"half a part")
+    assert sorted(p.name for p in (resumed / "_prune").iterdir()) == [
+        "000000.json", "000002.json", "_run.json",
+    ]  # fmt: skip
+    kept = (resumed / "embeddings/part-000002.parquet").stat().st_mtime_ns
+
+    # refused: without --resume, and resuming with another prune list (its record differs)
+    with pytest.raises(PruneError, match="pass --resume"):
+        run_prune(config("resumed"))
+    other = _prune_list(tmp_path / "q.csv", [(1, 0)])
+    with pytest.raises(PruneError, match=r"--resume needs the same .*prune_list_sha256"):
+        run_prune(replace_list(config("resumed", resume=True), other))
+
+    audit = run_prune(config("resumed", resume=True)).audit
+    assert (resumed / "embeddings/part-000002.parquet").stat().st_mtime_ns == kept  # skipped
+    assert not (resumed / "_prune").exists()
+    assert not list(resumed.rglob("_tmp-*"))
+    # the same NEW_ROOT and pruned corpus, byte for byte (the audit line aside: its time)
+    assert {k: v for k, v in digests(resumed).items() if k != "audit.jsonl"} == {
+        k: v for k, v in digests(tmp_path / "whole").items() if k != "audit.jsonl"
+    }
+    assert digests(tmp_path / "resumed-corpus") == digests(tmp_path / "whole-corpus")
+    differ = {"time", "child_root", "corpus_out"}
+    assert {k: v for k, v in audit.items() if k not in differ} == {
+        k: v for k, v in whole.items() if k not in differ
+    }
+    assert audit["counts"]["documents_removed"] == 4
+    assert [p.line for p in verify_root(str(resumed))] == []
+
+    # output that no prune run wrote is refused even with --resume
+    stray = tmp_path / "stray"
+    (stray / "chunks").mkdir(parents=True)
+    (stray / "chunks/part-000000.parquet").write_bytes(b"x")
+    with pytest.raises(PruneError, match="without a prune run record"):
+        run_prune(replace(config("resumed", resume=True), out=str(stray)))
+
+
+def replace_list(config, list_path: str):
+    """``config`` with another prune list."""
+    return replace(config, list_path=list_path)

@@ -40,7 +40,10 @@ def _data(n: int = 12_000, dim: int = 32, seed: int = 0, decay: float = 0.0):
     centres = rng.standard_normal((24, dim)).astype(np.float32) * scale
 
     def draw(m: int) -> np.ndarray:
-        x = centres[rng.integers(0, 24, m)] + rng.standard_normal((m, dim)).astype(np.float32) * scale
+        x = (
+            centres[rng.integers(0, 24, m)]
+            + rng.standard_normal((m, dim)).astype(np.float32) * scale
+        )
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
 
     return draw(n), draw(60)
@@ -88,7 +91,9 @@ def test_refined_pq_search_reaches_exact_recall(pq_root):
     assert _recall(got, truth) >= 0.95
     # the re-ranked scores are the exact inner products, best first
     by_id = dict(zip(ids, range(len(ids)), strict=True))
-    want = np.array([[vectors[by_id[i]] @ q for i in row] for row, q in zip(got, queries, strict=True)])
+    want = np.array(
+        [[vectors[by_id[i]] @ q for i in row] for row, q in zip(got, queries, strict=True)]
+    )
     np.testing.assert_allclose(scores, want, atol=2e-3)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
     refine, reader._dense.refine = reader._dense.refine, None  # the same candidates, unranked
@@ -118,7 +123,7 @@ def test_quantizer_is_stored_once(pq_root):
     only its inverted lists (codes + ids) and the PQ codebook: no centroid copy."""
     import faiss
 
-    root, vectors, _, _, manifest = pq_root
+    root, _, _, _, manifest = pq_root
     index_dir = root / "index"
     assert manifest.quantizer == "trained.faiss"
     trained = faiss.read_index(str(index_dir / "trained.faiss"))

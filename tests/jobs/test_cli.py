@@ -39,8 +39,10 @@ def test_every_command_has_help(path):
 
 def test_only_working_commands_exist():
     assert sorted(_commands(main)) == [
+        ("add",),
         ("attribute",),
         ("build",),
+        ("check",),
         ("chunk",),
         ("embed",),
         ("eval",),
@@ -48,6 +50,7 @@ def test_only_working_commands_exist():
         ("index", "build"),
         ("index", "info"),
         ("index", "merge"),
+        ("index", "retrain"),
         ("index", "verify"),
         ("model",),
         ("model", "info"),
@@ -58,6 +61,7 @@ def test_only_working_commands_exist():
         ("scan",),
         ("search",),
         ("serve",),
+        ("takedown",),
         ("tokenizer",),
         ("tokenizer", "train"),
         ("verify",),

@@ -162,3 +162,26 @@ def test_distinct_n_scores_a_looping_generator_near_zero():
     assert demo.distinct_n(["a b c d", "e f g"]) == 1.0
     assert demo.distinct_n([", and the United States" * 8]) < 0.2
     assert demo.distinct_n(["one"]) == 1.0  # no pairs at all
+
+
+def test_the_checked_generation_prints_the_checks_figures(tmp_path, planted_root, capsys):
+    """The generation named in CHECKED is attributed with --check: the saved report carries
+    a check per output chunk, and the summary prints each chunk's drops (hits, BM25,
+    random), z and verdict as the report has them."""
+    from tda.schemas import AttributionReport
+
+    name = demo.CHECKED[0]
+    output = demo.attribute_generated(tmp_path, planted_root, "The lighthouse keeper", name)
+    printed = capsys.readouterr().out
+    report = AttributionReport.from_json((tmp_path / f"{name}.json").read_text())
+    assert report.output == output and report.check is not None
+    assert "--check" in printed.splitlines()[1]  # the command line echoed
+    checked = [c for c in report.chunks if c.check is not None and c.check.chunks]
+    assert checked and all(c.check.chunks == len(c.hits) for c in checked)
+    summary = printed[printed.index("check of the hits") :]
+    for c in checked:
+        k = c.check
+        assert (f"[{c.index}] hits {k.attributed_drop:.3f}, BM25 " in summary
+                and f"random {k.random_mean:.3f} ± {k.random_std:.3f}" in summary
+                and summary.count(f": {k.verdict}") >= 1)  # fmt: skip
+    assert summary.rstrip().splitlines()[-1].startswith("  verdicts: ")

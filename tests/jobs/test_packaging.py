@@ -91,7 +91,7 @@ def test_sdist_installs_into_a_fresh_venv_and_the_pipeline_imports(
     assert found["file"].startswith(str(env_dir)), found["file"]
     assert found["version"] == "0.1.0"
     assert found["unmet"] == []
-    assert found["configs"] == ["dataflow", "direct", "flink", "spark"]
+    assert found["configs"] == ["dask", "dataflow", "direct", "flink", "spark"]
     assert "ChunkCorpus/ChunkFiles" in found["transforms"]
 
 
