@@ -196,7 +196,9 @@ def test_a_grown_and_taken_down_root_keeps_its_exact_re_rank(corpus, builtin_dir
         ids, vecs = vectors(root)
         by_id = dict(zip(ids.tolist(), vecs, strict=True))
         scores, got = reader.search(vecs[::7], 5, nprobe=4)
-        want = np.array([[by_id[i] @ q for i in row] for row, q in zip(got, vecs[::7], strict=True)])
+        want = np.array(
+            [[by_id[i] @ q for i in row] for row, q in zip(got, vecs[::7], strict=True)]
+        )
         np.testing.assert_allclose(scores, want, atol=2e-3)  # SQ4 alone is far coarser
         assert np.array_equal(got[:, 0], ids[::7])  # each chunk finds itself first
 
