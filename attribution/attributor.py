@@ -237,7 +237,9 @@ class Attributor:
         """``report`` (made on this index and model) with its counterfactual check: per
         output chunk, the drop in its log-probability when a copy of the model unlearns its
         hits, against BM25's and random chunks (:mod:`~tda.attribution.check`). ``seq``:
-        the tokens the report was made on (else its text is tokenized again)."""
+        the tokens the report was made on (else the prompt's text is tokenized again and
+        the output is the report's ``output_token_ids``; its text in a report without
+        them)."""
         from tda.attribution.check import check_report
 
         return check_report(self.encoder, self.reader, report, settings or CheckSettings(),
@@ -563,6 +565,8 @@ class Attributor:
             chunks=chunks,
             timings=clock.timings(),
             warnings=tuple(warnings),
+            # what tda check reruns: the text of a generated output may tokenize otherwise
+            output_token_ids=tuple(int(i) for i in seq.ids[seq.prompt_len :]),
         )
 
     # --- helpers ----------------------------------------------------------------------

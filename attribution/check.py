@@ -71,7 +71,7 @@ _TRIES = 32
 
 class CheckError(UserError):
     """A report or index the check cannot run on (chunks stored without text, a report
-    whose output no longer tokenizes to its chunks)."""
+    without its output's token ids whose text no longer tokenizes to its chunks)."""
 
 
 @dataclass(frozen=True)
@@ -348,13 +348,15 @@ def check_report(
     settings: CheckSettings, lexical_context: int, seq=None,
 ) -> AttributionReport:  # fmt: skip
     """``report`` with its check: every output chunk's :class:`ChunkCheck` and the report's
-    ``check`` settings (:func:`check_chunks`). Prompt and output are tokenized again as
-    the attributor did; the BM25 query is the chunk's text with at most
-    ``lexical_context`` tokens before it (the attributor's lexical query). Refused with one
-    line when the report was made on another index or model, or its output no longer
-    tokenizes to its chunks (a generated output that does not survive decoding). ``seq``
-    (a :class:`~tda.attribution.sequence.TokenSequence`): the tokens the report was made
-    on, used as they are (``Attributor.attribute(check=True)``: no tokenizing again)."""
+    ``check`` settings (:func:`check_chunks`). The prompt is tokenized again as the
+    attributor did, the output is the report's ``output_token_ids`` (the tokens attributed)
+    or, in a report written without them, its text tokenized again; the BM25 query is the
+    chunk's text with at most ``lexical_context`` tokens before it (the attributor's
+    lexical query). Refused with one line when the report was made on another index or
+    model, its ids are not its ``output_token_count`` (an edited report), or, without ids,
+    its text no longer tokenizes to its chunks (a generated output that does not survive
+    decoding). ``seq`` (a :class:`~tda.attribution.sequence.TokenSequence`): the tokens the
+    report was made on, used as they are (``Attributor.attribute(check=True)``)."""
     from tda.attribution.sequence import build_sequence
 
     if report.index_manifest_id != reader.manifest_id:
@@ -368,15 +370,30 @@ def check_report(
             f"the report was made with model {report.encoder_fingerprint[:19]}, not "
             f"{encoder.info.fingerprint[:19]} ({encoder.info.spec}): pass the report's --model"
         )
+    recorded = report.output_token_ids
+    if recorded and len(recorded) != report.output_token_count:
+        raise CheckError(
+            f"the report's output is {report.output_token_count} tokens but it records "
+            f"{len(recorded)} token ids: the chunks cannot be placed (attribute it again)"
+        )
     if seq is None:
-        request = AttributionRequest(prompt=report.prompt, output=report.output, k=1)
+        # the tokens attributed when the report has them: a generated output's text may
+        # tokenize to other tokens than the model wrote
+        output = recorded or report.output
+        request = AttributionRequest(prompt=report.prompt, output=output, k=1)
         seq = build_sequence(encoder, encoder.tokenizer, request)
     P = seq.prompt_len
-    if len(seq.ids) - P != report.output_token_count or seq.truncated != report.prompt_truncated:
+    if len(seq.ids) - P != report.output_token_count:
         raise CheckError(
             f"the report's output is {report.output_token_count} tokens, its text tokenizes "
-            f"to {len(seq.ids) - P} now: the chunks cannot be placed (re-attribute it with "
-            f"--check)"
+            f"to {len(seq.ids) - P} now: the chunks cannot be placed (attribute it again: "
+            f"a report of this version records its output's tokens)"
+        )
+    if seq.truncated != report.prompt_truncated:
+        raise CheckError(
+            f"the report's prompt was cut by {report.prompt_truncated} tokens to fit the "
+            f"model, its text is cut by {seq.truncated} now: the chunks cannot be placed "
+            f"(attribute it again)"
         )
     targets = []
     for chunk in report.chunks:

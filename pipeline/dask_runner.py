@@ -51,6 +51,11 @@ __all__ = ["DaskJobResult", "DaskRunner"]
 # Set-up DoFns kept per worker process for the most recent steps (a long-lived cluster
 # runs many jobs: older steps' DoFns are torn down and dropped).
 _POOL_STEPS = 16
+# The driver's one round trip after a job (its counters): a reply that never comes
+# (seen once in CI-like runs on a loaded machine: the call waited forever with the
+# scheduler idle) is retried on a new connection instead of hanging the command.
+EVENTS_TIMEOUT_S = 30.0
+EVENTS_ATTEMPTS = 3
 
 
 class _DoFnPool:
@@ -198,7 +203,7 @@ class DaskJobResult(beam_dask.DaskRunnerResult):
         try:
             state = super().wait_until_finish(duration)
             totals: dict[MetricKey, int] = collections.defaultdict(int)
-            for _, event in self.client.get_events(self.topic):
+            for _, event in job_events(self.client, self.topic):
                 for namespace, name, value in event["counters"]:
                     totals[MetricKey(event["step"], MetricName(namespace, name))] += value
             self._counters = dict(totals)
@@ -208,6 +213,23 @@ class DaskJobResult(beam_dask.DaskRunnerResult):
 
     def metrics(self) -> MetricResults:
         return _Counters(self._counters)
+
+
+def job_events(client, topic: str, timeout: float = EVENTS_TIMEOUT_S,
+               attempts: int = EVENTS_ATTEMPTS) -> list:  # fmt: skip
+    """The scheduler's events of ``topic`` ([(time, msg)], as ``Client.get_events``),
+    each attempt bounded by ``timeout`` seconds; the pooled connection a timed-out call
+    held is dropped, so the next attempt opens another. Raises ``TimeoutError`` (one
+    line) after ``attempts``."""
+    for _ in range(attempts):
+        try:
+            return client.sync(client.scheduler.events, topic=topic, callback_timeout=timeout)
+        except TimeoutError:
+            continue
+    raise TimeoutError(
+        f"the Dask scheduler at {client.scheduler.address} did not return the job's "
+        f"counters in {attempts} tries of {timeout:.0f} s"
+    )
 
 
 class DaskRunner(beam_dask.DaskRunner):

@@ -21,6 +21,10 @@ every setting used, and carries per output chunk:
   check of the hits (:class:`ChunkCheck`), with its settings in the report's ``check``
   (:class:`CheckSettings`).
 
+The report also records ``output_token_ids``, the output's tokens as attributed: a
+generated output's text need not tokenize back to the tokens the model wrote, and the
+check (:mod:`tda.attribution.check`) reruns the model on the very tokens attributed.
+
 Serialised with :meth:`AttributionReport.to_json`; :meth:`AttributionReport.from_json`
 reads it back (schema version checked).
 """
@@ -73,8 +77,10 @@ __all__ = [
 # query_token_start (version 1 reports read with their defaults).
 # 3: retrieval channels and fusion: per-hit channels / fused_score / match, per-chunk
 # confidence, settings channels / fusion (older reports read with their defaults).
-# 4: the counterfactual check: per-chunk ``check``, the report's ``check`` settings (both
-# absent from an unchecked report; older reports read without them).
+# 4: the counterfactual check (issue 24): per-chunk ``check``, the report's ``check``
+# settings (both absent from an unchecked report) and ``output_token_ids``, the tokens the
+# check reruns (added within 4, unreleased: a 4 report without them reads them empty, and
+# the check falls back to tokenizing its text; older versions read without all three).
 REPORT_SCHEMA_VERSION = 4
 READ_VERSIONS = (1, 2, 3, 4)
 
@@ -349,6 +355,9 @@ class AttributionReport(JsonRecord):
     schema_version: int = REPORT_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     check: CheckSettings | None = field(default=None, metadata=omitted_if_none())
+    # the output's tokens as attributed (output_token_count of them); a generated output's
+    # text may tokenize to others. Empty in a report written before they were recorded.
+    output_token_ids: tuple[int, ...] = ()
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, ensure_ascii=False)

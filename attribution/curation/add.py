@@ -321,25 +321,12 @@ def _manifest_id(root: str) -> str:
 
 def _even_sample(root: str, files: list[tuple[int, int]], dim: int, size: int) -> np.ndarray:
     """``size`` vectors evenly spaced over ``files`` ((file index, vectors), in file
-    order) of ROOT's embeddings, as float32 (deterministic)."""
-    from tda.attribution.index.build import iter_embedding_file
+    order) of ROOT's embeddings, as float32 (deterministic): the index stage's own
+    training sample, over these files."""
+    from tda.attribution.index.build import sample_vectors
 
     fs, broot = build_root(root)
-    total = sum(n for _, n in files)
-    m = max(1, min(size, total))
-    wanted = np.unique((np.arange(m, dtype=np.int64) * total) // m)
-    out, offset, pos = [], 0, 0
-    for index, n in files:
-        if n == 0:
-            continue
-        for _, vectors in iter_embedding_file(fs, broot.embed_part(index), dim):
-            hi = offset + len(vectors)
-            stop = int(np.searchsorted(wanted, hi))
-            if stop > pos:
-                out.append(vectors[wanted[pos:stop] - offset])
-                pos = stop
-            offset = hi
-    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+    return sample_vectors(fs, broot, files, dim, size)
 
 
 def added_drift(root: str, parent: Current, added: list[int]):

@@ -83,6 +83,8 @@ def test_check_is_deterministic_and_reads_back(attributor, verbatim):
     )
     read = AttributionReport.from_json(one.to_json())
     assert read.schema_version == 4 and read.chunks == one.chunks and read.check == one.check
+    assert read.output_token_ids == report.output_token_ids
+    assert len(report.output_token_ids) == report.output_token_count
     # another seed draws other random chunks
     other = attributor.check(report, replace(FAST, seed=4))
     assert other.chunks[0].check.random_drops != one.chunks[0].check.random_drops
@@ -93,8 +95,50 @@ def test_check_refuses_a_report_of_another_index(attributor, verbatim):
     report = attributor.attribute(*verbatim, k=2, input_attribution="none")
     with pytest.raises(CheckError, match="index manifest"):
         attributor.check(replace(report, index_manifest_id="0" * 64), FAST)
-    with pytest.raises(CheckError, match="tokenizes"):
+    with pytest.raises(CheckError, match=rf"records {report.output_token_count} token ids"):
         attributor.check(replace(report, output_token_count=report.output_token_count + 1))
+    with pytest.raises(CheckError, match="tokenizes"):  # a report without its ids
+        old = replace(report, output_token_ids=())
+        attributor.check(replace(old, output_token_count=report.output_token_count + 1))
+
+
+def spelled(tokenizer, text: str) -> tuple[int, ...]:
+    """``text``'s tokens one character at a time: they decode to ``text``, which tokenizes
+    to fewer tokens (a BPE merges the characters of its common words), as a generated
+    output's text may tokenize to other tokens than the model wrote."""
+    ids = tuple(int(i) for c in text for i in tokenizer.encode_batch([c])[0].ids)
+    assert tokenizer.decode(list(ids)) == text
+    assert len(tokenizer.encode_batch([text])[0].ids) < len(ids)
+    return ids
+
+
+def test_check_of_a_report_reruns_the_tokens_attributed(attributor, verbatim):
+    """A report whose output text does not tokenize back to its tokens is checked from its
+    JSON on the tokens it records, with the figures ``attribute(check=...)`` gives; a
+    report without them (written before they were recorded) is refused in one line."""
+    prompt, output = verbatim
+    ids = spelled(attributor.tokenizer, output[:48])
+    checked = attributor.attribute(prompt, ids, k=3, input_attribution="none", check=FAST)
+    assert checked.output_token_ids == ids and checked.output == output[:48]
+    plain = replace(checked, chunks=tuple(replace(c, check=None) for c in checked.chunks),
+                    check=None)  # fmt: skip
+    read = AttributionReport.from_json(plain.to_json())
+    assert read.output_token_ids == ids and json.loads(plain.to_json())["output_token_ids"]
+    again = attributor.check(read, FAST)
+    assert [c.check for c in again.chunks] == [c.check for c in checked.chunks]
+    assert all(c.check is not None and c.check.chunks == 3 for c in again.chunks)
+    assert replace(again.check, seconds=0.0) == replace(checked.check, seconds=0.0)
+    # a report written before output_token_ids reads with none, and its text no longer
+    # places the chunks
+    old = json.loads(plain.to_json())
+    del old["output_token_ids"]
+    old = AttributionReport.from_dict(old)
+    assert old.output_token_ids == ()
+    with pytest.raises(CheckError) as refused:
+        attributor.check(old, FAST)
+    message = str(refused.value)
+    assert f"the report's output is {len(ids)} tokens, its text tokenizes to" in message
+    assert "\n" not in message
 
 
 def test_check_settings_refuse_bad_values():

@@ -220,6 +220,43 @@ def test_a_grown_and_taken_down_root_keeps_its_exact_re_rank(corpus, builtin_dir
     assert [p.line for p in verify_root(str(root)) if p.severity == "error"] == []
 
 
+def test_an_interrupted_add_resumes_to_the_files_of_an_uninterrupted_one(
+    corpus, builtin_dir, tmp_path
+):
+    """``tda add`` killed after one of two new files was chunked and embedded: rerun
+    without --resume it refuses; with --resume it keeps the finished file, redoes the
+    other over its half-written part, and writes the same files as an add that never
+    stopped."""
+    a, b, c = corpus / "a.jsonl", corpus / "b.jsonl", corpus / "c.jsonl"
+    d = tmp_path / "d.jsonl"
+    d.write_text(b.read_text())  # a second new file (same text, another name)
+    roots = {}
+    for name in ("whole", "resumed"):
+        roots[name] = tmp_path / name
+        build(roots[name], [a], builtin_dir, "IDMap2,Flat", 1)
+    add(roots["whole"], c, d)
+
+    resumed = roots["resumed"]
+    stage = AddStage()
+    plan = stage.plan(AddConfig(root=str(resumed), inputs=(str(c), str(d)), device="cpu"))
+    first, second = stage.units(plan)
+    stage.run(plan, first)  # then killed while writing the second file's chunks
+    (resumed / f"chunks/_tmp-part-{second:06d}.parquet").write_bytes(b"half a part")
+    kept = (resumed / f"embeddings/part-{first:06d}.parquet").stat().st_mtime_ns
+    with pytest.raises(AddError, match="pass --resume"):
+        add(resumed, c, d)
+    entry = add(resumed, c, d, resume=True)
+    assert entry["counts"]["chunks_added"] > 0
+    assert (resumed / f"embeddings/part-{first:06d}.parquet").stat().st_mtime_ns == kept
+    assert not list(resumed.rglob("_tmp-*"))
+    whole, again = digests(roots["whole"]), digests(resumed)
+    assert whole.keys() == again.keys()
+    differ = {k for k in whole if whole[k] != again[k]}
+    assert differ == {"audit.jsonl"}, differ  # its entries carry their times
+    got = IndexReader.open(str(resumed))
+    assert got.manifest.vectors == IndexReader.open(str(roots["whole"])).manifest.vectors
+
+
 def test_drift_figures_separate_a_shifted_distribution():
     import faiss
 

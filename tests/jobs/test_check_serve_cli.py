@@ -55,6 +55,33 @@ def test_check_cli_refuses_bad_input_in_one_line(report_file, tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
 
 
+def test_check_cli_checks_an_output_whose_text_tokenizes_otherwise(
+    planted_root, planted_corpus, tmp_path
+):
+    """A report whose output text does not tokenize back to its tokens (as a generated
+    output's may) is checked on the tokens it records; without them it is refused."""
+    from tda.attribution.attributor import Attributor
+    from tests.attribution.test_check import spelled
+
+    prompt, output, _ = _passage(planted_root, planted_corpus)
+    attributor = Attributor.from_root(str(planted_root), device="cpu")
+    ids = spelled(attributor.tokenizer, output[:40])
+    report = attributor.attribute(prompt, ids, k=2, input_attribution="none")
+    path = tmp_path / "spelled.json"
+    path.write_text(report.to_json())
+    result = CliRunner().invoke(main, ["check", str(path), *FAST, "--json"])
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.output)
+    assert checked["output_token_ids"] == list(ids) and checked["check"]["draws"] == 3
+    assert all(c["check"]["chunks"] == len(c["hits"]) == 2 for c in checked["chunks"])
+    old = json.loads(path.read_text())
+    del old["output_token_ids"]  # a report written before they were recorded
+    path.write_text(json.dumps(old))
+    result = CliRunner().invoke(main, ["check", str(path), *FAST])
+    assert result.exit_code != 0 and "its text tokenizes to" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
 def test_attribute_check_flag(planted_root, planted_corpus):
     prompt, output, _ = _passage(planted_root, planted_corpus)
     result = CliRunner().invoke(main, ["attribute", str(planted_root), "--prompt", prompt,
