@@ -111,6 +111,11 @@ def main() -> None:
     parser.add_argument("--latency-queries", type=int, default=200)
     parser.add_argument("--embeddings-queries", type=int, default=50)
     parser.add_argument("--keep", action="store_true", help="keep the built index")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="measure the index a --keep run left in DATA (no build: its build figures are "
+        "carried from --out's previous report)",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(REPO / "build" / "index_scale_bench.json"))
     args = parser.parse_args()
 
@@ -132,15 +137,24 @@ def main() -> None:
         train_sample=args.train_sample, reduce=args.reduce, refine=args.refine, channels=(),
         overwrite=True,
     )  # fmt: skip
-    stage = IndexStage()
-    started = time.perf_counter()
-    plan = stage.plan(config)
-    train_s = time.perf_counter() - started
-    print(f"planned {plan.factory} refine={plan.refine} in {train_s:.0f} s", flush=True)
-    list(stage.fill(plan, stage.units(plan), plan.fill_threads()))
-    manifest = stage.finish(plan)
-    build_s = time.perf_counter() - started
-    print(f"built in {build_s:.0f} s", flush=True)
+    if args.reuse:
+        from tda.schemas import IndexManifest
+
+        manifest = IndexManifest.from_json((data / "index" / "manifest.json").read_text())
+        previous = json.loads(Path(args.out).read_text())
+        train_s, build_s = previous["train_seconds"], previous["build_seconds"]
+        refine_codes = (manifest.refine or {}).get("codes", "none")
+    else:
+        stage = IndexStage()
+        started = time.perf_counter()
+        plan = stage.plan(config)
+        train_s = time.perf_counter() - started
+        print(f"planned {plan.factory} refine={plan.refine} in {train_s:.0f} s", flush=True)
+        list(stage.fill(plan, stage.units(plan), plan.fill_threads()))
+        manifest = stage.finish(plan)
+        build_s = time.perf_counter() - started
+        print(f"built in {build_s:.0f} s", flush=True)
+        refine_codes = plan.refine
 
     sizes = {f.path: f.size for f in manifest.files}
     shard_bytes = sum(v for p, v in sizes.items() if p.endswith(".faiss") and "/" in p)
@@ -158,9 +172,9 @@ def main() -> None:
         sweep += _sweep(reader, queries, truth, nprobes, args.latency_queries, "none")
         dense.refine = refined
     if refined is not None:
-        sweep += _sweep(reader, queries, truth, nprobes, args.latency_queries, plan.refine)
+        sweep += _sweep(reader, queries, truth, nprobes, args.latency_queries, refine_codes)
         after = _rss()
-        if plan.refine == "fp16":
+        if refine_codes == "fp16":
             work = Path(tempfile.mkdtemp(prefix="sq8-", dir="/tmp/work"))
             try:
                 dense.refine = _sq8_store(reader, work)
@@ -202,7 +216,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    if not args.keep:
+    if not (args.keep or args.reuse):
         shutil.rmtree(data / "index", ignore_errors=True)
 
 

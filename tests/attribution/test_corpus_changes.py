@@ -252,7 +252,7 @@ def test_an_interrupted_add_resumes_to_the_files_of_an_uninterrupted_one(
     whole, again = digests(roots["whole"]), digests(resumed)
     assert whole.keys() == again.keys()
     differ = {k for k in whole if whole[k] != again[k]}
-    assert differ == {"audit.jsonl"}, differ  # its entries carry their times
+    assert differ <= {"audit.jsonl"}, differ  # its entries carry their times (seconds)
     got = IndexReader.open(str(resumed))
     assert got.manifest.vectors == IndexReader.open(str(roots["whole"])).manifest.vectors
 
