@@ -112,6 +112,12 @@ def main() -> None:
     parser.add_argument("--embeddings-queries", type=int, default=50)
     parser.add_argument("--keep", action="store_true", help="keep the built index")
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a build left in DATA (its trained quantizer and finished shards kept; "
+        "train_seconds then counts only the resumed plan)",
+    )
+    parser.add_argument(
         "--reuse", action="store_true",
         help="measure the index a --keep run left in DATA (no build: its build figures are "
         "carried from --out's previous report)",
@@ -135,7 +141,7 @@ def main() -> None:
     config = IndexConfig(
         root=str(data), factory=args.factory, shards=args.shards, memory_budget=args.memory_budget,
         train_sample=args.train_sample, reduce=args.reduce, refine=args.refine, channels=(),
-        overwrite=True,
+        overwrite=not args.resume, resume=args.resume,
     )  # fmt: skip
     if args.reuse:
         from tda.schemas import IndexManifest
@@ -197,6 +203,7 @@ def main() -> None:
         "shards": len(manifest.shards),
         "train_vectors": manifest.train_vectors,
         "train_seconds": round(train_s, 1),
+        "resumed": args.resume,
         "build_seconds": round(build_s, 1),
         "fill_vectors_per_s": round(n / max(1e-9, build_s - train_s)),
         "bytes_per_chunk": {

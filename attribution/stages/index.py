@@ -60,6 +60,7 @@ from tda.attribution.index.dense import (
     REFINE_FILE,
     RefineWriter,
     apply_chain,
+    exact_adder,
     refine_paths,
     split_trained,
     strip_quantizer,
@@ -486,6 +487,8 @@ def _fill(plan: IndexPlan, shard: int, meter: Meter) -> ShardMarker:
         with fs.open(f"{root.index_dir}/{REFINE_FILE}", "rb") as f:
             encoder = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
         writer = RefineWriter(encoder, plan.shard_counts[shard])
+    # the shared layout's IVF is filled with exact coarse assignments (see exact_adder)
+    add = exact_adder(target) if shared is not None else target.add_with_ids
     added = 0
     batches = (
         batch
@@ -499,7 +502,7 @@ def _fill(plan: IndexPlan, shard: int, meter: Meter) -> ShardMarker:
             with meter.phase("compute"):
                 if shared is not None:
                     vectors = apply_chain(chain, vectors)
-                target.add_with_ids(vectors, ids)
+                add(vectors, ids)
                 if writer is not None and added + len(ids) <= plan.shard_counts[shard]:
                     writer.add(ids, vectors)
             added += len(ids)
