@@ -292,4 +292,4 @@ def test_choose_factory_never_picks_an_unrefined_factory_below_target():
                 if family == "PQ":
                     assert choice.refine == "fp16"
                     nlist = int(choice.factory.split("IVF")[1].split("_")[0])
-                    assert choice.nprobe == max(16, nlist // 64) and math.log2(nlist) % 1 == 0
+                    assert choice.nprobe == max(16, nlist // 256) and math.log2(nlist) % 1 == 0
