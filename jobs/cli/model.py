@@ -126,13 +126,19 @@ def model() -> None:
     "--token-head/--no-token-head", default=TrainConfig.token_head, show_default=True,
     help="The known-concept head also reads the input token's embedding.",
 )  # fmt: skip
+@click.option(
+    "--known-hidden", type=stage_type("--known-hidden"), default=TrainConfig.known_hidden,
+    show_default=True,
+    help="Hidden width of an MLP added to the known-concept head, over the hidden state and "
+    "the input token's embedding (0: none, the linear head alone).",
+)  # fmt: skip
 @click.option("--seed", type=stage_type("--seed"), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 @read_options
 def model_train(
     inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
     holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread, known_topk,
-    token_head, seed, as_json, **kw,
+    token_head, known_hidden, seed, as_json, **kw,
 ) -> None:  # fmt: skip
     """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
 
@@ -161,6 +167,7 @@ def model_train(
         label_spread=label_spread,
         known_topk=known_topk,
         token_head=token_head,
+        known_hidden=known_hidden,
         seed=seed,
     )
     result = _train_with_progress(config, quiet=as_json)

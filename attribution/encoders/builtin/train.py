@@ -246,6 +246,7 @@ def train_builtin(
         n_unknown=cfg.n_unknown,
         token_head=cfg.token_head,
         known_topk=cfg.known_topk,
+        known_hidden=cfg.known_hidden,
     )
     torch.manual_seed(cfg.seed)
     # Some CPU backward kernels (index accumulation) are not repeatable by default.
