@@ -59,14 +59,12 @@ class IndexReadError(StageError):
 
 REFINE_FACTOR = 10
 REFINE_FILE = "refine.faiss"
-# The HNSW coarse quantizer's search breadth, at add and at search. FAISS's default (16)
-# put 9.4% of 10M vectors into a list other than their nearest centroid's, which no
-# query reached at any nprobe: recall@10 stopped at 0.80 even with an exact re-rank
-# (docs/scale.md). 128 assigns 100% of a sample to the nearest centroid.
+# The HNSW coarse quantizer's search breadth when a query picks its lists (the fill
+# does not ask it: exact_adder). FAISS's default (16) put 9.4% of 10M vectors into a
+# list other than their nearest centroid's, which no query reached at any nprobe:
+# recall@10 stopped at 0.80 even with an exact re-rank (docs/scale.md). 128 finds the
+# nearest centroid for 100% of a sample.
 HNSW_EF_SEARCH = 128
-# Vectors per exact coarse assignment at add time (a BLAS product with the centroids:
-# 4096 x 16,384 x 256 floats of scores, 256 MB).
-ASSIGN_BATCH = 4096
 _QTYPES = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
 
 
@@ -118,13 +116,12 @@ def exact_adder(ivf) -> Callable[[np.ndarray, np.ndarray], None]:
     exact.add(quantizer.storage.reconstruct_n(0, quantizer.ntotal))
 
     def add(vectors: np.ndarray, ids: np.ndarray) -> None:
+        # FAISS blocks the product itself (queries x centroids), so memory stays bounded
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        for lo in range(0, len(ids), ASSIGN_BATCH):
-            x, xids = vectors[lo : lo + ASSIGN_BATCH], ids[lo : lo + ASSIGN_BATCH]
-            _, lists = exact.search(x, 1)
-            lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
-            ivf.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(xids), faiss.swig_ptr(lists))
+        _, lists = exact.search(x, 1)
+        lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
+        ivf.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
 
     return add
 

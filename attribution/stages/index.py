@@ -6,8 +6,9 @@
    deterministic sample (evenly spaced vectors) and write it as ``index/trained.faiss``;
    write ``index/concepts.json`` and ``index/_run.json``.
 2. :func:`fill_shard` (worker, once per shard): start from the trained index, add every
-   vector of the shard's files with ``add_with_ids(chunk ids)`` (ids are explicit: FAISS
-   merge offsets are never relied on), write ``index/shards/shard-N.faiss`` once,
+   vector of the shard's files with its chunk id (ids are explicit: FAISS merge offsets
+   are never relied on; an IVF files each vector under its exact nearest centroid,
+   :func:`~tda.attribution.index.dense.exact_adder`), write ``index/shards/shard-N.faiss`` once,
    atomically, then the completion marker with its count, size and sha256. With an IVF
    level the shard file is the bare IVF without its coarse quantizer (stored once, in
    ``trained.faiss``: :mod:`tda.attribution.index.dense`), and ``--refine fp16|sq8``
