@@ -149,6 +149,7 @@ def main() -> None:
         manifest = IndexManifest.from_json((data / "index" / "manifest.json").read_text())
         previous = json.loads(Path(args.out).read_text())
         train_s, build_s = previous["train_seconds"], previous["build_seconds"]
+        resumed = previous.get("resumed", False)  # the build those figures are of
         refine_codes = (manifest.refine or {}).get("codes", "none")
     else:
         stage = IndexStage()
@@ -161,6 +162,7 @@ def main() -> None:
         build_s = time.perf_counter() - started
         print(f"built in {build_s:.0f} s", flush=True)
         refine_codes = plan.refine
+        resumed = args.resume
 
     sizes = {f.path: f.size for f in manifest.files}
     shard_bytes = sum(v for p, v in sizes.items() if p.endswith(".faiss") and "/" in p)
@@ -203,7 +205,7 @@ def main() -> None:
         "shards": len(manifest.shards),
         "train_vectors": manifest.train_vectors,
         "train_seconds": round(train_s, 1),
-        "resumed": args.resume,
+        "resumed": resumed,
         "build_seconds": round(build_s, 1),
         "fill_vectors_per_s": round(n / max(1e-9, build_s - train_s)),
         "bytes_per_chunk": {
