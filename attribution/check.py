@@ -134,11 +134,10 @@ class ModelCopy:
         return np.array([lp[s:e].sum() for s, e in spans], dtype=np.float64)
 
 
-def unlearn(model: ModelCopy, sequences: Sequence[np.ndarray], steps: int, lr: float) -> None:
-    """``steps`` steps of normalised gradient ascent on ``model`` (from its current
-    weights): each raises the mean token loss of ``sequences`` (each (L_i,) int64, a
-    training chunk's tokens; batched by length, so no padding reaches a real token) by a
-    step of length ``lr * model.norm`` along the loss gradient."""
+def _loss_gradient(model: ModelCopy, sequences: Sequence[np.ndarray]):
+    """The gradient of ``sequences``' mean token loss (each (L_i,) int64; batched by
+    length, so no padding reaches a real token) over ``model.params`` at its current
+    weights -> one tensor per parameter, or None when they hold no token to predict."""
     import torch
 
     enc = model.encoder
@@ -148,30 +147,54 @@ def unlearn(model: ModelCopy, sequences: Sequence[np.ndarray], steps: int, lr: f
             by_length.setdefault(len(seq), []).append(np.asarray(seq, dtype=np.int64))
     tokens = sum((length - 1) * len(group) for length, group in by_length.items())
     if tokens == 0:
-        return
-    batches = [
-        torch.as_tensor(np.stack(group), device=enc.device)  # (n, L)
-        for _, group in sorted(by_length.items())
-    ]
+        return None
+    for p in model.params:
+        p.grad = None
+    with torch.enable_grad():
+        for _, group in sorted(by_length.items()):
+            x = torch.as_tensor(np.stack(group), device=enc.device)  # (n, L)
+            logits = enc.forward(x, with_logits=True).logits[:, :-1].float()  # (n, L-1, V)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+            )
+            (loss / tokens).backward()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.params]
+    for p in model.params:
+        p.grad = None
+    return grads
+
+
+def _dot(a, b) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b, strict=True)))
+
+
+def unlearn(
+    model: ModelCopy, sequences: Sequence[np.ndarray], steps: int, lr: float, retain=None
+) -> None:
+    """``steps`` steps of normalised gradient ascent on ``model`` (from its current
+    weights): each raises the mean token loss of ``sequences`` (each (L_i,) int64, a
+    training chunk's tokens) by a step of length ``lr * model.norm`` along the loss
+    gradient. ``retain`` (the ``project`` method): the loss gradient of the evidence
+    that stays in the corpus (:func:`_loss_gradient` of it, at the original weights);
+    each step's direction then has its component along ``retain`` removed when the two
+    point the same way, so what the kept chunks also teach is not unlearned."""
+    import torch
+
+    rr = _dot(retain, retain) if retain is not None else 0.0
     for _ in range(steps):
-        for p in model.params:
-            p.grad = None
-        with torch.enable_grad():
-            for x in batches:
-                logits = enc.forward(x, with_logits=True).logits[:, :-1].float()  # (n, L-1, V)
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
-                )
-                (loss / tokens).backward()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.params]
-        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        grads = _loss_gradient(model, sequences)
+        if grads is None:
+            return
+        if rr > 0:
+            along = _dot(grads, retain) / rr
+            if along > 0:
+                grads = [g - along * r for g, r in zip(grads, retain, strict=True)]
+        norm = math.sqrt(max(_dot(grads, grads), 0.0))
         if norm == 0.0 or not math.isfinite(norm):
             break
         with torch.no_grad():
             for p, g in zip(model.params, grads, strict=True):
                 p.add_(g, alpha=lr * model.norm / norm)  # ascent: up the loss
-    for p in model.params:
-        p.grad = None
 
 
 class ChunkSampler:
@@ -255,10 +278,26 @@ def check_chunks(
     model = ModelCopy(encoder, settings.scope)
     before = model.chunk_log_probs(ids, spans)  # (n,)
 
-    def drops(sequences: Sequence[np.ndarray]) -> np.ndarray:
-        """(n,) every target's drop after unlearning ``sequences`` (from the original)."""
+    # the project method: the evidence the index finds for the targets; a set's unlearning
+    # keeps what the rest of it teaches (the evidence less the set)
+    pool = _evidence(reader, ids, targets) if settings.method == "project" else ()
+    retained: dict[tuple[int, ...], object] = {}
+
+    def retain_for(unlearned: set[int]):
+        kept = tuple(c for c in pool if c not in unlearned)
+        if not kept:
+            return None
+        if kept not in retained:
+            model.reset()
+            retained[kept] = _loss_gradient(model, tokens(texts_of(kept)))
+        return retained[kept]
+
+    def drops(sequences: Sequence[np.ndarray], unlearned: set[int]) -> np.ndarray:
+        """(n,) every target's drop after unlearning ``sequences`` (the chunks
+        ``unlearned``; random ones are cut to length) from the original weights."""
+        retain = retain_for(unlearned)
         model.reset()
-        unlearn(model, sequences, settings.steps, settings.lr)
+        unlearn(model, sequences, settings.steps, settings.lr, retain)
         return before - model.chunk_log_probs(ids, spans)
 
     known: dict[tuple[int, ...], np.ndarray] = {}  # a set of chunk ids -> its drops (n,)
@@ -268,12 +307,12 @@ def check_chunks(
         or BM25 lists, are the same set share one unlearning)."""
         key = tuple(sorted(chunk_ids))
         if key not in known:
-            known[key] = drops(tokens(texts_of(chunk_ids)))
+            known[key] = drops(tokens(texts_of(chunk_ids)), set(key))
         return known[key]
 
     hit_tokens = [tokens(texts_of(t.hits)) for t in targets]
     lexical = reader.channels.lexical
-    excluded = {c for t in targets for c in t.hits}
+    excluded = {c for t in targets for c in t.hits} | set(pool)
     sampler = ChunkSampler(reader) if any(t.hits for t in targets) else None
     shared: dict[tuple[int, ...], np.ndarray] = {}  # hit lengths -> (draws, n) drops
     results = []
@@ -294,7 +333,7 @@ def check_chunks(
             rng = np.random.default_rng([settings.seed, *lengths])
             sets = [_random_set(sampler, rng, lengths, excluded, tokens)
                     for _ in range(settings.draws)]  # fmt: skip
-            shared[lengths] = np.stack([drops(s) for s in sets])
+            shared[lengths] = np.stack([drops(s, set()) for s in sets])
         random = [float(x) for x in shared[lengths][:, c]]
         z, p = significance(attributed, random)
         results.append(
@@ -316,6 +355,29 @@ def check_chunks(
     seconds = round(time.perf_counter() - started, 3)
     return results, CheckSettings(settings.steps, settings.lr, settings.draws, settings.seed,
                                   settings.scope, settings.method, seconds)  # fmt: skip
+
+
+def _evidence(reader: IndexReader, ids: np.ndarray, targets: Sequence[CheckTarget]):
+    """The ``project`` method's evidence: per target with hits, the ``2 x hits`` chunks
+    the index's span channel finds for its tokens and as many from its lexical channel
+    for its text -> chunk ids, first found first, each once."""
+    span, lexical = reader.channels.span, reader.channels.lexical
+    if span is None and lexical is None:
+        raise CheckError(
+            f"the index in {reader.root} has no span or lexical channel: the project "
+            f"method finds the evidence that stays with them (use --method ascent)"
+        )
+    found: list[int] = []
+    query = [int(t) for t in ids]
+    for t in targets:
+        m = 2 * len(t.hits)
+        if m == 0:
+            continue
+        if span is not None:
+            found += [h.chunk_id for h in span.search(query, (t.start, t.end), m)]
+        if lexical is not None:
+            found += [h.chunk_id for h in lexical.search(t.lexical_text, m)]
+    return tuple(dict.fromkeys(int(c) for c in found))
 
 
 def _random_set(

@@ -76,6 +76,7 @@ from .records import (
     vectors_to_arrow,
 )
 from .report import (
+    CHECK_METHODS,
     CHECK_RANGES,
     CHECK_SCOPES,
     REPORT_SCHEMA_VERSION,
@@ -112,6 +113,7 @@ __all__ = [
     "BY_DOCUMENT_SCHEMA",
     "BY_SOURCE_SCHEMA",
     "CHANNELS",
+    "CHECK_METHODS",
     "CHECK_RANGES",
     "CHECK_SCOPES",
     "CHUNK_SCHEMA",

@@ -48,6 +48,7 @@ from .request import (  # the request's choices, also importable from here as be
 from .wire import JsonRecord, inline, omitted_if_none, record_from_dict
 
 __all__ = [
+    "CHECK_METHODS",
     "CHECK_RANGES",
     "CHECK_SCOPES",
     "DEFAULT_CANDIDATES",
@@ -243,6 +244,10 @@ CHECK_RANGES: dict[str, Range] = {
 # Weights the ascent moves: every parameter, or the last transformer block and the
 # parameters outside the blocks (embeddings, concept heads, LM head): cheaper on a big model.
 CHECK_SCOPES = ("all", "last")
+# How a set is unlearned: normalised gradient ascent on it alone, or with the gradient of
+# the evidence the index finds for the output (less the set) projected out of each step,
+# so that what the chunks left in the corpus also teach is kept (as retraining keeps it).
+CHECK_METHODS = ("ascent", "project")
 
 
 @dataclass(frozen=True)
@@ -265,8 +270,9 @@ class CheckSettings:
         if self.scope not in CHECK_SCOPES:
             choices = ", ".join(CHECK_SCOPES)
             raise ConfigError(f"--scope must be one of {choices}, got {self.scope!r}")
-        if self.method != "ascent":
-            raise ConfigError(f"check method must be 'ascent', got {self.method!r}")
+        if self.method not in CHECK_METHODS:
+            choices = ", ".join(CHECK_METHODS)
+            raise ConfigError(f"--method must be one of {choices}, got {self.method!r}")
 
 
 @dataclass(frozen=True)

@@ -132,13 +132,27 @@ def model() -> None:
     help="Hidden width of an MLP added to the known-concept head, over the hidden state and "
     "the input token's embedding (0: none, the linear head alone).",
 )  # fmt: skip
+@click.option(
+    "--head-epochs", type=stage_type("--head-epochs"), default=TrainConfig.head_epochs,
+    show_default=True,
+    help="After training, refit the known-concept head on the frozen model's features for "
+    "this many passes, then the concept vectors and the unknown head (0: no concept phase).",
+)  # fmt: skip
+@click.option(
+    "--head-batches", type=stage_type("--head-batches"), default=TrainConfig.head_batches,
+    show_default=True, help="Training batches whose features the concept phase fits on.",
+)  # fmt: skip
+@click.option(
+    "--vector-epochs", type=stage_type("--vector-epochs"), default=TrainConfig.vector_epochs,
+    show_default=True, help="Concept phase: passes fitting the concept vectors and unknown head.",
+)  # fmt: skip
 @click.option("--seed", type=stage_type("--seed"), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 @read_options
 def model_train(
     inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
     holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread, known_topk,
-    token_head, known_hidden, seed, as_json, **kw,
+    token_head, known_hidden, head_epochs, head_batches, vector_epochs, seed, as_json, **kw,
 ) -> None:  # fmt: skip
     """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
 
@@ -168,6 +182,9 @@ def model_train(
         known_topk=known_topk,
         token_head=token_head,
         known_hidden=known_hidden,
+        head_epochs=head_epochs,
+        head_batches=head_batches,
+        vector_epochs=vector_epochs,
         seed=seed,
     )
     result = _train_with_progress(config, quiet=as_json)

@@ -178,6 +178,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--check-method", default="ascent", help="The check's --method.")
+    parser.add_argument("--scope", default="all", help="The check's --scope.")
     parser.add_argument("--limit", type=int, default=None, help="Check only the first N facts.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
     random_row = next(name for name in slots if name.startswith("random "))
     retrain_random = original - np.array(log_probs(load_model(slots[random_row], scratch)))
 
-    settings = CheckSettings(steps=args.steps, lr=args.lr, draws=args.draws, seed=quality["seed"])
+    settings = CheckSettings(steps=args.steps, lr=args.lr, draws=args.draws, seed=quality["seed"],
+                             scope=args.scope, method=args.check_method)  # fmt: skip
     cheap = {row: [] for row in rows}
     cheap_random, separated, seconds = [], [], []
     for q in queries:
@@ -311,7 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
     })  # fmt: skip
     result = {
         "eval": str(out), "k": k, "settings": {"steps": args.steps, "lr": args.lr,
-                                                "draws": args.draws, "seed": quality["seed"]},
+                                                "draws": args.draws, "seed": quality["seed"],
+                                                "scope": args.scope,
+                                                "method": args.check_method},
         "facts": len(queries), "methods": methods,
         "method_ranking_spearman": rho([m["check_mean_drop"] for m in methods],
                                        [m["retrain_mean_drop"] for m in methods]),

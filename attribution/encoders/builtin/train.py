@@ -8,7 +8,9 @@
    loss = next-token cross-entropy (through the tied LM head)
         + ``concept_weight`` * BCE(known-concept logits, tagger labels)
         + normalised MSE of the unknown head's reconstruction of h - known_features.
-4. Evaluate on the held-out tokens: LM loss and, per known concept, the AUROC of its
+4. With ``head_epochs`` (the concept phase, :mod:`.refit`): refit the concept heads on
+   the frozen model's features; the LM's predictions do not change.
+5. Evaluate on the held-out tokens: LM loss and, per known concept, the AUROC of its
    predicted weight against the tagger labels (0.5 = chance); save the model directory.
 
 Deterministic: same corpus and settings, same weights (fixed seed, fixed crop order,
@@ -254,16 +256,18 @@ def train_builtin(
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _train(
-            cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tokens, progress
-        )
+            cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tokens, progress,
+            log,
+        )  # fmt: skip
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tokens, progress):
+def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tokens, progress, log):
     import torch
 
     from tda.attribution.encoders.builtin.model import ConceptLM, save_builtin
+    from tda.attribution.encoders.builtin.refit import concept_phase
 
     model = ConceptLM(model_cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n]
@@ -303,6 +307,9 @@ def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tok
         curve.append(point)
         progress(TrainProgress(step + 1, cfg.steps, *point))
     model.eval()
+    phase = (
+        concept_phase(model, corpus, train_segs, cfg, pos_weight, log) if cfg.head_epochs else None
+    )
     heldout, calibration, unknown_labels = _evaluate(
         model, corpus, held_segs, cfg, concept_set, tokenizer
     )
@@ -324,6 +331,8 @@ def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tok
         "loss_curve": [[round(x, 5) for x in c] for c in curve[:: max(1, cfg.steps // 100)]],
         "heldout": heldout,
     }
+    if phase is not None:
+        report["concept_phase"] = phase
     fingerprint = save_builtin(
         cfg.out, model, concept_set, tokenizer_json, tokenizer.info.fingerprint, report,
         calibration, unknown_labels,
