@@ -309,10 +309,9 @@ def test_concept_phase_reads_the_concepts_better_and_keeps_the_lm(docs_jsonl, tm
                  max_seq=128, batch_size=16, holdout=0.1, known_only=0.35, known_topk=16,
                  known_hidden=64)  # fmt: skip
     plain = train_builtin(TrainConfig(out=str(tmp_path / "a"), **small)).report
-    refit = train_builtin(
-        TrainConfig(out=str(tmp_path / "b"), head_epochs=10, head_batches=16, vector_epochs=4,
-                    **small)  # fmt: skip
-    ).report
+    phased = TrainConfig(out=str(tmp_path / "b"), head_epochs=10, head_batches=16,
+                         vector_epochs=4, **small)  # fmt: skip
+    refit = train_builtin(phased).report
     a, b = plain["heldout"], refit["heldout"]
     assert b["lm_loss"] == pytest.approx(a["lm_loss"], abs=1e-6)
     assert b["concept_auroc_mean"] > a["concept_auroc_mean"] + 0.03, (a, b)
