@@ -185,12 +185,15 @@ def unlearn(
         grads = _loss_gradient(model, sequences)
         if grads is None:
             return
+        full = math.sqrt(max(_dot(grads, grads), 0.0))
         if rr > 0:
             along = _dot(grads, retain) / rr
             if along > 0:
                 grads = [g - along * r for g, r in zip(grads, retain, strict=True)]
         norm = math.sqrt(max(_dot(grads, grads), 0.0))
-        if norm == 0.0 or not math.isfinite(norm):
+        # nothing left once the kept evidence is projected out (a twin of the set is kept):
+        # what is left is rounding, and a normalised step would blow it up to full length
+        if norm <= 1e-6 * full or not math.isfinite(norm):
             break
         with torch.no_grad():
             for p, g in zip(model.params, grads, strict=True):

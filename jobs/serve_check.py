@@ -13,7 +13,13 @@ the answer is the same report with every output chunk's check
 
 from collections.abc import Callable
 
-from tda.schemas import CHECK_RANGES, CHECK_SCOPES, AttributionReport, CheckSettings
+from tda.schemas import (
+    CHECK_METHODS,
+    CHECK_RANGES,
+    CHECK_SCOPES,
+    AttributionReport,
+    CheckSettings,
+)
 
 __all__ = ["add_check_route", "check_request_model"]
 
@@ -45,6 +51,11 @@ def check_request_model():
         scope: Literal[CHECK_SCOPES] = Field(  # type: ignore[valid-type]
             default=defaults.scope, description="Weights the ascent moves."
         )
+        method: Literal[CHECK_METHODS] = Field(  # type: ignore[valid-type]
+            default=defaults.method,
+            description="How a set is unlearned: alone (ascent), or keeping what the rest of "
+            "the evidence for the output teaches (project).",
+        )
 
     return CheckRequest
 
@@ -68,7 +79,8 @@ def add_check_route(
         try:
             report = AttributionReport.from_json(body.report)
             settings = CheckSettings(steps=body.steps, lr=body.lr, draws=body.draws,
-                                     seed=body.seed, scope=body.scope)  # fmt: skip
+                                     seed=body.seed, scope=body.scope,
+                                     method=body.method)  # fmt: skip
             with turns.turn():
                 checked = attributor.check(report, settings)
         except json.JSONDecodeError as exc:

@@ -13,6 +13,7 @@ import sys
 import click
 
 from tda.schemas import (
+    CHECK_METHODS,
     CHECK_RANGES,
     CHECK_SCOPES,
     IG_BASELINES,
@@ -278,9 +279,14 @@ _CHECK = CheckSettings()
     "--scope", type=click.Choice(CHECK_SCOPES), default=_CHECK.scope, show_default=True,
     help="Weights the ascent moves: all, or the last block and those outside the blocks.",
 )  # fmt: skip
+@click.option(
+    "--method", type=click.Choice(CHECK_METHODS), default=_CHECK.method, show_default=True,
+    help="ascent: unlearn the set alone; project: keep what the rest of the evidence the "
+    "index finds for the output teaches (its gradient projected out of each step).",
+)  # fmt: skip
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the checked report as JSON.")
-def check(report_path, root, model, steps, lr, draws, seed, scope, device, as_json) -> None:
+def check(report_path, root, model, steps, lr, draws, seed, scope, method, device, as_json):
     """Check an attribution report (tda attribute --json > REPORT.json): per output chunk,
     how far its log-probability drops when a copy of the model unlearns the chunk's hits
     by a few steps of gradient ascent, against the same for BM25's chunks and for random
@@ -288,7 +294,7 @@ def check(report_path, root, model, steps, lr, draws, seed, scope, device, as_js
     changed. Evidence that the hits drove the output, not proof: see the README."""
     from tda.attribution.attributor import Attributor
 
-    settings = CheckSettings(steps=steps, lr=lr, draws=draws, seed=seed, scope=scope)
+    settings = CheckSettings(steps=steps, lr=lr, draws=draws, seed=seed, scope=scope, method=method)
     try:
         with open(report_path, encoding="utf-8") as f:
             report = AttributionReport.from_json(f.read())

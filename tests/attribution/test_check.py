@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tda.attribution.attributor import Attributor
-from tda.attribution.check import CheckError, ModelCopy, significance, unlearn
+from tda.attribution.check import CheckError, ModelCopy, _loss_gradient, significance, unlearn
 from tda.attribution.encoders import load_encoder
 from tda.pipeline.index import run_index
 from tda.schemas import (
@@ -172,3 +172,35 @@ def test_unlearning_moves_only_the_copy(model_spec, scope):
     assert all(torch.equal(original[k], v) for k, v in encoder.model.state_dict().items())
     copy.reset()
     assert copy.chunk_log_probs(ids, [(32, 64)])[0] == pytest.approx(before[0], abs=1e-4)
+
+
+def test_projection_keeps_what_a_kept_copy_teaches(model_spec):
+    """The project method: unlearning a chunk while an exact twin of it stays in the corpus
+    changes nothing (retraining would learn it from the twin); while an unrelated chunk
+    stays, the chunk is unlearned."""
+    encoder = load_encoder(model_spec, "cpu")
+    copy = ModelCopy(encoder, "all")
+    ids = np.arange(5, 69, dtype=np.int64)
+    seq = ids[32:64]
+    before = copy.chunk_log_probs(ids, [(32, 64)])[0]
+    twin = _loss_gradient(copy, [seq.copy()])
+    unlearn(copy, [seq], steps=2, lr=0.01, retain=twin)
+    assert copy.chunk_log_probs(ids, [(32, 64)])[0] == pytest.approx(before, abs=1e-6)
+    copy.reset()
+    other = _loss_gradient(copy, [np.arange(200, 232, dtype=np.int64)])
+    unlearn(copy, [seq], steps=2, lr=0.01, retain=other)
+    assert copy.chunk_log_probs(ids, [(32, 64)])[0] < before - 0.1
+
+
+def test_check_by_projection(attributor, verbatim):
+    """--method project runs on a report like ascent, is recorded, and still finds that
+    unlearning an output's own source costs it more than random chunks do."""
+    settings = replace(FAST, method="project")
+    report = attributor.attribute(*verbatim, k=5, input_attribution="none", check=settings)
+    assert report.check.method == "project"
+    first = report.chunks[0].check
+    assert first.attributed_drop > max(first.random_drops), first
+    plain = attributor.check(replace(report, check=None), FAST).chunks[0].check
+    assert plain.attributed_drop != first.attributed_drop  # the projection changed the step
+    with pytest.raises(ConfigError, match="--method must be one of ascent, project"):
+        CheckSettings(method="retrain")
