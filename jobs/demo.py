@@ -57,8 +57,10 @@ MAX_MAIL_CHARS = 6000
 
 
 # Model v2's training recipe (docs/model.md): a share of the sequences trained through the
-# known concepts alone, so they carry the prediction (35% of the logit here).
-MODEL_RECIPE = ("--known-only", "0.35", "--known-topk", "16")
+# known concepts alone, so they carry the prediction, an MLP known head, and the concept
+# phase that refits the concept heads on the trained model's features.
+MODEL_RECIPE = ("--known-only", "0.35", "--known-topk", "16", "--known-hidden", "256",
+                "--head-epochs", "10")  # fmt: skip
 
 # The generated outputs whose hits the demo also checks (tda attribute --check: a few
 # seconds on the demo's model).

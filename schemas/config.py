@@ -568,8 +568,8 @@ class TrainConfig:
     # the unknown head for vector_epochs. Opt-in; `make demo` runs it (docs/model.md: on
     # the demo corpus, held-out AUROC mean 0.85 -> 0.96 with the LM loss unchanged).
     head_epochs: int = 0
-    head_batches: int = 64
-    vector_epochs: int = 8
+    head_batches: int = 128
+    vector_epochs: int = 4
     holdout: float = 0.05
     # Enough text for minutes of CPU training; bounds memory for the token labels.
     max_train_tokens: int = 8_000_000

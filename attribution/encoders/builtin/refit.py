@@ -20,8 +20,9 @@ so the LM's predictions (and its loss) stay exactly as trained; three small fits
    known``, as in training, against the new known features.
 
 Features: ``head_batches`` batches of training crops drawn as training draws them (a seed
-of their own), cached once; each fit makes ``epochs`` passes in batches of 8,192 tokens
-(seeded shuffles): deterministic like training.
+of their own), cached once; the known head makes ``head_epochs`` passes over them in
+batches of 8,192 tokens, the vectors and the unknown head ``vector_epochs`` passes over
+their first quarter in batches of 2,048 (seeded shuffles): deterministic like training.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ import numpy as np
 __all__ = ["concept_phase"]
 
 _BATCH = 8192
+# The concept vectors (C x D numbers) and the unknown head need far fewer tokens than the
+# known head: they fit on the first quarter of the cached tokens, in smaller batches (more
+# steps for the same arithmetic; the vectors' fit computes every token's full vocabulary
+# logits, the phase's largest cost).
+_SMALL_SHARE = 4
+_SMALL_BATCH = 2048
 
 
 def _features(model, corpus, segments, cfg, n_known: int, batches: int, seed: int):
@@ -80,15 +87,15 @@ def _known_logits(model, h, x0):
     return logits
 
 
-def _epochs(n: int, epochs: int, seed: int):
-    """Seeded shuffled batches of token indices over ``epochs`` passes."""
+def _epochs(n: int, epochs: int, seed: int, batch: int = _BATCH):
+    """Seeded shuffled batches of token indices in [0, n) over ``epochs`` passes."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)
-        for i in range(0, n, _BATCH):
-            yield perm[i : i + _BATCH]
+        for i in range(0, n, batch):
+            yield perm[i : i + batch]
 
 
 def concept_phase(model, corpus, segments, cfg, pos_weight, log=lambda s: None) -> dict:
@@ -134,16 +141,18 @@ def concept_phase(model, corpus, segments, cfg, pos_weight, log=lambda s: None) 
         p.grad = None
 
     # 2. the known concept vectors, read alone by the LM head (the weights held fixed)
+    small = n // _SMALL_SHARE
+    H, X, nxt = H[:small], X[:small], nxt[:small]
     with torch.no_grad():
         kw, ki = torch.topk(
             torch.sigmoid(_known_logits(model, H, X)), min(model.cfg.known_topk, C)
-        )  # (N, k) each
+        )  # (N/4, k) each
     has_next = nxt >= 0
     kw, ki, nx = kw[has_next], ki[has_next], nxt[has_next]
     opt = torch.optim.Adam([model.known_emb], lr=1e-2)
     emb = model.tok_emb.weight.detach()
     vector_loss = float("nan")
-    for b in _epochs(len(nx), cfg.vector_epochs, cfg.seed + 2):
+    for b in _epochs(len(nx), cfg.vector_epochs, cfg.seed + 2, _SMALL_BATCH):
         z = torch.einsum("nk,nkd->nd", kw[b], model.known_emb[ki[b]])
         loss = F.cross_entropy(z @ emb.T, nx[b])
         opt.zero_grad(set_to_none=True)
@@ -160,7 +169,7 @@ def concept_phase(model, corpus, segments, cfg, pos_weight, log=lambda s: None) 
     opt = torch.optim.Adam(params, lr=1e-3)
     k_u = min(model.cfg.unknown_topk, model.cfg.n_unknown)
     rec_loss = float("nan")
-    for b in _epochs(n, cfg.vector_epochs, cfg.seed + 3):
+    for b in _epochs(small, cfg.vector_epochs, cfg.seed + 3, _SMALL_BATCH):
         uw, ui = torch.topk(torch.sigmoid(model.unknown_pred(H[b])), k_u)
         rec = torch.einsum("nk,nkd->nd", uw, model.unknown_emb[ui])
         loss = ((rec - target[b]) ** 2).sum() / (target[b] ** 2).sum().clamp_min(1e-8)
