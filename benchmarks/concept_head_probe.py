@@ -3,6 +3,8 @@ AUROC target is missed"): probes of a trained model's frozen features, and a hea
 
     .venv/bin/python benchmarks/concept_head_probe.py probe MODEL_DIR CORPUS [--windows 1500]
     .venv/bin/python benchmarks/concept_head_probe.py refit MODEL_DIR CORPUS [--batches 64]
+    .venv/bin/python benchmarks/concept_head_probe.py phase MODEL_DIR CORPUS [--hidden 256]
+        [--head-batches 128] [--head-epochs 10] [--vector-epochs 4]
 
 MODEL_DIR is a ``tda model train`` output, CORPUS the input it was trained on (the same
 settings are read back from its training.json, so the held-out split is the same).
@@ -26,7 +28,13 @@ the unknown head stay as trained), then runs the full held-out evaluation of ``t
 train`` (AUROC, logit shares, LM loss) and prints it as JSON: what a refit phase after
 training would give.
 
-Each takes about 10 minutes on 2 cores for the demo corpus.
+``phase`` applies ``tda model train``'s concept phase
+(:mod:`tda.attribution.encoders.builtin.refit`) to a trained model with the given
+settings (``--hidden N`` first gives a model trained without one an MLP known head of
+width N) and prints the same held-out evaluation: how the phase's settings in
+docs/model.md were chosen, without retraining the LM.
+
+Each takes about 2 to 10 minutes on 2 cores for the demo corpus.
 """
 
 from __future__ import annotations
@@ -307,12 +315,50 @@ def refit(args) -> None:
     print(f"done in {time.time() - t0:.0f}s")
 
 
+def phase(args) -> None:
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from tda.attribution.encoders.builtin.refit import concept_phase
+
+    t0 = time.time()
+    cfg = train_config(args.model, args.corpus)
+    cs = load_concept_set(cfg.concepts)
+    corpus, _, tokenizer = T._read_corpus(cfg, cs, print)
+    config = json.loads((Path(args.model) / "config.json").read_text())
+    if tokenizer.info.fingerprint != config["tokenizer_fingerprint"]:
+        raise SystemExit("the corpus does not rebuild the model's tokenizer: not its corpus")
+    hidden = args.hidden if args.hidden is not None else config["model"]["known_hidden"]
+    model = ConceptLM(BuiltinConfig(**(config["model"] | {"known_hidden": hidden})))
+    model.load_state_dict(load_file(str(Path(args.model) / "model.safetensors")), strict=False)
+    train_segs, held_segs = T._segments(corpus, cfg.holdout, min_len=16)
+    cfg = replace(cfg, known_topk=model.cfg.known_topk, head_epochs=args.head_epochs,
+                  head_batches=args.head_batches, vector_epochs=args.vector_epochs)  # fmt: skip
+    t1 = time.time()
+    model.eval()
+    stats = concept_phase(model, corpus, train_segs, cfg, T._pos_weight(corpus, train_segs,
+                          len(cs)), print)  # fmt: skip
+    print(f"phase {time.time() - t1:.0f}s", flush=True)
+    report, _, _ = T._evaluate(model, corpus, held_segs, cfg, cs, tokenizer)
+    scored = [v for k, v in report["concept_auroc"].items()
+              if report["concept_positives"][k] >= T.AUROC_MIN_POSITIVES]  # fmt: skip
+    print(json.dumps({
+        "phase": stats, "lm_loss": report["lm_loss"],
+        "share": {k: report["logit_share"][k] for k in ("known", "unknown", "residual")},
+        "auroc_mean": report["concept_auroc_mean"], "auroc_mean_scored": float(np.mean(scored)),
+        "auroc_min": report["auroc_min"], "below": report["auroc_below_0.9"],
+    }, indent=1))  # fmt: skip
+    print(f"done in {time.time() - t0:.0f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("probe", "label visibility and refitted-head probes of frozen features"),
         ("refit", "refit a linear [h, token] head on the frozen model, then evaluate"),
+        ("phase", "apply tda model train's concept phase to a trained model, then evaluate"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("model", metavar="MODEL_DIR", help="A tda model train output.")
@@ -321,13 +367,18 @@ def main() -> None:
             p.add_argument("--windows", type=int, default=1500, help="Training windows.")
             p.add_argument("--epochs", type=int, default=30)
             p.add_argument("--json", metavar="PATH", help="Write per-concept AUROCs here.")
-        else:
+        elif name == "refit":
             p.add_argument("--batches", type=int, default=64, help="Training batches.")
             p.add_argument("--epochs", type=int, default=20)
             p.add_argument("--lr", type=float, default=3e-3)
+        else:
+            p.add_argument("--hidden", type=int, default=None, help="Add an MLP known head.")
+            p.add_argument("--head-batches", type=int, default=128)
+            p.add_argument("--head-epochs", type=int, default=10)
+            p.add_argument("--vector-epochs", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    (probe if args.command == "probe" else refit)(args)
+    {"probe": probe, "refit": refit, "phase": phase}[args.command](args)
 
 
 if __name__ == "__main__":
