@@ -264,16 +264,14 @@ def refit(args) -> None:
     torch.nn.init.zeros_(model.known_token.weight)
     torch.nn.init.zeros_(model.known_token.bias)
     train_segs, held_segs = T._segments(corpus, cfg.holdout, min_len=16)
-    lengths = np.array([e - s for _, s, e in train_segs], dtype=np.float64)
+    draw = T._crop_sampler(corpus, train_segs, cfg.batch_size, cfg.max_seq, C)
     pos_weight = T._pos_weight(corpus, train_segs, C)
     rng = np.random.default_rng(cfg.seed + 1)
     model.eval()
     hs, xs, ys = [], [], []
     with torch.inference_mode():
         for _ in range(args.batches):
-            picks = rng.choice(len(train_segs), size=cfg.batch_size, p=lengths / lengths.sum())
-            offsets = [int(rng.integers(0, max(1, lengths[p] - cfg.max_seq + 1))) for p in picks]
-            ids, lab, mask = T._batch(corpus, train_segs, picks, offsets, cfg.max_seq, C)
+            ids, lab, mask = draw(rng)
             x0 = model.tok_emb(ids)
             h = model.hidden(None, x0)
             hs.append(h[mask].clone())
@@ -337,8 +335,8 @@ def phase(args) -> None:
                   head_batches=args.head_batches, vector_epochs=args.vector_epochs)  # fmt: skip
     t1 = time.time()
     model.eval()
-    stats = concept_phase(model, corpus, train_segs, cfg, T._pos_weight(corpus, train_segs,
-                          len(cs)), print)  # fmt: skip
+    draw = T._crop_sampler(corpus, train_segs, cfg.batch_size, cfg.max_seq, len(cs))
+    stats = concept_phase(model, draw, cfg, T._pos_weight(corpus, train_segs, len(cs)), print)
     print(f"phase {time.time() - t1:.0f}s", flush=True)
     report, _, _ = T._evaluate(model, corpus, held_segs, cfg, cs, tokenizer)
     scored = [v for k, v in report["concept_auroc"].items()

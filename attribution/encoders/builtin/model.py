@@ -172,15 +172,21 @@ class ConceptLM(nn.Module):
             x = block(x)
         return self.ln_f(x)
 
+    def known_logits(self, h: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
+        """h (..., D), and x0 (..., D) the input token embeddings for a model whose known
+        head reads them -> the known head's logits (..., C)."""
+        logits = self.known_pred(h)
+        if self.known_token is not None:
+            logits = logits + self.known_token(x0)
+        if self.known_mlp is not None:
+            logits = logits + self.known_mlp(torch.cat([h, x0], dim=-1))
+        return logits
+
     def heads(self, h: torch.Tensor, x0: torch.Tensor | None = None):
         """h (B, T, D), and the input token embeddings x0 (B, T, D) for a model whose
         known head reads them -> (known_logits (B, T, C), known top-k (ids, weights),
         known_features, unknown top-k (ids, weights), unknown_features)."""
-        known_logits = self.known_pred(h)  # (B, T, C)
-        if self.known_token is not None:
-            known_logits = known_logits + self.known_token(x0)
-        if self.known_mlp is not None:
-            known_logits = known_logits + self.known_mlp(torch.cat([h, x0], dim=-1))
+        known_logits = self.known_logits(h, x0)  # (B, T, C)
         kw, ki = torch.topk(torch.sigmoid(known_logits), min(self.cfg.known_topk, self.cfg.n_known))
         known_features = torch.einsum("btk,btkd->btd", kw, self.known_emb[ki])
         # The unknown head reads a detached h (as Steerling's does): it explains h, it

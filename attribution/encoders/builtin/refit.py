@@ -40,21 +40,17 @@ _SMALL_SHARE = 4
 _SMALL_BATCH = 2048
 
 
-def _features(model, corpus, segments, cfg, n_known: int, batches: int, seed: int):
-    """Training crops -> per real token: h (N, D), x0 (N, D), labels (N, C) float, and the
-    next token's id (N,) int64 (-1 at a crop's last token)."""
+def _features(model, draw, batches: int, seed: int):
+    """``batches`` training batches (``draw(rng)`` -> ids (B, T), labels (B, T, C), mask
+    (B, T)) -> per real token: h (N, D), x0 (N, D), labels (N, C) float, and the next
+    token's id (N,) int64 (-1 at a crop's last token)."""
     import torch
 
-    from tda.attribution.encoders.builtin.train import _batch
-
     rng = np.random.default_rng(seed)
-    lengths = np.array([e - s for _, s, e in segments], dtype=np.float64)
     hs, xs, ys, nexts = [], [], [], []
     with torch.inference_mode():
         for _ in range(batches):
-            picks = rng.choice(len(segments), size=cfg.batch_size, p=lengths / lengths.sum())
-            offsets = [int(rng.integers(0, max(1, lengths[p] - cfg.max_seq + 1))) for p in picks]
-            ids, labels, mask = _batch(corpus, segments, picks, offsets, cfg.max_seq, n_known)
+            ids, labels, mask = draw(rng)
             x0 = model.tok_emb(ids)
             h = model.hidden(None, x0)
             nxt = torch.full_like(ids, -1)
@@ -75,18 +71,6 @@ def _fold(linear, mu, sd) -> None:
         linear.bias.sub_(linear.weight @ mu)
 
 
-def _known_logits(model, h, x0):
-    """h, x0 (N, D) -> the known head's logits (N, C), as ConceptLM.heads computes them."""
-    import torch
-
-    logits = model.known_pred(h)
-    if model.known_token is not None:
-        logits = logits + model.known_token(x0)
-    if model.known_mlp is not None:
-        logits = logits + model.known_mlp(torch.cat([h, x0], dim=-1))
-    return logits
-
-
 def _epochs(n: int, epochs: int, seed: int, batch: int = _BATCH):
     """Seeded shuffled batches of token indices in [0, n) over ``epochs`` passes."""
     import torch
@@ -98,16 +82,16 @@ def _epochs(n: int, epochs: int, seed: int, batch: int = _BATCH):
             yield perm[i : i + batch]
 
 
-def concept_phase(model, corpus, segments, cfg, pos_weight, log=lambda s: None) -> dict:
+def concept_phase(model, draw, cfg, pos_weight, log=lambda s: None) -> dict:
     """Refit ``model``'s concept heads in place (the module's three fits) on features of
-    ``cfg.head_batches`` crops of ``segments`` (training's (doc, start, end) ranges);
-    ``pos_weight`` (C,): training's BCE weight of positives. -> figures for training.json
-    (tokens, each fit's last-epoch loss)."""
+    ``cfg.head_batches`` batches that ``draw(rng)`` makes as training makes them
+    (``train._crop_sampler``); ``pos_weight`` (C,): training's BCE weight of positives.
+    -> figures for training.json (tokens, each fit's last-epoch loss)."""
     import torch
     import torch.nn.functional as F
 
     C = model.cfg.n_known
-    H, X, Y, nxt = _features(model, corpus, segments, cfg, C, cfg.head_batches, cfg.seed + 1)
+    H, X, Y, nxt = _features(model, draw, cfg.head_batches, cfg.seed + 1)
     n = len(Y)
     torch.manual_seed(cfg.seed + 1)
 
@@ -126,7 +110,7 @@ def concept_phase(model, corpus, segments, cfg, pos_weight, log=lambda s: None) 
     known_loss = float("nan")
     for b in _epochs(n, cfg.head_epochs, cfg.seed + 1):
         loss = F.binary_cross_entropy_with_logits(
-            _known_logits(model, Hs[b], Xs[b]), Y[b], pos_weight=pos_weight
+            model.known_logits(Hs[b], Xs[b]), Y[b], pos_weight=pos_weight
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,12 +127,12 @@ def concept_phase(model, corpus, segments, cfg, pos_weight, log=lambda s: None) 
     # 2. the known concept vectors, read alone by the LM head (the weights held fixed)
     small = n // _SMALL_SHARE
     H, X, nxt = H[:small], X[:small], nxt[:small]
-    with torch.no_grad():
-        kw, ki = torch.topk(
-            torch.sigmoid(_known_logits(model, H, X)), min(model.cfg.known_topk, C)
+    with torch.no_grad():  # the head is final: its top-k serve steps 2 and 3
+        kw_all, ki_all = torch.topk(
+            torch.sigmoid(model.known_logits(H, X)), min(model.cfg.known_topk, C)
         )  # (N/4, k) each
     has_next = nxt >= 0
-    kw, ki, nx = kw[has_next], ki[has_next], nxt[has_next]
+    kw, ki, nx = kw_all[has_next], ki_all[has_next], nxt[has_next]
     opt = torch.optim.Adam([model.known_emb], lr=1e-2)
     emb = model.tok_emb.weight.detach()
     vector_loss = float("nan")
@@ -163,8 +147,7 @@ def concept_phase(model, corpus, segments, cfg, pos_weight, log=lambda s: None) 
 
     # 3. the unknown head, reconstructing what the new known features leave of h
     with torch.no_grad():
-        kw, ki = torch.topk(torch.sigmoid(_known_logits(model, H, X)), min(model.cfg.known_topk, C))
-        target = H - torch.einsum("nk,nkd->nd", kw, model.known_emb[ki])
+        target = H - torch.einsum("nk,nkd->nd", kw_all, model.known_emb[ki_all])
     params = [*model.unknown_pred.parameters(), model.unknown_emb]
     opt = torch.optim.Adam(params, lr=1e-3)
     k_u = min(model.cfg.unknown_topk, model.cfg.n_unknown)

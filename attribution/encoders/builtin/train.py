@@ -159,6 +159,22 @@ def _batch(corpus: _Corpus, segments, picks, offsets, seq: int, n_known: int):
     return torch.from_numpy(ids), torch.from_numpy(labels), torch.from_numpy(mask)
 
 
+def _crop_sampler(corpus: _Corpus, segments, batch_size: int, seq: int, n_known: int):
+    """Training's batches of ``segments`` ((doc, start, end) ranges) -> ``draw(rng)``: one
+    batch (:func:`_batch`'s ids, labels, mask) of documents drawn in proportion to their
+    length, each cropped at a uniformly random offset (the training loop, the concept
+    phase and the benchmarks draw through it)."""
+    lengths = np.array([e - s for _, s, e in segments], dtype=np.float64)
+    p = lengths / lengths.sum()
+
+    def draw(rng: np.random.Generator):
+        picks = rng.choice(len(segments), size=batch_size, p=p)
+        offsets = [int(rng.integers(0, max(1, lengths[i] - seq + 1))) for i in picks]
+        return _batch(corpus, segments, picks, offsets, seq, n_known)
+
+    return draw
+
+
 def _pos_weight(corpus: _Corpus, segments, n_known: int):
     """(C,) BCE weight of positive labels: sqrt of the negative/positive ratio, in [1, 30].
 
@@ -278,7 +294,7 @@ def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tok
         betas=(0.9, 0.95),
     )
     train_segs, held_segs = _segments(corpus, cfg.holdout, min_len=16)
-    lengths = np.array([e - s for _, s, e in train_segs], dtype=np.float64)
+    draw = _crop_sampler(corpus, train_segs, cfg.batch_size, cfg.max_seq, len(concept_set))
     pos_weight = _pos_weight(corpus, train_segs, len(concept_set))
     rng = np.random.default_rng(cfg.seed)
     curve: list[list[float]] = []
@@ -288,12 +304,7 @@ def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tok
         lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        # documents in proportion to their length, then a uniformly random crop offset
-        picks = rng.choice(len(train_segs), size=cfg.batch_size, p=lengths / lengths.sum())
-        offsets = [int(rng.integers(0, max(1, lengths[p] - cfg.max_seq + 1))) for p in picks]
-        ids, labels, mask = _batch(
-            corpus, train_segs, picks, offsets, cfg.max_seq, len(concept_set)
-        )
+        ids, labels, mask = draw(rng)
         u = rng.random(cfg.batch_size)
         paths = torch.from_numpy(
             np.where(u < cfg.known_only, 2, np.where(u < cfg.known_only + cfg.bottleneck, 1, 0))
@@ -307,9 +318,7 @@ def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tok
         curve.append(point)
         progress(TrainProgress(step + 1, cfg.steps, *point))
     model.eval()
-    phase = (
-        concept_phase(model, corpus, train_segs, cfg, pos_weight, log) if cfg.head_epochs else None
-    )
+    phase = concept_phase(model, draw, cfg, pos_weight, log) if cfg.head_epochs else None
     heldout, calibration, unknown_labels = _evaluate(
         model, corpus, held_segs, cfg, concept_set, tokenizer
     )
