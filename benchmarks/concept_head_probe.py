@@ -49,7 +49,7 @@ import torch
 
 from tda.attribution.corpus.readers import iter_documents, resolve_inputs
 from tda.attribution.encoders.builtin import train as T
-from tda.attribution.encoders.builtin.concepts import load_concept_set
+from tda.attribution.encoders.builtin.concepts import FINAL, load_concept_set
 from tda.attribution.encoders.builtin.model import BuiltinConfig, ConceptLM, load_builtin
 from tda.schemas import DeadLetter, ReadOptions, TrainConfig
 
@@ -75,7 +75,6 @@ def read_with_span_ends(cfg: TrainConfig, concept_set, tokenizer):
         for item in iter_documents(f, cfg.read):
             if not isinstance(item, DeadLetter):
                 texts.append(item.text)
-    n_concepts = len(concept_set)
     ids, labels, final = [], [], []
     for start in range(0, len(texts), 256):
         batch = texts[start : start + 256]
@@ -84,14 +83,9 @@ def read_with_span_ends(cfg: TrainConfig, concept_set, tokenizer):
                 continue
             starts = np.asarray(e.char_starts(range(e.n_tokens)), dtype=np.int64)
             ids.append(e.ids.astype(np.int64))
-            labels.append(concept_set.label_tokens(text, starts))
-            fin = np.zeros((len(starts), n_concepts), dtype=np.uint8)
-            for c, spans in enumerate(concept_set.spans(text)):
-                for _, end in spans:
-                    last = int(np.searchsorted(starts, end, side="left")) - 1
-                    if last >= 0:
-                        fin[last, c] = 1
-            final.append(fin)
+            tagged = concept_set.label_tokens(text, starts)
+            labels.append((tagged > 0).astype(np.uint8))
+            final.append((tagged == FINAL).astype(np.uint8))
     return T._Corpus(ids, labels, len(texts), {}), final
 
 
@@ -323,7 +317,7 @@ def phase(args) -> None:
     t0 = time.time()
     cfg = train_config(args.model, args.corpus)
     cs = load_concept_set(cfg.concepts)
-    corpus, _, tokenizer = T._read_corpus(cfg, cs, print)
+    corpus, tokenizer_json, tokenizer = T._read_corpus(cfg, cs, print)
     config = json.loads((Path(args.model) / "config.json").read_text())
     if tokenizer.info.fingerprint != config["tokenizer_fingerprint"]:
         raise SystemExit("the corpus does not rebuild the model's tokenizer: not its corpus")
@@ -332,13 +326,26 @@ def phase(args) -> None:
     model.load_state_dict(load_file(str(Path(args.model) / "model.safetensors")), strict=False)
     train_segs, held_segs = T._segments(corpus, cfg.holdout, min_len=16)
     cfg = replace(cfg, known_topk=model.cfg.known_topk, head_epochs=args.head_epochs,
-                  head_batches=args.head_batches, vector_epochs=args.vector_epochs)  # fmt: skip
+                  head_batches=args.head_batches, vector_epochs=args.vector_epochs,
+                  causal_labels=args.causal_labels)  # fmt: skip
     t1 = time.time()
     model.eval()
     draw = T._crop_sampler(corpus, train_segs, cfg.batch_size, cfg.max_seq, len(cs))
-    stats = concept_phase(model, draw, cfg, T._pos_weight(corpus, train_segs, len(cs)), print)
+    pos_weight = T._pos_weight(corpus, train_segs, len(cs), cfg.causal_labels)
+    stats = concept_phase(model, draw, cfg, pos_weight, print)
     print(f"phase {time.time() - t1:.0f}s", flush=True)
-    report, _, _ = T._evaluate(model, corpus, held_segs, cfg, cs, tokenizer)
+    report, calibration, unknown_labels = T._evaluate(model, corpus, held_segs, cfg, cs, tokenizer)
+    if args.out:  # the phased model, to embed and scan with
+        from tda.attribution.encoders.builtin.model import save_builtin
+
+        training = json.loads((Path(args.model) / "training.json").read_text())
+        training |= {
+            "heldout": report,
+            "concept_phase": stats,
+            "settings": training["settings"] | {"causal_labels": cfg.causal_labels},
+        }
+        save_builtin(args.out, model, cs, tokenizer_json, tokenizer.info.fingerprint, training,
+                     calibration, unknown_labels)  # fmt: skip
     scored = [v for k, v in report["concept_auroc"].items()
               if report["concept_positives"][k] >= T.AUROC_MIN_POSITIVES]  # fmt: skip
     print(json.dumps({
@@ -346,6 +353,9 @@ def phase(args) -> None:
         "share": {k: report["logit_share"][k] for k in ("known", "unknown", "residual")},
         "auroc_mean": report["concept_auroc_mean"], "auroc_mean_scored": float(np.mean(scored)),
         "auroc_min": report["auroc_min"], "below": report["auroc_below_0.9"],
+        "overlap_labels": {"auroc_mean": report["concept_auroc_overlap_mean"],
+                           "auroc_min": report["auroc_overlap_min"],
+                           "below": report["auroc_overlap_below_0.9"]},
     }, indent=1))  # fmt: skip
     print(f"done in {time.time() - t0:.0f}s")
 
@@ -374,6 +384,12 @@ def main() -> None:
             p.add_argument("--head-batches", type=int, default=128)
             p.add_argument("--head-epochs", type=int, default=10)
             p.add_argument("--vector-epochs", type=int, default=4)
+            p.add_argument(
+                "--causal-labels",
+                action="store_true",
+                help="Fit the head on causal labels (tda model train --causal-labels).",
+            )
+            p.add_argument("--out", metavar="DIR", help="Also save the phased model here.")
     args = parser.parse_args()
     torch.set_num_threads(2)
     {"probe": probe, "refit": refit, "phase": phase}[args.command](args)

@@ -115,7 +115,8 @@ for step in range(a.steps):
             lk[:, :-1].reshape(-1, lk.shape[-1]), targets.reshape(-1)
         )
     m = mask.unsqueeze(-1).float()
-    bce = F.binary_cross_entropy_with_logits(kl, labels, reduction="none", pos_weight=pw)
+    target = (labels > 0).float()  # overlap labels
+    bce = F.binary_cross_entropy_with_logits(kl, target, reduction="none", pos_weight=pw)
     concept = (bce * m).sum() / (m.sum() * C).clamp_min(1)
     loss = loss + a.cw * concept
     if a.unk_detach:
@@ -167,7 +168,7 @@ with torch.inference_mode():
             L = int(valid[b].sum())
             for c0 in range(0, L, 64):
                 shares += [abs(float(pp[b, c0 : min(c0 + 64, L)].sum())) for pp in parts]
-sc, y = np.concatenate(scores), np.concatenate(labs)
+sc, y = np.concatenate(scores), np.concatenate(labs) > 0  # overlap labels, as recorded
 au = {}
 for c, name in enumerate(cs.names):
     if y[:, c].sum() >= 50:

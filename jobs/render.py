@@ -424,9 +424,13 @@ def report_model_train(result, out: str, as_json: bool) -> None:
     )
     if held.get("tokens"):
         click.echo(
-            f"held-out ({held['tokens']:,} tokens): LM loss {held['lm_loss']:.3f}, known-concept "
-            f"AUROC {held['concept_auroc_mean']:.3f} over {held['concepts_scored']} concepts "
-            f"(0.5 = chance; lowest with >= 50 positives {held['auroc_min'] or 0:.3f})"
+            f"held-out ({held['tokens']:,} tokens): LM loss {held['lm_loss']:.3f}; known-concept "
+            f"AUROC (0.5 = chance) where a match ends {_num(held['concept_auroc_mean'])} over "
+            f"{held['concepts_scored']} concepts, lowest with >= 50 positives "
+            f"{_num(held['auroc_min'])}; on every token of a match "
+            f"{_num(held.get('concept_auroc_overlap_mean'))}, lowest "
+            f"{_num(held.get('auroc_overlap_min'))} (head trained on "
+            f"{held.get('labels', 'overlap')} labels)"
         )
     share = held.get("logit_share")
     if share:
@@ -437,13 +441,22 @@ def report_model_train(result, out: str, as_json: bool) -> None:
         )
         for target, met in held["targets"].items():
             click.echo(f"  {'met   ' if met else 'MISSED'} {target}")
-        below = sorted(held.get("auroc_below_0.9", {}).items(), key=lambda kv: kv[1])
-        if below:
-            worst = ", ".join(f"{name} {value:.3f}" for name, value in below[:5])
-            click.echo(
-                f"         {len(below)} concepts below AUROC 0.9; lowest: {worst} "
-                f"(training.json lists every concept's)"
-            )
+        for key, where in (
+            ("auroc_below_0.9", "where a match ends"),
+            ("auroc_overlap_below_0.9", "on every token of a match"),
+        ):
+            below = sorted(held.get(key, {}).items(), key=lambda kv: kv[1])
+            if below:
+                worst = ", ".join(f"{name} {value:.3f}" for name, value in below[:5])
+                click.echo(
+                    f"         {len(below)} concepts below AUROC 0.9 {where}; lowest: {worst} "
+                    f"(training.json lists every concept's)"
+                )
+
+
+def _num(value) -> str:
+    """A held-out figure, or "n/a" when there was none to compute."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def report_model_info(encoder, as_json: bool) -> None:

@@ -554,6 +554,12 @@ class TrainConfig:
     # Tagger labels spread to this many tokens either side of a match: a concept is about
     # a passage, not only the word that names it.
     label_spread: int = 0
+    # Causal labels: the known head is trained to fire where a tagger's match ends (the
+    # token holding its last character), and a match's earlier tokens are left out of its
+    # loss, since a causal model cannot know there that the match will complete (e.g.
+    # "Zero" of "ZeroDivisionError"). Off: every token overlapping a match is a positive.
+    # The held-out AUROC target is measured on causal labels either way (docs/model.md).
+    causal_labels: bool = False
     # the known head also reads the input token's embedding (BuiltinConfig.token_head)
     token_head: bool = False
     # Width of an MLP in the known head over [h, input token embedding]

@@ -119,6 +119,11 @@ def model() -> None:
     show_default=True, help="Spread each tagger label to this many tokens either side.",
 )  # fmt: skip
 @click.option(
+    "--causal-labels/--overlap-labels", default=TrainConfig.causal_labels, show_default=True,
+    help="Train the known-concept head to fire where a tagger match ends, leaving out the "
+    "match's earlier tokens (a causal model has not read it yet), or on every token of it.",
+)  # fmt: skip
+@click.option(
     "--known-topk", type=stage_type("--known-topk"), default=TrainConfig.known_topk,
     show_default=True, help="Known concepts each token's features use (top-k of the head).",
 )  # fmt: skip
@@ -151,8 +156,9 @@ def model() -> None:
 @read_options
 def model_train(
     inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
-    holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread, known_topk,
-    token_head, known_hidden, head_epochs, head_batches, vector_epochs, seed, as_json, **kw,
+    holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread,
+    causal_labels, known_topk, token_head, known_hidden, head_epochs, head_batches,
+    vector_epochs, seed, as_json, **kw,
 ) -> None:  # fmt: skip
     """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
 
@@ -179,6 +185,7 @@ def model_train(
         bottleneck=bottleneck,
         residual_weight=residual_weight,
         label_spread=label_spread,
+        causal_labels=causal_labels,
         known_topk=known_topk,
         token_head=token_head,
         known_hidden=known_hidden,

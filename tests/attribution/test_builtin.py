@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from tda.attribution.encoders import EncoderError, load_encoder
-from tda.attribution.encoders.builtin.concepts import ConceptSetError, load_concept_set
+from tda.attribution.encoders.builtin.concepts import (
+    FINAL,
+    PENDING,
+    ConceptSetError,
+    load_concept_set,
+    positives,
+)
 from tda.attribution.encoders.builtin.train import auroc, train_builtin
 from tda.schemas import ConfigError, TrainConfig
 from tests.helpers import TINY_TRAIN
@@ -43,6 +49,15 @@ def test_concept_spans_and_token_labels():
     h = text.index("harpoon")
     marked = {int(i) for i in np.nonzero(labels[:, c])[0]}
     assert marked == set(range(h // 3, (h + 7 - 1) // 3 + 1))
+    # the token holding the match's last character is FINAL, the earlier ones PENDING
+    last = (h + 7 - 1) // 3
+    assert labels[last, c] == FINAL
+    assert set(labels[sorted(marked - {last}), c]) == {PENDING}
+    y, counts = positives(labels, causal=True)
+    assert set(np.nonzero(y[:, c])[0]) == {last}
+    assert not counts[sorted(marked - {last}), c].any() and counts[last, c]
+    y, counts = positives(labels, causal=False)
+    assert set(np.nonzero(y[:, c])[0]) == marked and counts.all()
 
 
 @pytest.mark.parametrize(
@@ -326,3 +341,49 @@ def test_concept_phase_reads_the_concepts_better_and_keeps_the_lm(docs_jsonl, tm
     heads = ("known_", "unknown_")
     assert all(torch.equal(wa[k], wb[k]) for k in wa if not k.startswith(heads))
     assert not torch.equal(wa["known_emb"], wb["known_emb"])
+
+
+def test_auroc_on_causal_labels_leaves_out_a_match_s_earlier_tokens():
+    """A head that fires where a match ends (what a causal model can know) scores 1.0
+    against causal labels, and is marked down against overlap labels for the match's
+    earlier tokens, which it could not have seen coming; the positives counted differ."""
+    from tda.attribution.encoders.builtin.train import _aurocs
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = np.zeros((n, 1), dtype=np.float32)
+    starts = rng.choice(np.arange(0, n - 4, 4), size=60, replace=False)
+    for s in starts:  # 3-token matches: two pending tokens, then the final one
+        labels[s : s + 2, 0] = PENDING
+        labels[s + 2, 0] = FINAL
+    scores = np.where(labels == FINAL, 0.9, 0.1) + rng.random((n, 1)) * 0.01
+    causal = _aurocs(scores, labels, ["c"], causal=True)
+    overlap = _aurocs(scores, labels, ["c"], causal=False)
+    assert causal["concept_auroc"]["c"] == 1.0 and causal["concept_positives"]["c"] == 60
+    assert overlap["concept_positives"]["c"] == 180
+    assert overlap["concept_auroc"]["c"] < 0.75
+    assert causal["auroc_min"] == 1.0 and overlap["auroc_below_0.9"] == {"c": overlap["auroc_min"]}
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_labels_leave_a_match_s_earlier_tokens_out_of_the_concept_loss(causal):
+    """With --causal-labels the concept loss has no gradient at a match's PENDING tokens
+    (a causal model cannot know there that the match completes) and still learns from its
+    FINAL token and from untagged tokens; with overlap labels every token counts."""
+    from tda.attribution.encoders.builtin.model import BuiltinConfig, ConceptLM
+    from tda.attribution.encoders.builtin.train import _losses
+
+    torch.manual_seed(0)
+    model = ConceptLM(BuiltinConfig(vocab_size=50, n_known=3, d_model=16, n_layers=1,
+                                    n_heads=2, max_seq=16, n_unknown=8))  # fmt: skip
+    ids = torch.randint(0, 50, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    labels = torch.zeros(2, 12, 3)
+    labels[0, 3:5, 1] = PENDING
+    labels[0, 5, 1] = FINAL
+    cfg = TrainConfig(inputs=("x",), out="unused", causal_labels=causal)
+    _, _, concept, known_logits, _ = _losses(model, ids, labels, mask, cfg)
+    (grad,) = torch.autograd.grad(concept, known_logits)
+    pending = grad[0, 3:5, 1]
+    assert (pending == 0).all() if causal else (pending != 0).all()
+    assert grad[0, 5, 1] != 0 and grad[1, 3, 1] != 0 and grad[0, 3, 0] != 0

@@ -1,7 +1,8 @@
 """Known-concept taggers: a YAML concept set -> per-token labels for the builtin model.
 
 A concept set maps each concept name to whole-word terms and regular expressions (like
-dolma's taggers); a token is labelled with a concept when its characters overlap a match.
+dolma's taggers); a token is labelled with a concept when its characters overlap a match,
+and marked as the match's final token when the match ends in it (causal labels, below).
 The default set (``data/concepts_default.yaml``) ships with the package and marks some
 concepts ``harmful`` (used by the pruning scans).
 
@@ -29,11 +30,19 @@ from tda.schemas.errors import UserError
 
 __all__ = [
     "DEFAULT_CONCEPTS",
+    "FINAL",
+    "PENDING",
     "Concept",
     "ConceptSet",
     "ConceptSetError",
     "load_concept_set",
+    "positives",
 ]
+
+# Token label values (ConceptSet.label_tokens): the token overlaps a match that ends in a
+# later token, or the match ends in this token.
+PENDING = 1
+FINAL = 2
 
 _NAME = re.compile(r"[a-z0-9_]+")
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -113,7 +122,10 @@ class ConceptSet:
 
         token_starts: (n,) character index where each token starts (non-decreasing); a
         token ends where the next starts (the last at ``len(text)``). Returns (n, C) uint8:
-        1 where the token overlaps a match of concept c.
+        ``FINAL`` (2) where a match of concept c ends in the token (its last character),
+        ``PENDING`` (1) where the token overlaps a match that ends in a later token, 0
+        elsewhere. ``labels > 0`` are the tokens that overlap a match; ``labels == FINAL``
+        are those where a causal model has read the whole match (:func:`positives`).
         """
         n = len(token_starts)
         labels = np.zeros((n, len(self.concepts)), dtype=np.uint8)
@@ -125,8 +137,24 @@ class ConceptSet:
                 # tokens with token_start < end and token_end > start
                 lo = int(np.searchsorted(token_ends, start, side="right"))
                 hi = int(np.searchsorted(token_starts, end, side="left"))
-                labels[lo:hi, c] = 1
+                if hi > lo:
+                    col = labels[lo : hi - 1, c]
+                    np.maximum(col, PENDING, out=col)
+                    labels[hi - 1, c] = FINAL
         return labels
+
+
+def positives(labels, causal: bool):
+    """Token labels (:meth:`ConceptSet.label_tokens`; numpy or torch, any shape) -> (the
+    positives, the tokens that count) as booleans of the same shape.
+
+    Overlap labels (``causal`` False): every token that overlaps a match is positive and
+    every token counts. Causal labels: a token is positive where a match ends in it, and the
+    earlier tokens of a match (``PENDING``: a causal model has not read the match yet, so it
+    can be neither right nor wrong there) do not count."""
+    if causal:
+        return labels == FINAL, labels != PENDING
+    return labels > 0, labels == labels
 
 
 def _parse(text: str, origin: str) -> ConceptSet:

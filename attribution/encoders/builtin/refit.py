@@ -1,7 +1,7 @@
 """The concept phase of ``tda model train``: after the LM is trained, refit its concept
 heads on its frozen features (``--head-epochs``).
 
-Why (docs/model.md, "Why the AUROC target is missed"): trained jointly for a few hundred
+Why (docs/model.md, "The AUROC target and label visibility"): trained jointly for a few hundred
 steps, the known head reads the concepts out of the hidden state far worse than a head
 fitted to convergence on the same, frozen, features (held-out AUROC mean 0.85 against
 0.96 for an MLP over [h, input token embedding]). The transformer does not change here,
@@ -42,7 +42,7 @@ _SMALL_BATCH = 2048
 
 def _features(model, draw, batches: int, seed: int):
     """``batches`` training batches (``draw(rng)`` -> ids (B, T), labels (B, T, C), mask
-    (B, T)) -> per real token: h (N, D), x0 (N, D), labels (N, C) float, and the next
+    (B, T)) -> per real token: h (N, D), x0 (N, D), labels (N, C) float (label values), and the next
     token's id (N,) int64 (-1 at a crop's last token)."""
     import torch
 
@@ -90,9 +90,14 @@ def concept_phase(model, draw, cfg, pos_weight, log=lambda s: None) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from tda.attribution.encoders.builtin.concepts import positives
+
     C = model.cfg.n_known
     H, X, Y, nxt = _features(model, draw, cfg.head_batches, cfg.seed + 1)
     n = len(Y)
+    # targets and the tokens that count (causal labels leave a match's earlier tokens out)
+    Y, counts = positives(Y, cfg.causal_labels)
+    Y, counts = Y.float(), (counts.float() if cfg.causal_labels else None)
     torch.manual_seed(cfg.seed + 1)
 
     # 1. the known head, on standardised features
@@ -110,8 +115,9 @@ def concept_phase(model, draw, cfg, pos_weight, log=lambda s: None) -> dict:
     known_loss = float("nan")
     for b in _epochs(n, cfg.head_epochs, cfg.seed + 1):
         loss = F.binary_cross_entropy_with_logits(
-            model.known_logits(Hs[b], Xs[b]), Y[b], pos_weight=pos_weight
-        )
+            model.known_logits(Hs[b], Xs[b]), Y[b], pos_weight=pos_weight,
+            weight=None if counts is None else counts[b],
+        )  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

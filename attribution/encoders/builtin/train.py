@@ -28,7 +28,12 @@ import numpy as np
 
 from tda import __version__
 from tda.attribution.corpus.readers import iter_documents, resolve_inputs
-from tda.attribution.encoders.builtin.concepts import ConceptSet, load_concept_set
+from tda.attribution.encoders.builtin.concepts import (
+    FINAL,
+    ConceptSet,
+    load_concept_set,
+    positives,
+)
 from tda.schemas import ChunkingPolicy, ConfigError, DeadLetter, TrainConfig
 
 __all__ = ["AUROC_MIN_POSITIVES", "TrainProgress", "TrainResult", "auroc", "train_builtin"]
@@ -73,7 +78,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 @dataclass
 class _Corpus:
     ids: list[np.ndarray]  # per document, (n_i,) int64
-    labels: list[np.ndarray]  # per document, (n_i, C) uint8
+    labels: list[np.ndarray]  # per document, (n_i, C) uint8 (ConceptSet.label_tokens values)
     documents: int
     deadletters: dict[str, int]
 
@@ -117,15 +122,17 @@ def _read_corpus(cfg: TrainConfig, concept_set: ConceptSet, log) -> tuple[_Corpu
 
 
 def _spread(labels: np.ndarray, spread: int) -> np.ndarray:
-    """(n, C) token labels -> labels also set on the ``spread`` tokens either side of each
-    labelled token (a dilation along the document)."""
+    """(n, C) token labels -> every token within ``spread`` tokens either side of a token
+    that overlaps a match labelled ``FINAL`` (a dilation along the document: a concept
+    about a passage, so no token of it is pending)."""
     if spread <= 0 or len(labels) == 0:
         return labels
-    out = labels.copy()
+    hit = labels > 0
+    out = hit.copy()
     for shift in range(1, spread + 1):
-        out[shift:] |= labels[:-shift]
-        out[:-shift] |= labels[shift:]
-    return out
+        out[shift:] |= hit[:-shift]
+        out[:-shift] |= hit[shift:]
+    return out.astype(np.uint8) * FINAL
 
 
 def _segments(corpus: _Corpus, holdout: float, min_len: int):
@@ -142,7 +149,8 @@ def _segments(corpus: _Corpus, holdout: float, min_len: int):
 
 
 def _batch(corpus: _Corpus, segments, picks, offsets, seq: int, n_known: int):
-    """Crops -> ids (B, T), labels (B, T, C) float, mask (B, T) of real tokens."""
+    """Crops -> ids (B, T), labels (B, T, C) float (the label values 0, PENDING, FINAL),
+    mask (B, T) of real tokens."""
     import torch
 
     B = len(picks)
@@ -175,18 +183,20 @@ def _crop_sampler(corpus: _Corpus, segments, batch_size: int, seq: int, n_known:
     return draw
 
 
-def _pos_weight(corpus: _Corpus, segments, n_known: int):
-    """(C,) BCE weight of positive labels: sqrt of the negative/positive ratio, in [1, 30].
+def _pos_weight(corpus: _Corpus, segments, n_known: int, causal: bool = False):
+    """(C,) BCE weight of positive labels (:func:`positives` with ``causal``): sqrt of the
+    negative/positive ratio, in [1, 30].
 
     Tagged tokens are rare (well under 1%); unweighted, the head learns "never" first and
     its gradients for the positives stay tiny for hundreds of steps."""
     import torch
 
     pos = np.zeros(n_known, dtype=np.float64)
-    total = 0
+    total = np.zeros(n_known, dtype=np.float64)
     for d, s, e in segments:
-        pos += corpus.labels[d][s:e].sum(axis=0)
-        total += e - s
+        y, counts = positives(corpus.labels[d][s:e], causal)
+        pos += y.sum(axis=0)
+        total += counts.sum(axis=0)
     ratio = (total - pos) / np.maximum(pos, 1)
     return torch.from_numpy(np.clip(np.sqrt(ratio), 1.0, 30.0).astype(np.float32))
 
@@ -220,10 +230,11 @@ def _losses(model, ids, labels, mask, cfg: TrainConfig, pos_weight=None, paths=N
     targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
     lm = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1))
     m = mask.unsqueeze(-1).float()
+    target, counts = positives(labels, cfg.causal_labels)
     bce = F.binary_cross_entropy_with_logits(
-        known_logits, labels, reduction="none", pos_weight=pos_weight
+        known_logits, target.float(), reduction="none", pos_weight=pos_weight
     )
-    concept = (bce * m).sum() / (m.sum() * labels.shape[-1]).clamp_min(1)
+    concept = (bce * m * counts).sum() / (m.sum() * labels.shape[-1]).clamp_min(1)
     # the unknown head reconstructs what the known concepts leave of h (as an SAE would)
     target = (h - known).detach()
     rec = (((unknown - target) ** 2) * m).sum() / ((target**2) * m).sum().clamp_min(1e-8)
@@ -295,7 +306,7 @@ def _train(cfg, model_cfg, concept_set, corpus, tokenizer_json, tokenizer, n_tok
     )
     train_segs, held_segs = _segments(corpus, cfg.holdout, min_len=16)
     draw = _crop_sampler(corpus, train_segs, cfg.batch_size, cfg.max_seq, len(concept_set))
-    pos_weight = _pos_weight(corpus, train_segs, len(concept_set))
+    pos_weight = _pos_weight(corpus, train_segs, len(concept_set), cfg.causal_labels)
     rng = np.random.default_rng(cfg.seed)
     curve: list[list[float]] = []
     model.train()
@@ -417,14 +428,12 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
                     sum_h2 += pooled**2
                     n_chunks += 1
                     chunk_w.append(topk[b, c0:c1].max(0).values.numpy())
-                    chunk_y.append(lab[b, c0:c1].max(0).values.numpy() > 0)
+                    hit = positives(lab[b, c0:c1], cfg.causal_labels)[0]
+                    chunk_y.append(hit.any(0).numpy())
     s, y = np.concatenate(scores), np.concatenate(labels)
-    per_concept, positives = {}, {}
-    for c, name in enumerate(concept_set.names):
-        positives[name] = int(y[:, c].sum())
-        value = auroc(s[:, c], y[:, c])
-        if value is not None:
-            per_concept[name] = round(value, 4)
+    # the target's AUROC: causal labels, whatever the model was trained on; overlap beside it
+    causal = _aurocs(s, y, concept_set.names, causal=True)
+    overlap = _aurocs(s, y, concept_set.names, causal=False)
     mean, scale = hidden_statistics(sum_h, sum_h2, n_chunks)
     model.pool_mean.copy_(torch.from_numpy(mean))
     model.pool_scale.copy_(torch.from_numpy(scale))
@@ -436,25 +445,57 @@ def _evaluate(model, corpus: _Corpus, segments, cfg: TrainConfig, concept_set, t
         np.concatenate(unk_ids), np.concatenate(unk_w), np.concatenate(unk_tok),
         model.cfg.n_unknown, lambda t: tokenizer.decode([t]),
     )  # fmt: skip
-    scored = {k: v for k, v in per_concept.items() if positives[k] >= AUROC_MIN_POSITIVES}
     lm_loss = sum(lm_losses) / tokens
     report = {
         "tokens": tokens,
         "lm_loss": lm_loss,
-        "concept_auroc_mean": float(np.mean(list(per_concept.values()))) if per_concept else None,
-        "concepts_scored": len(per_concept),
-        "concept_auroc": per_concept,
-        "concept_positives": positives,
-        "positive_rate": float(y.mean()),
+        "labels": "causal" if cfg.causal_labels else "overlap",
+        **causal,
+        **{_OVERLAP_KEYS[k]: v for k, v in overlap.items()},
         "logit_share": share,
         "targets": {
             "known_share >= 0.30": share["known"] >= 0.30,
             "residual_share <= 0.25": share["residual"] <= 0.25,
-            f"auroc >= 0.9 (concepts with >= {AUROC_MIN_POSITIVES} positives)": bool(scored)
-            and min(scored.values()) >= 0.9,
+            f"auroc >= 0.9 (concepts with >= {AUROC_MIN_POSITIVES} positives, causal labels)": (
+                causal["auroc_min"] is not None and causal["auroc_min"] >= 0.9
+            ),
         },
-        "auroc_min": min(scored.values()) if scored else None,
-        "auroc_below_0.9": {k: v for k, v in sorted(scored.items()) if v < 0.9},
         "calibration": {k: v.to_dict() for k, v in sorted(calibration.items())},
     }
     return report, calibration, unknown_labels
+
+
+# training.json's keys for the AUROC against overlap labels
+_OVERLAP_KEYS = {
+    "concept_auroc_mean": "concept_auroc_overlap_mean",
+    "concepts_scored": "concepts_scored_overlap",
+    "concept_auroc": "concept_auroc_overlap",
+    "concept_positives": "concept_positives_overlap",
+    "auroc_min": "auroc_overlap_min",
+    "auroc_below_0.9": "auroc_overlap_below_0.9",
+}
+
+
+def _aurocs(scores: np.ndarray, labels: np.ndarray, names, causal: bool) -> dict:
+    """Held-out weights (N, C) and token labels (N, C) -> each concept's AUROC against
+    :func:`positives` of the labels (``causal``: positives where a match ends, a match's
+    earlier tokens left out), its positives, and the summary the targets read: the mean
+    over every concept scored, the lowest and those below 0.9 among the concepts with at
+    least ``AUROC_MIN_POSITIVES`` positives. Keys as ``training.json``'s ``heldout``."""
+    y, counts = positives(labels, causal)
+    per_concept, n_pos = {}, {}
+    for c, name in enumerate(names):
+        keep = counts[:, c]
+        n_pos[name] = int(y[keep, c].sum())
+        value = auroc(scores[keep, c], y[keep, c])
+        if value is not None:
+            per_concept[name] = round(value, 4)
+    scored = {k: v for k, v in per_concept.items() if n_pos[k] >= AUROC_MIN_POSITIVES}
+    return {
+        "concept_auroc_mean": float(np.mean(list(per_concept.values()))) if per_concept else None,
+        "concepts_scored": len(per_concept),
+        "concept_auroc": per_concept,
+        "concept_positives": n_pos,
+        "auroc_min": min(scored.values()) if scored else None,
+        "auroc_below_0.9": {k: v for k, v in sorted(scored.items()) if v < 0.9},
+    }
