@@ -137,7 +137,8 @@ class ModelCopy:
 def _loss_gradient(model: ModelCopy, sequences: Sequence[np.ndarray]):
     """The gradient of ``sequences``' mean token loss (each (L_i,) int64; batched by
     length, so no padding reaches a real token) over ``model.params`` at its current
-    weights -> one tensor per parameter, or None when they hold no token to predict."""
+    weights -> (one tensor per parameter, the mean token loss), or (None, nan) when they
+    hold no token to predict."""
     import torch
 
     enc = model.encoder
@@ -147,9 +148,10 @@ def _loss_gradient(model: ModelCopy, sequences: Sequence[np.ndarray]):
             by_length.setdefault(len(seq), []).append(np.asarray(seq, dtype=np.int64))
     tokens = sum((length - 1) * len(group) for length, group in by_length.items())
     if tokens == 0:
-        return None
+        return None, math.nan
     for p in model.params:
         p.grad = None
+    total = 0.0
     with torch.enable_grad():
         for _, group in sorted(by_length.items()):
             x = torch.as_tensor(np.stack(group), device=enc.device)  # (n, L)
@@ -158,10 +160,28 @@ def _loss_gradient(model: ModelCopy, sequences: Sequence[np.ndarray]):
                 logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
             )
             (loss / tokens).backward()
+            total += float(loss.detach())
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.params]
     for p in model.params:
         p.grad = None
-    return grads
+    return grads, total / tokens
+
+
+def _mean_loss(model: ModelCopy, sequences: Sequence[np.ndarray]) -> float:
+    """``sequences``' mean token loss (each (L_i,) int64) under the copy's current weights."""
+    import torch
+
+    enc = model.encoder
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for seq in sequences:
+            if len(seq) < 2:
+                continue
+            x = torch.as_tensor(np.asarray(seq, dtype=np.int64)[None], device=enc.device)
+            logits = enc.forward(x, with_logits=True).logits[0, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
+            tokens += len(seq) - 1
+    return total / tokens if tokens else math.nan
 
 
 def _dot(a, b) -> float:
@@ -169,22 +189,25 @@ def _dot(a, b) -> float:
 
 
 def unlearn(
-    model: ModelCopy, sequences: Sequence[np.ndarray], steps: int, lr: float, retain=None
-) -> None:
+    model: ModelCopy, sequences: Sequence[np.ndarray], steps: int, lr: float, retain=None,
+    until: float | None = None,
+) -> int:  # fmt: skip
     """``steps`` steps of normalised gradient ascent on ``model`` (from its current
     weights): each raises the mean token loss of ``sequences`` (each (L_i,) int64, a
     training chunk's tokens) by a step of length ``lr * model.norm`` along the loss
     gradient. ``retain`` (the ``project`` method): the loss gradient of the evidence
     that stays in the corpus (:func:`_loss_gradient` of it, at the original weights);
     each step's direction then has its component along ``retain`` removed when the two
-    point the same way, so what the kept chunks also teach is not unlearned."""
+    point the same way, so what the kept chunks also teach is not unlearned. ``until``
+    (the ``forget`` method): stop as soon as the sequences' mean token loss is at least
+    this (``steps`` is then a cap). -> the steps taken."""
     import torch
 
     rr = _dot(retain, retain) if retain is not None else 0.0
-    for _ in range(steps):
-        grads = _loss_gradient(model, sequences)
-        if grads is None:
-            return
+    for step in range(steps):
+        grads, loss = _loss_gradient(model, sequences)
+        if grads is None or (until is not None and loss >= until):
+            return step
         full = math.sqrt(max(_dot(grads, grads), 0.0))
         if rr > 0:
             along = _dot(grads, retain) / rr
@@ -194,10 +217,11 @@ def unlearn(
         # nothing left once the kept evidence is projected out (a twin of the set is kept):
         # what is left is rounding, and a normalised step would blow it up to full length
         if norm <= 1e-6 * full or not math.isfinite(norm):
-            break
+            return step
         with torch.no_grad():
             for p, g in zip(model.params, grads, strict=True):
                 p.add_(g, alpha=lr * model.norm / norm)  # ascent: up the loss
+    return steps
 
 
 class ChunkSampler:
@@ -292,32 +316,36 @@ def check_chunks(
             return None
         if kept not in retained:
             model.reset()
-            retained[kept] = _loss_gradient(model, tokens(texts_of(kept)))
+            retained[kept] = _loss_gradient(model, tokens(texts_of(kept)))[0]
         return retained[kept]
 
-    def drops(sequences: Sequence[np.ndarray], unlearned: set[int]) -> np.ndarray:
+    def drops(
+        sequences: Sequence[np.ndarray], unlearned: set[int], until: float | None
+    ) -> np.ndarray:
         """(n,) every target's drop after unlearning ``sequences`` (the chunks
         ``unlearned``; random ones are cut to length) from the original weights."""
         retain = retain_for(unlearned)
         model.reset()
-        unlearn(model, sequences, settings.steps, settings.lr, retain)
+        unlearn(model, sequences, settings.steps, settings.lr, retain, until)
         return before - model.chunk_log_probs(ids, spans)
 
-    known: dict[tuple[int, ...], np.ndarray] = {}  # a set of chunk ids -> its drops (n,)
+    # a set of chunk ids and its forget level -> its drops (n,)
+    known: dict[tuple[tuple[int, ...], float | None], np.ndarray] = {}
 
-    def set_drops(chunk_ids: tuple[int, ...]) -> np.ndarray:
+    def set_drops(chunk_ids: tuple[int, ...], until: float | None) -> np.ndarray:
         """:func:`drops` of a set of index chunks, once per distinct set (chunks whose hits,
         or BM25 lists, are the same set share one unlearning)."""
-        key = tuple(sorted(chunk_ids))
+        key = (tuple(sorted(chunk_ids)), until)
         if key not in known:
-            known[key] = drops(tokens(texts_of(chunk_ids)), set(key))
+            known[key] = drops(tokens(texts_of(chunk_ids)), set(key[0]), until)
         return known[key]
 
     hit_tokens = [tokens(texts_of(t.hits)) for t in targets]
     lexical = reader.channels.lexical
     excluded = {c for t in targets for c in t.hits} | set(pool)
     sampler = ChunkSampler(reader) if any(t.hits for t in targets) else None
-    shared: dict[tuple[int, ...], np.ndarray] = {}  # hit lengths -> (draws, n) drops
+    # hit lengths -> ((draws, n) drops, the forget level: None unless method forget)
+    shared: dict[tuple[int, ...], tuple[np.ndarray, float | None]] = {}
     results = []
     for c, target in enumerate(targets):
         k = len(target.hits)
@@ -325,19 +353,25 @@ def check_chunks(
             results.append(ChunkCheck(0, round(float(before[c]), 5), 0.0, None, (), 0.0, 0.0,
                                       None, 1.0, "no hits"))  # fmt: skip
             continue
-        attributed = float(set_drops(target.hits)[c])
-        bm25, bm25_ids = None, ()
-        if lexical is not None:
-            bm25_ids = tuple(h.chunk_id for h in lexical.search(target.lexical_text, k))
-            bm25 = float(set_drops(bm25_ids)[c]) if bm25_ids else None
         lengths = tuple(sorted((len(s) for s in hit_tokens[c]), reverse=True))
         if lengths not in shared:
             # seeded per length profile: the draws do not depend on which chunks came first
             rng = np.random.default_rng([settings.seed, *lengths])
             sets = [_random_set(sampler, rng, lengths, excluded, tokens)
                     for _ in range(settings.draws)]  # fmt: skip
-            shared[lengths] = np.stack([drops(s, set()) for s in sets])
-        random = [float(x) for x in shared[lengths][:, c]]
+            until = None
+            if settings.method == "forget":
+                # what "not learned" looks like: the random sets' loss at the original weights
+                model.reset()
+                until = round(float(np.mean([_mean_loss(model, s) for s in sets])), 6)
+            shared[lengths] = (np.stack([drops(s, set(), until) for s in sets]), until)
+        random_drops, until = shared[lengths]
+        attributed = float(set_drops(target.hits, until)[c])
+        bm25, bm25_ids = None, ()
+        if lexical is not None:
+            bm25_ids = tuple(h.chunk_id for h in lexical.search(target.lexical_text, k))
+            bm25 = float(set_drops(bm25_ids, until)[c]) if bm25_ids else None
+        random = [float(x) for x in random_drops[:, c]]
         z, p = significance(attributed, random)
         results.append(
             ChunkCheck(

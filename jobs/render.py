@@ -320,7 +320,11 @@ def report_search(hits, manifest_id: str, root: str, as_json: bool) -> None:
     for h in hits:
         c = h.chunk
         table.add_row(
-            f"{h.score:.4f}",
+            # the fused score ranks the hits; the dense cosine alone can be low or negative
+            # for a verbatim source the span channel found
+            f"{h.score:.4f}"
+            if h.fused_score is None
+            else f"fused {h.fused_score:.4f}\ncos {h.score:.4f}",
             "\n".join(f"{n} #{r}" for n, (r, _) in h.channels.items()) or "dense",
             str(c.chunk_id),
             f"{c.source}\n{c.doc_id}",

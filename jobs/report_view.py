@@ -201,8 +201,12 @@ def render_report(report: AttributionReport, console) -> None:
         for h in c.hits:
             shared = ", ".join(x.name for x in h.shared_concepts[:5]) or "-"
             m = h.match
-            score = f"{h.score:.3f}" + (
-                f"\nfused {h.fused_score:.4f}" if h.fused_score is not None else ""
+            # the fused score ranks the hits; the dense cosine alone can be low or negative
+            # for a verbatim source the span channel found
+            score = (
+                f"{h.score:.3f}"
+                if h.fused_score is None
+                else f"fused {h.fused_score:.4f}\ncos {h.score:.3f}"
             )
             run = "" if m is None else f"\n{m.words} words" + (
                 f", {m.tokens} tokens exact" if m.tokens else ""

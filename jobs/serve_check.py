@@ -53,8 +53,9 @@ def check_request_model():
         )
         method: Literal[CHECK_METHODS] = Field(  # type: ignore[valid-type]
             default=defaults.method,
-            description="How a set is unlearned: alone (ascent), or keeping what the rest of "
-            "the evidence for the output teaches (project).",
+            description="How a set is unlearned: alone (ascent), keeping what the rest of "
+            "the evidence for the output teaches (project), or until its loss reaches "
+            "random training text's (forget; steps caps it).",
         )
 
     return CheckRequest

@@ -244,10 +244,12 @@ CHECK_RANGES: dict[str, Range] = {
 # Weights the ascent moves: every parameter, or the last transformer block and the
 # parameters outside the blocks (embeddings, concept heads, LM head): cheaper on a big model.
 CHECK_SCOPES = ("all", "last")
-# How a set is unlearned: normalised gradient ascent on it alone, or with the gradient of
+# How a set is unlearned: normalised gradient ascent on it alone; or with the gradient of
 # the evidence the index finds for the output (less the set) projected out of each step,
-# so that what the chunks left in the corpus also teach is kept (as retraining keeps it).
-CHECK_METHODS = ("ascent", "project")
+# so that what the chunks left in the corpus also teach is kept (as retraining keeps it);
+# or until its loss reaches that of random training text (a memorised set takes more
+# steps, a set the model never singled out none), --steps being the cap.
+CHECK_METHODS = ("ascent", "project", "forget")
 
 
 @dataclass(frozen=True)

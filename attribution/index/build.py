@@ -49,6 +49,8 @@ class IndexRunError(StageError):
 
 # Up to this many vectors an exact flat index is fast enough and needs no training.
 FLAT_MAX = 20_000
+# faiss's k-means warns (and clusters poorly) with fewer training points per centroid
+_MIN_PER_LIST = 39
 
 
 def _pow2(x: float) -> int:
@@ -100,11 +102,15 @@ def choose_factory(n: int, dim: int, memory_budget: int) -> FactoryChoice:
     10M vectors (16,384 lists) the fp16 re-rank's recall@10 was 0.983 at every nprobe
     from 16 to 256 while p50 grew from 4.0 ms at 64 to 11.0 ms at 256 on 2 cores, so
     the re-rank needs the right lists, not more of them (docs/scale.md). Training takes
-    64 vectors per list (at least 10,000, at most n).
+    64 vectors per list (at least 10,000, at most n); nlist is lowered to a power of two
+    that n can train with at least 39 vectors per list.
     """
     if n <= FLAT_MAX:
         return FactoryChoice("IDMap2,Flat", 1, 0, "none")
     nlist = min(65536, max(64, _pow2(4 * math.sqrt(n))))
+    # k-means wants >= 39 points per centroid (faiss warns below): a smaller power of two
+    # when n cannot train the list count above (n just past a power of 4)
+    nlist = max(64, min(nlist, 2 ** int(math.log2(n / _MIN_PER_LIST))))
     train = min(n, max(10_000, 64 * nlist))
     if n * (2 * dim + 8) <= memory_budget:
         factory = f"IVF{nlist},SQfp16"

@@ -282,7 +282,8 @@ _CHECK = CheckSettings()
 @click.option(
     "--method", type=click.Choice(CHECK_METHODS), default=_CHECK.method, show_default=True,
     help="ascent: unlearn the set alone; project: keep what the rest of the evidence the "
-    "index finds for the output teaches (its gradient projected out of each step).",
+    "index finds for the output teaches (its gradient projected out of each step); forget: "
+    "unlearn each set until its loss reaches random training text's (--steps caps it).",
 )  # fmt: skip
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the checked report as JSON.")

@@ -361,7 +361,9 @@ function select(i) {
       el("div", { class: "meta" },
         el("span", { class: "source", text: hit.source }),
         el("span", { class: "doc", text: hit.doc_id }),
-        el("span", { text: `score ${hit.score.toFixed(3)}` }),
+        // the fused score ranks the hits; the dense cosine alone can be low for a verbatim source
+        el("span", { text: hit.fused_score == null ? `score ${hit.score.toFixed(3)}`
+          : `fused ${hit.fused_score.toFixed(4)} · cos ${hit.score.toFixed(3)}` }),
         el("span", { class: "found-by", text: `found by ${foundBy(hit)}` }),
         ...(hit.match ? [el("span", { text: `${hit.match.words} shared words` +
           (hit.match.tokens ? `, ${hit.match.tokens}-token exact span` : "") })] : []),

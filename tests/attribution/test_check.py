@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from tda.attribution.attributor import Attributor
-from tda.attribution.check import CheckError, ModelCopy, _loss_gradient, significance, unlearn
+from tda.attribution.check import (
+    CheckError,
+    ModelCopy,
+    _loss_gradient,
+    _mean_loss,
+    significance,
+    unlearn,
+)
 from tda.attribution.encoders import load_encoder
 from tda.pipeline.index import run_index
 from tda.schemas import (
@@ -183,11 +190,11 @@ def test_projection_keeps_what_a_kept_copy_teaches(model_spec):
     ids = np.arange(5, 69, dtype=np.int64)
     seq = ids[32:64]
     before = copy.chunk_log_probs(ids, [(32, 64)])[0]
-    twin = _loss_gradient(copy, [seq.copy()])
+    twin = _loss_gradient(copy, [seq.copy()])[0]
     unlearn(copy, [seq], steps=2, lr=0.01, retain=twin)
     assert copy.chunk_log_probs(ids, [(32, 64)])[0] == pytest.approx(before, abs=1e-6)
     copy.reset()
-    other = _loss_gradient(copy, [np.arange(200, 232, dtype=np.int64)])
+    other = _loss_gradient(copy, [np.arange(200, 232, dtype=np.int64)])[0]
     unlearn(copy, [seq], steps=2, lr=0.01, retain=other)
     assert copy.chunk_log_probs(ids, [(32, 64)])[0] < before - 0.1
 
@@ -202,5 +209,34 @@ def test_check_by_projection(attributor, verbatim):
     assert first.attributed_drop > max(first.random_drops), first
     plain = attributor.check(replace(report, check=None), FAST).chunks[0].check
     assert plain.attributed_drop != first.attributed_drop  # the projection changed the step
-    with pytest.raises(ConfigError, match="--method must be one of ascent, project"):
+    with pytest.raises(ConfigError, match="--method must be one of ascent, project, forget"):
         CheckSettings(method="retrain")
+
+
+def test_forgetting_stops_at_the_level_asked_for(model_spec):
+    """unlearn(until=L) stops as soon as the set's loss reaches L: none at a level it is
+    already above, and at a level above it the loss ends at or above it within the cap,
+    with the steps it took reported."""
+    encoder = load_encoder(model_spec, "cpu")
+    copy = ModelCopy(encoder, "all")
+    seq = np.arange(5, 69, dtype=np.int64)
+    loss = _mean_loss(copy, [seq])
+    assert _loss_gradient(copy, [seq])[1] == pytest.approx(loss, rel=1e-5)
+    assert unlearn(copy, [seq], steps=20, lr=0.01, until=loss - 0.5) == 0
+    assert _mean_loss(copy, [seq]) == pytest.approx(loss, abs=1e-6)
+    taken = unlearn(copy, [seq], steps=20, lr=0.01, until=loss + 0.3)
+    assert 0 < taken < 20
+    assert _mean_loss(copy, [seq]) >= loss + 0.3
+
+
+def test_check_by_forgetting(attributor, verbatim):
+    """--method forget unlearns each set until its loss reaches that of random training
+    text: the output's own source (memorised, low loss) is unlearned and costs the output
+    more than any random set, which the model never singled out."""
+    settings = replace(FAST, method="forget", steps=20)
+    report = attributor.attribute(*verbatim, k=5, input_attribution="none", check=settings)
+    assert report.check.method == "forget"
+    first = report.chunks[0].check
+    assert first.attributed_drop > 0 and first.attributed_drop > max(first.random_drops), first
+    again = attributor.check(replace(report, check=None), settings).chunks[0].check
+    assert again == first

@@ -38,6 +38,12 @@ def test_choose_factory():
     assert choose_factory(5_000, 128, 4 * 10**9)[0] == "IDMap2,Flat"
     factory, nprobe, train, refine = choose_factory(50_000, 256, 4 * 10**9)
     assert factory == "IVF1024,SQfp16" and nprobe == 128 and train == 50_000
+    # 4 sqrt(n) rounds up to 1,024 lists, but 34,386 vectors train only 881 at 39 each
+    factory, nprobe, train, _ = choose_factory(34_386, 128, 4 * 10**9)
+    assert factory == "IVF512,SQfp16" and nprobe == 64 and train == 64 * 512
+    for n in (20_001, 30_000, 100_000, 10**6, 10**8):
+        nlist = int(choose_factory(n, 128, 4 * 10**9)[0].split(",")[0][3:])
+        assert n >= 39 * nlist, (n, nlist)
     assert refine == "none"  # SQfp16 measured recall@10 0.978 alone
     factory, _, _, refine = choose_factory(10**9, 4096, 4 * 10**9)
     assert factory.startswith("OPQ64_4096,IVF65536_HNSW32,PQ64") and refine == "fp16"
