@@ -1,10 +1,10 @@
-"""Why the builtin model's known-concept head misses its AUROC target (docs/model.md, "Why the
-AUROC target is missed"): probes of a trained model's frozen features, and a head-only refit.
+"""The builtin model's known-concept head and its AUROC target (docs/model.md, "The AUROC
+target and label visibility"): probes of a trained model's frozen features, and a head-only refit.
 
     .venv/bin/python benchmarks/concept_head_probe.py probe MODEL_DIR CORPUS [--windows 1500]
     .venv/bin/python benchmarks/concept_head_probe.py refit MODEL_DIR CORPUS [--batches 64]
     .venv/bin/python benchmarks/concept_head_probe.py phase MODEL_DIR CORPUS [--hidden 256]
-        [--head-batches 128] [--head-epochs 10] [--vector-epochs 4]
+        [--head-batches 128] [--head-epochs 10] [--vector-epochs 4] [--causal-labels] [--out DIR]
 
 MODEL_DIR is a ``tda model train`` output, CORPUS the input it was trained on (the same
 settings are read back from its training.json, so the held-out split is the same).
