@@ -281,10 +281,15 @@ def _verdict(n_hits: int, attributed: float, random: Sequence[float]) -> str:
 
 def check_chunks(
     encoder: ConceptEncoder, reader: IndexReader, ids: np.ndarray,
-    targets: Sequence[CheckTarget], settings: CheckSettings,
+    targets: Sequence[CheckTarget], settings: CheckSettings, control: int = 0,
 ) -> tuple[list[ChunkCheck], CheckSettings]:  # fmt: skip
     """The check of every target chunk of the sequence ``ids`` (T,) (the module's steps);
-    -> (one :class:`ChunkCheck` per target, ``settings`` with the wall time)."""
+    -> (one :class:`ChunkCheck` per target, ``settings`` with the wall time).
+
+    ``control`` (an experiment of the validation, ``check_validation --control N``; not a
+    setting of the product): N random training chunks (seeded, none of the hits) whose
+    mean token loss is measured after each unlearning; every drop then has the set's
+    general damage taken off, the rise of that loss times the target's token count."""
     started = time.perf_counter()
     tokenizer = encoder.tokenizer
     window = encoder.info.max_window
@@ -319,6 +324,10 @@ def check_chunks(
             retained[kept] = _loss_gradient(model, tokens(texts_of(kept)))[0]
         return retained[kept]
 
+    controls = _controls(reader, targets, control, settings.seed, tokens)
+    control_before = _mean_loss(model, controls) if controls else 0.0
+    predicted = np.array([e - max(s, 1) for s, e in spans], dtype=np.float64)  # (n,)
+
     def drops(
         sequences: Sequence[np.ndarray], unlearned: set[int], until: float | None
     ) -> np.ndarray:
@@ -327,7 +336,10 @@ def check_chunks(
         retain = retain_for(unlearned)
         model.reset()
         unlearn(model, sequences, settings.steps, settings.lr, retain, until)
-        return before - model.chunk_log_probs(ids, spans)
+        drop = before - model.chunk_log_probs(ids, spans)
+        if controls:
+            drop -= (_mean_loss(model, controls) - control_before) * predicted
+        return drop
 
     # a set of chunk ids and its forget level -> its drops (n,)
     known: dict[tuple[tuple[int, ...], float | None], np.ndarray] = {}
@@ -415,6 +427,23 @@ def _evidence(reader: IndexReader, ids: np.ndarray, targets: Sequence[CheckTarge
         if lexical is not None:
             found += [h.chunk_id for h in lexical.search(t.lexical_text, m)]
     return tuple(dict.fromkeys(int(c) for c in found))
+
+
+def _controls(reader: IndexReader, targets, n: int, seed: int, tokens) -> list[np.ndarray]:
+    """``n`` random training chunks' tokens (not hits of ``targets``), from their own
+    seeded draw: the text :func:`check_chunks`'s ``control`` measures general damage on."""
+    if n <= 0:
+        return []
+    sampler, rng = ChunkSampler(reader), np.random.default_rng([seed, 7])
+    hits = {c for t in targets for c in t.hits}
+    chosen: list[np.ndarray] = []
+    for _ in range(_TRIES * n):
+        cid, text = sampler.draw(rng)
+        if cid not in hits and text:
+            chosen.append(tokens([text])[0])
+            if len(chosen) == n:
+                break
+    return chosen
 
 
 def _random_set(

@@ -179,6 +179,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--check-method", default="ascent", help="The check's --method.")
+    parser.add_argument(
+        "--control",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Take each set's damage on N random chunks off its drops.",
+    )
     parser.add_argument("--scope", default="all", help="The check's --scope.")
     parser.add_argument("--limit", type=int, default=None, help="Check only the first N facts.")
     parser.add_argument("--threads", type=int, default=1)
@@ -280,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         s, e = len(p), len(p) + len(a)
         lexical = tokenizer.decode(ids[max(0, s - LEXICAL_CONTEXT) : e].tolist())
         targets = [CheckTarget(s, e, tuple(ranked[q]), lexical) for ranked in rows.values()]
-        checks, done = check_chunks(encoder, attributor.reader, ids, targets, settings)
+        checks, done = check_chunks(encoder, attributor.reader, ids, targets, settings,
+                                    args.control)  # fmt: skip
         seconds.append(done.seconds)
         for row, check in zip(rows, checks, strict=True):
             cheap[row].append(check.attributed_drop)
@@ -304,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict:
             "check_mean_drop": round(float(np.mean(cheap[row])), 4),
             "retrain_mean_drop": round(float(np.mean(retrain[row])), 4),
             "spearman_per_fact": rho(cheap[row], retrain[row]),
+            # per fact, in "per_fact_entities" order: what the two measured
+            "check_drops": [round(float(x), 4) for x in cheap[row]],
+            "retrain_drops": [round(float(x), 4) for x in retrain[row]],
         })  # fmt: skip
     methods.append({
         "method": f"random (check: {args.draws} draws of k; retraining: {random_row})",
@@ -312,15 +323,35 @@ def main(argv: list[str] | None = None) -> dict:
         "retrain_mean_drop": round(float(np.mean(retrain_random)), 4),
         "spearman_per_fact": rho(cheap_random, retrain_random),
     })  # fmt: skip
+    # The yardstick's own noise: rows whose sets removed the same facts' sources are
+    # retrainings of nearly the same counterfactual, and their per-fact drops still differ
+    # (each retraining is another training run); a check cannot agree with one retraining
+    # better than retrainings agree with each other.
+    named = [row for row in rows if in_prune_list[row] >= 0.99]
+    mean_retrain = np.mean([retrain[row] for row in named], axis=0) if named else None
+    agreement = {
+        row: rho(retrain[row], np.mean([retrain[o] for o in named if o != row], axis=0))
+        for row in named
+        if len(named) > 1
+    }
+    for m in methods[:-1]:
+        if mean_retrain is not None:
+            m["spearman_vs_mean_retrain"] = rho(cheap[m["method"]], mean_retrain)
     result = {
         "eval": str(out), "k": k, "settings": {"steps": args.steps, "lr": args.lr,
                                                 "draws": args.draws, "seed": quality["seed"],
                                                 "scope": args.scope,
-                                                "method": args.check_method},
+                                                "method": args.check_method,
+                                                "control": args.control},
         "facts": len(queries), "methods": methods,
+        "per_fact_entities": [q.fact.entity for q in queries],
+        "answer_log_probs": [round(float(x), 4) for x in original],
         "method_ranking_spearman": rho([m["check_mean_drop"] for m in methods],
                                        [m["retrain_mean_drop"] for m in methods]),
         "oracle_separated": round(sum(separated) / max(len(separated), 1), 4),
+        # per row: Spearman of its retraining's per-fact drops against the mean of the
+        # other rows' retrainings (the ceiling of any check's agreement with one retraining)
+        "retrain_self_agreement": agreement,
         "check_seconds_per_fact": round(float(np.mean(seconds)), 2),
         "seconds": round(time.time() - started),
     }  # fmt: skip
@@ -341,6 +372,14 @@ def markdown(result: dict) -> str:
         share = "-" if m["in_prune_list"] is None else f"{m['in_prune_list']:.0%}"
         lines.append(f"| {m['method']} | {share} | {m['check_mean_drop']:.3f} | "
                      f"{m['retrain_mean_drop']:.3f} | {rho} |")  # fmt: skip
+    agreement = result.get("retrain_self_agreement") or {}
+    if agreement:
+        lines += ["", "| method | check vs the mean retraining | its retraining vs the others' |",
+                  "|---|---|---|"]  # fmt: skip
+        for m in result["methods"]:
+            if m["method"] in agreement:
+                lines.append(f"| {m['method']} | {m.get('spearman_vs_mean_retrain')} | "
+                             f"{agreement[m['method']]} |")  # fmt: skip
     lines += [
         "",
         f"Facts: {result['facts']}; methods ranked by mean drop, Spearman: "

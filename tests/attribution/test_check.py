@@ -16,6 +16,7 @@ import torch
 from tda.attribution.attributor import Attributor
 from tda.attribution.check import (
     CheckError,
+    ChunkSampler,
     ModelCopy,
     _loss_gradient,
     _mean_loss,
@@ -240,3 +241,23 @@ def test_check_by_forgetting(attributor, verbatim):
     assert first.attributed_drop > 0 and first.attributed_drop > max(first.random_drops), first
     again = attributor.check(replace(report, check=None), settings).chunks[0].check
     assert again == first
+
+
+def test_control_chunks_are_seeded_random_and_never_hits(attributor):
+    """The validation's control text (check_validation --control N): N random training
+    chunks, none of them a hit, the same for the same seed."""
+    from tda.attribution.check import CheckTarget, _controls
+
+    reader = attributor.reader
+
+    def tokens(texts):
+        return [np.asarray(e.ids, dtype=np.int64) for e in attributor.tokenizer.encode_batch(texts)]
+
+    first = ChunkSampler(reader).draw(np.random.default_rng([0, 7]))[0]
+    targets = [CheckTarget(0, 4, (first,), "")]
+    a = _controls(reader, targets, 6, 0, tokens)
+    b = _controls(reader, targets, 6, 0, tokens)
+    assert len(a) == 6 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    hit = tokens([reader.lookup.get(first).text])[0]
+    assert not any(np.array_equal(x, hit) for x in a)
+    assert _controls(reader, targets, 0, 0, tokens) == []

@@ -50,3 +50,24 @@ def test_a_format_1_model_is_read_through_a_copy_with_the_same_logits(builtin_di
         a = converted.forward(ids, with_logits=True).logits
         b = original.forward(ids, with_logits=True).logits
     assert torch.equal(a, b)
+
+
+def test_the_validation_table_reports_the_yardstick_s_own_agreement():
+    """The markdown gives each method's agreement with its retraining and, beside it, how
+    far retrainings of the same counterfactual agree with each other (the ceiling)."""
+    from tda.jobs.quality.check_validation import markdown
+
+    method = {"facts": 3, "in_prune_list": 1.0, "check_mean_drop": 2.0,
+              "retrain_mean_drop": 9.0, "spearman_per_fact": 0.5,
+              "spearman_vs_mean_retrain": 0.4}  # fmt: skip
+    result = {
+        "facts": 3, "method_ranking_spearman": 1.0, "oracle_separated": 0.5,
+        "check_seconds_per_fact": 1.0,
+        "methods": [{"method": "a top-10", **method}, {"method": "oracle", **method},
+                    {"method": "random", **method, "in_prune_list": None}],
+        "retrain_self_agreement": {"a top-10": 0.3, "oracle": 0.7},
+    }  # fmt: skip
+    table = markdown(result)
+    assert "| a top-10 | 0.4 | 0.3 |" in table and "| oracle | 0.4 | 0.7 |" in table
+    assert "| random | - | 2.000 | 9.000 | 0.500 |" in table
+    assert "| random | 0.4" not in table
