@@ -281,15 +281,14 @@ def _verdict(n_hits: int, attributed: float, random: Sequence[float]) -> str:
 
 def check_chunks(
     encoder: ConceptEncoder, reader: IndexReader, ids: np.ndarray,
-    targets: Sequence[CheckTarget], settings: CheckSettings, control: int = 0,
+    targets: Sequence[CheckTarget], settings: CheckSettings,
 ) -> tuple[list[ChunkCheck], CheckSettings]:  # fmt: skip
     """The check of every target chunk of the sequence ``ids`` (T,) (the module's steps);
     -> (one :class:`ChunkCheck` per target, ``settings`` with the wall time).
 
-    ``control`` (an experiment of the validation, ``check_validation --control N``; not a
-    setting of the product): N random training chunks (seeded, none of the hits) whose
-    mean token loss is measured after each unlearning; every drop then has the set's
-    general damage taken off, the rise of that loss times the target's token count."""
+    ``settings.control``: N random training chunks (seeded, none of the hits) whose mean
+    token loss is measured after each unlearning; every drop then has the set's general
+    damage taken off, the rise of that loss times the target's token count."""
     started = time.perf_counter()
     tokenizer = encoder.tokenizer
     window = encoder.info.max_window
@@ -324,7 +323,7 @@ def check_chunks(
             retained[kept] = _loss_gradient(model, tokens(texts_of(kept)))[0]
         return retained[kept]
 
-    controls = _controls(reader, targets, control, settings.seed, tokens)
+    controls = _controls(reader, targets, settings.control, settings.seed, tokens)
     control_before = _mean_loss(model, controls) if controls else 0.0
     predicted = np.array([e - max(s, 1) for s, e in spans], dtype=np.float64)  # (n,)
 
@@ -402,8 +401,7 @@ def check_chunks(
         )
     model.reset()
     seconds = round(time.perf_counter() - started, 3)
-    return results, CheckSettings(settings.steps, settings.lr, settings.draws, settings.seed,
-                                  settings.scope, settings.method, seconds)  # fmt: skip
+    return results, replace(settings, seconds=seconds)
 
 
 def _evidence(reader: IndexReader, ids: np.ndarray, targets: Sequence[CheckTarget]):

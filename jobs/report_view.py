@@ -144,9 +144,12 @@ def render_report(report: AttributionReport, console) -> None:
     if report.check is not None:
         k = report.check
         head.append("\ncheck ", style="bold")
-        head.append(f"gradient ascent on a copy of the model, {k.steps} steps of {k.lr} x the "
-                    f"weights' norm ({k.scope}), {k.draws} random draws, seed {k.seed}: "
-                    f"{k.seconds:.1f} s")  # fmt: skip
+        how = {"project": " keeping the evidence left in the index",
+               "forget": " until random text's loss"}.get(k.method, "")  # fmt: skip
+        less = f", less the loss rise of {k.control} random chunks" if k.control else ""
+        head.append(f"gradient ascent{how} on a copy of the model, {k.steps} steps of {k.lr} x "
+                    f"the weights' norm ({k.scope}){less}, {k.draws} random draws, seed "
+                    f"{k.seed}: {k.seconds:.1f} s")  # fmt: skip
     console.print(Panel(head, title="tda attribute", title_align="left"))
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")

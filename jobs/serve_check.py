@@ -48,6 +48,9 @@ def check_request_model():
         lr: float = bounded("lr", "Each step's length as a share of the moved weights' norm.")
         draws: int = bounded("draws", "Random sets per output chunk.")
         seed: int = bounded("seed", "Seeds the random sets.")
+        control: int = bounded(
+            "control", "Random chunks whose loss rise is taken off every drop (0: none)."
+        )
         scope: Literal[CHECK_SCOPES] = Field(  # type: ignore[valid-type]
             default=defaults.scope, description="Weights the ascent moves."
         )
@@ -81,7 +84,7 @@ def add_check_route(
             report = AttributionReport.from_json(body.report)
             settings = CheckSettings(steps=body.steps, lr=body.lr, draws=body.draws,
                                      seed=body.seed, scope=body.scope,
-                                     method=body.method)  # fmt: skip
+                                     method=body.method, control=body.control)  # fmt: skip
             with turns.turn():
                 checked = attributor.check(report, settings)
         except json.JSONDecodeError as exc:

@@ -276,6 +276,12 @@ _CHECK = CheckSettings()
     help="Seeds the random sets.",
 )  # fmt: skip
 @click.option(
+    "--control", type=ranged(CHECK_RANGES["control"]), default=_CHECK.control,
+    show_default=True,
+    help="Random chunks whose loss rise is taken off every drop: a set's damage to all "
+    "text (0: none).",
+)  # fmt: skip
+@click.option(
     "--scope", type=click.Choice(CHECK_SCOPES), default=_CHECK.scope, show_default=True,
     help="Weights the ascent moves: all, or the last block and those outside the blocks.",
 )  # fmt: skip
@@ -287,7 +293,9 @@ _CHECK = CheckSettings()
 )  # fmt: skip
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the checked report as JSON.")
-def check(report_path, root, model, steps, lr, draws, seed, scope, method, device, as_json):
+def check(
+    report_path, root, model, steps, lr, draws, seed, control, scope, method, device, as_json
+):
     """Check an attribution report (tda attribute --json > REPORT.json): per output chunk,
     how far its log-probability drops when a copy of the model unlearns the chunk's hits
     by a few steps of gradient ascent, against the same for BM25's chunks and for random
@@ -295,7 +303,9 @@ def check(report_path, root, model, steps, lr, draws, seed, scope, method, devic
     changed. Evidence that the hits drove the output, not proof: see the README."""
     from tda.attribution.attributor import Attributor
 
-    settings = CheckSettings(steps=steps, lr=lr, draws=draws, seed=seed, scope=scope, method=method)
+    settings = CheckSettings(
+        steps=steps, lr=lr, draws=draws, seed=seed, scope=scope, method=method, control=control
+    )
     try:
         with open(report_path, encoding="utf-8") as f:
             report = AttributionReport.from_json(f.read())

@@ -172,6 +172,8 @@ def build(out: Path, facts_n: int, steps: int, lr: float, k: int, seed: int, job
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from tda.schemas import CheckSettings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval", default="build/eval", help="A finished make eval's OUT.")
     parser.add_argument("--k", type=int, default=10, help="The harness's --counterfactual-k.")
@@ -182,9 +184,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--control",
         type=int,
-        default=0,
+        default=CheckSettings().control,
         metavar="N",
-        help="Take each set's damage on N random chunks off its drops.",
+        help="The check's --control (0: none).",
     )
     parser.add_argument("--scope", default="all", help="The check's --scope.")
     parser.add_argument("--limit", type=int, default=None, help="Check only the first N facts.")
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     retrain_random = original - np.array(log_probs(load_model(slots[random_row], scratch)))
 
     settings = CheckSettings(steps=args.steps, lr=args.lr, draws=args.draws, seed=quality["seed"],
-                             scope=args.scope, method=args.check_method)  # fmt: skip
+                             scope=args.scope, method=args.check_method,
+                             control=args.control)  # fmt: skip
     cheap = {row: [] for row in rows}
     cheap_random, separated, seconds = [], [], []
     for q in queries:
@@ -287,8 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         s, e = len(p), len(p) + len(a)
         lexical = tokenizer.decode(ids[max(0, s - LEXICAL_CONTEXT) : e].tolist())
         targets = [CheckTarget(s, e, tuple(ranked[q]), lexical) for ranked in rows.values()]
-        checks, done = check_chunks(encoder, attributor.reader, ids, targets, settings,
-                                    args.control)  # fmt: skip
+        checks, done = check_chunks(encoder, attributor.reader, ids, targets, settings)
         seconds.append(done.seconds)
         for row, check in zip(rows, checks, strict=True):
             cheap[row].append(check.attributed_drop)

@@ -93,10 +93,12 @@ def test_check_is_deterministic_and_reads_back(attributor, verbatim):
     assert read.schema_version == 4 and read.chunks == one.chunks and read.check == one.check
     assert read.output_token_ids == report.output_token_ids
     assert len(report.output_token_ids) == report.output_token_count
-    # another seed draws other random chunks
+    # another seed draws other random chunks (and, with --control, other control chunks)
     other = attributor.check(report, replace(FAST, seed=4))
     assert other.chunks[0].check.random_drops != one.chunks[0].check.random_drops
-    assert other.chunks[0].check.attributed_drop == one.chunks[0].check.attributed_drop
+    base, other = (attributor.check(report, replace(FAST, seed=s, control=0)) for s in (3, 4))
+    assert other.chunks[0].check.random_drops != base.chunks[0].check.random_drops
+    assert other.chunks[0].check.attributed_drop == base.chunks[0].check.attributed_drop
 
 
 def test_check_refuses_a_report_of_another_index(attributor, verbatim):
@@ -261,3 +263,23 @@ def test_control_chunks_are_seeded_random_and_never_hits(attributor):
     hit = tokens([reader.lookup.get(first).text])[0]
     assert not any(np.array_equal(x, hit) for x in a)
     assert _controls(reader, targets, 0, 0, tokens) == []
+
+
+def test_control_takes_the_set_s_general_damage_off_and_old_reports_read_without_it(
+    attributor, verbatim
+):
+    """--control N measures each set's damage on N random chunks and takes it off the
+    drops (so the figures differ from --control 0); a report checked before the control
+    existed reads back as checked without it."""
+    report = attributor.attribute(*verbatim, k=5, input_attribution="none",
+                                  check=replace(FAST, control=4))  # fmt: skip
+    assert report.check.control == 4
+    plain = attributor.check(replace(report, check=None), replace(FAST, control=0))
+    assert plain.check.control == 0
+    a, b = report.chunks[0].check, plain.chunks[0].check
+    assert a.attributed_drop != b.attributed_drop and a.random_drops != b.random_drops
+    data = json.loads(report.to_json())
+    del data["check"]["control"]
+    assert AttributionReport.from_dict(data).check.control == 0
+    with pytest.raises(ConfigError, match="--control must be in 0..256"):
+        CheckSettings(control=300)
