@@ -16,9 +16,13 @@ on a copy of the model, per output chunk:
 3. :func:`unlearn`: ``steps`` steps of normalised gradient ascent on the set's mean token
    loss, each step ``lr`` times the moved weights' norm long: every set gets the same
    budget of weight change, so a set moves the output only as far as its gradient points
-   where the output's does (a larger loss does not buy a larger step).
+   where the output's does (a larger loss does not buy a larger step). Method
+   ``project``: the gradient of the evidence the index still finds is projected out of
+   each step; ``forget``: steps stop once the set's loss reaches the random draws'.
 4. The output chunk's log-probability (its tokens after everything before them, one
-   forward pass over prompt + output) before and after: the drop.
+   forward pass over prompt + output) before and after: the drop, less the set's damage
+   to all text (``control``: the rise of the mean token loss on that many random training
+   chunks, times the chunk's token count).
 5. The attributed drop against the random draws: z-score and empirical p-value
    (:func:`significance`); a random set depends only on the hits' lengths, so output
    chunks whose hits have the same lengths share the random draws (one unlearning per
