@@ -338,8 +338,8 @@ def added_drift(root: str, parent: Current, added: list[int]):
     from .drift import coarse_assigner, measure_drift
 
     reader = IndexReader.open(root, verify=False)  # the parent: its manifest is still live
-    # the reader's first searchable shard; every IVF shard holds the same quantizer
-    found = coarse_assigner(reader._shards[0])
+    shard = reader.quantizer_shard
+    found = None if shard is None else coarse_assigner(shard)
     if found is None:
         return None
     assign, nlist = found

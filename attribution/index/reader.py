@@ -215,6 +215,12 @@ class IndexReader:
         # the shared-quantizer search with its re-rank (:mod:`.dense`); None: older layout
         self._dense: DenseSearch | None = None
 
+    @property
+    def quantizer_shard(self):
+        """The first searchable shard, whose coarse quantizer every IVF shard shares (what
+        drift measurement reads); None when the index has no shard."""
+        return self._shards[0] if self._shards else None
+
     @classmethod
     def open(
         cls,
