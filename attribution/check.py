@@ -138,6 +138,29 @@ class ModelCopy:
         return np.array([lp[s:e].sum() for s, e in spans], dtype=np.float64)
 
 
+def _by_length(sequences: Sequence[np.ndarray]) -> tuple[dict[int, np.ndarray], int]:
+    """Sequences (each (L_i,) int64) -> {L: (n, L) stacked}, so no padding reaches a real
+    token, and the number of tokens they predict (those of length >= 2)."""
+    by_length: dict[int, list[np.ndarray]] = {}
+    for seq in sequences:
+        if len(seq) >= 2:
+            by_length.setdefault(len(seq), []).append(np.asarray(seq, dtype=np.int64))
+    tokens = sum((length - 1) * len(group) for length, group in by_length.items())
+    return {length: np.stack(g) for length, g in sorted(by_length.items())}, tokens
+
+
+def _summed_loss(model: ModelCopy, batch: np.ndarray):
+    """(n, L) int64 -> the summed next-token loss of the batch under the copy's weights."""
+    import torch
+
+    enc = model.encoder
+    x = torch.as_tensor(batch, device=enc.device)
+    logits = enc.forward(x, with_logits=True).logits[:, :-1].float()  # (n, L-1, V)
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+    )
+
+
 def _loss_gradient(model: ModelCopy, sequences: Sequence[np.ndarray]):
     """The gradient of ``sequences``' mean token loss (each (L_i,) int64; batched by
     length, so no padding reaches a real token) over ``model.params`` at its current
@@ -145,24 +168,15 @@ def _loss_gradient(model: ModelCopy, sequences: Sequence[np.ndarray]):
     hold no token to predict."""
     import torch
 
-    enc = model.encoder
-    by_length: dict[int, list[np.ndarray]] = {}
-    for seq in sequences:
-        if len(seq) >= 2:
-            by_length.setdefault(len(seq), []).append(np.asarray(seq, dtype=np.int64))
-    tokens = sum((length - 1) * len(group) for length, group in by_length.items())
+    groups, tokens = _by_length(sequences)
     if tokens == 0:
         return None, math.nan
     for p in model.params:
         p.grad = None
     total = 0.0
     with torch.enable_grad():
-        for _, group in sorted(by_length.items()):
-            x = torch.as_tensor(np.stack(group), device=enc.device)  # (n, L)
-            logits = enc.forward(x, with_logits=True).logits[:, :-1].float()  # (n, L-1, V)
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
-            )
+        for batch in groups.values():
+            loss = _summed_loss(model, batch)
             (loss / tokens).backward()
             total += float(loss.detach())
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.params]
@@ -172,20 +186,15 @@ def _loss_gradient(model: ModelCopy, sequences: Sequence[np.ndarray]):
 
 
 def _mean_loss(model: ModelCopy, sequences: Sequence[np.ndarray]) -> float:
-    """``sequences``' mean token loss (each (L_i,) int64) under the copy's current weights."""
+    """``sequences``' mean token loss (each (L_i,) int64) under the copy's current weights
+    (nan when they hold no token to predict)."""
     import torch
 
-    enc = model.encoder
-    total, tokens = 0.0, 0
+    groups, tokens = _by_length(sequences)
+    if tokens == 0:
+        return math.nan
     with torch.no_grad():
-        for seq in sequences:
-            if len(seq) < 2:
-                continue
-            x = torch.as_tensor(np.asarray(seq, dtype=np.int64)[None], device=enc.device)
-            logits = enc.forward(x, with_logits=True).logits[0, :-1].float()
-            total += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
-            tokens += len(seq) - 1
-    return total / tokens if tokens else math.nan
+        return sum(float(_summed_loss(model, batch)) for batch in groups.values()) / tokens
 
 
 def _dot(a, b) -> float:

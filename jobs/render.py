@@ -16,7 +16,7 @@ import click
 
 from tda.schemas import AttributionReport
 
-from .report_view import render_report
+from .report_view import render_report, score_text
 
 __all__ = [
     "render_report",
@@ -320,11 +320,7 @@ def report_search(hits, manifest_id: str, root: str, as_json: bool) -> None:
     for h in hits:
         c = h.chunk
         table.add_row(
-            # the fused score ranks the hits; the dense cosine alone can be low or negative
-            # for a verbatim source the span channel found
-            f"{h.score:.4f}"
-            if h.fused_score is None
-            else f"fused {h.fused_score:.4f}\ncos {h.score:.4f}",
+            score_text(h.score, h.fused_score, 4),
             "\n".join(f"{n} #{r}" for n, (r, _) in h.channels.items()) or "dense",
             str(c.chunk_id),
             f"{c.source}\n{c.doc_id}",

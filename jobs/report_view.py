@@ -62,6 +62,13 @@ def _marked(text: str | None, start: int | None, end: int | None, limit: int = 2
     return out
 
 
+def score_text(score: float, fused: float | None, digits: int) -> str:
+    """A hit's score cell: the dense score alone, or, when channels were fused, the fused
+    score (what orders the hits) over the dense cosine (``digits`` decimals), which can be
+    low or negative for a verbatim source the span channel found."""
+    return f"{score:.{digits}f}" if fused is None else f"fused {fused:.4f}\ncos {score:.{digits}f}"
+
+
 def _found_by(hit) -> str:
     """Which channels found a hit and its rank in each: 'span #1, lexical #2'."""
     return "\n".join(f"{name} #{c.rank}" for name, c in hit.channels.items()) or "dense"
@@ -204,13 +211,7 @@ def render_report(report: AttributionReport, console) -> None:
         for h in c.hits:
             shared = ", ".join(x.name for x in h.shared_concepts[:5]) or "-"
             m = h.match
-            # the fused score ranks the hits; the dense cosine alone can be low or negative
-            # for a verbatim source the span channel found
-            score = (
-                f"{h.score:.3f}"
-                if h.fused_score is None
-                else f"fused {h.fused_score:.4f}\ncos {h.score:.3f}"
-            )
+            score = score_text(h.score, h.fused_score, 3)
             run = "" if m is None else f"\n{m.words} words" + (
                 f", {m.tokens} tokens exact" if m.tokens else ""
             )  # fmt: skip

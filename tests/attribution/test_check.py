@@ -281,5 +281,5 @@ def test_control_takes_the_set_s_general_damage_off_and_old_reports_read_without
     data = json.loads(report.to_json())
     del data["check"]["control"]
     assert AttributionReport.from_dict(data).check.control == 0
-    with pytest.raises(ConfigError, match="--control must be in 0..256"):
+    with pytest.raises(ConfigError, match=r"--control must be in 0\.\.256"):
         CheckSettings(control=300)
