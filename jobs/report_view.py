@@ -152,7 +152,8 @@ def render_report(report: AttributionReport, console) -> None:
         k = report.check
         head.append("\ncheck ", style="bold")
         how = {"project": " keeping the evidence left in the index",
-               "forget": " until random text's loss"}.get(k.method, "")  # fmt: skip
+               "forget": " until random text's loss",
+               "unique": " of what its BM25 neighbours do not teach"}.get(k.method, "")  # fmt: skip
         less = f", less the loss rise of {k.control} random chunks" if k.control else ""
         head.append(f"gradient ascent{how} on a copy of the model, {k.steps} steps of {k.lr} x "
                     f"the weights' norm ({k.scope}){less}, {k.draws} random draws, seed "

@@ -58,7 +58,8 @@ def check_request_model():
             default=defaults.method,
             description="How a set is unlearned: alone (ascent), keeping what the rest of "
             "the evidence for the output teaches (project), or until its loss reaches "
-            "random training text's (forget; steps caps it).",
+            "random training text's (forget; steps caps it), or only what the set's nearest "
+            "chunks do not also teach (unique).",
         )
 
     return CheckRequest

@@ -249,8 +249,10 @@ CHECK_SCOPES = ("all", "last")
 # the evidence the index finds for the output (less the set) projected out of each step,
 # so that what the chunks left in the corpus also teach is kept (as retraining keeps it);
 # or until its loss reaches that of random training text (a memorised set takes more
-# steps, a set the model never singled out none), --steps being the cap.
-CHECK_METHODS = ("ascent", "project", "forget")
+# steps, a set the model never singled out none), --steps being the cap; or with the
+# gradients of the set's own nearest chunks (BM25 on each chunk's text: its copies, its
+# template) projected out, at the length of the share of the step that is the set's own.
+CHECK_METHODS = ("ascent", "project", "forget", "unique")
 
 
 @dataclass(frozen=True)

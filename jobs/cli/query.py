@@ -289,7 +289,8 @@ _CHECK = CheckSettings()
     "--method", type=click.Choice(CHECK_METHODS), default=_CHECK.method, show_default=True,
     help="ascent: unlearn the set alone; project: keep what the rest of the evidence the "
     "index finds for the output teaches (its gradient projected out of each step); forget: "
-    "unlearn each set until its loss reaches random training text's (--steps caps it).",
+    "unlearn each set until its loss reaches random training text's (--steps caps it); "
+    "unique: unlearn only what the set teaches and its nearest chunks (BM25) do not.",
 )  # fmt: skip
 @device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the checked report as JSON.")

@@ -66,6 +66,73 @@ def _pruned(out: Path, reason: str) -> set[int]:
     return set()
 
 
+def seeded(slots: dict[str, Path], rows: list[str], seeds: int, jobs: int) -> dict[str, list[Path]]:
+    """Per row (a counterfactual's name), its retrained model (``slots[row]``) and
+    ``seeds - 1`` more, each trained on the same pruned corpus with that model's recipe
+    (its ``training.json``: steps, lr, max_seq) and the next seed: OUT/counterfactual-N/
+    model-seed-S (one already there, trained with that seed and recipe, is kept) ->
+    {row: [its models, first the run's]}. ``jobs`` trainings at once."""
+    from .commands import Tda, Training, parallel
+
+    def recipe(model: Path) -> dict:
+        s = json.loads((model / "training.json").read_text())["settings"]
+        return {key: s[key] for key in ("seed", "steps", "lr", "max_seq")}
+
+    models, todo = {}, []
+    for row in rows:
+        first = slots[row]
+        base = recipe(first)
+        models[row] = [first]
+        for s in range(1, seeds):
+            want = {**base, "seed": base["seed"] + s}
+            path = first.parent / f"model-seed-{want['seed']}"
+            models[row].append(path)
+            if (path / "training.json").exists() and recipe(path) == want:
+                continue
+            shutil.rmtree(path, ignore_errors=True)  # another recipe's, or an unfinished one
+            corpus = first.parent / "corpus"
+            if not corpus.is_dir():
+                raise SystemExit(f"{corpus} is gone: the retraining of {row!r} cannot be "
+                                 f"repeated with another seed")  # fmt: skip
+            tda = Tda(1, Training(want["steps"], want["seed"], want["lr"], want["max_seq"]))
+            todo.append(lambda t=tda, c=corpus, m=path: t.train(c, m))
+    if todo:
+        print(f"training {len(todo)} more retrainings (other seeds), {jobs} at once", flush=True)
+        parallel(jobs, todo)
+    return models
+
+
+def union_drops(encoder, tokenizer, queries, removed: set[int], texts, settings) -> list[float]:
+    """What the retraining did, done by the check: ``removed`` (a row's whole prune list,
+    every fact's set at once) unlearned from the original weights by plain normalised
+    ascent (``settings``' steps, lr and scope; the unique method's basis for a whole
+    prune list would not fit in memory), then every query's answer log-probability drop
+    (no control: with answers of equal token counts it shifts every fact alike).
+    ``texts``: chunk id -> text."""
+    import numpy as np
+
+    from tda.attribution.check import ModelCopy, unlearn
+
+    window = encoder.info.max_window
+    model = ModelCopy(encoder, settings.scope)
+    sequences, spans = [], []
+    for q in queries:
+        p = tokenizer.encode_batch([q.prompt])[0].ids.tolist()
+        a = tokenizer.encode_batch([" " + q.fact.place])[0].ids.tolist()
+        sequences.append(np.array(p + a, dtype=np.int64))
+        spans.append((len(p), len(p) + len(a)))
+
+    def log_probs() -> list[float]:
+        pairs = zip(sequences, spans, strict=True)
+        return [float(model.chunk_log_probs(ids, [span])[0]) for ids, span in pairs]
+
+    before = log_probs()
+    chunks = [np.asarray(e.ids[:window], dtype=np.int64)
+              for e in tokenizer.encode_batch([texts(c) for c in sorted(removed)])]  # fmt: skip
+    unlearn(model, chunks, settings.steps, settings.lr)
+    return [float(b - a) for b, a in zip(before, log_probs(), strict=True)]
+
+
 def format_2(path: Path, scratch: Path) -> Path:
     """``path`` when it holds a builtin model of the current format. A model of format 1
     (a ``make eval`` run from before format 2) -> a copy in ``scratch`` with format 2's
@@ -198,6 +265,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FACTS",
         help="First make a reduced harness run of FACTS facts in --eval.",
     )
+    parser.add_argument(
+        "--retrain-seeds",
+        type=int,
+        default=1,
+        metavar="S",
+        help="Retrain each method's set S times (the run's seed and the next S-1) and "
+        "compare the check with the mean drop (1: the run's retrainings only).",
+    )
     parser.add_argument("--train-steps", type=int, default=800, help="With --build.")
     parser.add_argument("--train-lr", type=float, default=0.003, help="With --build.")
     parser.add_argument("--jobs", type=int, default=2, help="With --build: trainings at once.")
@@ -272,9 +347,11 @@ def main(argv: list[str] | None = None) -> dict:
         return [answer_log_prob(enc, q.prompt, q.fact.place) for q in queries]
 
     original = np.array(log_probs(encoder))
-    retrain = {
-        row: original - np.array(log_probs(load_model(slots[row], scratch))) for row in rows
-    }  # fmt: skip (a drop: before - after)
+    # per row, per seed: the drops (before - after); the reference is their mean
+    models = seeded(slots, list(rows), max(1, args.retrain_seeds), args.jobs)
+    by_seed = {row: [original - np.array(log_probs(load_model(m, scratch))) for m in models[row]]
+               for row in rows}  # fmt: skip
+    retrain = {row: np.mean(drops, axis=0) for row, drops in by_seed.items()}
     random_row = next(name for name in slots if name.startswith("random "))
     retrain_random = original - np.array(log_probs(load_model(slots[random_row], scratch)))
 
@@ -282,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
                              scope=args.scope, method=args.check_method,
                              control=args.control)  # fmt: skip
     cheap = {row: [] for row in rows}
-    cheap_random, separated, seconds = [], [], []
+    cheap_random, separated, seconds, oracle_z = [], [], [], []
     for q in queries:
         p = tokenizer.encode_batch([q.prompt])[0].ids.tolist()
         a = tokenizer.encode_batch([" " + q.fact.place])[0].ids.tolist()
@@ -296,11 +373,16 @@ def main(argv: list[str] | None = None) -> dict:
             cheap[row].append(check.attributed_drop)
         oracle = checks[list(rows).index(ORACLE)]
         separated.append(oracle.verdict == "supported")
+        oracle_z.append(oracle.z)
         cheap_random.append(checks[0].random_mean)
         print(f"{q.fact.entity}: oracle {oracle.attributed_drop:.3f} vs random "
               f"{oracle.random_mean:.3f} ± {oracle.random_std:.3f} ({oracle.verdict})",
               flush=True)  # fmt: skip
 
+    texts = {cid: text for cid, text in zip(table.ids, table.texts, strict=True)}
+    union = {row: union_drops(encoder, tokenizer, queries, _pruned(out, row), texts.__getitem__,
+                              settings)
+             for row in rows}  # fmt: skip
     shutil.rmtree(scratch, ignore_errors=True)  # converted models, rebuilt root
 
     def rho(x, y) -> float | None:
@@ -314,9 +396,21 @@ def main(argv: list[str] | None = None) -> dict:
             "check_mean_drop": round(float(np.mean(cheap[row])), 4),
             "retrain_mean_drop": round(float(np.mean(retrain[row])), 4),
             "spearman_per_fact": rho(cheap[row], retrain[row]),
+            "retrainings": len(by_seed[row]),
+            # the check (plain ascent) of the whole removal the retraining made
+            "spearman_union": rho(union[row], retrain[row]),
+            "union_drops": [round(float(x), 4) for x in union[row]],
+            # with several: the check against the run's one retraining, and how the
+            # retrainings (seeds) agree with each other per fact, mean over pairs
+            **({"spearman_vs_one_retraining": rho(cheap[row], by_seed[row][0]),
+                "seed_agreement": round(float(np.mean(
+                    [rho(a, b) or 0.0 for i, a in enumerate(by_seed[row])
+                     for b in by_seed[row][i + 1:]])), 3)}
+               if len(by_seed[row]) > 1 else {}),
             # per fact, in "per_fact_entities" order: what the two measured
             "check_drops": [round(float(x), 4) for x in cheap[row]],
             "retrain_drops": [round(float(x), 4) for x in retrain[row]],
+            "retrain_drops_per_seed": [[round(float(x), 4) for x in d] for d in by_seed[row]],
         })  # fmt: skip
     methods.append({
         "method": f"random (check: {args.draws} draws of k; retraining: {random_row})",
@@ -345,12 +439,15 @@ def main(argv: list[str] | None = None) -> dict:
                                                 "scope": args.scope,
                                                 "method": args.check_method,
                                                 "control": args.control},
+        "retrain_seeds": max(1, args.retrain_seeds),
         "facts": len(queries), "methods": methods,
         "per_fact_entities": [q.fact.entity for q in queries],
         "answer_log_probs": [round(float(x), 4) for x in original],
         "method_ranking_spearman": rho([m["check_mean_drop"] for m in methods],
                                        [m["retrain_mean_drop"] for m in methods]),
         "oracle_separated": round(sum(separated) / max(len(separated), 1), 4),
+        # per fact: the oracle's z against the random draws (None: the draws did not vary)
+        "oracle_z": oracle_z,
         # per row: Spearman of its retraining's per-fact drops against the mean of the
         # other rows' retrainings (the ceiling of any check's agreement with one retraining)
         "retrain_self_agreement": agreement,
@@ -374,10 +471,28 @@ def markdown(result: dict) -> str:
         share = "-" if m["in_prune_list"] is None else f"{m['in_prune_list']:.0%}"
         lines.append(f"| {m['method']} | {share} | {m['check_mean_drop']:.3f} | "
                      f"{m['retrain_mean_drop']:.3f} | {rho} |")  # fmt: skip
+    if any(m.get("spearman_union") is not None for m in result["methods"]):
+        lines += ["", "| method | Spearman per fact: the check of the fact's set (above) | the "
+                      "check (plain ascent) of the whole removal the retraining made |",
+                  "|---|---|---|"]  # fmt: skip
+        for m in result["methods"]:
+            if "spearman_union" in m:
+                lines.append(f"| {m['method']} | {m['spearman_per_fact']} | "
+                             f"{m['spearman_union']} |")  # fmt: skip
+    seeds = result.get("retrain_seeds", 1)
+    if seeds > 1:
+        lines += ["", "| method | retrainings | check vs the run's one retraining | "
+                      "retrainings vs each other (mean over pairs) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for m in result["methods"]:
+            if "seed_agreement" in m:
+                lines.append(f"| {m['method']} | {m['retrainings']} | "
+                             f"{m['spearman_vs_one_retraining']} | "
+                             f"{m['seed_agreement']} |")  # fmt: skip
     agreement = result.get("retrain_self_agreement") or {}
     if agreement:
-        lines += ["", "| method | check vs the mean retraining | its retraining vs the others' |",
-                  "|---|---|---|"]  # fmt: skip
+        lines += ["", "| method | check vs the mean retraining of every row | its retraining "
+                      "vs the other rows' |", "|---|---|---|"]  # fmt: skip
         for m in result["methods"]:
             if m["method"] in agreement:
                 lines.append(f"| {m['method']} | {m.get('spearman_vs_mean_retrain')} | "

@@ -18,12 +18,14 @@ from tda.attribution.check import (
     CheckError,
     ChunkSampler,
     ModelCopy,
+    _basis,
     _loss_gradient,
     _mean_loss,
     significance,
     unlearn,
 )
 from tda.attribution.encoders import load_encoder
+from tda.attribution.index.channels import OpenedChannels
 from tda.pipeline.index import run_index
 from tda.schemas import (
     AttributionReport,
@@ -212,8 +214,56 @@ def test_check_by_projection(attributor, verbatim):
     assert first.attributed_drop > max(first.random_drops), first
     plain = attributor.check(replace(report, check=None), FAST).chunks[0].check
     assert plain.attributed_drop != first.attributed_drop  # the projection changed the step
-    with pytest.raises(ConfigError, match="--method must be one of ascent, project, forget"):
+    with pytest.raises(ConfigError, match="--method must be one of ascent, project, forget, unique"):
         CheckSettings(method="retrain")
+
+
+def test_unique_unlearning_keeps_what_a_neighbour_teaches(model_spec):
+    """The unique method: with a twin of the chunk among its kept neighbours, unlearning
+    it changes nothing (the step is the share of the gradient that is the chunk's own:
+    none); with an unrelated neighbour, the chunk is unlearned, and no further than plain
+    ascent takes it."""
+    encoder = load_encoder(model_spec, "cpu")
+    copy = ModelCopy(encoder, "all")
+    ids = np.arange(5, 69, dtype=np.int64)
+    seq = ids[32:64]
+    before = copy.chunk_log_probs(ids, [(32, 64)])[0]
+    twin = _basis(copy, [seq.copy()])
+    q = twin[0] @ twin[1]  # (P, 1): the twin's gradient, unit length
+    assert q.shape[1] == 1 and float(q.norm()) == pytest.approx(1.0, abs=1e-9)
+    unlearn(copy, [seq], steps=2, lr=0.01, basis=twin)
+    assert copy.chunk_log_probs(ids, [(32, 64)])[0] == pytest.approx(before, abs=1e-3)
+    repeated = [np.arange(200, 232, dtype=np.int64), np.arange(300, 340)] * 2
+    other = _basis(copy, repeated)  # a direction given twice counts once
+    q = other[0] @ other[1]
+    assert q.shape[1] == 2 and torch.allclose(q.T @ q, torch.eye(2, dtype=q.dtype), atol=1e-9)
+    copy.reset()
+    unlearn(copy, [seq], steps=2, lr=0.01, basis=other)
+    unique = copy.chunk_log_probs(ids, [(32, 64)])[0]
+    copy.reset()
+    unlearn(copy, [seq], steps=2, lr=0.01)
+    assert copy.chunk_log_probs(ids, [(32, 64)])[0] - 1e-6 <= unique < before - 0.1
+
+
+def test_check_by_unique_unlearning(attributor, verbatim):
+    """--method unique runs on a report, is recorded, and still finds that unlearning an
+    output's own source costs it more than random chunks do; an index without a lexical
+    channel is refused with one line."""
+    settings = replace(FAST, method="unique")
+    report = attributor.attribute(*verbatim, k=5, input_attribution="none", check=settings)
+    assert report.check.method == "unique"
+    first = report.chunks[0].check
+    assert first.attributed_drop > max(first.random_drops), first
+    assert attributor.check(replace(report, check=None), settings).chunks[0].check == first
+    plain = attributor.check(replace(report, check=None), FAST).chunks[0].check
+    assert plain.attributed_drop != first.attributed_drop
+    channels = attributor.reader.channels
+    try:  # an index built without its lexical channel (an older index has none)
+        attributor.reader.channels = OpenedChannels(channels.span, None)
+        with pytest.raises(CheckError, match="has no lexical channel: the unique method"):
+            attributor.check(replace(report, check=None), settings)
+    finally:
+        attributor.reader.channels = channels
 
 
 def test_forgetting_stops_at_the_level_asked_for(model_spec):

@@ -71,3 +71,78 @@ def test_the_validation_table_reports_the_yardstick_s_own_agreement():
     assert "| a top-10 | 0.4 | 0.3 |" in table and "| oracle | 0.4 | 0.7 |" in table
     assert "| random | - | 2.000 | 9.000 | 0.500 |" in table
     assert "| random | 0.4" not in table
+
+
+def _trained(model: Path, seed: int, steps: int = 1200) -> None:
+    """A model folder as far as :func:`seeded` reads it: training.json's recipe."""
+    model.mkdir(parents=True)
+    settings = {"seed": seed, "steps": steps, "lr": 0.003, "max_seq": 128, "d_model": 128}
+    (model / "training.json").write_text(json.dumps({"settings": settings}))
+
+
+def test_seeded_retrains_each_set_with_the_next_seeds_and_keeps_what_is_there(
+    tmp_path, monkeypatch
+):
+    """--retrain-seeds: each row's pruned corpus is trained again with the run's recipe and
+    the next seeds; a model already trained with that seed and recipe is not trained again,
+    one with another recipe is."""
+    from tda.jobs.quality import check_validation
+    from tda.jobs.quality.commands import Tda
+
+    calls = []
+
+    def train(self, corpus: Path, model: Path) -> None:
+        calls.append((corpus, model.name, self.training))
+        _trained(model, self.training.seed, self.training.steps)
+
+    monkeypatch.setattr(Tda, "train", train)
+    slots = {}
+    for n, row in enumerate(("a top-10", "oracle")):
+        cf = tmp_path / f"counterfactual-{n}"
+        (cf / "corpus").mkdir(parents=True)
+        _trained(cf / "model", seed=5)
+        slots[row] = cf / "model"
+    _trained(tmp_path / "counterfactual-1" / "model-seed-6", seed=6)  # kept
+    _trained(tmp_path / "counterfactual-1" / "model-seed-7", seed=7, steps=10)  # retrained
+
+    models = check_validation.seeded(slots, ["a top-10", "oracle"], 3, 1)
+    assert [m.name for m in models["oracle"]] == ["model", "model-seed-6", "model-seed-7"]
+    assert models["a top-10"][0] == slots["a top-10"]
+    trained = sorted((c.parent.name, name, t.seed, t.steps) for c, name, t in calls)
+    assert trained == [
+        ("counterfactual-0", "model-seed-6", 6, 1200),
+        ("counterfactual-0", "model-seed-7", 7, 1200),
+        ("counterfactual-1", "model-seed-7", 7, 1200),
+    ]
+    assert all(t.lr == 0.003 and t.max_seq == 128 for _, _, t in calls)
+    calls.clear()
+    check_validation.seeded(slots, ["a top-10", "oracle"], 3, 1)
+    assert calls == []  # everything is there now
+    assert check_validation.seeded(slots, ["oracle"], 1, 1) == {"oracle": [slots["oracle"]]}
+
+
+def test_union_drops_unlearn_the_whole_removal_on_a_copy(builtin_dir, real_docs):
+    """The check of a retraining's whole removal: unlearning the documents that hold the
+    answers lowers every answer's log-probability, more than unlearning unrelated text
+    does, and the original model is untouched."""
+    from types import SimpleNamespace
+
+    from tda.jobs.quality.check_validation import union_drops
+    from tda.schemas import CheckSettings
+
+    encoder = load_encoder(builtin_dir, "cpu")
+    tokenizer = encoder.load_tokenizer()
+    texts = [text for _, text in real_docs[:4]]
+    queries = []
+    for text in texts[:2]:
+        words = text.split(" ")
+        place = " ".join(words[12:16])
+        queries.append(
+            SimpleNamespace(prompt=" ".join(words[:12]), fact=SimpleNamespace(place=place))
+        )
+    weights = {k: v.clone() for k, v in encoder.model.state_dict().items()}
+    settings = CheckSettings(steps=2, lr=0.002)
+    own = union_drops(encoder, tokenizer, queries, {0, 1}, texts.__getitem__, settings)
+    other = union_drops(encoder, tokenizer, queries, {2, 3}, texts.__getitem__, settings)
+    assert all(o > 0 for o in own) and sum(own) > sum(other), (own, other)
+    assert all(torch.equal(v, encoder.model.state_dict()[k]) for k, v in weights.items())
