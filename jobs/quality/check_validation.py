@@ -459,6 +459,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table's lines after a blank one; none without rows."""
+    if not rows:
+        return []
+    cells = ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head), *cells]
+
+
 def markdown(result: dict) -> str:
     """The validation as docs/quality.md's table."""
     lines = [
@@ -471,32 +479,27 @@ def markdown(result: dict) -> str:
         share = "-" if m["in_prune_list"] is None else f"{m['in_prune_list']:.0%}"
         lines.append(f"| {m['method']} | {share} | {m['check_mean_drop']:.3f} | "
                      f"{m['retrain_mean_drop']:.3f} | {rho} |")  # fmt: skip
-    if any(m.get("spearman_union") is not None for m in result["methods"]):
-        lines += ["", "| method | Spearman per fact: the check of the fact's set (above) | the "
-                      "check (plain ascent) of the whole removal the retraining made |",
-                  "|---|---|---|"]  # fmt: skip
-        for m in result["methods"]:
-            if "spearman_union" in m:
-                lines.append(f"| {m['method']} | {m['spearman_per_fact']} | "
-                             f"{m['spearman_union']} |")  # fmt: skip
-    seeds = result.get("retrain_seeds", 1)
-    if seeds > 1:
-        lines += ["", "| method | retrainings | check vs the run's one retraining | "
-                      "retrainings vs each other (mean over pairs) |",
-                  "|---|---|---|---|"]  # fmt: skip
-        for m in result["methods"]:
-            if "seed_agreement" in m:
-                lines.append(f"| {m['method']} | {m['retrainings']} | "
-                             f"{m['spearman_vs_one_retraining']} | "
-                             f"{m['seed_agreement']} |")  # fmt: skip
+    methods = result["methods"]
+    lines += _table(
+        ["method", "Spearman per fact: the check of the fact's set (above)",
+         "the check (plain ascent) of the whole removal the retraining made"],
+        [[m["method"], m["spearman_per_fact"], m["spearman_union"]]
+         for m in methods if "spearman_union" in m],
+    )  # fmt: skip
+    if result.get("retrain_seeds", 1) > 1:
+        lines += _table(
+            ["method", "retrainings", "check vs the run's one retraining",
+             "retrainings vs each other (mean over pairs)"],
+            [[m["method"], m["retrainings"], m["spearman_vs_one_retraining"],
+              m["seed_agreement"]] for m in methods if "seed_agreement" in m],
+        )  # fmt: skip
     agreement = result.get("retrain_self_agreement") or {}
-    if agreement:
-        lines += ["", "| method | check vs the mean retraining of every row | its retraining "
-                      "vs the other rows' |", "|---|---|---|"]  # fmt: skip
-        for m in result["methods"]:
-            if m["method"] in agreement:
-                lines.append(f"| {m['method']} | {m.get('spearman_vs_mean_retrain')} | "
-                             f"{agreement[m['method']]} |")  # fmt: skip
+    lines += _table(
+        ["method", "check vs the mean retraining of every row",
+         "its retraining vs the other rows'"],
+        [[m["method"], m.get("spearman_vs_mean_retrain"), agreement[m["method"]]]
+         for m in methods if m["method"] in agreement],
+    )  # fmt: skip
     lines += [
         "",
         f"Facts: {result['facts']}; methods ranked by mean drop, Spearman: "

@@ -63,7 +63,10 @@ def test_the_validation_table_reports_the_yardstick_s_own_agreement():
     result = {
         "facts": 3, "method_ranking_spearman": 1.0, "oracle_separated": 0.5,
         "check_seconds_per_fact": 1.0,
-        "methods": [{"method": "a top-10", **method}, {"method": "oracle", **method},
+        "retrain_seeds": 3,
+        "methods": [{"method": "a top-10", **method, "retrainings": 3, "seed_agreement": 0.9,
+                     "spearman_vs_one_retraining": 0.2, "spearman_union": 0.55},
+                    {"method": "oracle", **method},
                     {"method": "random", **method, "in_prune_list": None}],
         "retrain_self_agreement": {"a top-10": 0.3, "oracle": 0.7},
     }  # fmt: skip
@@ -71,6 +74,10 @@ def test_the_validation_table_reports_the_yardstick_s_own_agreement():
     assert "| a top-10 | 0.4 | 0.3 |" in table and "| oracle | 0.4 | 0.7 |" in table
     assert "| random | - | 2.000 | 9.000 | 0.500 |" in table
     assert "| random | 0.4" not in table
+    # with seeds: the check against the run's one retraining and the seeds' agreement; and
+    # the check of the whole removal, beside the check of each fact's set
+    assert "| a top-10 | 3 | 0.2 | 0.9 |" in table and "| a top-10 | 0.5 | 0.55 |" in table
+    assert "| oracle | 3 |" not in table
 
 
 def _trained(model: Path, seed: int, steps: int = 1200) -> None:
