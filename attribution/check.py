@@ -18,7 +18,9 @@ on a copy of the model, per output chunk:
    budget of weight change, so a set moves the output only as far as its gradient points
    where the output's does (a larger loss does not buy a larger step). Method
    ``project``: the gradient of the evidence the index still finds is projected out of
-   each step; ``forget``: steps stop once the set's loss reaches the random draws'.
+   each step; ``forget``: steps stop once the set's loss reaches the random draws';
+   ``unique``: the gradients of the set's own nearest chunks (BM25, :data:`_NEIGHBOURS`
+   a chunk) are projected out, and a step keeps only the length of what is left.
 4. The output chunk's log-probability (its tokens after everything before them, one
    forward pass over prompt + output) before and after: the drop, less the set's damage
    to all text (``control``: the rise of the mean token loss on that many random training
@@ -73,7 +75,9 @@ _BLOCK = re.compile(r"(?:^|\.)(?:blocks|layers|h)\.(\d+)\.")
 _TRIES = 32
 # The unique method's kept neighbours per unlearned chunk (BM25 on the chunk's text): its
 # other copies, near-duplicates and chunks of the same template, what retraining keeps.
-_NEIGHBOURS = 4
+# 2 and 4 separate the harness's true sources alike (76%); 2 costs 60% of 4's time
+# (benchmarks/check_neighbours.py, docs/quality.md).
+_NEIGHBOURS = 2
 
 
 class CheckError(UserError):
@@ -230,14 +234,14 @@ def unlearn(
             return step
         full = math.sqrt(max(_dot(grads, grads), 0.0))
         if basis is not None:
+            if not math.isfinite(full) or full <= 0:
+                return step
             vectors, w = basis  # Q = vectors @ w: (P, m) @ (m, m') orthonormal columns
             flat = torch.cat([g.reshape(-1) for g in grads]).to(vectors.dtype)  # (P,)
             flat = flat - vectors @ (w @ (w.T @ (vectors.T @ flat)))
             grads = [part.view_as(g).to(g.dtype)
                      for part, g in zip(flat.split([g.numel() for g in grads]), grads,
                                         strict=True)]  # fmt: skip
-            if not math.isfinite(full) or full <= 0:
-                return step
             with torch.no_grad():
                 for p, g in zip(model.params, grads, strict=True):
                     p.add_(g, alpha=lr * model.norm / full)

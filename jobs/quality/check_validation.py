@@ -22,6 +22,10 @@ per reproduced fact (OUT/counterfactual-N, named by their prune lists' reason). 
 4. Per method: Spearman correlation over facts between the check's drop and the
    retraining's drop; the methods ranked by mean drop both ways; and the share of facts
    where the oracle's sources are ``supported`` (their drop above every random draw).
+5. ``--retrain-seeds S``: each set retrained S - 1 more times with the next seeds
+   (:func:`seeded`), the reference then their mean drop, and how the seeds agree with
+   each other per fact; and always the check of each retraining's whole removal
+   (:func:`union_drops`: every fact's set at once, as the retraining removed them).
 
 Prints a Markdown table (docs/quality.md publishes it) and writes OUT/check_validation.json.
 
