@@ -242,22 +242,20 @@ def unlearn(
             grads = [part.view_as(g).to(g.dtype)
                      for part, g in zip(flat.split([g.numel() for g in grads]), grads,
                                         strict=True)]  # fmt: skip
-            with torch.no_grad():
-                for p, g in zip(model.params, grads, strict=True):
-                    p.add_(g, alpha=lr * model.norm / full)
-            continue
-        if rr > 0:
-            along = _dot(grads, retain) / rr
-            if along > 0:
-                grads = [g - along * r for g, r in zip(grads, retain, strict=True)]
-        norm = math.sqrt(max(_dot(grads, grads), 0.0))
-        # nothing left once the kept evidence is projected out (a twin of the set is kept):
-        # what is left is rounding, and a normalised step would blow it up to full length
-        if norm <= 1e-6 * full or not math.isfinite(norm):
-            return step
+            length = full  # what is left keeps the full gradient's scale: a shorter step
+        else:
+            if rr > 0:
+                along = _dot(grads, retain) / rr
+                if along > 0:
+                    grads = [g - along * r for g, r in zip(grads, retain, strict=True)]
+            length = math.sqrt(max(_dot(grads, grads), 0.0))
+            # nothing left once the kept evidence is projected out (a twin of the set is
+            # kept): what is left is rounding, and a normalised step would blow it up
+            if length <= 1e-6 * full or not math.isfinite(length):
+                return step
         with torch.no_grad():
             for p, g in zip(model.params, grads, strict=True):
-                p.add_(g, alpha=lr * model.norm / norm)  # ascent: up the loss
+                p.add_(g, alpha=lr * model.norm / length)  # ascent: up the loss
     return steps
 
 
