@@ -527,7 +527,11 @@ class TrainConfig:
     read: ReadOptions = field(default_factory=ReadOptions)
     # Sized to train in minutes on 2 CPU cores (~0.6 s a step at these defaults): the
     # tied LM head (vocab x d_model) is as costly as the four transformer layers.
+    # The BPE vocabulary learned on the inputs; with ``tokenizer`` (a tokenizer.json or a
+    # directory holding one, e.g. another builtin model's) that tokenizer is used as it
+    # is, and its own vocabulary size replaces this one.
     vocab_size: int = 4096
+    tokenizer: str | None = None
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4

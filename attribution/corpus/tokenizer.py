@@ -46,7 +46,14 @@ import numpy as np
 from tda.schemas import TokenizerInfo
 from tda.schemas.errors import UserError
 
-__all__ = ["Encoded", "TextTokenizer", "TokenizerError", "load_tokenizer", "train_bpe_tokenizer"]
+__all__ = [
+    "Encoded",
+    "TextTokenizer",
+    "TokenizerError",
+    "load_tokenizer",
+    "read_tokenizer_json",
+    "train_bpe_tokenizer",
+]
 
 
 # Texts longer than this many characters are tokenized in pieces when the tokenizer is
@@ -457,17 +464,26 @@ def load_tokenizer(spec: str) -> TextTokenizer:
         raise TokenizerError("--tokenizer SPEC is required")
     if spec.startswith("tiktoken:"):
         return _load_tiktoken(spec.split(":", 1)[1], spec)
-    location = spec
-    for prefix in ("hf:", "builtin:"):
-        if spec.startswith(prefix):
-            location = spec[len(prefix) :]
+    data, name = read_tokenizer_json(spec)
+    return HFTokenizer(data, spec, name)
+
+
+def read_tokenizer_json(spec: str) -> tuple[bytes, str]:
+    """A Hugging Face tokenizer SPEC (a tokenizer.json, a directory holding one, with an
+    optional ``hf:`` / ``builtin:`` prefix) -> (the file's bytes, the tokenizer's name).
+    Raises :class:`TokenizerError` for a tiktoken or steerling SPEC (no tokenizer.json)."""
+    if spec.startswith("tiktoken:"):
+        raise TokenizerError(f"{spec} is a tiktoken encoding, not a tokenizer.json")
     if spec.startswith("steerling:"):
         raise TokenizerError(
             "steerling models use tiktoken cl100k_base plus specials: pass "
             "--tokenizer tiktoken:cl100k_base"
         )
-    data, name = _read_tokenizer_json(location, spec)
-    return HFTokenizer(data, spec, name)
+    location = spec
+    for prefix in ("hf:", "builtin:"):
+        if spec.startswith(prefix):
+            location = spec[len(prefix) :]
+    return _read_tokenizer_json(location, spec)
 
 
 def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str) -> str:

@@ -80,7 +80,16 @@ def model() -> None:
 @click.option("--d-model", type=stage_type("--d-model"), default=128, show_default=True)
 @click.option("--layers", type=stage_type("--layers"), default=4, show_default=True)
 @click.option("--heads", type=stage_type("--heads"), default=4, show_default=True)
-@click.option("--vocab-size", type=stage_type("--vocab-size"), default=4096, show_default=True)
+@click.option(
+    "--vocab-size", type=stage_type("--vocab-size"), default=None,
+    help="Vocabulary of the BPE tokenizer learned on the inputs [default: 4096].",
+)  # fmt: skip
+@click.option(
+    "--tokenizer", default=None, metavar="SPEC",
+    help="Train with this tokenizer (a tokenizer.json or a directory holding one, such as "
+    "another builtin model's) instead of learning one on the inputs: a retraining on a "
+    "pruned corpus then keeps the original model's token ids.",
+)  # fmt: skip
 @click.option(
     "--max-seq", type=stage_type("--max-seq"), default=256, show_default=True, help="Context limit."
 )
@@ -155,23 +164,29 @@ def model() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 @read_options
 def model_train(
-    inputs, out, concepts, steps, d_model, layers, heads, vocab_size, max_seq, batch_size, lr,
+    inputs, out, concepts, steps, d_model, layers, heads, vocab_size, tokenizer, max_seq,
+    batch_size, lr,
     holdout, max_train_tokens, known_only, bottleneck, residual_weight, label_spread,
     causal_labels, known_topk, token_head, known_hidden, head_epochs, head_batches,
     vector_epochs, seed, as_json, **kw,
 ) -> None:  # fmt: skip
-    """Train a BPE tokenizer and a builtin concept-bottleneck LM on a corpus (CPU).
+    """Train a BPE tokenizer (or take --tokenizer's) and a builtin concept-bottleneck LM
+    on a corpus (CPU).
 
     Known concepts are supervised by the concept set's taggers; the model directory
     (safetensors weights, config.json, tokenizer.json, concepts.yaml, training.json) is a
     model SPEC for `tda embed --model` and a tokenizer SPEC for `tda chunk --tokenizer`.
     """
+    if tokenizer and vocab_size is not None:
+        raise click.UsageError("give --vocab-size or --tokenizer, not both: the tokenizer "
+                               "has its own vocabulary")  # fmt: skip
     config = TrainConfig(
         inputs=tuple(inputs),
         out=out,
         concepts=concepts,
         read=read_config(kw),
-        vocab_size=vocab_size,
+        vocab_size=TrainConfig.vocab_size if vocab_size is None else vocab_size,
+        tokenizer=tokenizer,
         d_model=d_model,
         n_layers=layers,
         n_heads=heads,

@@ -73,14 +73,14 @@ def _pruned(out: Path, reason: str) -> set[int]:
 def seeded(slots: dict[str, Path], rows: list[str], seeds: int, jobs: int) -> dict[str, list[Path]]:
     """Per row (a counterfactual's name), its retrained model (``slots[row]``) and
     ``seeds - 1`` more, each trained on the same pruned corpus with that model's recipe
-    (its ``training.json``: steps, lr, max_seq) and the next seed: OUT/counterfactual-N/
+    (its ``training.json``: steps, lr, max_seq, tokenizer) and the next seed: OUT/counterfactual-N/
     model-seed-S (one already there, trained with that seed and recipe, is kept) ->
     {row: [its models, first the run's]}. ``jobs`` trainings at once."""
     from .commands import Tda, Training, parallel
 
     def recipe(model: Path) -> dict:
         s = json.loads((model / "training.json").read_text())["settings"]
-        return {key: s[key] for key in ("seed", "steps", "lr", "max_seq")}
+        return {key: s.get(key) for key in ("seed", "steps", "lr", "max_seq", "tokenizer")}
 
     models, todo = {}, []
     for row in rows:
@@ -98,7 +98,8 @@ def seeded(slots: dict[str, Path], rows: list[str], seeds: int, jobs: int) -> di
             if not corpus.is_dir():
                 raise SystemExit(f"{corpus} is gone: the retraining of {row!r} cannot be "
                                  f"repeated with another seed")  # fmt: skip
-            tda = Tda(1, Training(want["steps"], want["seed"], want["lr"], want["max_seq"]))
+            tda = Tda(1, Training(want["steps"], want["seed"], want["lr"], want["max_seq"],
+                                  want["tokenizer"]))  # fmt: skip
             todo.append(lambda t=tda, c=corpus, m=path: t.train(c, m))
     if todo:
         print(f"training {len(todo)} more retrainings (other seeds), {jobs} at once", flush=True)
@@ -240,7 +241,7 @@ def build(out: Path, facts_n: int, steps: int, lr: float, k: int, seed: int, job
     removed = {name: {q: r.rank_output(q.prompt, q.output, k) for q in verbatim}
                for name, r in ranked.items()}  # fmt: skip
     rows = run_counterfactual(tda, k, seed, jobs, verbatim, removed, table, encoder, root,
-                              corpus, out)  # fmt: skip
+                              corpus, out, out / "model")  # fmt: skip
     summary = {"seed": seed, "facts": facts_n, "steps": steps, "lr": lr, "reduced": True,
                "counterfactual": {r.name: r.to_json() for r in rows}}  # fmt: skip
     (out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -360,6 +361,12 @@ def main(argv: list[str] | None = None) -> dict:
     by_seed = {row: [original - np.array(log_probs(load_model(m, scratch))) for m in models[row]]
                for row in rows}  # fmt: skip
     retrain = {row: np.mean(drops, axis=0) for row, drops in by_seed.items()}
+    # Whether every retraining of a row kept the original's tokenizer (the harness's
+    # counterfactual does since it passes --tokenizer; a run from before did not, and its
+    # per-fact drops then follow how many tokens the new tokenizer cuts each answer into).
+    vocabulary = (out / "model" / "tokenizer.json").read_bytes()
+    same_tokenizer = {row: all((m / "tokenizer.json").read_bytes() == vocabulary
+                               for m in models[row]) for row in rows}  # fmt: skip
     random_row = next(name for name in slots if name.startswith("random "))
     retrain_random = original - np.array(log_probs(load_model(slots[random_row], scratch)))
 
@@ -399,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         methods.append({
             "method": row, "facts": len(queries), "in_prune_list": in_prune_list[row],
+            "same_tokenizer": same_tokenizer[row],
             "check_mean_drop": round(float(np.mean(cheap[row])), 4),
             "retrain_mean_drop": round(float(np.mean(retrain[row])), 4),
             "spearman_per_fact": rho(cheap[row], retrain[row]),
@@ -506,6 +514,11 @@ def markdown(result: dict) -> str:
         [[m["method"], m.get("spearman_vs_mean_retrain"), agreement[m["method"]]]
          for m in methods if m["method"] in agreement],
     )  # fmt: skip
+    relearned = [m["method"] for m in methods if m.get("same_tokenizer") is False]
+    if relearned:
+        lines += ["", f"Retrained with a tokenizer learned again on the pruned corpus (not "
+                      f"the original's): {', '.join(relearned)}. Their per-fact drops follow "
+                      f"how many tokens that tokenizer cuts each answer into."]  # fmt: skip
     lines += [
         "",
         f"Facts: {result['facts']}; methods ranked by mean drop, Spearman: "

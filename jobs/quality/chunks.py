@@ -76,12 +76,31 @@ class ChunkTable:
         return found
 
     def relevant(self, fact: Fact) -> set[int]:
-        """The planted sources of ``fact``: chunks of its own documents that contain its
-        place."""
-        return {
-            r["chunk_id"] for r, text in zip(self.rows, self.texts, strict=True)
-            if r["doc_id"].startswith(f"fact-{fact.index}-") and fact.place in text
-        }  # fmt: skip
+        """The planted sources of ``fact``: chunks of its own documents whose characters
+        overlap an occurrence of its place. A statement cut between two chunks ("... was
+        founded in Mill" | "haven.") makes both sources: training reads across the cut,
+        and removing either one leaves that copy incomplete."""
+        prefix = f"fact-{fact.index}-"
+        found: set[int] = set()
+        for doc in sorted({r["doc_id"] for r in self.rows if r["doc_id"].startswith(prefix)}):
+            rows = self.doc_chunks(doc)
+            text = self._doc_text(rows)
+            at = text.find(fact.place)
+            while at >= 0:
+                end = at + len(fact.place)
+                found |= {r["chunk_id"] for r in rows
+                          if r["char_start"] < end and r["char_end"] > at}  # fmt: skip
+                at = text.find(fact.place, at + 1)
+        return found
+
+    def _doc_text(self, rows: list[dict]) -> str:
+        """A document's text put back together from its chunks (``rows``, by character
+        start; each chunk's text written at its character span, gaps left as NULs)."""
+        chars = ["\0"] * max((r["char_end"] for r in rows), default=0)
+        for r in rows:
+            text = self.texts[self.position[r["chunk_id"]]]
+            chars[r["char_start"] : r["char_start"] + len(text)] = text
+        return "".join(chars)
 
     def distractors(self, fact: Fact) -> set[int]:
         """The chunks of ``fact``'s distractor documents (same entity, another attribute)."""

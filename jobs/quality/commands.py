@@ -22,6 +22,9 @@ class Training:
     seed: int
     lr: float
     max_seq: int
+    # a tokenizer to train with (``--tokenizer``: a counterfactual keeps the original
+    # model's); None: each training learns its own on its corpus
+    tokenizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class Tda:
         """``tda model train`` on the folder ``corpus`` into ``model``."""
         t = self.training
         self.run("model", "train", str(corpus), "--out", str(model), "--steps", str(t.steps),
-                 "--seed", str(t.seed), "--lr", str(t.lr), "--max-seq", str(t.max_seq))  # fmt: skip
+                 "--seed", str(t.seed), "--lr", str(t.lr), "--max-seq", str(t.max_seq),
+                 *(("--tokenizer", t.tokenizer) if t.tokenizer else ()))  # fmt: skip
 
 
 def parallel(jobs: int, tasks: list[Callable[[], object]]) -> list:

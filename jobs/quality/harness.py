@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> QualityRepor
             removed |= {"BM25": ranked["BM25"], "exact span": ranked["exact span"]}
             counterfactual = background.submit(
                 run_counterfactual, tda, options.counterfactual_k, options.seed, options.jobs,
-                verbatim, removed, table, encoder, roots[variants[0]], corpus, out,
+                verbatim, removed, table, encoder, roots[variants[0]], corpus, out, model,
             )  # fmt: skip
         rows += rank_gradients(options, table, encoder, outputs)
     with timed(timings, "counterfactual_wait"):

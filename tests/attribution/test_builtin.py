@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,32 @@ def test_training_is_deterministic(docs_jsonl, tmp_path):
     assert fingerprints[0] == fingerprints[1]
     for name in ("model.safetensors", "config.json", "tokenizer.json", "training.json"):
         assert (tmp_path / "m0" / name).read_bytes() == (tmp_path / "m1" / name).read_bytes()
+
+
+def test_training_with_a_given_tokenizer_keeps_its_token_ids(docs_jsonl, real_docs, tmp_path):
+    """`tda model train --tokenizer MODEL`: a retraining on a pruned corpus keeps the
+    original model's tokenizer (the same bytes, so the same ids for the same text), where
+    a tokenizer learned on the pruned corpus would differ; on the original's own corpus it
+    gives the original's weights bit for bit (the counterfactual's "nothing removed")."""
+    from tests.helpers import write_jsonl
+
+    def train(out, inputs, **kw):
+        cfg = TrainConfig(inputs=(str(inputs),), out=str(tmp_path / out), steps=3, **TINY_TRAIN)
+        return train_builtin(replace(cfg, **kw)).fingerprint
+
+    original = train("original", docs_jsonl)
+    pruned = write_jsonl(tmp_path / "pruned.jsonl", real_docs[: len(real_docs) // 3])
+    train("relearned", pruned)
+    train("kept", pruned, tokenizer=str(tmp_path / "original"))
+    tokenizer = (tmp_path / "original" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "kept" / "tokenizer.json").read_bytes() == tokenizer
+    assert (tmp_path / "relearned" / "tokenizer.json").read_bytes() != tokenizer
+    settings = json.loads((tmp_path / "kept" / "training.json").read_text())["settings"]
+    assert settings["tokenizer"] == str(tmp_path / "original")
+    assert train("again", docs_jsonl, tokenizer=str(tmp_path / "original" / "tokenizer.json")) \
+        == original  # fmt: skip
+    with pytest.raises(ConfigError, match="tiktoken encoding, not a tokenizer.json"):
+        train("bad", docs_jsonl, tokenizer="tiktoken:cl100k_base")
 
 
 @pytest.mark.slow

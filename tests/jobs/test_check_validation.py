@@ -78,12 +78,18 @@ def test_the_validation_table_reports_the_yardstick_s_own_agreement():
     # the check of the whole removal, beside the check of each fact's set
     assert "| a top-10 | 3 | 0.2 | 0.9 |" in table and "| a top-10 | 0.5 | 0.55 |" in table
     assert "| oracle | 3 |" not in table
+    assert "tokenizer learned again" not in table
+    result["methods"][1]["same_tokenizer"] = False  # a run from before --tokenizer
+    assert "tokenizer learned again on the pruned corpus (not the original's): oracle." in (
+        markdown(result)
+    )
 
 
-def _trained(model: Path, seed: int, steps: int = 1200) -> None:
+def _trained(model: Path, seed: int, steps: int = 1200, tokenizer: str | None = "orig") -> None:
     """A model folder as far as :func:`seeded` reads it: training.json's recipe."""
     model.mkdir(parents=True)
-    settings = {"seed": seed, "steps": steps, "lr": 0.003, "max_seq": 128, "d_model": 128}
+    settings = {"seed": seed, "steps": steps, "lr": 0.003, "max_seq": 128, "d_model": 128,
+                "tokenizer": tokenizer}  # fmt: skip
     (model / "training.json").write_text(json.dumps({"settings": settings}))
 
 
@@ -100,7 +106,7 @@ def test_seeded_retrains_each_set_with_the_next_seeds_and_keeps_what_is_there(
 
     def train(self, corpus: Path, model: Path) -> None:
         calls.append((corpus, model.name, self.training))
-        _trained(model, self.training.seed, self.training.steps)
+        _trained(model, self.training.seed, self.training.steps, self.training.tokenizer)
 
     monkeypatch.setattr(Tda, "train", train)
     slots = {}
@@ -121,7 +127,8 @@ def test_seeded_retrains_each_set_with_the_next_seeds_and_keeps_what_is_there(
         ("counterfactual-0", "model-seed-7", 7, 1200),
         ("counterfactual-1", "model-seed-7", 7, 1200),
     ]
-    assert all(t.lr == 0.003 and t.max_seq == 128 for _, _, t in calls)
+    # the run's recipe, its tokenizer included (the original model's)
+    assert all(t.lr == 0.003 and t.max_seq == 128 and t.tokenizer == "orig" for _, _, t in calls)
     calls.clear()
     check_validation.seeded(slots, ["a top-10", "oracle"], 3, 1)
     assert calls == []  # everything is there now

@@ -434,3 +434,10 @@ def test_docs_list_every_limit_as_the_commands_have_them():
     assert len(table.splitlines()) == 2 + len(list(_numeric_options()))
     docs = Path(__file__).resolve().parents[2] / "docs" / "limits.md"
     assert table in docs.read_text(), "regenerate docs/limits.md (command inside it)"
+
+
+def test_model_train_takes_a_tokenizer_or_a_vocabulary_size_not_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["model", "train", "c", "--out", "m", "--tokenizer", "t", "--vocab-size", "600"]
+    _one_line(_invoke(args), "give --vocab-size or --tokenizer, not both")
+    assert list(tmp_path.iterdir()) == []

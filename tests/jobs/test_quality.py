@@ -297,19 +297,28 @@ def test_chunk_table_reads_spans_and_file_index(tmp_path):
 
 
 def test_chunk_table_relevant_is_the_facts_own_chunks_holding_its_place(tmp_path):
+    fact = make_facts(3, 0)[1]
+    assert _fact_table(tmp_path, fact).relevant(fact) == {1, 3}
+
+
+def test_chunk_table_relevant_takes_both_chunks_of_a_place_cut_between_them(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     fact = make_facts(3, 0)[1]
     (tmp_path / "chunks").mkdir()
-    docs = [f"fact-{fact.index}-0", f"fact-{fact.index}-0", f"fact-{fact.index}-p1",
-            f"distractor-{fact.index}-0", f"fact-{fact.index + 10}-0"]  # fmt: skip
-    texts = [f"in {fact.place}.", "later filler", f"is {fact.place}.", fact.place, fact.place]
-    z = [0] * 5
-    rows = {"chunk_id": [1, 2, 3, 4, 5], "source": ["s"] * 5, "doc_id": docs,
-            "record_index": z, "char_start": z, "char_end": z, "text": texts}  # fmt: skip
+    cut = 3  # "... founded in Mil" | "lhaven. ..."
+    text = f"{fact.entity} was founded in {fact.place}. Then filler. More filler."
+    at = text.index(fact.place) + cut
+    parts = [text[:at], text[at : at + 14], text[at + 14 :]]
+    starts = [0, at, at + 14]
+    rows = {"chunk_id": [7, 8, 9], "source": ["s"] * 3, "doc_id": [f"fact-{fact.index}-0"] * 3,
+            "record_index": [0] * 3, "char_start": starts,
+            "char_end": [s + len(p) for s, p in zip(starts, parts, strict=True)],
+            "text": parts}  # fmt: skip
     pq.write_table(pa.table(rows), tmp_path / "chunks" / "part-000000.parquet")
-    assert ChunkTable(tmp_path).relevant(fact) == {1, 3}
+    assert fact.place not in parts[0] and fact.place not in parts[1]
+    assert ChunkTable(tmp_path).relevant(fact) == {7, 8}
 
 
 def test_answer_log_prob_is_the_answer_tokens_log_probability(builtin_dir):
@@ -424,10 +433,13 @@ def _fact_table(tmp_path, fact):
     (tmp_path / "chunks").mkdir()
     docs = [f"fact-{fact.index}-0", f"fact-{fact.index}-0", f"fact-{fact.index}-p1",
             f"distractor-{fact.index}-0", f"fact-{fact.index + 10}-0"]  # fmt: skip
-    texts = [f"in {fact.place}.", "later filler", f"is {fact.place}.", fact.place, fact.place]
-    z = [0] * 5
+    texts = [f"in {fact.place}.", " later filler", f"is {fact.place}.", fact.place, fact.place]
+    # chunks 1 and 2 are one document's two chunks; the others a document each
+    starts = [0, len(texts[0]), 0, 0, 0]
     rows = {"chunk_id": [1, 2, 3, 4, 5], "source": ["s"] * 5, "doc_id": docs,
-            "record_index": z, "char_start": z, "char_end": z, "text": texts}  # fmt: skip
+            "record_index": [0] * 5, "char_start": starts,
+            "char_end": [s + len(t) for s, t in zip(starts, texts, strict=True)],
+            "text": texts}  # fmt: skip
     pq.write_table(pa.table(rows), tmp_path / "chunks" / "part-000000.parquet")
     return ChunkTable(tmp_path)
 
@@ -456,6 +468,43 @@ def test_score_ranks_each_fact_against_its_sources_and_distractors(tmp_path):
         "n": 1, "mrr": 0.5, "recall@1": 0.0, "recall@10": 1.0, "distractor_first": 0.0,
         "ranks": [2],
     }  # fmt: skip
+
+
+def test_counterfactual_retrains_with_the_original_model_s_tokenizer(
+    tmp_path, builtin_dir, monkeypatch
+):
+    """Every retraining of the counterfactual keeps the original model's tokenizer, so
+    only the training data differs (a tokenizer learned again on a pruned corpus cuts
+    the removed facts' names into more tokens and deepens their drops by itself)."""
+    import shutil
+    from pathlib import Path
+
+    from tda.attribution.encoders import load_encoder
+    from tda.jobs.quality.commands import Tda, Training
+    from tda.jobs.quality.counterfactual import run_counterfactual
+
+    fact = make_facts(3, 0)[1]
+    (tmp_path / "t").mkdir()
+    table = _fact_table(tmp_path / "t", fact)
+    query = Query("verbatim", fact, fact.verbatim_prompt, f" {fact.place}.")
+    calls = []
+
+    def train(self, corpus: Path, model: Path) -> None:
+        calls.append((model.parent.name, self.training))
+        shutil.copytree(builtin_dir, model)  # the same weights: every change is 0
+
+    monkeypatch.setattr(Tda, "run", lambda self, *args: None)  # tda prune apply
+    monkeypatch.setattr(Tda, "train", train)
+    tda = Tda(1, Training(5, 0, 0.003, 128))
+    rows = run_counterfactual(tda, 2, 0, 1, [query], {"m": {query: [2, 4]}}, table,
+                              load_encoder(builtin_dir, "cpu"), tmp_path / "root",
+                              tmp_path / "corpus", tmp_path / "out", Path(builtin_dir))  # fmt: skip
+    assert sorted(name for name, _ in calls) == [f"counterfactual-{i}" for i in range(3)]
+    assert {t.tokenizer for _, t in calls} == {builtin_dir}
+    assert {(t.steps, t.seed, t.lr, t.max_seq) for _, t in calls} == {(5, 0, 0.003, 128)}
+    assert tda.training.tokenizer is None  # the caller's Tda is not changed
+    assert [r.name for r in rows][-1] == "nothing (the original model)"
+    assert all(r.mean_delta_log_prob == 0 for r in rows)
 
 
 def test_counterfactual_removals_in_table_order(tmp_path):

@@ -84,7 +84,12 @@ class _Corpus:
 
 
 def _read_corpus(cfg: TrainConfig, concept_set: ConceptSet, log) -> tuple[_Corpus, bytes, object]:
-    from tda.attribution.corpus.tokenizer import HFTokenizer, train_bpe_tokenizer
+    from tda.attribution.corpus.tokenizer import (
+        HFTokenizer,
+        TokenizerError,
+        read_tokenizer_json,
+        train_bpe_tokenizer,
+    )
 
     texts: list[str] = []
     dead: dict[str, int] = {}
@@ -104,11 +109,22 @@ def _read_corpus(cfg: TrainConfig, concept_set: ConceptSet, log) -> tuple[_Corpu
             break
     if not texts:
         raise ConfigError("the inputs hold no usable documents to train on")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = train_bpe_tokenizer(iter(texts), cfg.vocab_size, tmp)
-        with open(path, "rb") as fh:
-            tokenizer_json = fh.read()
-    tokenizer = HFTokenizer(tokenizer_json, "builtin", "builtin")
+    if cfg.tokenizer:
+        # a given tokenizer (e.g. a retraining that must keep the original model's
+        # vocabulary: the same text, the same token ids)
+        try:
+            tokenizer_json = read_tokenizer_json(cfg.tokenizer)[0]
+        except TokenizerError as exc:
+            raise ConfigError(f"--tokenizer: {exc}") from None
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = train_bpe_tokenizer(iter(texts), cfg.vocab_size, tmp)
+            with open(path, "rb") as fh:
+                tokenizer_json = fh.read()
+    try:
+        tokenizer = HFTokenizer(tokenizer_json, "builtin", "builtin")
+    except TokenizerError as exc:
+        raise ConfigError(f"--tokenizer {cfg.tokenizer}: {exc}") from None
     ids, labels = [], []
     for start in range(0, len(texts), 256):
         batch = texts[start : start + 256]
