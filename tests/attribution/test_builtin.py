@@ -198,9 +198,9 @@ def test_training_with_a_given_tokenizer_keeps_its_token_ids(docs_jsonl, real_do
     assert (tmp_path / "relearned" / "tokenizer.json").read_bytes() != tokenizer
     settings = json.loads((tmp_path / "kept" / "training.json").read_text())["settings"]
     assert settings["tokenizer"] == str(tmp_path / "original")
-    assert train("again", docs_jsonl, tokenizer=str(tmp_path / "original" / "tokenizer.json")) \
-        == original  # fmt: skip
-    with pytest.raises(ConfigError, match="tiktoken encoding, not a tokenizer.json"):
+    again = train("again", docs_jsonl, tokenizer=str(tmp_path / "original" / "tokenizer.json"))
+    assert again == original
+    with pytest.raises(ConfigError, match=r"tiktoken encoding, not a tokenizer\.json"):
         train("bad", docs_jsonl, tokenizer="tiktoken:cl100k_base")
 
 
