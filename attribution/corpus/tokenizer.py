@@ -437,41 +437,22 @@ def _load_tiktoken(name: str, spec: str) -> TiktokenTokenizer:
 # Loading
 
 
-def _read_tokenizer_json(location: str, spec: str) -> tuple[bytes, str]:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location)
-    try:
-        if fs.isdir(path):
-            path = path.rstrip("/") + "/tokenizer.json"
-        with fs.open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise TokenizerError(
-            f"tokenizer not found: {spec} (give a tokenizer.json, a directory holding one, "
-            f"or tiktoken:NAME)"
-        ) from None
-    except OSError as exc:
-        raise TokenizerError(f"cannot read tokenizer {spec}: {exc}") from exc
-    parent = path.rstrip("/").rsplit("/", 2)
-    name = parent[-2] if len(parent) >= 2 and parent[-1] == "tokenizer.json" else parent[-1]
-    return data, name
-
-
 def load_tokenizer(spec: str) -> TextTokenizer:
     """Tokenizer SPEC -> :class:`TextTokenizer` (see the module docstring for SPEC forms)."""
     if not spec:
         raise TokenizerError("--tokenizer SPEC is required")
     if spec.startswith("tiktoken:"):
         return _load_tiktoken(spec.split(":", 1)[1], spec)
-    data, name = read_tokenizer_json(spec)
+    data, name = read_tokenizer_json(spec, tiktoken=True)
     return HFTokenizer(data, spec, name)
 
 
-def read_tokenizer_json(spec: str) -> tuple[bytes, str]:
+def read_tokenizer_json(spec: str, tiktoken: bool = False) -> tuple[bytes, str]:
     """A Hugging Face tokenizer SPEC (a tokenizer.json, a directory holding one, with an
     optional ``hf:`` / ``builtin:`` prefix) -> (the file's bytes, the tokenizer's name).
-    Raises :class:`TokenizerError` for a tiktoken or steerling SPEC (no tokenizer.json)."""
+    Raises :class:`TokenizerError` for a tiktoken or steerling SPEC (no tokenizer.json);
+    ``tiktoken``: a missing file's error names ``tiktoken:NAME`` among the forms (the
+    caller takes that form too)."""
     if spec.startswith("tiktoken:"):
         raise TokenizerError(f"{spec} is a tiktoken encoding, not a tokenizer.json")
     if spec.startswith("steerling:"):
@@ -483,7 +464,23 @@ def read_tokenizer_json(spec: str) -> tuple[bytes, str]:
     for prefix in ("hf:", "builtin:"):
         if spec.startswith(prefix):
             location = spec[len(prefix) :]
-    return _read_tokenizer_json(location, spec)
+    import fsspec
+
+    forms = "a tokenizer.json, a directory holding one" + (", or tiktoken:NAME" if tiktoken
+                                                           else "")  # fmt: skip
+    fs, path = fsspec.core.url_to_fs(location)
+    try:
+        if fs.isdir(path):
+            path = path.rstrip("/") + "/tokenizer.json"
+        with fs.open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise TokenizerError(f"tokenizer not found: {spec} (give {forms})") from None
+    except OSError as exc:
+        raise TokenizerError(f"cannot read tokenizer {spec}: {exc}") from exc
+    parent = path.rstrip("/").rsplit("/", 2)
+    name = parent[-2] if len(parent) >= 2 and parent[-1] == "tokenizer.json" else parent[-1]
+    return data, name
 
 
 def train_bpe_tokenizer(texts: Iterator[str], vocab_size: int, out_dir: str) -> str:

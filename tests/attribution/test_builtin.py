@@ -202,6 +202,10 @@ def test_training_with_a_given_tokenizer_keeps_its_token_ids(docs_jsonl, real_do
     assert again == original
     with pytest.raises(ConfigError, match=r"tiktoken encoding, not a tokenizer\.json"):
         train("bad", docs_jsonl, tokenizer="tiktoken:cl100k_base")
+    with pytest.raises(
+        ConfigError, match=r"not found: .*none \(give a tokenizer\.json, a directory holding one\)$"
+    ):
+        train("bad", docs_jsonl, tokenizer=str(tmp_path / "none"))
 
 
 @pytest.mark.slow
