@@ -107,6 +107,43 @@ def seeded(slots: dict[str, Path], rows: list[str], seeds: int, jobs: int) -> di
     return models
 
 
+def singles(out: Path, sets: dict, root: Path, table, jobs: int) -> dict:
+    """Per query of ``sets`` (query -> the chunk ids of its fact's true sources), the
+    original model's recipe (OUT/model's ``training.json``, its tokenizer kept) retrained
+    on OUT/corpus less those chunks alone: OUT/single-F/model for fact index F (one already
+    there with that recipe and that prune list is kept) -> {query: model}. ``jobs``
+    trainings at once. Removing one fact at a time is the counterfactual a check of one
+    output stands for; the harness's retrainings remove every fact's set at once, and a
+    fact then also loses what the others' removed chunks taught (other places that begin
+    or end like its own)."""
+    import pyarrow.parquet as pq
+
+    from .commands import Tda, Training, parallel
+    from .counterfactual import ORACLE, retrain_without
+
+    s = json.loads((out / "model" / "training.json").read_text())["settings"]
+    training = Training(s["steps"], s["seed"], s["lr"], s["max_seq"], str(out / "model"))
+    want = {"steps": s["steps"], "seed": s["seed"], "lr": s["lr"], "max_seq": s["max_seq"],
+            "tokenizer": str(out / "model")}  # fmt: skip
+    models, todo = {}, []
+    for q, ids in sets.items():
+        cf = out / f"single-{q.fact.index}"
+        models[q] = cf / "model"
+        done = cf / "model" / "training.json"
+        if done.exists() and (cf / "prune.parquet").exists():
+            got = json.loads(done.read_text())["settings"]
+            pruned = pq.read_table(cf / "prune.parquet", columns=["chunk_id"])["chunk_id"]
+            if {key: got.get(key) for key in want} == want and set(pruned.to_pylist()) == set(ids):
+                continue
+        name = f"{ORACLE} of {q.fact.entity}"
+        todo.append(lambda c=cf, n=name, r=set(ids): retrain_without(
+            Tda(1, training), table, root, out / "corpus", c, n, r))  # fmt: skip
+    if todo:
+        print(f"training {len(todo)} single-fact retrainings, {jobs} at once", flush=True)
+        parallel(jobs, todo)
+    return models
+
+
 def answer_sequence(tokenizer, q) -> tuple:
     """A query's verbatim prompt and its fact's answer as the check reads them -> (ids (T,)
     int64 numpy array, the answer's token span's start, its end)."""
@@ -282,6 +319,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="Retrain each method's set S times (the run's seed and the next S-1) and "
         "compare the check with the mean drop (1: the run's retrainings only).",
     )
+    parser.add_argument(
+        "--retrain-each",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Also retrain without each of the first N facts' true sources alone "
+        "(OUT/single-F, one training per fact, kept for reruns) and compare the check of "
+        "the oracle's set with those drops.",
+    )
     parser.add_argument("--train-steps", type=int, default=800, help="With --build.")
     parser.add_argument("--train-lr", type=float, default=0.003, help="With --build.")
     parser.add_argument("--jobs", type=int, default=2, help="With --build: trainings at once.")
@@ -367,6 +413,13 @@ def main(argv: list[str] | None = None) -> dict:
     vocabulary = (out / "model" / "tokenizer.json").read_bytes()
     same_tokenizer = {row: all((m / "tokenizer.json").read_bytes() == vocabulary
                                for m in models[row]) for row in rows}  # fmt: skip
+    # one fact's true sources removed at a time (--retrain-each): each fact's own model
+    single_queries = queries[: max(0, args.retrain_each)]
+    single_models = singles(out, {q: sets[ORACLE][q] for q in single_queries}, root, table,
+                            args.jobs) if single_queries else {}  # fmt: skip
+    single = np.array([original[i] - answer_log_prob(load_model(single_models[q], scratch),
+                                                      q.prompt, q.fact.place)
+                       for i, q in enumerate(single_queries)])  # fmt: skip
     random_row = next(name for name in slots if name.startswith("random "))
     retrain_random = original - np.array(log_probs(load_model(slots[random_row], scratch)))
 
@@ -468,6 +521,21 @@ def main(argv: list[str] | None = None) -> dict:
         "check_seconds_per_fact": round(float(np.mean(seconds)), 2),
         "seconds": round(time.time() - started),
     }  # fmt: skip
+    if len(single):
+        n = len(single)
+        oracle_row = list(rows).index(ORACLE)
+        result["single"] = {
+            "facts": n,
+            "retrain_drops": [round(float(x), 4) for x in single],
+            "retrain_mean_drop": round(float(np.mean(single)), 4),
+            # the check of the oracle's set (per fact: that fact's sources) against them
+            "spearman_check": rho(cheap[ORACLE][:n], single),
+            # and the harness's retraining without every fact's sources at once
+            "spearman_union_retrain": rho(retrain[ORACLE][:n], single),
+            "check_mean_drop": round(float(np.mean(cheap[ORACLE][:n])), 4),
+            "union_retrain_mean_drop": round(float(np.mean(retrain[ORACLE][:n])), 4),
+            "row": methods[oracle_row]["method"],
+        }
     (out / "check_validation.json").write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
     return result
@@ -514,6 +582,17 @@ def markdown(result: dict) -> str:
         [[m["method"], m.get("spearman_vs_mean_retrain"), agreement[m["method"]]]
          for m in methods if m["method"] in agreement],
     )  # fmt: skip
+    single = result.get("single")
+    if single:
+        lines += _table(
+            [f"one fact's true sources removed at a time ({single['facts']} facts, one "
+             f"retraining each)", "mean drop", "Spearman per fact with those retrainings"],
+            [["the check (the oracle's set)", single["check_mean_drop"],
+              single["spearman_check"]],
+             ["the retraining without every fact's sources at once",
+              single["union_retrain_mean_drop"], single["spearman_union_retrain"]],
+             ["the retrainings themselves", single["retrain_mean_drop"], 1.0]],
+        )  # fmt: skip
     relearned = [m["method"] for m in methods if m.get("same_tokenizer") is False]
     if relearned:
         lines += ["", f"Retrained with a tokenizer learned again on the pruned corpus (not "

@@ -17,7 +17,7 @@ from .chunks import ChunkTable
 from .commands import Tda, parallel
 from .outputs import Query, answer_log_prob
 
-__all__ = ["CounterfactualRow", "run_counterfactual", "write_prune_list"]
+__all__ = ["CounterfactualRow", "retrain_without", "run_counterfactual", "write_prune_list"]
 
 ORACLE = "oracle: true sources"
 
@@ -83,6 +83,25 @@ def removals(
     return cut
 
 
+def retrain_without(
+    tda: Tda, table: ChunkTable, root: Path, corpus: Path, cf: Path, name: str, removed: set[int]
+) -> Path:
+    """The model retrained (``tda``'s recipe) on ``corpus`` (its ``*.jsonl``) less the
+    chunks ``removed``, cut out by ``tda prune apply`` on ``root`` at chunk level: in
+    ``cf`` (emptied first) its prune list (reason ``name``), pruned corpus and root, and
+    the model, ``cf/model``, returned."""
+    if cf.exists():
+        shutil.rmtree(cf)
+    cf.mkdir(parents=True)
+    inputs = sorted(str(p) for p in corpus.glob("*.jsonl"))
+    write_prune_list(cf / "prune.parquet", table, removed, name)
+    tda.run("prune", "apply", str(root), "--list", str(cf / "prune.parquet"),
+            *[a for p in inputs for a in ("--corpus", p)], "--corpus-out",
+            str(cf / "corpus"), "--out", str(cf / "root"), "--reason", name)  # fmt: skip
+    tda.train(cf / "corpus", cf / "model")
+    return cf / "model"
+
+
 def run_counterfactual(
     tda: Tda, k: int, seed: int, jobs: int, verbatim: list[Query],
     ranked: dict[str, dict[Query, list[int]]], table: ChunkTable, encoder, root: Path,
@@ -107,23 +126,11 @@ def run_counterfactual(
     tda = replace(tda, training=replace(tda.training, tokenizer=str(model)))
     cut = removals(k, verbatim, ranked, table, seed)
     methods = {f"{label} top-{k}": label for label in ranked}
-    inputs = sorted(str(p) for p in corpus.glob("*.jsonl"))
-
-    def retrain(slot: int, name: str, removed: set[int]) -> Path:
-        cf = out / f"counterfactual-{slot}"
-        if cf.exists():
-            shutil.rmtree(cf)
-        cf.mkdir(parents=True)
-        write_prune_list(cf / "prune.parquet", table, removed, name)
-        tda.run("prune", "apply", str(root), "--list", str(cf / "prune.parquet"),
-                *[a for p in inputs for a in ("--corpus", p)], "--corpus-out",
-                str(cf / "corpus"), "--out", str(cf / "root"), "--reason", name)  # fmt: skip
-        tda.train(cf / "corpus", cf / "model")
-        return cf / "model"
-
-    todo = [(slot, name, removed) for slot, (name, removed) in enumerate(cut.items())]
+    todo = [(out / f"counterfactual-{slot}", name, removed)
+            for slot, (name, removed) in enumerate(cut.items())]  # fmt: skip
     # in the removals' order; nothing removed: no retraining
-    models = parallel(jobs, [lambda a=a: retrain(*a) for a in todo if a[2]])
+    models = parallel(jobs, [lambda a=a: retrain_without(tda, table, root, corpus, *a)
+                             for a in todo if a[2]])  # fmt: skip
 
     def log_probs(enc) -> dict[Query, float]:
         return {q: answer_log_prob(enc, q.fact.verbatim_prompt, q.fact.place) for q in verbatim}

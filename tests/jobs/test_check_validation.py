@@ -78,7 +78,15 @@ def test_the_validation_table_reports_the_yardstick_s_own_agreement():
     # the check of the whole removal, beside the check of each fact's set
     assert "| a top-10 | 3 | 0.2 | 0.9 |" in table and "| a top-10 | 0.5 | 0.55 |" in table
     assert "| oracle | 3 |" not in table
-    assert "tokenizer learned again" not in table
+    assert "tokenizer learned again" not in table and "one fact's true sources" not in table
+    result["single"] = {"facts": 2, "retrain_drops": [3.0, 5.0], "retrain_mean_drop": 4.0,
+                        "spearman_check": 1.0, "spearman_union_retrain": -1.0,
+                        "check_mean_drop": 2.5, "union_retrain_mean_drop": 9.0}  # fmt: skip
+    single = markdown(result)
+    assert "| one fact's true sources removed at a time (2 facts, one retraining each) |" in single
+    assert "| the check (the oracle's set) | 2.5 | 1.0 |" in single
+    assert "| the retraining without every fact's sources at once | 9.0 | -1.0 |" in single
+    del result["single"]
     result["methods"][1]["same_tokenizer"] = False  # a run from before --tokenizer
     assert "tokenizer learned again on the pruned corpus (not the original's): oracle." in (
         markdown(result)
@@ -133,6 +141,55 @@ def test_seeded_retrains_each_set_with_the_next_seeds_and_keeps_what_is_there(
     check_validation.seeded(slots, ["a top-10", "oracle"], 3, 1)
     assert calls == []  # everything is there now
     assert check_validation.seeded(slots, ["oracle"], 1, 1) == {"oracle": [slots["oracle"]]}
+
+
+def test_singles_retrain_without_one_fact_s_sources_at_a_time(tmp_path, monkeypatch):
+    """--retrain-each: per fact, the original's recipe and tokenizer retrained on the
+    corpus less that fact's sources alone (its own prune list); a model already trained
+    with that recipe and that list is kept, one whose list differs is trained again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tda.jobs.quality import check_validation
+    from tda.jobs.quality.chunks import ChunkTable
+    from tda.jobs.quality.commands import Tda
+    from tda.jobs.quality.facts import make_facts
+    from tda.jobs.quality.outputs import Query
+
+    calls = []
+
+    def train(self, corpus: Path, model: Path) -> None:
+        calls.append((model.parent.name, self.training))
+        _trained(model, self.training.seed, self.training.steps, self.training.tokenizer)
+
+    monkeypatch.setattr(Tda, "train", train)
+    monkeypatch.setattr(Tda, "run", lambda self, *args: None)  # tda prune apply
+    out = tmp_path / "run"
+    _trained(out / "model", seed=0)
+    (out / "corpus").mkdir()
+    (tmp_path / "root" / "chunks").mkdir(parents=True)
+    rows = {"chunk_id": [1, 2, 3], "source": ["s"] * 3, "doc_id": ["a", "b", "c"],
+            "record_index": [0] * 3, "char_start": [0] * 3, "char_end": [1] * 3,
+            "text": ["x", "y", "z"]}  # fmt: skip
+    pq.write_table(pa.table(rows), tmp_path / "root" / "chunks" / "part-000000.parquet")
+    table = ChunkTable(tmp_path / "root")
+    facts = make_facts(3, 0)
+    queries = [Query("verbatim", f, f.verbatim_prompt, f" {f.place}") for f in facts[:2]]
+
+    models = check_validation.singles(out, {queries[0]: [1], queries[1]: [2, 3]},
+                                      tmp_path / "root", table, 1)  # fmt: skip
+    assert models == {q: out / f"single-{q.fact.index}" / "model" for q in queries}
+    assert sorted(name for name, _ in calls) == [f"single-{f.index}" for f in facts[:2]]
+    assert {t.tokenizer for _, t in calls} == {str(out / "model")}
+    assert {(t.seed, t.steps, t.lr, t.max_seq) for _, t in calls} == {(0, 1200, 0.003, 128)}
+    pruned = pq.read_table(out / f"single-{facts[1].index}" / "prune.parquet")
+    assert sorted(pruned["chunk_id"].to_pylist()) == [2, 3]
+    calls.clear()
+    check_validation.singles(out, {queries[0]: [1], queries[1]: [2, 3]}, tmp_path / "root",
+                             table, 1)  # fmt: skip
+    assert calls == []  # both kept
+    check_validation.singles(out, {queries[0]: [1, 2]}, tmp_path / "root", table, 1)
+    assert [name for name, _ in calls] == [f"single-{facts[0].index}"]  # another set
 
 
 def test_union_drops_unlearn_the_whole_removal_on_a_copy(builtin_dir, real_docs):
