@@ -26,6 +26,10 @@ per reproduced fact (OUT/counterfactual-N, named by their prune lists' reason). 
    (:func:`seeded`), the reference then their mean drop, and how the seeds agree with
    each other per fact; and always the check of each retraining's whole removal
    (:func:`union_drops`: every fact's set at once, as the retraining removed them).
+6. ``--retrain-each N``: the first N facts each retrained without its own true sources
+   alone (:func:`singles`), the counterfactual a check of one output stands for, and the
+   check of the oracle's set against those drops (``single`` in the JSON). Every
+   retraining keeps the original model's tokenizer (:mod:`.counterfactual`).
 
 Prints a Markdown table (docs/quality.md publishes it) and writes OUT/check_validation.json.
 
