@@ -81,8 +81,8 @@ def model() -> None:
 @click.option("--layers", type=stage_type("--layers"), default=4, show_default=True)
 @click.option("--heads", type=stage_type("--heads"), default=4, show_default=True)
 @click.option(
-    "--vocab-size", type=stage_type("--vocab-size"), default=None,
-    help="Vocabulary of the BPE tokenizer learned on the inputs [default: 4096].",
+    "--vocab-size", type=stage_type("--vocab-size"), default=TrainConfig.vocab_size,
+    show_default=True, help="Vocabulary of the BPE tokenizer learned on the inputs.",
 )  # fmt: skip
 @click.option(
     "--tokenizer", default=None, metavar="SPEC",
@@ -177,7 +177,8 @@ def model_train(
     (safetensors weights, config.json, tokenizer.json, concepts.yaml, training.json) is a
     model SPEC for `tda embed --model` and a tokenizer SPEC for `tda chunk --tokenizer`.
     """
-    if tokenizer and vocab_size is not None:
+    given = click.get_current_context().get_parameter_source("vocab_size")
+    if tokenizer and given is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("give --vocab-size or --tokenizer, not both: the tokenizer "
                                "has its own vocabulary")  # fmt: skip
     config = TrainConfig(
@@ -185,7 +186,7 @@ def model_train(
         out=out,
         concepts=concepts,
         read=read_config(kw),
-        vocab_size=TrainConfig.vocab_size if vocab_size is None else vocab_size,
+        vocab_size=vocab_size,
         tokenizer=tokenizer,
         d_model=d_model,
         n_layers=layers,
