@@ -74,6 +74,13 @@ def _pruned(out: Path, reason: str) -> set[int]:
     return set()
 
 
+def _recipe(model: Path) -> dict:
+    """A trained model's recipe, from its ``training.json``: the :class:`~.commands.Training`
+    fields (steps, seed, lr, max_seq, tokenizer; None where it does not record one)."""
+    s = json.loads((model / "training.json").read_text())["settings"]
+    return {key: s.get(key) for key in ("steps", "seed", "lr", "max_seq", "tokenizer")}
+
+
 def seeded(slots: dict[str, Path], rows: list[str], seeds: int, jobs: int) -> dict[str, list[Path]]:
     """Per row (a counterfactual's name), its retrained model (``slots[row]``) and
     ``seeds - 1`` more, each trained on the same pruned corpus with that model's recipe
@@ -82,28 +89,23 @@ def seeded(slots: dict[str, Path], rows: list[str], seeds: int, jobs: int) -> di
     {row: [its models, first the run's]}. ``jobs`` trainings at once."""
     from .commands import Tda, Training, parallel
 
-    def recipe(model: Path) -> dict:
-        s = json.loads((model / "training.json").read_text())["settings"]
-        return {key: s.get(key) for key in ("seed", "steps", "lr", "max_seq", "tokenizer")}
-
     models, todo = {}, []
     for row in rows:
         first = slots[row]
-        base = recipe(first)
+        base = _recipe(first)
         models[row] = [first]
         for s in range(1, seeds):
             want = {**base, "seed": base["seed"] + s}
             path = first.parent / f"model-seed-{want['seed']}"
             models[row].append(path)
-            if (path / "training.json").exists() and recipe(path) == want:
+            if (path / "training.json").exists() and _recipe(path) == want:
                 continue
             shutil.rmtree(path, ignore_errors=True)  # another recipe's, or an unfinished one
             corpus = first.parent / "corpus"
             if not corpus.is_dir():
                 raise SystemExit(f"{corpus} is gone: the retraining of {row!r} cannot be "
                                  f"repeated with another seed")  # fmt: skip
-            tda = Tda(1, Training(want["steps"], want["seed"], want["lr"], want["max_seq"],
-                                  want["tokenizer"]))  # fmt: skip
+            tda = Tda(1, Training(**want))
             todo.append(lambda t=tda, c=corpus, m=path: t.train(c, m))
     if todo:
         print(f"training {len(todo)} more retrainings (other seeds), {jobs} at once", flush=True)
@@ -125,19 +127,15 @@ def singles(out: Path, sets: dict, root: Path, table, jobs: int) -> dict:
     from .commands import Tda, Training, parallel
     from .counterfactual import ORACLE, retrain_without
 
-    s = json.loads((out / "model" / "training.json").read_text())["settings"]
-    training = Training(s["steps"], s["seed"], s["lr"], s["max_seq"], str(out / "model"))
-    want = {"steps": s["steps"], "seed": s["seed"], "lr": s["lr"], "max_seq": s["max_seq"],
-            "tokenizer": str(out / "model")}  # fmt: skip
+    want = {**_recipe(out / "model"), "tokenizer": str(out / "model")}
+    training = Training(**want)
     models, todo = {}, []
     for q, ids in sets.items():
         cf = out / f"single-{q.fact.index}"
         models[q] = cf / "model"
-        done = cf / "model" / "training.json"
-        if done.exists() and (cf / "prune.parquet").exists():
-            got = json.loads(done.read_text())["settings"]
+        if (cf / "model" / "training.json").exists() and (cf / "prune.parquet").exists():
             pruned = pq.read_table(cf / "prune.parquet", columns=["chunk_id"])["chunk_id"]
-            if {key: got.get(key) for key in want} == want and set(pruned.to_pylist()) == set(ids):
+            if _recipe(cf / "model") == want and set(pruned.to_pylist()) == set(ids):
                 continue
         name = f"{ORACLE} of {q.fact.entity}"
         todo.append(lambda c=cf, n=name, r=set(ids): retrain_without(

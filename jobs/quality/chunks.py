@@ -63,11 +63,7 @@ class ChunkTable:
             for r, text in zip(self.rows, self.texts, strict=True):
                 by_text.setdefault(text, []).append(r)
             self._by_text = by_text
-        found: dict[str, set[int]] = {
-            doc: {r["chunk_id"] for r in self.doc_chunks(doc)
-                  if r["char_start"] < end and r["char_end"] > start}
-            for doc in copies
-        }  # fmt: skip
+        found = {doc: _overlapping(self.doc_chunks(doc), start, end) for doc in copies}
         texts = {self.texts[self.position[c]] for ids in list(found.values()) for c in ids}
         for text in sorted(texts):
             for r in self._by_text.get(text, []):
@@ -87,9 +83,7 @@ class ChunkTable:
             text = self._doc_text(rows)
             at = text.find(fact.place)
             while at >= 0:
-                end = at + len(fact.place)
-                found |= {r["chunk_id"] for r in rows
-                          if r["char_start"] < end and r["char_end"] > at}  # fmt: skip
+                found |= _overlapping(rows, at, at + len(fact.place))
                 at = text.find(fact.place, at + 1)
         return found
 
@@ -106,3 +100,9 @@ class ChunkTable:
         """The chunks of ``fact``'s distractor documents (same entity, another attribute)."""
         prefix = f"distractor-{fact.index}-"
         return {r["chunk_id"] for r in self.rows if r["doc_id"].startswith(prefix)}
+
+
+def _overlapping(rows: list[dict], start: int, end: int) -> set[int]:
+    """The chunk ids of ``rows`` (one document's chunks) whose characters overlap [start,
+    end)."""
+    return {r["chunk_id"] for r in rows if r["char_start"] < end and r["char_end"] > start}
